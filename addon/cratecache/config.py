@@ -1,0 +1,307 @@
+"""proxies.yaml -> typed, validated settings.
+
+Every problem is reported as one `ConfigError` whose message names the file, the
+field (as a path such as `registries[0].proxies[1].timeout_ms`) and the problem.
+Parsing is pure: the text, the file's location and the environment are passed in.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+DEFAULT_TIMEOUT_MS = 5000
+DEFAULT_INDEX_TTL = 300
+DEFAULT_SIZE_LIMIT = 20 * 1000**3
+EVICTION_POLICIES = ("least-recently-used", "least-recently-stored", "least-frequently-used", "none")
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::\d{1,5})?$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G": 1000**3,
+          "GB": 1000**3, "T": 1000**4, "TB": 1000**4, "KIB": 1024, "MIB": 1024**2,
+          "GIB": 1024**3, "TIB": 1024**4, "KI": 1024, "MI": 1024**2, "GI": 1024**3, "TI": 1024**4}
+
+
+class ConfigError(ValueError):
+    """proxies.yaml is unusable: `file: field: problem`."""
+
+    def __init__(self, file: str | os.PathLike, field: str, problem: str):
+        self.file, self.field, self.problem = str(file), field, problem
+        super().__init__(f"{self.file}: {field}: {problem}" if field else f"{self.file}: {problem}")
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One upstream sparse registry. `url` is the index base and ends with '/'."""
+
+    name: str
+    url: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    priority: int = 0
+    ssl_validation: bool = True
+    timeout_ms: int = DEFAULT_TIMEOUT_MS
+    active: bool = True
+    ca_bundle: str | None = None
+
+    @property
+    def auth(self) -> tuple[str, str] | None:
+        if self.username is None and self.password is None:
+            return None
+        return (self.username or "", self.password or "")
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A registry whose hosts are intercepted; `upstreams` are sorted by priority."""
+
+    name: str
+    index_host: str
+    download_host: str
+    upstreams: tuple[Upstream, ...]
+    index_ttl: int = DEFAULT_INDEX_TTL
+
+    @property
+    def active_upstreams(self) -> tuple[Upstream, ...]:
+        return tuple(u for u in self.upstreams if u.active)
+
+    def upstream(self, name: str) -> Upstream | None:
+        return next((u for u in self.upstreams if u.name == name), None)
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    directory: Path
+    size_limit: int = DEFAULT_SIZE_LIMIT
+    index_ttl: int = DEFAULT_INDEX_TTL
+    eviction_policy: str = "least-recently-used"
+
+
+@dataclass(frozen=True)
+class Settings:
+    source: str
+    cache: CacheSettings
+    registries: tuple[Registry, ...]
+
+    def registry_for_host(self, host: str) -> Registry | None:
+        host = host.lower()
+        for reg in self.registries:
+            if host in (reg.index_host, reg.download_host):
+                return reg
+        return None
+
+    @property
+    def hosts(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for reg in self.registries:
+            seen[reg.index_host] = None
+            seen[reg.download_host] = None
+        return list(seen)
+
+
+def load_settings(path: str | os.PathLike, env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate a proxies.yaml file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(path, "", f"cannot read file ({e.strerror or e})") from e
+    return parse_settings(text, path, os.environ if env is None else env)
+
+
+def parse_settings(text: str, path: Path, env: Mapping[str, str]) -> Settings:
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(path, "", f"not valid YAML{where}: {getattr(e, 'problem', e)}") from e
+    return _Parser(path, env).settings(doc)
+
+
+def parse_size(value: Any) -> int:
+    """'20GB' / '512MiB' / 1048576 -> bytes. Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 20GB")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    m = _SIZE.match(str(value)) if isinstance(value, str) else None
+    if not m:
+        raise ValueError(f"expected a size such as 20GB or 512MiB, got {value!r}")
+    unit = (m.group(2) or "").upper()
+    if unit not in _UNITS:
+        raise ValueError(f"unknown size unit in {value!r}")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+class _Parser:
+    """Walks the YAML document; `where` is the dotted field path used in errors."""
+
+    def __init__(self, path: Path, env: Mapping[str, str]):
+        self.path, self.env = path, env
+
+    def fail(self, where: str, problem: str) -> ConfigError:
+        return ConfigError(self.path, where, problem)
+
+    def mapping(self, value: Any, where: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(where or "(top level)", f"expected a mapping, got {_type(value)}")
+        for key in value:
+            if key not in allowed:
+                raise self.fail(_join(where, str(key)), f"unknown field (allowed: {', '.join(allowed)})")
+        for key in required:
+            if value.get(key) is None:
+                raise self.fail(_join(where, key), "required field is missing")
+        return value
+
+    def string(self, value: Any, where: str) -> str:
+        if not isinstance(value, str):
+            raise self.fail(where, f"expected a string, got {_type(value)}")
+
+        def expand(m: re.Match) -> str:
+            if m.group(1) not in self.env:
+                raise self.fail(where, f"environment variable {m.group(1)} is not set")
+            return self.env[m.group(1)]
+
+        return _ENV_REF.sub(expand, value)
+
+    def boolean(self, value: Any, where: str, default: bool) -> bool:
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self.fail(where, f"expected true or false, got {_type(value)}")
+        return value
+
+    def integer(self, value: Any, where: str, default: int, minimum: int) -> int:
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(where, f"expected an integer, got {_type(value)}")
+        if value < minimum:
+            raise self.fail(where, f"must be at least {minimum}, got {value}")
+        return value
+
+    def settings(self, doc: Any) -> Settings:
+        doc = self.mapping(doc, "", ("cache", "registries"), required=("registries",))
+        cache = self.cache(doc.get("cache") or {})
+        regs = doc["registries"]
+        if not isinstance(regs, list) or not regs:
+            raise self.fail("registries", "expected a non-empty list of registries")
+        registries = tuple(self.registry(r, f"registries[{i}]", cache.index_ttl) for i, r in enumerate(regs))
+        _unique(self, [(f"registries[{i}].name", r.name) for i, r in enumerate(registries)], "registry name")
+        hosts = []
+        for i, r in enumerate(registries):
+            hosts.append((f"registries[{i}].index_host", r.index_host))
+            if r.download_host != r.index_host:
+                hosts.append((f"registries[{i}].download_host", r.download_host))
+        _unique(self, hosts, "host")
+        return Settings(source=str(self.path), cache=cache, registries=registries)
+
+    def cache(self, raw: Any) -> CacheSettings:
+        raw = self.mapping(raw, "cache", ("directory", "size_limit", "index_ttl", "eviction_policy"))
+        directory = Path(self.string(raw.get("directory", ".cache/cargo"), "cache.directory")).expanduser()
+        if not directory.is_absolute():
+            directory = (self.path.parent / directory).resolve()
+        try:
+            size_limit = parse_size(raw.get("size_limit", DEFAULT_SIZE_LIMIT))
+        except ValueError as e:
+            raise self.fail("cache.size_limit", str(e)) from None
+        policy = self.string(raw.get("eviction_policy", "least-recently-used"), "cache.eviction_policy")
+        if policy not in EVICTION_POLICIES:
+            raise self.fail("cache.eviction_policy", f"expected one of {', '.join(EVICTION_POLICIES)}")
+        ttl = self.integer(raw.get("index_ttl"), "cache.index_ttl", DEFAULT_INDEX_TTL, 0)
+        return CacheSettings(directory=directory, size_limit=size_limit, index_ttl=ttl, eviction_policy=policy)
+
+    def registry(self, raw: Any, where: str, default_ttl: int) -> Registry:
+        raw = self.mapping(raw, where, ("name", "index_host", "download_host", "proxies", "index_ttl"),
+                           required=("name", "index_host", "proxies"))
+        name = self.name(raw["name"], f"{where}.name")
+        index_host = self.host(raw["index_host"], f"{where}.index_host")
+        download_host = self.host(raw.get("download_host", index_host), f"{where}.download_host")
+        ups = raw["proxies"]
+        if not isinstance(ups, list) or not ups:
+            raise self.fail(f"{where}.proxies", "expected a non-empty list of upstreams")
+        parsed = [self.upstream(u, f"{where}.proxies[{i}]") for i, u in enumerate(ups)]
+        _unique(self, [(f"{where}.proxies[{i}].name", u.name) for i, u in enumerate(parsed)], "upstream name")
+        ordered = tuple(sorted(parsed, key=lambda u: u.priority))  # stable: list order breaks ties
+        ttl = self.integer(raw.get("index_ttl"), f"{where}.index_ttl", default_ttl, 0)
+        return Registry(name=name, index_host=index_host, download_host=download_host,
+                        upstreams=ordered, index_ttl=ttl)
+
+    def upstream(self, raw: Any, where: str) -> Upstream:
+        raw = self.mapping(raw, where, ("name", "url", "username", "password", "priority", "ssl_validation",
+                                        "timeout_ms", "active", "ca_bundle"), required=("name", "url"))
+        name = self.name(raw["name"], f"{where}.name")
+        url = self.url(raw["url"], f"{where}.url")
+        username = self.string(raw["username"], f"{where}.username") if raw.get("username") is not None else None
+        password = self.string(raw["password"], f"{where}.password") if raw.get("password") is not None else None
+        ca_bundle = None
+        if raw.get("ca_bundle") is not None:
+            ca_path = Path(self.string(raw["ca_bundle"], f"{where}.ca_bundle")).expanduser()
+            ca_path = ca_path if ca_path.is_absolute() else (self.path.parent / ca_path).resolve()
+            if not ca_path.is_file():
+                raise self.fail(f"{where}.ca_bundle", f"file not found: {ca_path}")
+            ca_bundle = str(ca_path)
+        return Upstream(
+            name=name, url=url, username=username, password=password,
+            priority=self.integer(raw.get("priority"), f"{where}.priority", 0, -(2**31)),
+            ssl_validation=self.boolean(raw.get("ssl_validation"), f"{where}.ssl_validation", True),
+            timeout_ms=self.integer(raw.get("timeout_ms"), f"{where}.timeout_ms", DEFAULT_TIMEOUT_MS, 1),
+            active=self.boolean(raw.get("active"), f"{where}.active", True),
+            ca_bundle=ca_bundle,
+        )
+
+    def name(self, value: Any, where: str) -> str:
+        value = self.string(value, where)
+        if not _NAME.match(value):
+            raise self.fail(where, f"{value!r} is not a valid name (letters, digits, '-', '_', '.'; at most 64)")
+        return value
+
+    def host(self, value: Any, where: str) -> str:
+        value = self.string(value, where).strip().lower()
+        if not _HOST.match(value):
+            raise self.fail(where, f"{value!r} is not a host name (expected e.g. index.crates.io)")
+        return value
+
+    def url(self, value: Any, where: str) -> str:
+        value = self.string(value, where).strip()
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as e:
+            raise self.fail(where, f"not a valid URL: {e}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise self.fail(where, f"expected an http:// or https:// URL, got {value!r}")
+        if parts.username or parts.password:
+            raise self.fail(where, "credentials in the URL are not allowed; use username and password")
+        if parts.query or parts.fragment:
+            raise self.fail(where, "the index URL must not have a query or fragment")
+        return value if value.endswith("/") else value + "/"
+
+
+def _unique(parser: _Parser, items: list[tuple[str, str]], what: str) -> None:
+    seen: set[str] = set()
+    for where, value in items:
+        if value in seen:
+            raise parser.fail(where, f"duplicate {what} {value!r}")
+        seen.add(value)
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _type(value: Any) -> str:
+    return {type(None): "nothing", bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)

@@ -1,0 +1,76 @@
+"""The HTTP boundary: a request on a registry host -> a `Reply` (status, headers, body).
+
+Domain outcomes become statuses here and nowhere else: a refused path is its route's 4xx,
+`NotFound` is 404, `Unavailable` is 502 listing each upstream's outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from . import freshness
+from .config import Registry
+from .resolver import NotFound, Resolver, Served, Unavailable
+from .routes import Rejection, classify
+
+CONTENT_TYPES = {
+    "config": "application/json",
+    "index": "text/plain; charset=utf-8",
+    "crate": "application/gzip",
+}
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    source: str = "-"  # cache, an upstream's name, or '-' when nothing was served
+    state: str = "rejected"  # hit | miss | revalidated | stale | not_found | error | rejected
+    kind: str = "-"
+    size: int = 0  # bytes of the entity (also for HEAD and 304)
+
+
+async def handle(
+    resolver: Resolver, registry: Registry, method: str, host: str, path: str, headers: Mapping[str, str]
+) -> Reply:
+    route = classify(registry, host, method, path)
+    if isinstance(route, Rejection):
+        return text_reply(route.status, route.reason, "rejected")
+    try:
+        served = await resolver.resolve(route)
+    except NotFound as e:
+        return text_reply(404, str(e), "not_found", route.kind)
+    except Unavailable as e:
+        return text_reply(502, str(e), "error", route.kind)
+    return entry_reply(route.kind, served, method, headers)
+
+
+def entry_reply(kind: str, served: Served, method: str, request_headers: Mapping[str, str]) -> Reply:
+    meta = served.entry.meta
+    etag = freshness.etag_for(meta.sha256)
+    last_modified = meta.last_modified or freshness.http_date(meta.stored_at)
+    headers = {
+        "Content-Type": CONTENT_TYPES[kind],
+        "ETag": etag,
+        "Last-Modified": last_modified,
+        "X-Cache": served.state.upper(),
+        "X-Cache-Upstream": meta.upstream,
+    }
+    if served.state == "stale":
+        headers["Warning"] = '110 cargo-cache "Response is stale: every upstream failed"'
+    not_modified = kind != "crate" and freshness.client_not_modified(
+        request_headers.get("if-none-match"), request_headers.get("if-modified-since"), etag, last_modified
+    )
+    if not_modified:
+        return Reply(304, b"", headers, served.source, served.state, kind, meta.size)
+    body = b"" if method == "HEAD" else served.entry.body
+    if method == "HEAD":
+        headers["Content-Length"] = str(meta.size)
+    return Reply(200, body, headers, served.source, served.state, kind, meta.size)
+
+
+def text_reply(status: int, reason: str, state: str, kind: str = "-") -> Reply:
+    body = (reason.replace("\n", " ") + "\n").encode()
+    return Reply(status, body, {"Content-Type": "text/plain; charset=utf-8"}, "-", state, kind, len(body))

@@ -1,0 +1,229 @@
+"""Resolution of config.json, index files and crates: cache -> upstreams in priority order -> cache.
+
+The resolver knows nothing about mitmproxy; the addon (and the command-line tools) call it.
+Failures are raised as `NotFound` (every upstream said "not here") or `Unavailable`
+(something failed and nothing is cached); `handler` turns them into HTTP answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+import httpx
+
+from . import freshness, sparse
+from .config import Registry, Settings
+from .routes import ConfigRoute, CrateRoute, IndexRoute, Route
+from .store import Entry, Store
+from .upstreams import Attempt, UpstreamClient, UpstreamError, status_outcome, summary, walk
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Served:
+    entry: Entry
+    source: str  # "cache" or the name of the upstream that answered
+    state: str  # hit | miss | revalidated | stale
+    attempts: tuple[Attempt, ...] = ()
+
+
+class ResolveError(Exception):
+    def __init__(self, message: str, attempts: list[Attempt] | tuple[Attempt, ...] = ()):
+        super().__init__(message)
+        self.attempts = tuple(attempts)
+
+
+class NotFound(ResolveError):
+    """No upstream has it (each said 404/410/451), or the index does not list that version."""
+
+
+class Unavailable(ResolveError):
+    """At least one upstream failed and nothing usable is cached."""
+
+
+class Resolver:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        self.settings, self.store, self.clock = settings, store, clock
+        self.clients: dict[tuple[str, str], UpstreamClient] = {
+            (reg.name, up.name): UpstreamClient(up, transport)
+            for reg in settings.registries
+            for up in reg.active_upstreams
+        }
+        self._upstream_configs: dict[tuple[str, str], tuple[dict, float]] = {}
+        self._inflight: dict[str, asyncio.Task] = {}
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(c.aclose() for c in self.clients.values()), return_exceptions=True)
+
+    async def resolve(self, route: Route) -> Served:
+        if isinstance(route, CrateRoute):
+            return await self.crate(route.registry, route.name, route.version)
+        if isinstance(route, IndexRoute):
+            return await self.index(route.registry, route.name)
+        if isinstance(route, ConfigRoute):
+            return await self.config(route.registry)
+        raise TypeError(f"not a route: {route!r}")
+
+    # -- config.json -------------------------------------------------------------------------
+
+    async def config(self, reg: Registry, force: bool = False) -> Served:
+        key = ConfigRoute(reg).key
+        cached = await asyncio.to_thread(self.store.get, key)
+        if self._decide("config", cached, reg, force) == freshness.FRESH:
+            return Served(cached, "cache", "hit")
+        return await self._once(key, lambda: self._fetch_config(reg, key, cached))
+
+    async def _fetch_config(self, reg: Registry, key: str, cached: Entry | None) -> Served:
+        async def attempt(client: UpstreamClient):
+            upstream_config = await self._upstream_config(reg, client, force=True)
+            return Attempt(client.name, "ok", "HTTP 200"), (client.name, upstream_config)
+
+        result, attempts = await walk(self._order(reg), attempt)
+        if result is None:
+            return self._without_answer(key, cached, attempts, "config.json")
+        name, upstream_config = result
+        body = sparse.client_config(upstream_config, reg.download_host)
+        if cached is not None and cached.body == body:
+            meta = await asyncio.to_thread(self.store.mark_checked, key, self.clock())
+            return Served(Entry(meta or cached.meta, body), name, "revalidated", tuple(attempts))
+        entry = await asyncio.to_thread(self.store.put, key, body, name, None, None, self.clock())
+        return Served(entry, name, "miss", tuple(attempts))
+
+    async def _upstream_config(self, reg: Registry, client: UpstreamClient, force: bool = False) -> dict:
+        """An upstream's own config.json (for its `dl`), kept in memory for the index TTL."""
+        known = self._upstream_configs.get((reg.name, client.name))
+        if known and not force and self.clock() - known[1] < max(reg.index_ttl, 60):
+            return known[0]
+        got = await client.get(client.url("config.json"), {"Accept": "application/json"})
+        if status_outcome(got.status) != "ok":
+            raise UpstreamError(f"config.json: HTTP {got.status}")
+        try:
+            parsed = sparse.parse_config(got.body)
+        except ValueError as e:
+            raise UpstreamError(f"invalid config.json: {e}") from None
+        self._upstream_configs[(reg.name, client.name)] = (parsed, self.clock())
+        return parsed
+
+    # -- index files -------------------------------------------------------------------------
+
+    async def index(self, reg: Registry, name: str, force: bool = False) -> Served:
+        key = IndexRoute(reg, name).key
+        cached = await asyncio.to_thread(self.store.get, key)
+        if self._decide("index", cached, reg, force) == freshness.FRESH:
+            return Served(cached, "cache", "hit")
+        return await self._once(key, lambda: self._fetch_index(reg, name, key, cached))
+
+    async def _fetch_index(self, reg: Registry, name: str, key: str, cached: Entry | None) -> Served:
+        path = sparse.index_path(name)
+
+        async def attempt(client: UpstreamClient):
+            headers = {"Accept": "text/plain", "cargo-protocol": "version=1"}
+            if cached is not None and client.name == cached.meta.upstream:
+                headers |= freshness.conditional_headers(cached.meta.etag, cached.meta.last_modified)
+            got = await client.get(client.url(path), headers)
+            outcome = status_outcome(got.status)
+            if outcome == "not_modified":
+                if "If-None-Match" not in headers and "If-Modified-Since" not in headers:
+                    raise UpstreamError("HTTP 304 to an unconditional request")
+                return Attempt(client.name, outcome, "HTTP 304"), (client.name, None)
+            if outcome != "ok":
+                return Attempt(client.name, outcome, f"HTTP {got.status}"), None
+            try:
+                sparse.validate_index(got.body, name)
+            except ValueError as e:
+                raise UpstreamError(f"invalid index file: {e}") from None
+            return Attempt(client.name, "ok", "HTTP 200"), (client.name, got)
+
+        preferred = cached.meta.upstream if cached is not None else None
+        result, attempts = await walk(self._order(reg, preferred), attempt)
+        if result is None:
+            return self._without_answer(key, cached, attempts, f"crate {name}")
+        upstream, got = result
+        if got is None:  # 304: the stored bytes are still current
+            meta = await asyncio.to_thread(self.store.mark_checked, key, self.clock())
+            return Served(Entry(meta or cached.meta, cached.body), upstream, "revalidated", tuple(attempts))
+        entry = await asyncio.to_thread(
+            self.store.put, key, got.body, upstream, got.headers.get("etag"), got.headers.get("last-modified"),
+            self.clock(),
+        )
+        return Served(entry, upstream, "miss", tuple(attempts))
+
+    # -- crates ------------------------------------------------------------------------------
+
+    async def crate(self, reg: Registry, name: str, version: str) -> Served:
+        key = CrateRoute(reg, name, version).key
+        cached = await asyncio.to_thread(self.store.get, key)
+        if cached is not None:
+            return Served(cached, "cache", "hit")
+        return await self._once(key, lambda: self._fetch_crate(reg, name, version, key))
+
+    async def _fetch_crate(self, reg: Registry, name: str, version: str, key: str) -> Served:
+        index = await self.index(reg, name.lower())
+        listed = sparse.find_version(index.entry.body, name, version)
+        if listed is None and index.state == "hit":
+            # A lockfile may name a version published after our copy of the index was checked.
+            index = await self.index(reg, name.lower(), force=True)
+            listed = sparse.find_version(index.entry.body, name, version)
+        if listed is None:
+            raise NotFound(f"{name} {version} is not listed in the index")
+
+        async def attempt(client: UpstreamClient):
+            dl = (await self._upstream_config(reg, client))["dl"]
+            url = sparse.download_url(dl, listed.name, version, listed.cksum)
+            got = await client.get(url)
+            outcome = status_outcome(got.status)
+            if outcome != "ok":
+                return Attempt(client.name, outcome, f"HTTP {got.status}"), None
+            digest = hashlib.sha256(got.body).hexdigest()
+            if digest != listed.cksum:
+                raise UpstreamError(f"checksum mismatch for {name} {version}: index says {listed.cksum[:16]}…, "
+                                    f"got {digest[:16]}…")
+            return Attempt(client.name, "ok", "HTTP 200"), (client.name, got.body)
+
+        result, attempts = await walk(self._order(reg, index.entry.meta.upstream), attempt)
+        if result is None:
+            return self._without_answer(key, None, attempts, f"{name} {version}")
+        upstream, body = result
+        entry = await asyncio.to_thread(self.store.put, key, body, upstream, None, None, self.clock())
+        return Served(entry, upstream, "miss", tuple(attempts))
+
+    # -- shared ------------------------------------------------------------------------------
+
+    def _decide(self, kind: str, cached: Entry | None, reg: Registry, force: bool) -> str:
+        ttl = 0 if force else reg.index_ttl
+        return freshness.decide(kind, cached.meta.checked_at if cached else None, ttl, self.clock())
+
+    def _order(self, reg: Registry, preferred: str | None = None) -> list[UpstreamClient]:
+        """Active upstreams by priority; the one that served this crate's index goes first."""
+        clients = [self.clients[(reg.name, up.name)] for up in reg.active_upstreams]
+        clients.sort(key=lambda c: c.name != preferred)  # stable sort keeps priority order otherwise
+        return clients
+
+    def _without_answer(self, key: str, cached: Entry | None, attempts: list[Attempt], what: str) -> Served:
+        failed = [a for a in attempts if a.outcome == "failed"]
+        if cached is not None and (failed or not attempts):
+            logger.warning("serving stale %s: every upstream failed (%s)", key, summary(attempts))
+            return Served(cached, "cache", "stale", tuple(attempts))
+        if attempts and not failed:
+            raise NotFound(f"{what} not found on any upstream", attempts)
+        raise Unavailable(f"{what}: no upstream could answer ({summary(attempts)})", attempts)
+
+    async def _once(self, key: str, fetch: Callable[[], Awaitable[Served]]) -> Served:
+        """Concurrent misses for one key share a single upstream fetch."""
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(fetch())
+            self._inflight[key] = task
+            task.add_done_callback(lambda t: (self._inflight.pop(key, None), t.cancelled() or t.exception()))
+        return await asyncio.shield(task)

@@ -1,0 +1,131 @@
+"""A request on a registry host -> what it asks for, or why it is refused (pure).
+
+Routes:
+- `ConfigRoute`   GET /config.json on the index host
+- `IndexRoute`    GET /{sparse path} on the index host, the path matching the crate name
+- `CrateRoute`    GET /crates/{name}/{version}/download or /crates/{name}/{name}-{version}.crate
+                  on the download host
+- `Rejection`     anything else, with a 4xx status and a one-line reason
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import sparse
+from .config import Registry
+
+MAX_PATH_LENGTH = 512
+ALLOWED_METHODS = ("GET", "HEAD")
+
+
+@dataclass(frozen=True)
+class ConfigRoute:
+    registry: Registry
+
+    @property
+    def key(self) -> str:
+        return f"config/{self.registry.name}"
+
+    @property
+    def kind(self) -> str:
+        return "config"
+
+
+@dataclass(frozen=True)
+class IndexRoute:
+    registry: Registry
+    name: str  # lowercase, as in the index path
+
+    @property
+    def key(self) -> str:
+        return f"index/{self.registry.name}/{self.name}"
+
+    @property
+    def kind(self) -> str:
+        return "index"
+
+
+@dataclass(frozen=True)
+class CrateRoute:
+    registry: Registry
+    name: str
+    version: str
+
+    @property
+    def key(self) -> str:
+        return f"crate/{self.registry.name}/{self.name.lower()}/{self.version}"
+
+    @property
+    def kind(self) -> str:
+        return "crate"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    status: int
+    reason: str
+
+
+Route = ConfigRoute | IndexRoute | CrateRoute
+
+
+def classify(registry: Registry, host: str, method: str, path: str) -> Route | Rejection:
+    """Decide what a request on one of `registry`'s hosts asks for."""
+    if method not in ALLOWED_METHODS:
+        return Rejection(405, f"method {method} not allowed; the registry is read-only (GET, HEAD)")
+    if len(path) > MAX_PATH_LENGTH:
+        return Rejection(414, "path too long")
+    if "?" in path or "#" in path:
+        return Rejection(400, "query strings are not part of the registry protocol")
+    if "\x00" in path or "\\" in path:
+        return Rejection(400, "invalid character in path")
+    if "%" in path:
+        # Only an encoded '+' (semver build metadata) is meaningful; anything else hides a path trick.
+        path = path.replace("%2B", "+").replace("%2b", "+")
+        if "%" in path:
+            return Rejection(400, "percent-encoded characters are not allowed in registry paths")
+    if not path.startswith("/") or "//" in path:
+        return Rejection(400, "malformed path")
+    segments = path[1:].split("/")
+    if any(s in (".", "..") for s in segments):
+        return Rejection(400, "path traversal is not allowed")
+
+    host = host.lower()
+    if host == registry.index_host:
+        route = _index_route(registry, segments)
+        if route is not None or host != registry.download_host:
+            return route or Rejection(404, f"not a sparse index path: {path}")
+    return _download_route(registry, segments) or Rejection(404, f"not a registry path: {path}")
+
+
+def _index_route(registry: Registry, segments: list[str]) -> Route | Rejection | None:
+    if segments == ["config.json"]:
+        return ConfigRoute(registry)
+    if segments[0] == "crates" or len(segments) not in (2, 3):
+        return None
+    name = segments[-1]
+    if problem := sparse.name_problem(name):
+        return Rejection(400, problem)
+    if name != name.lower():
+        return Rejection(404, "sparse index paths are lowercase")
+    if "/".join(segments) != sparse.index_path(name):
+        return Rejection(404, f"path does not match the index layout (expected /{sparse.index_path(name)})")
+    return IndexRoute(registry, name)
+
+
+def _download_route(registry: Registry, segments: list[str]) -> Route | Rejection | None:
+    if segments[0] != "crates" or len(segments) not in (3, 4):
+        return None
+    name = segments[1]
+    if problem := sparse.name_problem(name):
+        return Rejection(400, problem)
+    if len(segments) == 4 and segments[3] == "download":
+        version = segments[2]
+    elif len(segments) == 3 and segments[2].startswith(f"{name}-") and segments[2].endswith(".crate"):
+        version = segments[2][len(name) + 1 : -len(".crate")]
+    else:
+        return None
+    if problem := sparse.version_problem(version):
+        return Rejection(400, problem)
+    return CrateRoute(registry, name, version)

@@ -1,0 +1,99 @@
+"""The cache: entries (bytes + where they came from) on disk, in diskcache.
+
+Layout inside diskcache:
+- `blob:<sha256>`  the bytes, content-addressed (diskcache keeps large values as files)
+- `meta:<key>`     a small dict naming the blob and its provenance; writing it is the commit point
+
+A blob is always written before the meta that names it, so a reader never sees a half-stored
+entry: after a crash there is at worst an unreferenced blob, which eviction removes. The
+methods are synchronous; the addon calls them through `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import diskcache
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Meta:
+    sha256: str
+    size: int
+    upstream: str  # name of the upstream that supplied the bytes
+    stored_at: float  # when the bytes were stored
+    checked_at: float  # when an upstream last confirmed them (200 or 304)
+    etag: str | None = None  # the upstream's validators, for revalidation
+    last_modified: str | None = None
+
+
+@dataclass(frozen=True)
+class Entry:
+    meta: Meta
+    body: bytes
+
+
+class Store:
+    def __init__(self, directory: Path, size_limit: int, eviction_policy: str = "least-recently-used"):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self._cache = diskcache.Cache(
+            str(directory), size_limit=size_limit, eviction_policy=eviction_policy, statistics=False
+        )
+
+    def close(self) -> None:
+        self._cache.close()
+
+    def get(self, key: str) -> Entry | None:
+        raw = self._cache.get(f"meta:{key}")
+        if raw is None:
+            return None
+        meta = Meta(**raw)
+        body = self._cache.get(f"blob:{meta.sha256}")
+        if not isinstance(body, bytes) or len(body) != meta.size:
+            return None  # evicted (or damaged): a miss, never a partial answer
+        return Entry(meta, body)
+
+    def meta(self, key: str) -> Meta | None:
+        raw = self._cache.get(f"meta:{key}")
+        return Meta(**raw) if raw is not None else None
+
+    def put(
+        self,
+        key: str,
+        body: bytes,
+        upstream: str,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        now: float | None = None,
+    ) -> Entry:
+        now = time.time() if now is None else now
+        digest = hashlib.sha256(body).hexdigest()
+        meta = Meta(digest, len(body), upstream, now, now, etag, last_modified)
+        self._cache.set(f"blob:{digest}", body)
+        self._cache.set(f"meta:{key}", asdict(meta))
+        return Entry(meta, body)
+
+    def mark_checked(self, key: str, now: float | None = None) -> Meta | None:
+        """Record that an upstream confirmed the stored bytes (a 304)."""
+        meta = self.meta(key)
+        if meta is None:
+            return None
+        meta = replace(meta, checked_at=time.time() if now is None else now)
+        self._cache.set(f"meta:{key}", asdict(meta))
+        return meta
+
+    def keys(self, prefix: str = "") -> list[str]:
+        return sorted(k[5:] for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith(f"meta:{prefix}"))
+
+    def delete(self, key: str) -> bool:
+        return bool(self._cache.delete(f"meta:{key}"))
+
+    def volume(self) -> int:
+        return self._cache.volume()

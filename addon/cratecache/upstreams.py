@@ -1,0 +1,159 @@
+"""Talking to upstream registries: one pooled httpx client per upstream, and the priority walk.
+
+Every attempt on an upstream ends in one `Attempt` whose outcome is one of:
+- "ok"            200 with an acceptable body
+- "not_modified"  304 to a conditional request
+- "not_found"     404, 410 or 451: the upstream does not have it; try the next one
+- "failed"        connection error, timeout, TLS error, 401/403, 429, 5xx, a bad body: try the next one
+
+`walk` tries upstreams in order until one gives an answer; the caller turns the list of
+attempts into 404 (all "not_found") or 502 (anything failed) at the HTTP boundary.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+
+from .config import Upstream
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+NOT_FOUND_STATUSES = (404, 410, 451)
+MAX_REDIRECTS = 5
+
+
+@dataclass(frozen=True)
+class Attempt:
+    upstream: str
+    outcome: str  # ok | not_modified | not_found | failed
+    detail: str  # 'HTTP 200', 'timed out after 500 ms', 'checksum mismatch', ...
+    ms: float = 0.0
+
+    def __str__(self) -> str:
+        return f"{self.upstream}: {self.detail}"
+
+
+class UpstreamError(Exception):
+    """An attempt that failed for a reason other than the HTTP status (bad body, checksum)."""
+
+
+def status_outcome(status: int) -> str:
+    """How an upstream's HTTP status counts in the priority walk."""
+    if status == 200:
+        return "ok"
+    if status == 304:
+        return "not_modified"
+    if status in NOT_FOUND_STATUSES:
+        return "not_found"
+    return "failed"
+
+
+def describe_error(exc: Exception, timeout_ms: int) -> str:
+    """A one-line reason for a transport error; never includes credentials."""
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out after {timeout_ms} ms ({type(exc).__name__})"
+    if isinstance(exc, httpx.ConnectError):
+        text = str(exc) or type(exc).__name__
+        if "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in text:
+            return f"TLS error: {_short(text)}"
+        return f"connection failed: {_short(text)}"
+    if isinstance(exc, httpx.TooManyRedirects):
+        return "too many redirects"
+    if isinstance(exc, httpx.HTTPError):
+        return f"{type(exc).__name__}: {_short(str(exc))}"
+    if isinstance(exc, UpstreamError):
+        return str(exc)
+    return f"{type(exc).__name__}: {_short(str(exc))}"
+
+
+@dataclass(frozen=True)
+class Fetched:
+    status: int
+    body: bytes
+    headers: httpx.Headers
+
+
+class UpstreamClient:
+    """One upstream: its pooled client with auth, timeout, TLS setting and no proxy from the environment."""
+
+    def __init__(self, upstream: Upstream, transport: httpx.AsyncBaseTransport | None = None):
+        self.upstream = upstream
+        self.client = httpx.AsyncClient(
+            auth=upstream.auth,
+            timeout=httpx.Timeout(upstream.timeout_ms / 1000),
+            verify=_verify(upstream),
+            trust_env=False,
+            follow_redirects=True,  # httpx drops Authorization when a redirect leaves the origin
+            max_redirects=MAX_REDIRECTS,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            headers={"User-Agent": "cargo-cache", "Accept-Encoding": "gzip"},
+            transport=transport,
+        )
+
+    @property
+    def name(self) -> str:
+        return self.upstream.name
+
+    def url(self, path: str) -> str:
+        return self.upstream.url + path
+
+    async def get(self, url: str, headers: dict[str, str] | None = None) -> Fetched:
+        """GET `url`; the upstream's credentials go only to the origin of its index URL."""
+        auth = httpx.USE_CLIENT_DEFAULT if _same_origin(url, self.upstream.url) else None
+        response = await self.client.get(url, headers=headers, auth=auth)
+        return Fetched(response.status_code, response.content, response.headers)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+async def walk(
+    clients: Iterable[UpstreamClient],
+    attempt: Callable[[UpstreamClient], Awaitable[tuple[Attempt, T | None]]],
+) -> tuple[T | None, list[Attempt]]:
+    """Try each client in order; the first attempt that yields a result wins."""
+    attempts: list[Attempt] = []
+    for client in clients:
+        started = time.monotonic()
+        try:
+            outcome, result = await attempt(client)
+        except Exception as exc:  # any transport or validation failure moves on to the next upstream
+            outcome, result = Attempt(client.name, "failed", describe_error(exc, client.upstream.timeout_ms)), None
+        outcome = Attempt(outcome.upstream, outcome.outcome, outcome.detail, (time.monotonic() - started) * 1000)
+        attempts.append(outcome)
+        if outcome.outcome == "failed":
+            logger.warning("upstream %s failed: %s", client.name, outcome.detail)
+        if result is not None:
+            return result, attempts
+    return None, attempts
+
+
+def summary(attempts: list[Attempt]) -> str:
+    return "; ".join(str(a) for a in attempts) or "no active upstream"
+
+
+def _verify(upstream: Upstream) -> bool | ssl.SSLContext:
+    if not upstream.ssl_validation:
+        return False
+    if upstream.ca_bundle:
+        return ssl.create_default_context(cafile=upstream.ca_bundle)
+    return True
+
+
+def _same_origin(a: str, b: str) -> bool:
+    pa, pb = urlsplit(a), urlsplit(b)
+    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
