@@ -32,6 +32,7 @@ class CargoCache:
         self.resolver: Resolver | None = None
 
     def load(self, loader: Loader) -> None:
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # our own line per request says it all
         loader.add_option(
             "cargo_proxies", str, str(DEFAULT_PROXIES),
             "Path to proxies.yaml: the cache settings, the intercepted registry hosts and their upstreams.",

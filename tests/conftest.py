@@ -1,0 +1,33 @@
+"""Shared fixtures: the real-crate registry, TLS material, and a clean environment."""
+
+from __future__ import annotations
+
+import pytest
+import trustme
+
+from tests.fixtures.registry import Registry, build_registry
+
+PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may reach past loopback through an inherited proxy setting."""
+    for name in PROXY_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def registry() -> Registry:
+    """A sparse registry built from the real crate sources Debian installs."""
+    return build_registry()
+
+
+@pytest.fixture(scope="session")
+def upstream_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def upstream_cert(upstream_ca: trustme.CA) -> trustme.LeafCert:
+    return upstream_ca.issue_cert("127.0.0.1", "localhost")

@@ -1,0 +1,167 @@
+"""Real processes for end-to-end tests: a `mitmdump` running the addon, and the `cargo` binary.
+
+Everything listens on 127.0.0.1; every process is bounded by a timeout and stopped by the fixture
+that started it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+MITMDUMP = Path(sys.executable).parent / "mitmdump"
+ADDON = ROOT / "addon" / "cargo_cache.py"
+INDEX_HOST, DOWNLOAD_HOST = "index.crates.io", "static.crates.io"
+
+#: The Debian-packaged crates this project resolves to 42 packages.
+FULL_DEPENDENCIES = """\
+serde = { version = "1", features = ["derive"] }
+serde_json = "1"
+regex = { version = "1", default-features = false, features = ["std", "unicode", "perf-cache", "perf-dfa", "perf-inline"] }
+clap = { version = "4", features = ["derive"] }
+anyhow = "1"
+log = "0.4"
+tokio = { version = "1", features = ["rt-multi-thread", "macros", "net", "io-util", "sync", "time"] }
+"""
+#: A few packages, for scenarios that cost a timeout per object.
+SMALL_DEPENDENCIES = """\
+anyhow = "1"
+log = "0.4"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_proxies(path: Path, upstreams: list[dict], cache_dir: Path, **cache: object) -> Path:
+    """A proxies.yaml intercepting crates.io's hosts, with the given upstream entries."""
+    doc = {
+        "cache": {"directory": str(cache_dir), "size_limit": "1GB", **cache},
+        "registries": [
+            {"name": "crates-io", "index_host": INDEX_HOST, "download_host": DOWNLOAD_HOST, "proxies": upstreams}
+        ],
+    }
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@dataclass
+class Proxy:
+    """A `mitmdump -s addon/cargo_cache.py` process."""
+
+    config: Path
+    confdir: Path
+    log_path: Path
+    extra_args: tuple[str, ...] = ()
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.confdir / "mitmproxy-ca-cert.pem"
+
+    def start(self, timeout: float = 30) -> Proxy:
+        args = [str(MITMDUMP), "-s", str(ADDON), "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
+                "--set", f"confdir={self.confdir}", "--set", f"cargo_proxies={self.config}",
+                "--set", "flow_detail=0", *self.extra_args]
+        env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mitmdump exited with {self.process.returncode}:\n{self.log()}")
+            if "proxy listening at" in self.log():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"mitmdump did not start within {timeout}s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> Proxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def cargo_binary() -> str:
+    """The real cargo: rustup's toolchain binary if there is one, else the one on PATH."""
+    if rustup := shutil.which("rustup"):
+        found = subprocess.run([rustup, "which", "cargo"], capture_output=True, text=True)
+        if found.returncode == 0 and found.stdout.strip():
+            return found.stdout.strip()
+    cargo = shutil.which("cargo")
+    if cargo is None:
+        raise RuntimeError("cargo is not installed (make test installs it)")
+    return cargo
+
+
+@dataclass
+class Cargo:
+    """The real cargo binary with a fresh CARGO_HOME, configured only through the proxy variables."""
+
+    home: Path
+    proxy: Proxy
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CARGO_") and "proxy" not in k.lower()}
+        env.update(CARGO_HOME=str(self.home), CARGO_TERM_COLOR="never", HTTPS_PROXY=self.proxy.url,
+                   CARGO_HTTP_CAINFO=str(self.proxy.ca_cert), **self.extra_env)
+        return env
+
+    def run(self, project: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        return subprocess.run([cargo_binary(), *args], cwd=project, env=self.env(), capture_output=True,
+                              text=True, timeout=timeout)
+
+    def fetch(self, project: Path) -> subprocess.CompletedProcess:
+        """`cargo generate-lockfile && cargo fetch`; returns the failing step or the fetch."""
+        lock = self.run(project, "generate-lockfile")
+        return lock if lock.returncode != 0 else self.run(project, "fetch")
+
+
+def make_project(path: Path, dependencies: str) -> Path:
+    (path / "src").mkdir(parents=True, exist_ok=True)
+    (path / "src" / "main.rs").write_text("fn main() {}\n")
+    (path / "Cargo.toml").write_text(
+        f'[package]\nname = "app"\nversion = "0.1.0"\nedition = "2021"\n\n[dependencies]\n{dependencies}'
+    )
+    return path
+
+
+def locked_packages(project: Path) -> dict[tuple[str, str], str | None]:
+    """(name, version) -> checksum for every registry package in Cargo.lock."""
+    import tomllib
+
+    lock = tomllib.loads((project / "Cargo.lock").read_text())
+    return {(p["name"], p["version"]): p.get("checksum") for p in lock["package"] if "source" in p}
