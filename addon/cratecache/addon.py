@@ -63,6 +63,8 @@ class CargoCache:
         reply = await handle(self.resolver, registry, flow.request.method, host, flow.request.path,
                              flow.request.headers)
         flow.response = http.Response.make(reply.status, reply.body, reply.headers)
+        if "Content-Length" in reply.headers:  # HEAD: make() counted the empty body
+            flow.response.headers["Content-Length"] = reply.headers["Content-Length"]
         flow.metadata["cargo_cache"] = reply.state
         _log_reply(flow, host, reply, (time.monotonic() - started) * 1000)
 
@@ -86,7 +88,7 @@ class CargoCache:
         ours = [rf"^{re.escape(h)}(:\d+)?$" for h in settings.hosts]
         allow = list(dict.fromkeys([*ctx.options.allow_hosts, *ours]))
         wanted = {"allow_hosts": allow, "connection_strategy": "lazy"}
-        changes = {k: v for k, v in wanted.items() if getattr(ctx.options, k) != v}
+        changes = {k: v for k, v in wanted.items() if k in ctx.options and getattr(ctx.options, k) != v}
         if changes:
             ctx.options.update(**changes)
 

@@ -194,7 +194,7 @@ class _Parser:
 
     def settings(self, doc: Any) -> Settings:
         doc = self.mapping(doc, "", ("cache", "registries"), required=("registries",))
-        cache = self.cache(doc.get("cache") or {})
+        cache = self.cache({} if doc.get("cache") is None else doc["cache"])
         regs = doc["registries"]
         if not isinstance(regs, list) or not regs:
             raise self.fail("registries", "expected a non-empty list of registries")
@@ -281,12 +281,13 @@ class _Parser:
             parts.port  # noqa: B018 - raises ValueError on a bad port
         except ValueError as e:
             raise self.fail(where, f"not a valid URL: {e}") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise self.fail(where, f"expected an http:// or https:// URL, got {value!r}")
+        # Credentials and query are checked first: the scheme error below echoes the URL.
         if parts.username or parts.password:
             raise self.fail(where, "credentials in the URL are not allowed; use username and password")
         if parts.query or parts.fragment:
             raise self.fail(where, "the index URL must not have a query or fragment")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise self.fail(where, f"expected an http:// or https:// URL, got {value!r}")
         return value if value.endswith("/") else value + "/"
 
 

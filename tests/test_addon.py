@@ -1,0 +1,116 @@
+"""The mitmproxy addon driven through mitmproxy's own test harness (taddons / tflow)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from mitmproxy.addons.next_layer import NextLayer
+from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.test import taddons, tflow, tutils
+
+from cratecache.addon import DEFAULT_CONFDIR, CargoCache
+from tests.fixtures.registry import build_registry
+from tests.fixtures.upstream import UpstreamServer
+from tests.harness import write_proxies
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    with UpstreamServer(build_registry(only=["anyhow", "log", "cfg-if"]), name="local") as server:
+        yield server
+
+
+@pytest.fixture
+def config(tmp_path: Path, upstream: UpstreamServer) -> Path:
+    upstream.clear()
+    return write_proxies(tmp_path / "proxies.yaml", [{"name": "local", "url": upstream.url}], tmp_path / "cache")
+
+
+def flow(host: str, path: str, method: str = "GET"):
+    return tflow.tflow(req=tutils.treq(host=host, port=443, scheme=b"https", path=path.encode(),
+                                       method=method.encode(), headers=((b"host", host.encode()),)))
+
+
+async def test_registry_request_is_answered_from_upstream_then_cache(config, upstream, caplog):
+    addon = CargoCache()
+    with taddons.context(addon) as tctx, caplog.at_level(logging.INFO, "cratecache"):
+        tctx.configure(addon, cargo_proxies=str(config))
+        first, second = flow("index.crates.io", "/an/yh/anyhow"), flow("index.crates.io", "/an/yh/anyhow")
+        await addon.request(first)
+        await addon.request(second)
+        await addon.done()
+
+    assert first.response.status_code == 200 and first.response.headers["X-Cache"] == "MISS"
+    assert second.response.headers["X-Cache"] == "HIT"
+    assert first.response.content == second.response.content
+    assert upstream.paths() == ["/index/an/yh/anyhow"]
+    assert "GET index.crates.io/an/yh/anyhow 200 local miss" in caplog.text
+    assert "GET index.crates.io/an/yh/anyhow 200 cache hit" in caplog.text
+
+
+async def test_other_hosts_and_answered_flows_are_left_alone(config, upstream):
+    addon = CargoCache()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, cargo_proxies=str(config))
+        other = flow("example.com", "/an/yh/anyhow")
+        answered = flow("index.crates.io", "/an/yh/anyhow")
+        answered.response = tutils.tresp()
+        await addon.request(other)
+        await addon.request(answered)
+        await addon.done()
+
+    assert other.response is None
+    assert answered.response.content == tutils.tresp().content
+    assert upstream.requests == []
+
+
+async def test_rejections_and_methods(config):
+    addon = CargoCache()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, cargo_proxies=str(config))
+        post = flow("index.crates.io", "/config.json", method="POST")
+        bad = flow("static.crates.io", "/crates/foo/../../etc/download")
+        await addon.request(post)
+        await addon.request(bad)
+        await addon.done()
+
+    assert post.response.status_code == 405
+    assert bad.response.status_code == 400 and bad.response.text == "path traversal is not allowed\n"
+
+
+def test_configure_limits_interception_to_registry_hosts(config):
+    addon = CargoCache()
+    with taddons.context(Proxyserver(), NextLayer(), addon) as tctx:
+        tctx.options.allow_hosts = ["^git\\.example\\.com:443$"]
+        tctx.configure(addon, cargo_proxies=str(config))
+
+        assert tctx.options.connection_strategy == "lazy"
+        assert tctx.options.allow_hosts == [
+            "^git\\.example\\.com:443$", r"^index\.crates\.io(:\d+)?$", r"^static\.crates\.io(:\d+)?$"
+        ]
+
+
+def test_default_confdir_is_the_projects_certs_folder(config):
+    addon = CargoCache()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, confdir="~/.mitmproxy")
+        assert tctx.options.confdir == str(DEFAULT_CONFDIR)
+        tctx.configure(addon, confdir="/elsewhere")
+        assert tctx.options.confdir == "/elsewhere"
+
+
+def test_invalid_config_is_one_clear_error_and_keeps_the_running_settings(config, tmp_path, caplog):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(config.read_text().replace("size_limit: 1GB", "size_limit: 1GB\n  colour: blue"))
+    addon = CargoCache()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, cargo_proxies=str(config))
+        with caplog.at_level(logging.ERROR):
+            tctx.configure(addon, cargo_proxies=str(bad))
+
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [f"cargo-cache: invalid configuration: {bad}: cache.colour: unknown field "
+                      "(allowed: directory, size_limit, index_ttl, eviction_policy)"]
+    assert addon.settings.source == str(config)

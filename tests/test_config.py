@@ -1,0 +1,264 @@
+"""config.py: proxies.yaml -> Settings, and one-line ConfigErrors naming the field."""
+
+from __future__ import annotations
+
+import copy
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cratecache.config import ConfigError, Upstream, load_settings, parse_settings, parse_size
+
+SHIPPED = Path(__file__).resolve().parent.parent / "proxies.yaml"
+FILE = Path("/etc/cargo-cache/proxies.yaml")
+
+MINIMAL = {
+    "registries": [
+        {
+            "name": "crates-io",
+            "index_host": "index.crates.io",
+            "download_host": "static.crates.io",
+            "proxies": [
+                {"name": "mirror", "url": "https://mirror.example/index/"},
+                {"name": "crates-io", "url": "https://index.crates.io/"},
+            ],
+        }
+    ]
+}
+
+
+def parse(doc: dict | str, env: dict | None = None, path: Path = FILE):
+    text = doc if isinstance(doc, str) else yaml.safe_dump(doc)
+    return parse_settings(text, path, env or {})
+
+
+def parse_error(doc: dict | str, env: dict | None = None) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse(doc, env)
+    assert "\n" not in str(info.value)
+    return info.value
+
+
+def test_shipped_file_parses():
+    settings = load_settings(SHIPPED, env={})
+    (reg,) = settings.registries
+    assert (reg.name, reg.index_host, reg.download_host) == ("crates-io", "index.crates.io", "static.crates.io")
+    (up,) = reg.upstreams
+    assert (up.name, up.url, up.active) == ("crates-io", "https://index.crates.io/", True)
+    assert (up.timeout_ms, up.ssl_validation, up.auth) == (5000, True, None)
+    assert settings.cache.directory == SHIPPED.parent / ".cache" / "cargo"
+    assert settings.cache.size_limit == 20 * 10**9
+    assert settings.cache.index_ttl == reg.index_ttl == 300
+
+
+def test_full_example(tmp_path: Path):
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "corp.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    text = """
+        cache:
+          directory: /var/cache/cargo
+          size_limit: 512MiB
+          index_ttl: 60
+          eviction_policy: least-recently-stored
+        registries:
+          - name: crates-io
+            index_host: Index.Crates.IO
+            download_host: static.crates.io
+            index_ttl: 30
+            proxies:
+              - name: corp
+                url: https://${CORP_HOST}/index
+                username: ${CORP_USER}
+                password: ${CORP_TOKEN}
+                priority: 5
+                ssl_validation: false
+                timeout_ms: 2000
+                active: false
+                ca_bundle: certs/corp.pem
+              - name: crates-io
+                url: https://index.crates.io/
+                priority: 1
+    """
+    env = {"CORP_HOST": "cargo.corp.example", "CORP_USER": "alice", "CORP_TOKEN": "t0ken"}
+    settings = parse(textwrap.dedent(text), env, path=tmp_path / "proxies.yaml")
+
+    assert settings.cache.directory == Path("/var/cache/cargo")
+    assert (settings.cache.size_limit, settings.cache.index_ttl) == (512 * 2**20, 60)
+    assert settings.cache.eviction_policy == "least-recently-stored"
+    (reg,) = settings.registries
+    assert (reg.index_host, reg.index_ttl) == ("index.crates.io", 30)
+    assert [u.name for u in reg.upstreams] == ["crates-io", "corp"]
+    assert [u.name for u in reg.active_upstreams] == ["crates-io"]
+    corp = reg.upstream("corp")
+    assert corp.url == "https://cargo.corp.example/index/"
+    assert corp.auth == ("alice", "t0ken")
+    assert (corp.priority, corp.ssl_validation, corp.timeout_ms) == (5, False, 2000)
+    assert corp.ca_bundle == str(tmp_path / "certs" / "corp.pem")
+    assert settings.registry_for_host("STATIC.crates.io") is reg
+    assert settings.hosts == ["index.crates.io", "static.crates.io"]
+
+
+def test_equal_priorities_keep_list_order():
+    doc = copy.deepcopy(MINIMAL)
+    doc["registries"][0]["proxies"] = [
+        {"name": n, "url": f"https://{n}.example/", "priority": p} for n, p in [("b", 1), ("a", 0), ("c", 1)]
+    ]
+    assert [u.name for u in parse(doc).registries[0].upstreams] == ["a", "b", "c"]
+
+
+def test_registry_ttl_defaults_to_cache_ttl():
+    doc = {**copy.deepcopy(MINIMAL), "cache": {"index_ttl": 42}}
+    assert parse(doc).registries[0].index_ttl == 42
+
+
+def test_relative_cache_directory_is_relative_to_the_file(tmp_path: Path):
+    doc = {**copy.deepcopy(MINIMAL), "cache": {"directory": "data/cache"}}
+    settings = parse(doc, path=tmp_path / "conf" / "proxies.yaml")
+    assert settings.cache.directory == tmp_path / "conf" / "data" / "cache"
+
+
+def test_url_gets_one_trailing_slash():
+    doc = copy.deepcopy(MINIMAL)
+    doc["registries"][0]["proxies"][0]["url"] = "https://mirror.example/index"
+    assert parse(doc).registries[0].upstreams[0].url == "https://mirror.example/index/"
+
+
+def test_password_not_in_repr():
+    up = Upstream(name="corp", url="https://x.example/", username="alice", password="hunter2")
+    assert "hunter2" not in repr(up)
+    assert "alice" in repr(up)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [("20GB", 20 * 10**9), ("512MiB", 512 * 2**20), (1048576, 1048576), ("2Gi", 2 * 2**30),
+     ("1.5 kb", 1500), ("100", 100), ("7B", 7), (0, 0)],
+)
+def test_parse_size(value, expected):
+    assert parse_size(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [("20XB", "expected a size"), ("20iB", "unknown size unit"), ("lots", "expected a size"),
+     (-1, "must not be negative"), (True, "expected a size"), (1.5, "expected a size")],
+)
+def test_parse_size_errors(value, problem):
+    with pytest.raises(ValueError, match=problem):
+        parse_size(value)
+
+
+REG = "registries[0]"
+UP1 = "registries[0].proxies[1]"
+
+
+def _set(path: str, value):
+    """A mutation of MINIMAL: set the dotted/indexed `path` (None deletes the key)."""
+    def apply(doc):
+        *parents, last = [int(k) if k.isdigit() else k for k in path.split(".")]
+        node = doc
+        for key in parents:
+            node = node[key] if isinstance(key, int) else node.setdefault(key, {})
+        if value is None:
+            del node[last]
+        else:
+            node[last] = value
+    return apply
+
+
+def _second_registry(**overrides):
+    def apply(doc):
+        doc["registries"].append({**copy.deepcopy(doc["registries"][0]), "name": "other",
+                                  "index_host": "i.other.example", "download_host": "d.other.example",
+                                  **overrides})
+    return apply
+
+
+@pytest.mark.parametrize(
+    "mutate, field, problem",
+    [
+        (_set("extra", 1), "extra", "unknown field"),
+        (_set("cache.dir", "x"), "cache.dir", "unknown field"),
+        (_set("registries.0.ttl", 1), f"{REG}.ttl", "unknown field"),
+        (_set("registries.0.proxies.1.retries", 3), f"{UP1}.retries", "unknown field"),
+        (_set("registries.0.proxies.1.timeout_ms", "5000"), f"{UP1}.timeout_ms", "expected an integer, got a string"),
+        (_set("registries.0.proxies.1.ssl_validation", 1), f"{UP1}.ssl_validation", "expected true or false"),
+        (_set("registries.0.proxies.1", ["x"]), UP1, "expected a mapping, got a list"),
+        (_set("cache", ["x"]), "cache", "expected a mapping, got a list"),
+        (_set("cache", []), "cache", "expected a mapping, got a list"),
+        (_set("cache.index_ttl", -1), "cache.index_ttl", "must be at least 0"),
+        (_set("registries.0.proxies.1.timeout_ms", 0), f"{UP1}.timeout_ms", "must be at least 1"),
+        (_set("cache.size_limit", "20XB"), "cache.size_limit", "expected a size"),
+        (_set("cache.eviction_policy", "random"), "cache.eviction_policy", "expected one of"),
+        (_set("registries.0.proxies.1.url", "ftp://mirror.example/"), f"{UP1}.url", "expected an http:// or https://"),
+        (_set("registries.0.proxies.1.url", "https:///index/"), f"{UP1}.url", "expected an http:// or https://"),
+        (_set("registries.0.proxies.1.url", "https://bob:pw@x.example/"), f"{UP1}.url", "credentials in the URL"),
+        (_set("registries.0.proxies.1.url", "https://x.example/?a=1"), f"{UP1}.url", "must not have a query"),
+        (_set("registries.0.proxies.1.url", "https://x.example:99999/"), f"{UP1}.url", "not a valid URL"),
+        (_set("registries.0.proxies.1.name", "mirror"), f"{UP1}.name", "duplicate upstream name 'mirror'"),
+        (_set("registries.0.name", "bad name!"), f"{REG}.name", "not a valid name"),
+        (_set("registries.0.index_host", "index/crates"), f"{REG}.index_host", "not a host name"),
+        (_set("registries.0.proxies", []), f"{REG}.proxies", "non-empty list"),
+        (_set("registries", {}), "registries", "non-empty list"),
+        (_second_registry(name="crates-io"), "registries[1].name", "duplicate registry name 'crates-io'"),
+        (_second_registry(index_host="static.crates.io"), "registries[1].index_host", "duplicate host"),
+        (_second_registry(download_host="INDEX.crates.io"), "registries[1].download_host", "duplicate host"),
+        (_set("registries", None), "registries", "required field is missing"),
+        (_set("registries.0.index_host", None), f"{REG}.index_host", "required field is missing"),
+        (_set("registries.0.proxies.1.url", None), f"{UP1}.url", "required field is missing"),
+    ],
+)
+def test_errors_name_file_and_field(mutate, field, problem):
+    doc = copy.deepcopy(MINIMAL)
+    mutate(doc)
+    err = parse_error(doc)
+    assert err.field == field
+    assert str(err).startswith(f"{FILE}: {field}: ")
+    assert problem in err.problem
+
+
+def test_missing_env_var_names_it_and_no_secret():
+    doc = copy.deepcopy(MINIMAL)
+    doc["registries"][0]["proxies"][1].update(username="${CORP_USER}", password="${CORP_TOKEN}")
+    err = parse_error(doc, env={"CORP_USER": "alice-secret", "OTHER_TOKEN": "hunter2"})
+    assert str(err) == f"{FILE}: {UP1}.password: environment variable CORP_TOKEN is not set"
+
+
+@pytest.mark.parametrize("url", ["ftp://bob:s3cret@mirror.example/", "https://:s3cret@/",
+                                 "http:///index/?token=s3cret"])
+def test_url_error_does_not_echo_secrets(url):
+    doc = copy.deepcopy(MINIMAL)
+    doc["registries"][0]["proxies"][0]["url"] = "${MIRROR_URL}"
+    err = parse_error(doc, env={"MIRROR_URL": url})
+    assert err.field == "registries[0].proxies[0].url"
+    assert "s3cret" not in str(err)
+
+
+def test_missing_ca_bundle(tmp_path: Path):
+    doc = copy.deepcopy(MINIMAL)
+    doc["registries"][0]["proxies"][0]["ca_bundle"] = "nope.pem"
+    with pytest.raises(ConfigError, match=r"proxies\[0\]\.ca_bundle: file not found"):
+        parse(doc, path=tmp_path / "proxies.yaml")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("registries: [unclosed\n", rf"^{FILE}: not valid YAML at line \d+: "),
+        ("", rf"^{FILE}: \(top level\): expected a mapping, got nothing$"),
+        ("- a\n- b\n", rf"^{FILE}: \(top level\): expected a mapping, got a list$"),
+    ],
+)
+def test_unusable_documents(text, message):
+    err = parse_error(text)
+    assert re.search(message, str(err))
+
+
+def test_nonexistent_file(tmp_path: Path):
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_settings(missing, env={})
+    assert str(info.value) == f"{missing}: cannot read file (No such file or directory)"

@@ -1,0 +1,147 @@
+"""routes.py: host + method + path -> config / index / download route, or a rejection with a status."""
+
+from __future__ import annotations
+
+import pytest
+
+from cratecache.config import Registry, Upstream
+from cratecache.routes import ConfigRoute, CrateRoute, IndexRoute, Rejection, classify
+
+INDEX, DL = "index.crates.io", "static.crates.io"
+CRATES_IO = Registry(
+    name="crates-io", index_host=INDEX, download_host=DL,
+    upstreams=(Upstream(name="crates-io", url="https://index.crates.io/"),),
+)
+SINGLE_HOST = Registry(
+    name="private", index_host="cargo.example", download_host="cargo.example",
+    upstreams=(Upstream(name="private", url="https://cargo.example/"),),
+)
+
+
+def get(path: str, host: str = INDEX, method: str = "GET", registry: Registry = CRATES_IO):
+    return classify(registry, host, method, path)
+
+
+def test_config_json():
+    route = get("/config.json")
+    assert route == ConfigRoute(CRATES_IO)
+    assert (route.kind, route.key) == ("config", "config/crates-io")
+
+
+@pytest.mark.parametrize(
+    "path, name",
+    [("/1/a", "a"), ("/2/ab", "ab"), ("/3/a/abc", "abc"), ("/se/rd/serde", "serde"),
+     ("/se/rd/serde_json", "serde_json"), ("/a-/b_/a-b_c", "a-b_c")],
+)
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_index_paths(path, name, method):
+    route = get(path, method=method)
+    assert route == IndexRoute(CRATES_IO, name)
+    assert (route.kind, route.key) == ("index", f"index/crates-io/{name}")
+
+
+@pytest.mark.parametrize(
+    "path, name, version",
+    [
+        ("/crates/serde/1.0.0/download", "serde", "1.0.0"),
+        ("/crates/serde/serde-1.0.0.crate", "serde", "1.0.0"),
+        ("/crates/tokio-util/tokio-util-0.7.10.crate", "tokio-util", "0.7.10"),
+        ("/crates/foo/1.0.0-alpha.1/download", "foo", "1.0.0-alpha.1"),
+        ("/crates/foo/foo-1.0.0-rc.1.crate", "foo", "1.0.0-rc.1"),
+        ("/crates/foo/1.0.0%2Bbuild.5/download", "foo", "1.0.0+build.5"),
+        ("/crates/foo/1.0.0%2bbuild.5/download", "foo", "1.0.0+build.5"),
+        ("/crates/foo/1.0.0+build.5/download", "foo", "1.0.0+build.5"),
+        ("/crates/foo/foo-0.1.0-beta.2%2Bzstd.1.5.2.crate", "foo", "0.1.0-beta.2+zstd.1.5.2"),
+    ],
+)
+def test_downloads(path, name, version):
+    route = get(path, host=DL)
+    assert route == CrateRoute(CRATES_IO, name, version)
+    assert (route.kind, route.key) == ("crate", f"crate/crates-io/{name}/{version}")
+
+
+def test_download_key_lowercases_the_name():
+    route = get("/crates/Inflector/0.11.4/download", host=DL)
+    assert route.name == "Inflector"
+    assert route.key == "crate/crates-io/inflector/0.11.4"
+
+
+def test_host_is_case_insensitive():
+    assert get("/se/rd/serde", host="Index.Crates.IO") == IndexRoute(CRATES_IO, "serde")
+
+
+@pytest.mark.parametrize(
+    "host, path, status, reason",
+    [
+        # wrong layout / case
+        (INDEX, "/2/serde", 404, "expected /se/rd/serde"),
+        (INDEX, "/s/er/serde", 404, "index layout"),
+        (INDEX, "/3/b/abc", 404, "expected /3/a/abc"),
+        (INDEX, "/se/rd/Serde", 404, "lowercase"),
+        (INDEX, "/SE/RD/serde", 404, "index layout"),
+        # path tricks
+        (INDEX, "/se/../serde", 400, "path traversal"),
+        (INDEX, "/./config.json", 400, "path traversal"),
+        (DL, "/crates/serde/../1.0.0/download", 400, "path traversal"),
+        (DL, "/crates/serde%2F1.0.0/download", 400, "percent-encoded"),
+        (INDEX, "/se/rd/%2e%2e", 400, "percent-encoded"),
+        (INDEX, "/se/rd/ser\x00de", 400, "invalid character"),
+        (INDEX, "/se\\rd\\serde", 400, "invalid character"),
+        (INDEX, "/config.json?x=1", 400, "query strings"),
+        (INDEX, "/se/rd/serde#top", 400, "query strings"),
+        (INDEX, "//config.json", 400, "malformed path"),
+        (INDEX, "/" + "a" * 600, 414, "too long"),
+        # names and versions
+        (INDEX, "/aa/aa/" + "a" * 65, 400, "longer than 64"),
+        (DL, f"/crates/{'a' * 65}/1.0.0/download", 400, "longer than 64"),
+        (INDEX, "/se/r./ser.de", 400, "invalid crate name"),
+        (INDEX, "/1/_", 400, "invalid crate name"),
+        (INDEX, "/3/1/1ab", 400, "invalid crate name"),
+        (DL, "/crates/ser$de/1.0.0/download", 400, "invalid crate name"),
+        (DL, "/crates/serde/1.0/download", 400, "invalid version"),
+        (DL, "/crates/serde/01.0.0/download", 400, "invalid version"),
+        (DL, "/crates/serde/serde-latest.crate", 400, "invalid version"),
+        # unknown paths
+        (INDEX, "/", 404, "not a sparse index path"),
+        (INDEX, "/index.html", 404, "not a sparse index path"),
+        (INDEX, "/se/rd/se/serde", 404, "not a sparse index path"),
+        (DL, "/", 404, "not a registry path"),
+        (DL, "/crates/serde", 404, "not a registry path"),
+        (DL, "/crates/serde/1.0.0/download/more", 404, "not a registry path"),
+        (DL, "/crates/serde/other-1.0.0.crate", 404, "not a registry path"),
+        (DL, "/crates/serde/1.0.0/upload", 404, "not a registry path"),
+        # each host serves only its own kind
+        (DL, "/se/rd/serde", 404, "not a registry path"),
+        (DL, "/config.json", 404, "not a registry path"),
+        (INDEX, "/crates/serde/1.0.0/download", 404, "not a sparse index path"),
+        (INDEX, "/crates/serde/serde-1.0.0.crate", 404, "not a sparse index path"),
+    ],
+)
+def test_rejections(host, path, status, reason):
+    rejection = get(path, host=host)
+    assert isinstance(rejection, Rejection)
+    assert rejection.status == status
+    assert reason in rejection.reason
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "get"])
+def test_write_methods_are_refused(method):
+    rejection = get("/crates/serde/1.0.0/download", host=DL, method=method)
+    assert rejection.status == 405
+    assert f"method {method} not allowed" in rejection.reason
+
+
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        ("/config.json", ConfigRoute(SINGLE_HOST)),
+        ("/se/rd/serde", IndexRoute(SINGLE_HOST, "serde")),
+        ("/cr/at/crates", IndexRoute(SINGLE_HOST, "crates")),
+        ("/crates/serde/1.0.0/download", CrateRoute(SINGLE_HOST, "serde", "1.0.0")),
+        ("/crates/serde/serde-1.0.0.crate", CrateRoute(SINGLE_HOST, "serde", "1.0.0")),
+        ("/2/serde", Rejection(404, "path does not match the index layout (expected /se/rd/serde)")),
+        ("/index.html", Rejection(404, "not a registry path: /index.html")),
+    ],
+)
+def test_single_host_registry_serves_both_kinds(path, expected):
+    assert get(path, host="cargo.example", registry=SINGLE_HOST) == expected
