@@ -200,6 +200,7 @@ def _second_registry(**overrides):
         (_set("registries.0.proxies.1.url", "https://x.example:99999/"), f"{UP1}.url", "not a valid URL"),
         (_set("registries.0.proxies.1.name", "mirror"), f"{UP1}.name", "duplicate upstream name 'mirror'"),
         (_set("registries.0.name", "bad name!"), f"{REG}.name", "not a valid name"),
+        (_set("registries.0.name", "crates-io\n"), f"{REG}.name", "not a valid name"),
         (_set("registries.0.index_host", "index/crates"), f"{REG}.index_host", "not a host name"),
         (_set("registries.0.proxies", []), f"{REG}.proxies", "non-empty list"),
         (_set("registries", {}), "registries", "non-empty list"),

@@ -87,6 +87,8 @@ def test_host_is_case_insensitive():
         (INDEX, "/se/rd/%2e%2e", 400, "percent-encoded"),
         (INDEX, "/se/rd/ser\x00de", 400, "invalid character"),
         (INDEX, "/se\\rd\\serde", 400, "invalid character"),
+        (INDEX, "/se/rd/serde\n", 400, "invalid crate name"),
+        (DL, "/crates/serde/1.0.0\n/download", 400, "invalid version"),
         (INDEX, "/config.json?x=1", 400, "query strings"),
         (INDEX, "/se/rd/serde#top", 400, "query strings"),
         (INDEX, "//config.json", 400, "malformed path"),
