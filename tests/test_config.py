@@ -99,6 +99,7 @@ def test_full_example(tmp_path: Path):
     assert corp.ca_bundle == str(tmp_path / "certs" / "corp.pem")
     assert settings.registry_for_host("STATIC.crates.io") is reg
     assert settings.hosts == ["index.crates.io", "static.crates.io"]
+    assert "t0ken" not in repr(settings)
 
 
 def test_equal_priorities_keep_list_order():
@@ -166,6 +167,7 @@ def _set(path: str, value):
             del node[last]
         else:
             node[last] = value
+    apply.__name__ = f"{path}={value!r}"  # the test id
     return apply
 
 

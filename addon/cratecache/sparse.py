@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from urllib.parse import quote
 
 MAX_NAME_LENGTH = 64
 MAX_VERSION_LENGTH = 128
@@ -63,7 +62,7 @@ def download_url(dl: str, name: str, version: str, cksum: str) -> str:
         return f"{dl.rstrip('/')}/{name}/{version}/download"
     return (
         dl.replace("{crate}", name)
-        .replace("{version}", quote(version, safe=".-"))
+        .replace("{version}", version)  # as Cargo does: no escaping
         .replace("{prefix}", prefix(name))
         .replace("{lowerprefix}", prefix(name.lower()))
         .replace("{sha256-checksum}", cksum)
