@@ -18,7 +18,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -150,8 +149,8 @@ def _verify(upstream: Upstream) -> bool | ssl.SSLContext:
 
 
 def _same_origin(a: str, b: str) -> bool:
-    pa, pb = urlsplit(a), urlsplit(b)
-    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
+    pa, pb = httpx.URL(a), httpx.URL(b)  # normalised: lowercase host, default port as None
+    return (pa.scheme, pa.host, pa.port) == (pb.scheme, pb.host, pb.port)
 
 
 def _short(text: str, limit: int = 160) -> str:

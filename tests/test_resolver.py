@@ -1,0 +1,264 @@
+"""resolver.py: cache -> upstreams in priority order -> cache, over fake registries (no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import httpx
+import pytest
+
+from cratecache.resolver import NotFound, Resolver, Unavailable
+from cratecache.store import Store
+from tests.fake_registry import (A, A_DL, B, B_DL, Clock, FakeNet, a_download, b_download, index_file,
+                                 make_settings, upstream)
+
+FOO = b"\x1f\x8b foo 1.0.0 from the registry"
+FOO_NEW = b"\x1f\x8b foo 1.1.0 from the registry"
+A_FOO = A + "3/f/foo"
+B_FOO = B + "3/f/foo"
+TWO = [upstream("a", A, priority=1, timeout_ms=500), upstream("b", B, priority=2)]
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def net() -> FakeNet:
+    net = FakeNet()
+    net.registry(A, A_DL, a_download, {"foo": {"1.0.0": FOO}}, etag='"a-foo-1"',
+                 api="https://a.test/api", **{"auth-required": True})
+    net.registry(B, B_DL, b_download, {"foo": {"1.0.0": FOO}}, etag='"b-foo-1"')
+    return net
+
+
+@pytest.fixture
+async def make(tmp_path, net, clock):
+    made: list[Resolver] = []
+
+    def make(upstreams: list[dict] = TWO, index_ttl: int = 300) -> Resolver:
+        settings = make_settings(tmp_path, upstreams, index_ttl)
+        resolver = Resolver(settings, Store(settings.cache.directory, settings.cache.size_limit),
+                            clock=clock, transport=net.transport())
+        made.append(resolver)
+        return resolver
+
+    yield make
+    for resolver in made:
+        await resolver.aclose()
+        resolver.store.close()
+
+
+@pytest.fixture
+def resolver(make) -> Resolver:
+    return make()
+
+
+@pytest.fixture
+def reg(resolver):
+    return resolver.settings.registries[0]
+
+
+# -- priority order ------------------------------------------------------------------------------
+
+async def test_first_upstream_answers_and_the_next_is_never_asked(resolver, reg, net):
+    served = await resolver.index(reg, "foo")
+    assert (served.state, served.source, served.entry.body) == ("miss", "a", index_file("foo", {"1.0.0": FOO}))
+    assert net.asked() == [A_FOO]
+
+
+async def test_lower_priority_number_goes_first_whatever_the_list_order(make, net):
+    resolver = make([upstream("b", B, priority=5), upstream("a", A, priority=1)])
+    served = await resolver.index(resolver.settings.registries[0], "foo")
+    assert served.source == "a"
+    assert net.asked("b.test") == []
+
+
+async def test_inactive_upstream_is_never_asked(make, net):
+    resolver = make([upstream("a", A, priority=1, active=False), upstream("b", B, priority=2)])
+    served = await resolver.index(resolver.settings.registries[0], "foo")
+    assert served.source == "b"
+    assert net.asked("a.test") == []
+
+
+# -- failures on one upstream --------------------------------------------------------------------
+
+@pytest.mark.parametrize("status", [404, 410, 451])
+async def test_not_found_on_first_upstream_falls_through(resolver, reg, net, status):
+    net.serve(A_FOO, b"gone", status)
+    served = await resolver.index(reg, "foo")
+    assert served.source == "b"
+    assert net.asked() == [A_FOO, B_FOO]
+
+
+async def test_not_found_everywhere_is_not_found(resolver, reg, net):
+    with pytest.raises(NotFound, match="crate zzz not found on any upstream"):
+        await resolver.index(reg, "zzz")
+    assert net.asked() == [A + "3/z/zzz", B + "3/z/zzz"]
+
+
+@pytest.mark.parametrize("status", [503, 401])
+async def test_failure_then_not_found_is_unavailable_listing_both(resolver, reg, net, status):
+    net.serve(A + "3/z/zzz", b"", status)
+    with pytest.raises(Unavailable) as info:
+        await resolver.index(reg, "zzz")
+    assert f"a: HTTP {status}; b: HTTP 404" in str(info.value)
+    assert [a.outcome for a in info.value.attempts] == ["failed", "not_found"]
+
+
+@pytest.mark.parametrize("error, detail", [(httpx.ConnectError, "a: connection failed: refused"),
+                                           (httpx.ReadTimeout, "a: timed out after 500 ms")])
+async def test_transport_error_moves_on_to_next_upstream(resolver, reg, net, error, detail):
+    net.fail(A_FOO, error, "refused")
+    net.fail(A + "3/z/zzz", error, "refused")
+    served = await resolver.index(reg, "foo")
+    assert served.source == "b"
+    assert str(served.attempts[0]).startswith(detail)
+    with pytest.raises(Unavailable, match=detail):
+        await resolver.index(reg, "zzz")
+
+
+@pytest.mark.parametrize("body", [b"<!DOCTYPE html><html><body>Sign in</body></html>",
+                                  index_file("bar", {"1.0.0": FOO})], ids=["html", "other-crate"])
+async def test_invalid_index_is_a_failure_and_is_not_stored(resolver, reg, net, body):
+    net.serve(A_FOO, body)
+    served = await resolver.index(reg, "foo")
+    assert served.source == "b"
+    assert served.attempts[0].outcome == "failed"
+    assert "invalid index file" in served.attempts[0].detail
+    stored = resolver.store.get("index/crates-io/foo")
+    assert (stored.meta.upstream, stored.body) == ("b", index_file("foo", {"1.0.0": FOO}))
+
+
+# -- crates --------------------------------------------------------------------------------------
+
+async def test_checksum_mismatch_uses_next_upstream_and_stores_good_bytes(resolver, reg, net):
+    net.serve(a_download("foo", "1.0.0"), b"tampered")
+    served = await resolver.crate(reg, "foo", "1.0.0")
+    assert (served.source, served.entry.body) == ("b", FOO)
+    assert "checksum mismatch" in served.attempts[0].detail
+    assert resolver.store.get("crate/crates-io/foo/1.0.0").body == FOO
+
+
+async def test_checksum_mismatch_everywhere_is_unavailable_and_stores_nothing(resolver, reg, net):
+    net.serve(a_download("foo", "1.0.0"), b"tampered")
+    net.serve(b_download("foo", "1.0.0"), b"tampered too")
+    with pytest.raises(Unavailable, match="checksum mismatch"):
+        await resolver.crate(reg, "foo", "1.0.0")
+    assert resolver.store.get("crate/crates-io/foo/1.0.0") is None
+
+
+async def test_crate_is_asked_first_from_the_upstream_that_served_the_index(resolver, reg, net):
+    net.serve(A_FOO, b"", 404)
+    served = await resolver.crate(reg, "foo", "1.0.0")
+    assert (served.source, served.entry.body) == ("b", FOO)
+    assert net.asked("b.test")[-1] == b_download("foo", "1.0.0")  # dl with markers expanded
+    assert a_download("foo", "1.0.0") not in net.asked()
+
+
+async def test_version_missing_from_index_is_not_found(resolver, reg, net):
+    with pytest.raises(NotFound, match="foo 9.9.9 is not listed in the index"):
+        await resolver.crate(reg, "foo", "9.9.9")
+    assert not [url for url in net.asked() if "9.9.9" in url]
+
+
+async def test_version_missing_from_fresh_index_forces_one_refresh(resolver, reg, net):
+    await resolver.index(reg, "foo")
+    net.registry(A, A_DL, a_download, {"foo": {"1.0.0": FOO, "1.1.0": FOO_NEW}}, etag='"a-foo-2"')
+    served = await resolver.crate(reg, "foo", "1.1.0")
+    assert (served.source, served.entry.body) == ("a", FOO_NEW)
+    assert net.asked().count(A_FOO) == 2
+    with pytest.raises(NotFound, match="not listed"):
+        await resolver.crate(reg, "foo", "9.9.9")
+    assert net.asked().count(A_FOO) == 3  # one refresh per request, no retry loop
+
+
+# -- credentials and config.json -----------------------------------------------------------------
+
+async def test_credentials_go_to_the_upstream_origin_only(make, net):
+    resolver = make([upstream("a", A, username="ci", password="s3cret")])
+    net.registry(A, "http://cdn.test/dl", lambda n, v: f"http://cdn.test/dl/{n}/{v}/download",
+                 {"foo": {"1.0.0": FOO}})
+    served = await resolver.crate(resolver.settings.registries[0], "foo", "1.0.0")
+    assert served.entry.body == FOO
+    basic = "Basic " + base64.b64encode(b"ci:s3cret").decode()
+    assert [r.headers.get("authorization") for r in net.requests if r.url.host == "a.test"] == [basic, basic]
+    (download,) = [r for r in net.requests if r.url.host == "cdn.test"]
+    assert "authorization" not in download.headers
+
+
+async def test_config_points_downloads_at_the_intercepted_host(resolver, reg):
+    served = await resolver.config(reg)
+    assert (served.state, served.source) == ("miss", "a")
+    assert json.loads(served.entry.body) == {"dl": "https://static.crates.io/crates", "api": "https://a.test/api"}
+
+
+# -- freshness -----------------------------------------------------------------------------------
+
+async def test_within_ttl_no_upstream_is_asked(resolver, reg, net, clock):
+    first = await resolver.index(reg, "foo")
+    clock.advance(299)
+    again = await resolver.index(reg, "foo")
+    assert (again.state, again.source, again.entry.body) == ("hit", "cache", first.entry.body)
+    assert net.asked() == [A_FOO]
+
+
+async def test_after_ttl_revalidates_with_the_upstream_that_served_it(resolver, reg, net, clock):
+    net.serve(A_FOO, b"", 404)
+    first = await resolver.index(reg, "foo")
+    net.registry(A, A_DL, a_download, {"foo": {"1.0.0": FOO}})  # a has it now; b's copy is still current
+    clock.advance(301)
+    again = await resolver.index(reg, "foo")
+    assert (again.state, again.source, again.entry.body) == ("revalidated", "b", first.entry.body)
+    assert again.entry.meta.checked_at == clock.now
+    assert net.asked()[-1] == B_FOO and net.asked().count(A_FOO) == 1
+    assert net.requests[-1].headers["if-none-match"] == '"b-foo-1"'
+    assert resolver.store.get("index/crates-io/foo").meta.checked_at == clock.now
+
+
+async def test_after_ttl_a_200_replaces_the_body(resolver, reg, net, clock):
+    await resolver.index(reg, "foo")
+    newer = index_file("foo", {"1.0.0": FOO, "1.1.0": FOO_NEW})
+    net.serve_index(A, "foo", newer, etag='"a-foo-2"')
+    clock.advance(301)
+    served = await resolver.index(reg, "foo")
+    assert (served.source, served.entry.body, served.entry.meta.etag) == ("a", newer, '"a-foo-2"')
+    assert resolver.store.get("index/crates-io/foo").body == newer
+
+
+async def test_after_ttl_with_every_upstream_failing_serves_stale(resolver, reg, net, clock):
+    first = await resolver.index(reg, "foo")
+    net.fail(A_FOO, httpx.ConnectError)
+    net.serve(B_FOO, b"", 503)
+    clock.advance(301)
+    served = await resolver.index(reg, "foo")
+    assert (served.state, served.source, served.entry.body) == ("stale", "cache", first.entry.body)
+    assert [a.outcome for a in served.attempts] == ["failed", "failed"]
+
+
+async def test_ttl_zero_revalidates_every_time(make, net):
+    resolver = make(index_ttl=0)
+    reg = resolver.settings.registries[0]
+    states = [(await resolver.index(reg, "foo")).state for _ in range(3)]
+    assert states == ["miss", "revalidated", "revalidated"]
+    assert [r.headers.get("if-none-match") for r in net.requests] == [None, '"a-foo-1"', '"a-foo-1"']
+
+
+# -- coalescing ----------------------------------------------------------------------------------
+
+async def test_concurrent_index_misses_share_one_upstream_request(resolver, reg, net):
+    net.delay = 0.05
+    served = await asyncio.gather(*(resolver.index(reg, "foo") for _ in range(10)))
+    assert {s.entry.body for s in served} == {index_file("foo", {"1.0.0": FOO})}
+    assert net.asked() == [A_FOO]
+
+
+async def test_concurrent_crate_misses_share_one_download(resolver, reg, net):
+    net.delay = 0.05
+    served = await asyncio.gather(*(resolver.crate(reg, "foo", "1.0.0") for _ in range(10)))
+    assert {s.entry.body for s in served} == {FOO}
+    assert net.asked().count(a_download("foo", "1.0.0")) == 1
+    assert net.asked().count(A_FOO) == 1

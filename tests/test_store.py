@@ -1,0 +1,110 @@
+"""store.py: entries (bytes + provenance) in diskcache; a missing or damaged blob is a miss."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from cratecache.store import Store
+
+NOW = 1_700_000_000.0
+BODY = b'{"name":"foo","vers":"1.0.0"}\n'
+LARGE = bytes(range(256)) * 1024  # 256 KiB: diskcache keeps it as a file, not in SQLite
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    store = Store(tmp_path / "cache", size_limit=10**9)
+    yield store
+    store.close()
+
+
+def test_put_then_get_round_trips_bytes_and_provenance(store):
+    put = store.put("index/crates-io/foo", BODY, "mirror", etag='"abc"',
+                    last_modified="Tue, 14 Nov 2023 22:13:20 GMT", now=NOW)
+    got = store.get("index/crates-io/foo")
+    assert got == put
+    assert got.body == BODY
+    meta = got.meta
+    assert (meta.upstream, meta.etag, meta.last_modified) == ("mirror", '"abc"', "Tue, 14 Nov 2023 22:13:20 GMT")
+    assert (meta.sha256, meta.size) == (hashlib.sha256(BODY).hexdigest(), len(BODY))
+    assert meta.stored_at == meta.checked_at == NOW
+
+
+def test_missing_key_is_a_miss(store):
+    assert store.get("index/crates-io/nope") is None
+    assert store.meta("index/crates-io/nope") is None
+    assert store.mark_checked("index/crates-io/nope", NOW) is None
+
+
+def test_put_replaces_an_entry(store):
+    store.put("index/crates-io/foo", BODY, "a", etag='"1"', now=NOW)
+    store.put("index/crates-io/foo", BODY + BODY, "b", now=NOW + 5)
+    got = store.get("index/crates-io/foo")
+    assert (got.body, got.meta.upstream, got.meta.etag, got.meta.stored_at) == (BODY + BODY, "b", None, NOW + 5)
+
+
+def test_mark_checked_updates_checked_at_only(store):
+    before = store.put("index/crates-io/foo", BODY, "a", etag='"1"', now=NOW).meta
+    after = store.mark_checked("index/crates-io/foo", NOW + 600)
+    assert after.checked_at == NOW + 600
+    assert after == replace(before, checked_at=NOW + 600)
+    assert store.get("index/crates-io/foo").meta == after
+    assert store.get("index/crates-io/foo").body == BODY
+
+
+def test_meta_whose_blob_is_gone_reads_as_a_miss(store):
+    meta = store.put("crate/crates-io/foo/1.0.0", LARGE, "a", now=NOW).meta
+    store._cache.delete(f"blob:{meta.sha256}")  # as eviction would
+    assert store.meta("crate/crates-io/foo/1.0.0") == meta
+    assert store.get("crate/crates-io/foo/1.0.0") is None
+
+
+def test_blob_of_the_wrong_size_reads_as_a_miss(store):
+    meta = store.put("crate/crates-io/foo/1.0.0", BODY, "a", now=NOW).meta
+    store._cache.set(f"blob:{meta.sha256}", BODY[:-1])  # truncated
+    assert store.get("crate/crates-io/foo/1.0.0") is None
+
+
+def test_identical_bytes_share_a_blob_and_deleting_one_key_keeps_the_other(store):
+    store.put("crate/crates-io/foo/1.0.0", LARGE, "a", now=NOW)
+    store.put("crate/crates-io/foo-copy/1.0.0", LARGE, "b", now=NOW)
+    assert store.delete("crate/crates-io/foo/1.0.0") is True
+    assert store.delete("crate/crates-io/foo/1.0.0") is False
+    assert store.get("crate/crates-io/foo/1.0.0") is None
+    assert store.get("crate/crates-io/foo-copy/1.0.0").body == LARGE
+
+
+def test_keys_lists_entries_by_prefix(store):
+    for key in ("index/crates-io/foo", "index/crates-io/bar", "crate/crates-io/foo/1.0.0", "config/crates-io"):
+        store.put(key, key.encode(), "a", now=NOW)
+    assert store.keys("index/") == ["index/crates-io/bar", "index/crates-io/foo"]
+    assert store.keys("crate/crates-io/foo") == ["crate/crates-io/foo/1.0.0"]
+    assert store.keys() == sorted(["index/crates-io/foo", "index/crates-io/bar", "crate/crates-io/foo/1.0.0",
+                                   "config/crates-io"])  # blobs are not entries
+    assert store.keys("nothing/") == []
+
+
+def test_a_new_store_on_the_same_directory_sees_the_entries(tmp_path):
+    first = Store(tmp_path / "cache", size_limit=10**9)
+    first.put("crate/crates-io/foo/1.0.0", LARGE, "a", etag='"x"', now=NOW)
+    first.put("index/crates-io/foo", BODY, "b", now=NOW)
+    first.close()
+    reopened = Store(tmp_path / "cache", size_limit=10**9)
+    try:
+        assert reopened.keys() == ["crate/crates-io/foo/1.0.0", "index/crates-io/foo"]
+        crate = reopened.get("crate/crates-io/foo/1.0.0")
+        assert (crate.body, crate.meta.upstream, crate.meta.etag) == (LARGE, "a", '"x"')
+        assert reopened.get("index/crates-io/foo").body == BODY
+        assert reopened.volume() >= len(LARGE)
+    finally:
+        reopened.close()
+
+
+def test_store_creates_its_directory(tmp_path):
+    store = Store(tmp_path / "deep" / "cache", size_limit=10**9)
+    store.close()
+    assert (tmp_path / "deep" / "cache").is_dir()

@@ -1,0 +1,164 @@
+"""upstreams.py: status outcomes, error descriptions, the per-upstream client and the priority walk."""
+
+from __future__ import annotations
+
+import base64
+from types import SimpleNamespace
+
+import httpx
+import pytest
+
+from cratecache.config import Upstream
+from cratecache.upstreams import (Attempt, UpstreamClient, UpstreamError, describe_error, status_outcome, summary,
+                                  walk)
+
+PASSWORD = "hunter2-s3cret"
+TOKEN = base64.b64encode(f"ci:{PASSWORD}".encode()).decode()
+
+
+@pytest.mark.parametrize("status, outcome", [
+    (200, "ok"), (304, "not_modified"), (404, "not_found"), (410, "not_found"), (451, "not_found"),
+    (401, "failed"), (403, "failed"), (429, "failed"), (500, "failed"), (503, "failed"),
+])
+def test_status_outcome(status, outcome):
+    assert status_outcome(status) == outcome
+
+
+@pytest.mark.parametrize("error, expected", [
+    (httpx.ConnectError("[Errno 111] Connection refused"), "connection failed: [Errno 111] Connection refused"),
+    (httpx.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED] self-signed"), "TLS error: [SSL: CERTIFICATE_VERIFY_FAILED]"),
+    (httpx.ReadTimeout("read"), "timed out after 750 ms (ReadTimeout)"),
+    (httpx.ConnectTimeout("connect"), "timed out after 750 ms (ConnectTimeout)"),
+    (httpx.TooManyRedirects("Exceeded maximum allowed redirects."), "too many redirects"),
+    (httpx.RemoteProtocolError("peer closed connection"), "RemoteProtocolError: peer closed connection"),
+    (UpstreamError("checksum mismatch for foo 1.0.0"), "checksum mismatch for foo 1.0.0"),
+    (ValueError("odd\n  multi-line\ttext"), "ValueError: odd multi-line text"),
+])
+def test_describe_error_is_one_line(error, expected):
+    text = describe_error(error, 750)
+    assert text.startswith(expected)
+    assert "\n" not in text
+
+
+def test_describe_error_shortens_long_messages():
+    assert len(describe_error(httpx.ConnectError("x" * 1000), 1)) < 200
+
+
+# -- the client ----------------------------------------------------------------------------------
+
+def authenticated(handler) -> UpstreamClient:
+    up = Upstream(name="a", url="https://a.test/index/", username="ci", password=PASSWORD, timeout_ms=750)
+    return UpstreamClient(up, transport=httpx.MockTransport(handler))
+
+
+@pytest.mark.parametrize("error", [httpx.ConnectError, httpx.ReadTimeout, httpx.RemoteProtocolError,
+                                   httpx.ConnectTimeout])
+async def test_failure_descriptions_never_contain_the_password(error):
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise error(f"failed on {request.url}", request=request)
+
+    client = authenticated(handler)
+
+    async def attempt(c: UpstreamClient):
+        await c.get(c.url("3/f/foo"))
+        raise AssertionError("unreachable")
+
+    result, attempts = await walk([client], attempt)
+    await client.aclose()
+    assert result is None and attempts[0].outcome == "failed"
+    for text in (attempts[0].detail, summary(attempts), repr(client.upstream)):
+        assert PASSWORD not in text and TOKEN not in text
+
+
+@pytest.mark.parametrize("url, sends_auth", [
+    ("https://a.test/index/3/f/foo", True),
+    ("https://a.test/dl/foo/1.0.0/download", True),  # same origin, another path
+    ("https://A.TEST:443/dl/foo", True),  # same origin, spelt with case and the default port
+    ("https://a.test:8443/dl/foo", False),  # another port
+    ("http://a.test/dl/foo", False),  # another scheme
+    ("https://cdn.a.test/dl/foo", False),  # another host
+])
+async def test_credentials_only_to_the_index_origin(url, sends_auth):
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=b"ok")
+
+    client = authenticated(handler)
+    got = await client.get(url)
+    await client.aclose()
+    assert (got.status, got.body) == (200, b"ok")
+    assert seen[0].headers.get("authorization") == (f"Basic {TOKEN}" if sends_auth else None)
+
+
+async def test_credentials_dropped_on_redirect_to_another_origin():
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.host == "a.test":
+            return httpx.Response(302, headers={"Location": "https://cdn.test/foo.crate"})
+        return httpx.Response(200, content=b"crate")
+
+    client = authenticated(handler)
+    got = await client.get("https://a.test/dl/foo/1.0.0/download")
+    await client.aclose()
+    assert got.body == b"crate"
+    assert [r.headers.get("authorization") for r in seen] == [f"Basic {TOKEN}", None]
+
+
+def test_client_ignores_proxy_settings_from_the_environment():
+    """A proxy whose users export HTTPS_PROXY must not loop back into itself. (httpx skips environment
+    proxies whenever a transport is given, so only the setting itself can be checked here.)"""
+    client = UpstreamClient(Upstream(name="a", url="https://a.test/index/"))
+    assert client.client.trust_env is False
+
+
+# -- the walk ------------------------------------------------------------------------------------
+
+def fake(name: str) -> SimpleNamespace:
+    return SimpleNamespace(name=name, upstream=SimpleNamespace(timeout_ms=100))
+
+
+def scripted(**results):
+    """An attempt function answering per client name; an exception in the script is raised."""
+    asked: list[str] = []
+
+    async def attempt(client):
+        asked.append(client.name)
+        outcome, result = results[client.name]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return Attempt(client.name, outcome, f"HTTP {dict(ok=200, not_found=404, failed=503)[outcome]}"), result
+
+    return attempt, asked
+
+
+async def test_walk_tries_in_order_and_stops_at_first_success():
+    attempt, asked = scripted(a=("not_found", None), b=("failed", None), c=("ok", "from c"), d=("ok", "from d"))
+    result, attempts = await walk([fake("a"), fake("b"), fake("c"), fake("d")], attempt)
+    assert result == "from c"
+    assert asked == ["a", "b", "c"]
+    assert [(a.upstream, a.outcome) for a in attempts] == [("a", "not_found"), ("b", "failed"), ("c", "ok")]
+    assert all(a.ms >= 0 for a in attempts)
+
+
+async def test_walk_turns_an_exception_into_a_failed_attempt_and_goes_on():
+    attempt, asked = scripted(a=(httpx.ReadTimeout("slow"), None), b=("ok", "from b"))
+    result, attempts = await walk([fake("a"), fake("b")], attempt)
+    assert (result, asked) == ("from b", ["a", "b"])
+    assert str(attempts[0]) == "a: timed out after 100 ms (ReadTimeout)"
+
+
+async def test_walk_without_answer_returns_every_attempt():
+    attempt, asked = scripted(a=("not_found", None), b=(UpstreamError("invalid index file"), None))
+    result, attempts = await walk([fake("a"), fake("b")], attempt)
+    assert result is None
+    assert summary(attempts) == "a: HTTP 404; b: invalid index file"
+
+
+async def test_walk_over_no_upstream():
+    attempt, asked = scripted()
+    assert await walk([], attempt) == (None, [])
+    assert summary([]) == "no active upstream"
