@@ -116,9 +116,9 @@ def upstream(name: str, url: str, **fields: object) -> dict:
     return {"name": name, "url": url, **fields}
 
 
-def make_settings(tmp_path: Path, upstreams: list[dict], index_ttl: int = 300) -> Settings:
+def make_settings(tmp_path: Path, upstreams: list[dict], index_ttl: int = 300, **cache: object) -> Settings:
     doc = {
-        "cache": {"directory": str(tmp_path / "cache"), "index_ttl": index_ttl},
+        "cache": {"directory": str(tmp_path / "cache"), "index_ttl": index_ttl, **cache},
         "registries": [{"name": "crates-io", "index_host": INDEX_HOST, "download_host": DOWNLOAD_HOST,
                         "proxies": upstreams}],
     }

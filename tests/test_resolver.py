@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 
 import httpx
 import pytest
@@ -39,8 +40,8 @@ def net() -> FakeNet:
 async def make(tmp_path, net, clock):
     made: list[Resolver] = []
 
-    def make(upstreams: list[dict] = TWO, index_ttl: int = 300) -> Resolver:
-        settings = make_settings(tmp_path, upstreams, index_ttl)
+    def make(upstreams: list[dict] = TWO, index_ttl: int = 300, **cache) -> Resolver:
+        settings = make_settings(tmp_path, upstreams, index_ttl, **cache)
         resolver = Resolver(settings, Store(settings.cache.directory, settings.cache.size_limit),
                             clock=clock, transport=net.transport())
         made.append(resolver)
@@ -262,3 +263,65 @@ async def test_concurrent_crate_misses_share_one_download(resolver, reg, net):
     assert {s.entry.body for s in served} == {FOO}
     assert net.asked().count(a_download("foo", "1.0.0")) == 1
     assert net.asked().count(A_FOO) == 1
+
+
+async def test_two_processes_sharing_a_cache_folder_fetch_once(make, net):
+    """Each resolver has its own Store on the same folder, like two mitmdump workers."""
+    net.delay = 0.2
+    first, second = make(), make()
+    reg = first.settings.registries[0]
+    served = await asyncio.gather(first.crate(reg, "foo", "1.0.0"), second.crate(reg, "foo", "1.0.0"))
+    assert {s.entry.body for s in served} == {FOO}
+    assert net.asked().count(a_download("foo", "1.0.0")) == 1
+    assert net.asked().count(A_FOO) == 1
+    assert sorted(s.state for s in served) == ["hit", "miss"]
+
+
+async def test_a_lease_left_by_a_dead_process_delays_only_until_it_expires(make, net):
+    resolver = make(lease_seconds=1)
+    reg = resolver.settings.registries[0]
+    assert resolver.store.acquire_lease("index/crates-io/foo", 1)  # its holder never releases it
+    served = await resolver.index(reg, "foo")
+    assert served.state == "miss" and net.asked() == [A_FOO]
+
+
+# -- negative cache and back-off -----------------------------------------------------------------
+
+async def test_a_crate_no_upstream_has_is_remembered(resolver, reg, net):
+    for _ in range(3):
+        with pytest.raises(NotFound):
+            await resolver.index(reg, "zzz")
+    assert net.asked() == [A + "3/z/zzz", B + "3/z/zzz"]
+
+
+async def test_negative_ttl_zero_remembers_nothing(make, net):
+    resolver = make(negative_ttl=0)
+    reg = resolver.settings.registries[0]
+    for _ in range(2):
+        with pytest.raises(NotFound):
+            await resolver.index(reg, "zzz")
+    assert len(net.asked()) == 4
+
+
+async def test_an_unreachable_upstream_is_skipped_during_its_back_off(make, net, clock, caplog):
+    caplog.set_level(logging.INFO)
+    for name in ("bar", "baz", "qux", "quu"):
+        net.registry(B, B_DL, b_download, {name: {"1.0.0": FOO}})
+    net.fail(A + "config.json", httpx.ConnectError, "connection refused")
+    for name in ("bar", "baz", "qux", "quu"):
+        net.fail(f"{A}3/{name[0]}/{name}", httpx.ConnectError, "connection refused")
+    resolver = make(upstream_backoff=30, backoff_after=3)
+    reg = resolver.settings.registries[0]
+
+    for name in ("bar", "baz", "qux"):
+        assert (await resolver.index(reg, name)).source == "b"
+    skipped = await resolver.index(reg, "quu")
+    clock.advance(31)
+    net.registry(A, A_DL, a_download, {"zed": {"1.0.0": FOO}})
+    retried = await resolver.index(reg, "zed")
+
+    assert [u for u in net.asked("a.test")] == [A + "3/b/bar", A + "3/b/baz", A + "3/q/qux", A + "3/z/zed"]
+    assert skipped.source == "b" and skipped.attempts[0].detail.startswith("skipped: backing off")
+    assert retried.source == "a"
+    assert "upstream a: 3 consecutive failures" in caplog.text
+    assert "upstream a: back-off over, trying it again" in caplog.text

@@ -20,6 +20,10 @@ import yaml
 DEFAULT_TIMEOUT_MS = 5000
 DEFAULT_INDEX_TTL = 300
 DEFAULT_SIZE_LIMIT = 20 * 1000**3
+DEFAULT_NEGATIVE_TTL = 60
+DEFAULT_BACKOFF = 30
+DEFAULT_BACKOFF_AFTER = 3
+DEFAULT_LEASE = 60
 EVICTION_POLICIES = ("least-recently-used", "least-recently-stored", "least-frequently-used", "none")
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -84,6 +88,10 @@ class CacheSettings:
     size_limit: int = DEFAULT_SIZE_LIMIT
     index_ttl: int = DEFAULT_INDEX_TTL
     eviction_policy: str = "least-recently-used"
+    negative_ttl: int = DEFAULT_NEGATIVE_TTL  # seconds a "no upstream has it" is remembered
+    upstream_backoff: int = DEFAULT_BACKOFF  # seconds a repeatedly unreachable upstream is skipped
+    backoff_after: int = DEFAULT_BACKOFF_AFTER  # consecutive connection failures before a back-off
+    lease_seconds: int = DEFAULT_LEASE  # longest wait for another process fetching the same object
 
 
 @dataclass(frozen=True)
@@ -209,7 +217,8 @@ class _Parser:
         return Settings(source=str(self.path), cache=cache, registries=registries)
 
     def cache(self, raw: Any) -> CacheSettings:
-        raw = self.mapping(raw, "cache", ("directory", "size_limit", "index_ttl", "eviction_policy"))
+        raw = self.mapping(raw, "cache", ("directory", "size_limit", "index_ttl", "eviction_policy", "negative_ttl",
+                                          "upstream_backoff", "backoff_after", "lease_seconds"))
         directory = Path(self.string(raw.get("directory", ".cache/cargo"), "cache.directory")).expanduser()
         if not directory.is_absolute():
             directory = (self.path.parent / directory).resolve()
@@ -221,7 +230,13 @@ class _Parser:
         if policy not in EVICTION_POLICIES:
             raise self.fail("cache.eviction_policy", f"expected one of {', '.join(EVICTION_POLICIES)}")
         ttl = self.integer(raw.get("index_ttl"), "cache.index_ttl", DEFAULT_INDEX_TTL, 0)
-        return CacheSettings(directory=directory, size_limit=size_limit, index_ttl=ttl, eviction_policy=policy)
+        return CacheSettings(
+            directory=directory, size_limit=size_limit, index_ttl=ttl, eviction_policy=policy,
+            negative_ttl=self.integer(raw.get("negative_ttl"), "cache.negative_ttl", DEFAULT_NEGATIVE_TTL, 0),
+            upstream_backoff=self.integer(raw.get("upstream_backoff"), "cache.upstream_backoff", DEFAULT_BACKOFF, 0),
+            backoff_after=self.integer(raw.get("backoff_after"), "cache.backoff_after", DEFAULT_BACKOFF_AFTER, 1),
+            lease_seconds=self.integer(raw.get("lease_seconds"), "cache.lease_seconds", DEFAULT_LEASE, 1),
+        )
 
     def registry(self, raw: Any, where: str, default_ttl: int) -> Registry:
         raw = self.mapping(raw, where, ("name", "index_host", "download_host", "proxies", "index_ttl"),

@@ -27,7 +27,7 @@ class Reply:
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
     source: str = "-"  # cache, an upstream's name, or '-' when nothing was served
-    state: str = "rejected"  # hit | miss | revalidated | stale | not_found | error | rejected
+    state: str = "rejected"  # hit | miss | revalidated | updated | stale | not_found | error | rejected
     kind: str = "-"
     size: int = 0  # bytes of the entity (also for HEAD and 304)
 

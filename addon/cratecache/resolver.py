@@ -19,9 +19,12 @@ from . import freshness, sparse
 from .config import Registry, Settings
 from .routes import ConfigRoute, CrateRoute, IndexRoute, Route
 from .store import Entry, Store
+from .health import Health
 from .upstreams import Attempt, UpstreamClient, UpstreamError, status_outcome, summary, walk
 
 logger = logging.getLogger(__name__)
+
+LEASE_POLL_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class Resolver:
         }
         self._upstream_configs: dict[tuple[str, str], tuple[dict, float]] = {}
         self._inflight: dict[str, asyncio.Task] = {}
+        cache = settings.cache
+        self.health = Health(backoff=cache.upstream_backoff, threshold=cache.backoff_after)
 
     async def aclose(self) -> None:
         await asyncio.gather(*(c.aclose() for c in self.clients.values()), return_exceptions=True)
@@ -78,20 +83,20 @@ class Resolver:
     # -- config.json -------------------------------------------------------------------------
 
     async def config(self, reg: Registry, force: bool = False) -> Served:
-        key = ConfigRoute(reg).key
+        key, since = ConfigRoute(reg).key, self.clock()
         cached = await asyncio.to_thread(self.store.get, key)
         if self._decide("config", cached, reg, force) == freshness.FRESH:
             return Served(cached, "cache", "hit")
-        return await self._once(key, lambda: self._fetch_config(reg, key, cached))
+        return await self._once(key, since, "config", reg, force, lambda c: self._fetch_config(reg, key, c))
 
     async def _fetch_config(self, reg: Registry, key: str, cached: Entry | None) -> Served:
         async def attempt(client: UpstreamClient):
             upstream_config = await self._upstream_config(reg, client, force=True)
             return Attempt(client.name, "ok", "HTTP 200"), (client.name, upstream_config)
 
-        result, attempts = await walk(self._order(reg), attempt)
+        result, attempts = await self._walk(self._order(reg), attempt)
         if result is None:
-            return self._without_answer(key, cached, attempts, "config.json")
+            return await self._without_answer(key, cached, attempts, "config.json")
         name, upstream_config = result
         body = sparse.client_config(upstream_config, reg.download_host)
         if cached is not None and cached.body == body:
@@ -118,11 +123,11 @@ class Resolver:
     # -- index files -------------------------------------------------------------------------
 
     async def index(self, reg: Registry, name: str, force: bool = False) -> Served:
-        key = IndexRoute(reg, name).key
+        key, since = IndexRoute(reg, name).key, self.clock()
         cached = await asyncio.to_thread(self.store.get, key)
         if self._decide("index", cached, reg, force) == freshness.FRESH:
             return Served(cached, "cache", "hit")
-        return await self._once(key, lambda: self._fetch_index(reg, name, key, cached))
+        return await self._once(key, since, "index", reg, force, lambda c: self._fetch_index(reg, name, key, c))
 
     async def _fetch_index(self, reg: Registry, name: str, key: str, cached: Entry | None) -> Served:
         path = sparse.index_path(name)
@@ -146,9 +151,9 @@ class Resolver:
             return Attempt(client.name, "ok", "HTTP 200"), (client.name, got)
 
         preferred = cached.meta.upstream if cached is not None else None
-        result, attempts = await walk(self._order(reg, preferred), attempt)
+        result, attempts = await self._walk(self._order(reg, preferred), attempt)
         if result is None:
-            return self._without_answer(key, cached, attempts, f"crate {name}")
+            return await self._without_answer(key, cached, attempts, f"crate {name}")
         upstream, got = result
         if got is None:  # 304: the stored bytes are still current
             meta = await asyncio.to_thread(self.store.mark_checked, key, self.clock())
@@ -157,16 +162,16 @@ class Resolver:
             self.store.put, key, got.body, upstream, got.headers.get("etag"), got.headers.get("last-modified"),
             self.clock(),
         )
-        return Served(entry, upstream, "miss", tuple(attempts))
+        return Served(entry, upstream, "miss" if cached is None else "updated", tuple(attempts))
 
     # -- crates ------------------------------------------------------------------------------
 
     async def crate(self, reg: Registry, name: str, version: str) -> Served:
-        key = CrateRoute(reg, name, version).key
+        key, since = CrateRoute(reg, name, version).key, self.clock()
         cached = await asyncio.to_thread(self.store.get, key)
         if cached is not None:
             return Served(cached, "cache", "hit")
-        return await self._once(key, lambda: self._fetch_crate(reg, name, version, key))
+        return await self._once(key, since, "crate", reg, False, lambda c: self._fetch_crate(reg, name, version, key))
 
     async def _fetch_crate(self, reg: Registry, name: str, version: str, key: str) -> Served:
         index = await self.index(reg, name.lower())
@@ -176,7 +181,9 @@ class Resolver:
             index = await self.index(reg, name.lower(), force=True)
             listed = sparse.find_version(index.entry.body, name, version)
         if listed is None:
-            raise NotFound(f"{name} {version} is not listed in the index")
+            reason = f"{name} {version} is not listed in the index"
+            await asyncio.to_thread(self.store.set_negative, key, reason, self.settings.cache.negative_ttl)
+            raise NotFound(reason)
 
         async def attempt(client: UpstreamClient):
             dl = (await self._upstream_config(reg, client))["dl"]
@@ -191,9 +198,9 @@ class Resolver:
                                     f"got {digest[:16]}…")
             return Attempt(client.name, "ok", "HTTP 200"), (client.name, got.body)
 
-        result, attempts = await walk(self._order(reg, index.entry.meta.upstream), attempt)
+        result, attempts = await self._walk(self._order(reg, index.entry.meta.upstream), attempt)
         if result is None:
-            return self._without_answer(key, None, attempts, f"{name} {version}")
+            return await self._without_answer(key, None, attempts, f"{name} {version}")
         upstream, body = result
         entry = await asyncio.to_thread(self.store.put, key, body, upstream, None, None, self.clock())
         return Served(entry, upstream, "miss", tuple(attempts))
@@ -210,20 +217,51 @@ class Resolver:
         clients.sort(key=lambda c: c.name != preferred)  # stable sort keeps priority order otherwise
         return clients
 
-    def _without_answer(self, key: str, cached: Entry | None, attempts: list[Attempt], what: str) -> Served:
+    async def _walk(self, clients, attempt):
+        return await walk(clients, attempt, self.health, self.clock)
+
+    async def _without_answer(self, key: str, cached: Entry | None, attempts: list[Attempt], what: str) -> Served:
         failed = [a for a in attempts if a.outcome == "failed"]
         if cached is not None and (failed or not attempts):
             logger.warning("serving stale %s: every upstream failed (%s)", key, summary(attempts))
             return Served(cached, "cache", "stale", tuple(attempts))
         if attempts and not failed:
-            raise NotFound(f"{what} not found on any upstream", attempts)
+            reason = f"{what} not found on any upstream"
+            await asyncio.to_thread(self.store.set_negative, key, reason, self.settings.cache.negative_ttl)
+            raise NotFound(reason, attempts)
         raise Unavailable(f"{what}: no upstream could answer ({summary(attempts)})", attempts)
 
-    async def _once(self, key: str, fetch: Callable[[], Awaitable[Served]]) -> Served:
-        """Concurrent misses for one key share a single upstream fetch."""
+    async def _once(
+        self, key: str, since: float, kind: str, reg: Registry, force: bool,
+        fetch: Callable[[Entry | None], Awaitable[Served]],
+    ) -> Served:
+        """Concurrent misses for one key share one upstream fetch, in this process and across processes."""
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.ensure_future(fetch())
+            task = asyncio.ensure_future(self._leased(key, since, kind, reg, force, fetch))
             self._inflight[key] = task
             task.add_done_callback(lambda t: (self._inflight.pop(key, None), t.cancelled() or t.exception()))
         return await asyncio.shield(task)
+
+    async def _leased(
+        self, key: str, since: float, kind: str, reg: Registry, force: bool,
+        fetch: Callable[[Entry | None], Awaitable[Served]],
+    ) -> Served:
+        """Fetch under a lease in the shared store; while another process holds it, wait for its result."""
+        lease = self.settings.cache.lease_seconds
+        deadline = time.monotonic() + lease
+        while True:
+            # What another fetch (here or in another process) stored meanwhile may already answer.
+            cached = await asyncio.to_thread(self.store.get, key)
+            if cached is not None and (cached.meta.checked_at > since or
+                                       self._decide(kind, cached, reg, force) == freshness.FRESH):
+                return Served(cached, "cache", "hit")
+            if cached is None and (reason := await asyncio.to_thread(self.store.negative, key)):
+                raise NotFound(f"{reason} (remembered)")
+            if await asyncio.to_thread(self.store.acquire_lease, key, lease) or time.monotonic() >= deadline:
+                try:
+                    return await fetch(cached)
+                finally:
+                    await asyncio.to_thread(self.store.release_lease, key)
+            while time.monotonic() < deadline and await asyncio.to_thread(self.store.lease_held, key):
+                await asyncio.sleep(LEASE_POLL_SECONDS)

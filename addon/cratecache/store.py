@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -88,6 +89,24 @@ class Store:
         meta = replace(meta, checked_at=time.time() if now is None else now)
         self._cache.set(f"meta:{key}", asdict(meta))
         return meta
+
+    def set_negative(self, key: str, reason: str, ttl: float) -> None:
+        """Remember for `ttl` seconds that no upstream has `key`."""
+        if ttl > 0:
+            self._cache.set(f"negative:{key}", reason, expire=ttl)
+
+    def negative(self, key: str) -> str | None:
+        return self._cache.get(f"negative:{key}")
+
+    def acquire_lease(self, key: str, ttl: float) -> bool:
+        """Take the right to fetch `key` from upstreams; other processes sharing the folder wait."""
+        return self._cache.add(f"lease:{key}", os.getpid(), expire=ttl)
+
+    def lease_held(self, key: str) -> bool:
+        return self._cache.get(f"lease:{key}") is not None
+
+    def release_lease(self, key: str) -> None:
+        self._cache.delete(f"lease:{key}")
 
     def keys(self, prefix: str = "") -> list[str]:
         return sorted(k[5:] for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith(f"meta:{prefix}"))

@@ -22,6 +22,7 @@ from typing import TypeVar
 import httpx
 
 from .config import Upstream
+from .health import Health
 
 logger = logging.getLogger(__name__)
 
@@ -118,19 +119,34 @@ class UpstreamClient:
 async def walk(
     clients: Iterable[UpstreamClient],
     attempt: Callable[[UpstreamClient], Awaitable[tuple[Attempt, T | None]]],
+    health: Health | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> tuple[T | None, list[Attempt]]:
-    """Try each client in order; the first attempt that yields a result wins."""
+    """Try each client in order; the first attempt that yields a result wins.
+
+    An upstream in back-off (see `health`) is skipped and counts as failed without being contacted.
+    """
+    health = health or Health(backoff=0)
     attempts: list[Attempt] = []
     for client in clients:
+        if skip := health.skip_reason(client.name, clock()):
+            attempts.append(Attempt(client.name, "failed", f"skipped: {skip}"))
+            continue
         started = time.monotonic()
+        transport_error = False
         try:
             outcome, result = await attempt(client)
         except Exception as exc:  # any transport or validation failure moves on to the next upstream
+            transport_error = isinstance(exc, httpx.TransportError)
             outcome, result = Attempt(client.name, "failed", describe_error(exc, client.upstream.timeout_ms)), None
-        outcome = Attempt(outcome.upstream, outcome.outcome, outcome.detail, (time.monotonic() - started) * 1000)
+        ms = (time.monotonic() - started) * 1000
+        outcome = Attempt(outcome.upstream, outcome.outcome, outcome.detail, ms)
         attempts.append(outcome)
         if outcome.outcome == "failed":
             logger.warning("upstream %s failed: %s", client.name, outcome.detail)
+            health.failed(client.name, outcome.detail, clock(), transport_error, ms)
+        else:
+            health.succeeded(client.name, ms)
         if result is not None:
             return result, attempts
     return None, attempts
