@@ -102,8 +102,8 @@ class CargoCache:
 def _log_reply(flow: http.HTTPFlow, host: str, reply: Reply, ms: float) -> None:
     client = flow.client_conn.peername[0] if flow.client_conn.peername else "-"
     level = logging.WARNING if reply.status >= 500 else logging.INFO
-    logger.log(level, "%s %s %s%s %d %s %s %dB %.0fms", client, flow.request.method, host, flow.request.path,
-               reply.status, reply.source, reply.state, reply.size, ms)
+    logger.log(level, "%s %s %s%s %d %s %s %dB %.0fms %s", client, flow.request.method, host, flow.request.path,
+               reply.status, reply.source, reply.state, reply.size, ms, flow.request.http_version)
 
 
 def _close_later(resolver: Resolver) -> None:

@@ -63,7 +63,7 @@ class Resolver:
             for reg in settings.registries
             for up in reg.active_upstreams
         }
-        self._upstream_configs: dict[tuple[str, str], tuple[dict, float]] = {}
+        self._upstream_configs: dict[str, tuple[dict, float]] = {}
         self._inflight: dict[str, asyncio.Task] = {}
         cache = settings.cache
         self.health = Health(backoff=cache.upstream_backoff, threshold=cache.backoff_after)
@@ -106,9 +106,16 @@ class Resolver:
         return Served(entry, name, "miss", tuple(attempts))
 
     async def _upstream_config(self, reg: Registry, client: UpstreamClient, force: bool = False) -> dict:
-        """An upstream's own config.json (for its `dl`), kept in memory for the index TTL."""
-        known = self._upstream_configs.get((reg.name, client.name))
-        if known and not force and self.clock() - known[1] < max(reg.index_ttl, 60):
+        """An upstream's own config.json (for its `dl`): in memory, then in the shared store, for the TTL."""
+        ttl = max(reg.index_ttl, 60)
+        key = f"upstream-config/{reg.name}/{client.name}"
+        known = self._upstream_configs.get(key)
+        if not force and known is None:
+            stored = await asyncio.to_thread(self.store.get, key)  # another worker may have fetched it
+            if stored is not None:
+                known = (sparse.parse_config(stored.body), stored.meta.checked_at)
+        if known and not force and self.clock() - known[1] < ttl:
+            self._upstream_configs[key] = known
             return known[0]
         got = await client.get(client.url("config.json"), {"Accept": "application/json"})
         if status_outcome(got.status) != "ok":
@@ -117,7 +124,8 @@ class Resolver:
             parsed = sparse.parse_config(got.body)
         except ValueError as e:
             raise UpstreamError(f"invalid config.json: {e}") from None
-        self._upstream_configs[(reg.name, client.name)] = (parsed, self.clock())
+        self._upstream_configs[key] = (parsed, self.clock())
+        await asyncio.to_thread(self.store.put, key, got.body, client.name, None, None, self.clock())
         return parsed
 
     # -- index files -------------------------------------------------------------------------
@@ -251,17 +259,26 @@ class Resolver:
         lease = self.settings.cache.lease_seconds
         deadline = time.monotonic() + lease
         while True:
-            # What another fetch (here or in another process) stored meanwhile may already answer.
-            cached = await asyncio.to_thread(self.store.get, key)
-            if cached is not None and (cached.meta.checked_at > since or
-                                       self._decide(kind, cached, reg, force) == freshness.FRESH):
-                return Served(cached, "cache", "hit")
-            if cached is None and (reason := await asyncio.to_thread(self.store.negative, key)):
-                raise NotFound(f"{reason} (remembered)")
             if await asyncio.to_thread(self.store.acquire_lease, key, lease) or time.monotonic() >= deadline:
                 try:
+                    # Checked under the lease: a fetch that finished meanwhile (here or in another
+                    # process) may already answer.
+                    cached = await asyncio.to_thread(self.store.get, key)
+                    if answered := await self._answered_meanwhile(key, cached, since, kind, reg, force):
+                        return answered
                     return await fetch(cached)
                 finally:
                     await asyncio.to_thread(self.store.release_lease, key)
             while time.monotonic() < deadline and await asyncio.to_thread(self.store.lease_held, key):
                 await asyncio.sleep(LEASE_POLL_SECONDS)
+
+    async def _answered_meanwhile(
+        self, key: str, cached: Entry | None, since: float, kind: str, reg: Registry, force: bool
+    ) -> Served | None:
+        if cached is not None:
+            if cached.meta.checked_at > since or self._decide(kind, cached, reg, force) == freshness.FRESH:
+                return Served(cached, "cache", "hit")
+            return None
+        if reason := await asyncio.to_thread(self.store.negative, key):
+            raise NotFound(f"{reason} (remembered)")
+        return None
