@@ -124,3 +124,19 @@ LATER = freshness.http_date(T0 + 3600)
 )
 def test_client_not_modified(if_none_match, if_modified_since, expected):
     assert freshness.client_not_modified(if_none_match, if_modified_since, ETAG, LAST_MODIFIED) is expected
+
+
+@pytest.mark.parametrize(
+    ("has_cached", "outcomes", "expected"),
+    [
+        (True, ["failed", "failed"], freshness.SERVE_STALE),
+        (True, ["not_found", "failed"], freshness.SERVE_STALE),
+        (True, [], freshness.SERVE_STALE),  # no active upstream: the cache is all there is
+        (True, ["not_found", "not_found"], freshness.NOT_FOUND),
+        (False, ["not_found", "not_found"], freshness.NOT_FOUND),
+        (False, ["not_found", "failed"], freshness.UNAVAILABLE),
+        (False, [], freshness.UNAVAILABLE),
+    ],
+)
+def test_without_answer(has_cached, outcomes, expected):
+    assert freshness.without_answer(has_cached, outcomes) == expected

@@ -4,7 +4,8 @@ Rules:
 - A .crate never changes once published: a cached one is always served.
 - An index file or config.json is served from cache for `ttl` seconds after an upstream last
   confirmed it; after that it is revalidated (conditionally) before being served.
-- If revalidation fails on every upstream, the stale copy is served (stale-if-error).
+- If revalidation fails on every upstream, the stale copy is served (stale-if-error); if every
+  upstream said "not here" the answer is not found; otherwise the upstreams are unavailable.
 - A client's If-None-Match / If-Modified-Since matching the entry gets 304.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 from email.utils import formatdate, parsedate_to_datetime
 
 FRESH, REVALIDATE, MISS = "fresh", "revalidate", "miss"
+SERVE_STALE, NOT_FOUND, UNAVAILABLE = "serve_stale", "not_found", "unavailable"
 
 
 def decide(kind: str, checked_at: float | None, ttl: int, now: float) -> str:
@@ -24,6 +26,16 @@ def decide(kind: str, checked_at: float | None, ttl: int, now: float) -> str:
     if now - checked_at < ttl:
         return FRESH  # rule: within the TTL no upstream is contacted
     return REVALIDATE  # rule: after the TTL, ask the upstream that served it
+
+
+def without_answer(has_cached: bool, outcomes: list[str]) -> str:
+    """No upstream gave an answer: what to tell the client, from each attempt's outcome."""
+    failed = "failed" in outcomes
+    if has_cached and (failed or not outcomes):
+        return SERVE_STALE  # rule: stale-if-error (and no active upstream at all)
+    if outcomes and not failed:
+        return NOT_FOUND  # rule: every upstream said "not here"
+    return UNAVAILABLE  # rule: something failed and nothing is cached
 
 
 def conditional_headers(etag: str | None, last_modified: str | None) -> dict[str, str]:

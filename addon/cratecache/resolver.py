@@ -229,11 +229,11 @@ class Resolver:
         return await walk(clients, attempt, self.health, self.clock)
 
     async def _without_answer(self, key: str, cached: Entry | None, attempts: list[Attempt], what: str) -> Served:
-        failed = [a for a in attempts if a.outcome == "failed"]
-        if cached is not None and (failed or not attempts):
+        decision = freshness.without_answer(cached is not None, [a.outcome for a in attempts])
+        if decision == freshness.SERVE_STALE:
             logger.warning("serving stale %s: every upstream failed (%s)", key, summary(attempts))
             return Served(cached, "cache", "stale", tuple(attempts))
-        if attempts and not failed:
+        if decision == freshness.NOT_FOUND:
             reason = f"{what} not found on any upstream"
             await asyncio.to_thread(self.store.set_negative, key, reason, self.settings.cache.negative_ttl)
             raise NotFound(reason, attempts)
