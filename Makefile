@@ -11,12 +11,21 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: run test test-deps ca clean help
+LOCKFILE ?=
+BUNDLE  ?=
+CLI     := PYTHONPATH=addon $(PY) -m cratecache --proxies $(abspath $(PROXIES))
+
+.PHONY: run test test-deps ca clean help stage export import cache-ls cache-stats cache-purge
 
 help:
 	@echo "make run   [HOST=127.0.0.1] [PORT=8080] [PROXIES=proxies.yaml] [ARGS=...]  start the proxy"
 	@echo "make test  [PYTEST_ARGS=...]                                          run the test suite"
 	@echo "make ca                                                               create the CA and Cargo's CA bundle"
+	@echo "make stage LOCKFILE='a/Cargo.lock dir/'  fetch what the lockfiles need into the cache"
+	@echo "make export BUNDLE=file [LOCKFILE=...]   write the cache (or a lockfile's subset) to a bundle"
+	@echo "make import BUNDLE=file                  verify a bundle and load it into the cache"
+	@echo "make cache-ls | cache-stats | cache-purge ARGS='--crate NAME | --older-than 30d | --all'"
+	@echo "all of them: $(CLI) --help"
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || "$$(scripts/find-python)" -m venv $(VENV)
@@ -38,6 +47,28 @@ test-deps:
 
 test: $(STAMP) test-deps
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+stage: $(STAMP)
+	@test -n "$(LOCKFILE)" || { echo "usage: make stage LOCKFILE=path/to/Cargo.lock [LOCKFILE='a b dir/']"; exit 2; }
+	$(CLI) stage $(LOCKFILE) $(ARGS)
+
+export: $(STAMP)
+	@test -n "$(BUNDLE)" || { echo "usage: make export BUNDLE=file [LOCKFILE=...]"; exit 2; }
+	$(CLI) export $(BUNDLE) $(foreach l,$(LOCKFILE),--lockfile $(l)) $(ARGS)
+
+import: $(STAMP)
+	@test -n "$(BUNDLE)" || { echo "usage: make import BUNDLE=file"; exit 2; }
+	$(CLI) import $(BUNDLE)
+
+cache-ls: $(STAMP)
+	$(CLI) ls $(ARGS)
+
+cache-stats: $(STAMP)
+	$(CLI) stats $(ARGS)
+
+cache-purge: $(STAMP)
+	@test -n "$(ARGS)" || { echo "usage: make cache-purge ARGS='--crate NAME | --older-than 30d | --all'"; exit 2; }
+	$(CLI) purge $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

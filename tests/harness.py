@@ -164,4 +164,13 @@ def locked_packages(project: Path) -> dict[tuple[str, str], str | None]:
     import tomllib
 
     lock = tomllib.loads((project / "Cargo.lock").read_text())
-    return {(p["name"], p["version"]): p.get("checksum") for p in lock["package"] if "source" in p}
+    return {(p["name"], p["version"]): p.get("checksum") for p in lock["package"]
+            if p.get("source", "").startswith(("registry+", "sparse+"))}
+
+
+def cli(config: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """`python -m cratecache --proxies CONFIG ...`, the command behind the make targets."""
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env["PYTHONPATH"] = str(ROOT / "addon")
+    return subprocess.run([sys.executable, "-m", "cratecache", "--proxies", str(config), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)

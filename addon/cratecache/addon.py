@@ -6,6 +6,8 @@ import asyncio
 import logging
 import re
 import time
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from mitmproxy import http
@@ -24,12 +26,15 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 DEFAULT_PROXIES = PROJECT_DIR / "proxies.yaml"
 DEFAULT_CONFDIR = PROJECT_DIR / "certs"
 MITMPROXY_DEFAULT_CONFDIR = "~/.mitmproxy"
+TALLY_FLUSH_SECONDS = 5
 
 
 class CargoCache:
     def __init__(self) -> None:
         self.settings: Settings | None = None
         self.resolver: Resolver | None = None
+        self.tally: Counter[str] = Counter()  # "kind:state" -> requests, flushed to the store
+        self._flusher: asyncio.Task | None = None
 
     def load(self, loader: Loader) -> None:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # our own line per request says it all
@@ -37,17 +42,24 @@ class CargoCache:
             "cargo_proxies", str, str(DEFAULT_PROXIES),
             "Path to proxies.yaml: the cache settings, the intercepted registry hosts and their upstreams.",
         )
+        loader.add_option(
+            "cargo_offline", bool, False,
+            "Offline mode (air-gap): never contact an upstream; serve what is cached whatever its age. "
+            "Also set by cache.offline in proxies.yaml.",
+        )
 
     def configure(self, updated: set[str]) -> None:
         if "confdir" in updated and ctx.options.confdir == MITMPROXY_DEFAULT_CONFDIR:
             ctx.options.update(confdir=str(DEFAULT_CONFDIR))  # the CA lives in the project's certs/
-        if "cargo_proxies" in updated:
+        if {"cargo_proxies", "cargo_offline"} & updated:
             try:
                 settings = load_settings(ctx.options.cargo_proxies)
             except ConfigError as e:
                 # One clear line; at start-up mitmproxy exits on a logged error, later the old settings stay.
                 logger.error("cargo-cache: invalid configuration: %s", e)
                 return
+            if ctx.options.cargo_offline and not settings.cache.offline:
+                settings = replace(settings, cache=replace(settings.cache, offline=True))
             self._install(settings)
         if self.settings is not None and {"cargo_proxies", "allow_hosts", "connection_strategy"} & updated:
             self._limit_interception(self.settings)
@@ -66,10 +78,32 @@ class CargoCache:
         if "Content-Length" in reply.headers:  # HEAD: make() counted the empty body
             flow.response.headers["Content-Length"] = reply.headers["Content-Length"]
         flow.metadata["cargo_cache"] = reply.state
+        self.tally[f"{reply.kind}:{reply.state}"] += 1
         _log_reply(flow, host, reply, (time.monotonic() - started) * 1000)
 
+    def running(self) -> None:
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_tally_forever())
+
     async def done(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+        await self._flush_tally()
         await self._close()
+
+    async def _flush_tally_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TALLY_FLUSH_SECONDS)
+            await self._flush_tally()
+
+    async def _flush_tally(self) -> None:
+        """Request counts go to the shared store, so `cache-stats` sees every worker's."""
+        if self.resolver is None or not self.tally:
+            return
+        counts, self.tally = dict(self.tally), Counter()
+        try:
+            await asyncio.to_thread(self.resolver.store.add_counts, counts)
+        except Exception as e:  # statistics must never break serving
+            logger.warning("cargo-cache: could not record request counts: %s", e)
 
     def _install(self, settings: Settings) -> None:
         old = self.resolver
@@ -77,6 +111,9 @@ class CargoCache:
         self.settings, self.resolver = settings, Resolver(settings, store)
         hosts = ", ".join(settings.hosts)
         logger.info("cargo-cache: %s: intercepting %s; cache %s", settings.source, hosts, settings.cache.directory)
+        if settings.cache.offline:
+            logger.info("cargo-cache: offline mode: serving only what is cached; no upstream is contacted%s",
+                        " (index files list staged versions only)" if settings.cache.offline_prune_index else "")
         for reg in settings.registries:
             order = ", ".join(f"{u.name} ({u.url}{'' if u.active else ', inactive'})" for u in reg.upstreams)
             logger.info("cargo-cache: registry %s upstreams in order: %s", reg.name, order)

@@ -92,6 +92,8 @@ class CacheSettings:
     upstream_backoff: int = DEFAULT_BACKOFF  # seconds a repeatedly unreachable upstream is skipped
     backoff_after: int = DEFAULT_BACKOFF_AFTER  # consecutive connection failures before a back-off
     lease_seconds: int = DEFAULT_LEASE  # longest wait for another process fetching the same object
+    offline: bool = False  # never contact an upstream; serve what is cached whatever its age
+    offline_prune_index: bool = False  # offline: index files list only versions whose .crate is cached
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,8 @@ class _Parser:
 
     def cache(self, raw: Any) -> CacheSettings:
         raw = self.mapping(raw, "cache", ("directory", "size_limit", "index_ttl", "eviction_policy", "negative_ttl",
-                                          "upstream_backoff", "backoff_after", "lease_seconds"))
+                                          "upstream_backoff", "backoff_after", "lease_seconds", "offline",
+                                          "offline_prune_index"))
         directory = Path(self.string(raw.get("directory", ".cache/cargo"), "cache.directory")).expanduser()
         if not directory.is_absolute():
             directory = (self.path.parent / directory).resolve()
@@ -236,6 +239,8 @@ class _Parser:
             upstream_backoff=self.integer(raw.get("upstream_backoff"), "cache.upstream_backoff", DEFAULT_BACKOFF, 0),
             backoff_after=self.integer(raw.get("backoff_after"), "cache.backoff_after", DEFAULT_BACKOFF_AFTER, 1),
             lease_seconds=self.integer(raw.get("lease_seconds"), "cache.lease_seconds", DEFAULT_LEASE, 1),
+            offline=self.boolean(raw.get("offline"), "cache.offline", False),
+            offline_prune_index=self.boolean(raw.get("offline_prune_index"), "cache.offline_prune_index", False),
         )
 
     def registry(self, raw: Any, where: str, default_ttl: int) -> Registry:

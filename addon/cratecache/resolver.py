@@ -12,7 +12,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 import httpx
 
 from . import freshness, sparse
@@ -72,6 +72,8 @@ class Resolver:
         await asyncio.gather(*(c.aclose() for c in self.clients.values()), return_exceptions=True)
 
     async def resolve(self, route: Route) -> Served:
+        if self.settings.cache.offline:
+            return await self._offline(route)
         if isinstance(route, CrateRoute):
             return await self.crate(route.registry, route.name, route.version)
         if isinstance(route, IndexRoute):
@@ -79,6 +81,28 @@ class Resolver:
         if isinstance(route, ConfigRoute):
             return await self.config(route.registry)
         raise TypeError(f"not a route: {route!r}")
+
+    # -- offline mode ------------------------------------------------------------------------
+
+    async def _offline(self, route: Route) -> Served:
+        """Serve what is cached whatever its age; never contact an upstream."""
+        cached = await asyncio.to_thread(self.store.get, route.key)
+        if cached is None:
+            raise NotFound(f"{_describe(route)} was not staged (offline mode: no upstream is contacted)")
+        if isinstance(route, IndexRoute) and self.settings.cache.offline_prune_index:
+            return await asyncio.to_thread(self._pruned_index, route, cached)
+        return Served(cached, "cache", "hit")
+
+    def _pruned_index(self, route: IndexRoute, cached: Entry) -> Served:
+        """The index with only staged versions, so Cargo's resolver picks one of them."""
+        def staged(entry: sparse.IndexEntry) -> bool:
+            return self.store.meta(CrateRoute(route.registry, entry.name, entry.version).key) is not None
+
+        body = sparse.prune_index(cached.body, staged)
+        if not body:
+            raise NotFound(f"no version of crate {route.name} was staged (offline mode)")
+        meta = replace(cached.meta, sha256=hashlib.sha256(body).hexdigest(), size=len(body))
+        return Served(Entry(meta, body), "cache", "hit")
 
     # -- config.json -------------------------------------------------------------------------
 
@@ -282,3 +306,11 @@ class Resolver:
         if reason := await asyncio.to_thread(self.store.negative, key):
             raise NotFound(f"{reason} (remembered)")
         return None
+
+
+def _describe(route: Route) -> str:
+    if isinstance(route, CrateRoute):
+        return f"crate {route.name} {route.version}"
+    if isinstance(route, IndexRoute):
+        return f"the index file of crate {route.name}"
+    return "config.json"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 MAX_NAME_LENGTH = 64
@@ -96,6 +97,18 @@ def parse_index(body: bytes) -> list[IndexEntry]:
             raise ValueError(f"line {number} has no valid cksum")
         entries.append(IndexEntry(name, vers, cksum, bool(obj.get("yanked", False))))
     return entries
+
+
+def prune_index(body: bytes, keep: Callable[[IndexEntry], bool]) -> bytes:
+    """The index file with only the version lines for which `keep` is true (lines kept verbatim)."""
+    kept = []
+    for line in body.splitlines(keepends=True):
+        if not line.strip():
+            continue
+        (entry,) = parse_index(line)
+        if keep(entry):
+            kept.append(line if line.endswith(b"\n") else line + b"\n")
+    return b"".join(kept)
 
 
 def find_version(body: bytes, name: str, version: str) -> IndexEntry | None:

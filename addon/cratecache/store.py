@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterator
 from pathlib import Path
 
 import diskcache
@@ -81,6 +82,28 @@ class Store:
         self._cache.set(f"meta:{key}", asdict(meta))
         return Entry(meta, body)
 
+    def put_entry(self, key: str, meta: Meta, body: bytes) -> None:
+        """Store bytes with their recorded provenance (import). The caller has verified `meta.sha256`."""
+        self._cache.set(f"blob:{meta.sha256}", body)
+        self._cache.set(f"meta:{key}", asdict(meta))
+
+    def entries(self, prefix: str = "") -> Iterator[tuple[str, Meta]]:
+        """(key, meta) of every entry whose key starts with `prefix`, in key order."""
+        for key in self.keys(prefix):
+            meta = self.meta(key)
+            if meta is not None:
+                yield key, meta
+
+    def add_counts(self, counts: dict[str, int]) -> None:
+        """Add to the persistent request counters (shared by all workers)."""
+        for name, n in counts.items():
+            if n:
+                self._cache.incr(f"count:{name}", n)
+
+    def counts(self) -> dict[str, int]:
+        return {k[6:]: self._cache.get(k, 0) for k in sorted(self._cache.iterkeys())
+                if isinstance(k, str) and k.startswith("count:")}
+
     def mark_checked(self, key: str, now: float | None = None) -> Meta | None:
         """Record that an upstream confirmed the stored bytes (a 304)."""
         meta = self.meta(key)
@@ -113,6 +136,18 @@ class Store:
 
     def delete(self, key: str) -> bool:
         return bool(self._cache.delete(f"meta:{key}"))
+
+    def clear(self) -> int:
+        return self._cache.clear()
+
+    def collect_garbage(self) -> int:
+        """Delete blobs no entry names any more; returns how many."""
+        referenced = {meta.sha256 for _, meta in self.entries()}
+        orphans = [k for k in self._cache.iterkeys()
+                   if isinstance(k, str) and k.startswith("blob:") and k[5:] not in referenced]
+        for key in orphans:
+            self._cache.delete(key)
+        return len(orphans)
 
     def volume(self) -> int:
         return self._cache.volume()

@@ -1,0 +1,161 @@
+"""Export the cache (or a lockfile's subset) to one file, and import it on the other side of an air gap.
+
+A bundle is an uncompressed tar (crates are already gzip'd):
+- `manifest.json` first: format, creation time, and per entry its cache key, kind, registry, name,
+  version, SHA-256, size and provenance
+- `blobs/<sha256>`: the bytes, once per distinct content
+
+Import verifies everything before it writes anything: every blob's size and SHA-256 against the
+manifest, every manifest entry's blob present, and every crate's SHA-256 against the `cksum` of its
+version in the index file (from the bundle, else from the cache). A corrupted or truncated bundle
+is rejected with `BundleError` and imports nothing. Importing twice is harmless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import sparse
+from .store import Meta, Store
+
+FORMAT = "cargo-cache-bundle/1"
+MANIFEST = "manifest.json"
+
+
+class BundleError(Exception):
+    """The bundle cannot be imported (message says why); nothing was imported."""
+
+
+@dataclass(frozen=True)
+class Summary:
+    entries: int
+    crates: int
+    index_files: int
+    bytes: int
+
+
+def key_fields(key: str) -> dict:
+    """'crate/crates-io/serde/1.0.0' -> kind, registry, name, version."""
+    parts = key.split("/")
+    fields = {"kind": parts[0], "registry": parts[1] if len(parts) > 1 else None, "name": None, "version": None}
+    if parts[0] in ("index", "crate") and len(parts) > 2:
+        fields["name"] = parts[2]
+    if parts[0] == "crate" and len(parts) > 3:
+        fields["version"] = parts[3]
+    return fields
+
+
+def export_bundle(store: Store, path: Path, keys: list[str]) -> Summary:
+    """Write the entries named by `keys` (those present) to `path`, atomically."""
+    entries = [(key, meta) for key in keys if (meta := store.meta(key)) is not None]
+    manifest = {
+        "format": FORMAT,
+        "created": time.time(),
+        "entries": [{"key": key, **key_fields(key), **asdict(meta)} for key, meta in entries],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    written: set[str] = set()
+    total = 0
+    with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
+        _add(tar, MANIFEST, json.dumps(manifest, indent=1).encode())
+        for key, meta in entries:
+            if meta.sha256 in written:
+                continue
+            entry = store.get(key)
+            if entry is None:
+                raise BundleError(f"{key} vanished from the cache during export")
+            _add(tar, f"blobs/{meta.sha256}", entry.body)
+            written.add(meta.sha256)
+            total += meta.size
+    os.replace(partial, path)
+    return _summary(manifest["entries"], total)
+
+
+def import_bundle(store: Store, path: Path) -> Summary:
+    """Verify the whole bundle, then load it into `store`. Raises BundleError."""
+    staging = Path(tempfile.mkdtemp(prefix="import-", dir=store.directory))
+    try:
+        manifest = _verify_into(path, staging, store)
+        for item in manifest["entries"]:
+            meta = Meta(**{f: item[f] for f in Meta.__dataclass_fields__})
+            store.put_entry(item["key"], meta, (staging / meta.sha256).read_bytes())
+        return _summary(manifest["entries"], sum(p.stat().st_size for p in staging.iterdir()))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _verify_into(path: Path, staging: Path, store: Store) -> dict:
+    try:
+        with tarfile.open(path, "r:") as tar:
+            first = tar.next()
+            if first is None or first.name != MANIFEST:
+                raise BundleError(f"{path}: not a cargo-cache bundle (no {MANIFEST} first)")
+            manifest = _manifest(tar.extractfile(first).read(), path)
+            expected = {item["sha256"]: item["size"] for item in manifest["entries"]}
+            while (member := tar.next()) is not None:
+                name = member.name.removeprefix("blobs/")
+                if not member.isfile() or name not in expected or member.name != f"blobs/{name}":
+                    raise BundleError(f"{path}: unexpected member {member.name!r}")
+                data = tar.extractfile(member).read()
+                if len(data) != expected[name] or hashlib.sha256(data).hexdigest() != name:
+                    raise BundleError(f"{path}: {member.name} is corrupted (checksum or size mismatch)")
+                (staging / name).write_bytes(data)
+    except (tarfile.TarError, EOFError, OSError, ValueError, KeyError) as e:
+        raise BundleError(f"{path}: unreadable or truncated bundle ({e})") from e
+    missing = [sha for sha in expected if not (staging / sha).exists()]
+    if missing:
+        raise BundleError(f"{path}: truncated bundle: {len(missing)} of {len(expected)} blobs missing")
+    _verify_crates(manifest, staging, path, store)
+    return manifest
+
+
+def _manifest(raw: bytes, path: Path) -> dict:
+    try:
+        manifest = json.loads(raw)
+        valid = manifest.get("format") == FORMAT and all(
+            isinstance(item.get("key"), str) and isinstance(item.get("size"), int)
+            and isinstance(item.get("sha256"), str) and len(item["sha256"]) == 64
+            and all(f in item for f in Meta.__dataclass_fields__)
+            for item in manifest["entries"]
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        valid = False
+    if not valid:
+        raise BundleError(f"{path}: invalid manifest (not a {FORMAT} bundle)")
+    return manifest
+
+
+def _verify_crates(manifest: dict, staging: Path, path: Path, store: Store) -> None:
+    """Each crate's bytes must match the cksum of its version in the index (the bundle's, else the cache's)."""
+    index_bodies = {(i["registry"], i["name"]): (staging / i["sha256"]).read_bytes()
+                    for i in manifest["entries"] if i["kind"] == "index"}
+    for item in manifest["entries"]:
+        if item["kind"] != "crate":
+            continue
+        body = index_bodies.get((item["registry"], item["name"].lower()))
+        if body is None and (cached := store.get(f"index/{item['registry']}/{item['name'].lower()}")):
+            body = cached.body
+        listed = sparse.find_version(body, item["name"], item["version"]) if body else None
+        if listed is not None and listed.cksum != item["sha256"]:
+            raise BundleError(f"{path}: crate {item['name']} {item['version']} does not match its index checksum")
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _summary(entries: list[dict], total: int) -> Summary:
+    kinds = [e["kind"] for e in entries]
+    return Summary(len(entries), kinds.count("crate"), kinds.count("index"), total)

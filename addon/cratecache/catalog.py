@@ -1,0 +1,76 @@
+"""What is in the cache: listing, totals and purging (for the command line)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .bundle import key_fields
+from .store import Store
+
+KINDS = ("config", "index", "crate")
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    kind: str
+    registry: str | None
+    name: str | None
+    version: str | None
+    size: int
+    upstream: str
+    age: float  # seconds since stored
+
+
+def parse_age(text: str) -> float:
+    """'30d', '12h', '90m', '45s', '2w' -> seconds. Raises ValueError."""
+    m = _AGE.match(text.strip().lower())
+    if not m:
+        raise ValueError(f"expected an age such as 30d, 12h or 90m, got {text!r}")
+    return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+
+
+def rows(store: Store, now: float, kinds: tuple[str, ...] = KINDS) -> list[Row]:
+    out = []
+    for key, meta in store.entries():
+        fields = key_fields(key)
+        if fields["kind"] in kinds:
+            out.append(Row(key, fields["kind"], fields["registry"], fields["name"], fields["version"],
+                           meta.size, meta.upstream, max(0.0, now - meta.stored_at)))
+    return out
+
+
+def totals(store: Store, now: float) -> dict:
+    by_kind = {kind: {"entries": 0, "bytes": 0} for kind in KINDS}
+    for row in rows(store, now):
+        by_kind[row.kind]["entries"] += 1
+        by_kind[row.kind]["bytes"] += row.size
+    counts = store.counts()
+    requests = {}
+    for kind in KINDS:
+        hits = counts.get(f"{kind}:hit", 0)
+        served = sum(n for k, n in counts.items() if k.startswith(f"{kind}:"))
+        requests[kind] = {"requests": served, "hits": hits, "hit_ratio": hits / served if served else None,
+                          "by_state": {k.split(":", 1)[1]: n for k, n in counts.items() if k.startswith(f"{kind}:")}}
+    return {"kinds": by_kind, "disk_bytes": store.volume(), "requests": requests}
+
+
+def purge(store: Store, now: float, crate: str | None = None, older_than: float | None = None,
+          everything: bool = False) -> list[str]:
+    """Remove entries by crate name (its index file and every version), by age, or all. Returns the keys."""
+    if everything:
+        removed = [row.key for row in rows(store, now)]
+        store.clear()
+        return removed
+    removed = []
+    for row in rows(store, now):
+        by_name = crate is not None and row.name == crate.lower()
+        by_age = older_than is not None and row.age > older_than
+        if by_name or by_age:
+            store.delete(row.key)
+            removed.append(row.key)
+    store.collect_garbage()
+    return removed

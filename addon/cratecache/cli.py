@@ -1,0 +1,215 @@
+"""cargo-cache's command line: staging, export/import and cache inspection.
+
+    python -m cratecache [--proxies FILE] COMMAND ...
+
+Every command reads the same proxies.yaml as the proxy (its cache folder and upstreams) and may run
+while the proxy is serving. Exit status: 0 on success, 1 if anything failed, 2 on a usage or
+configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from . import catalog
+from .bundle import BundleError, export_bundle, import_bundle
+from .config import ConfigError, Settings, load_settings
+from .lockfile import find_lockfiles, plan, read_lockfile
+from .resolver import Resolver
+from .routes import ConfigRoute, CrateRoute, IndexRoute
+from .staging import Progress, stage
+from .store import Store
+
+DEFAULT_PROXIES = Path(__file__).resolve().parents[2] / "proxies.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        settings = load_settings(args.proxies)
+    except ConfigError as e:
+        print(f"cargo-cache: invalid configuration: {e}", file=sys.stderr)
+        return 2
+    store = Store(settings.cache.directory, settings.cache.size_limit, settings.cache.eviction_policy)
+    try:
+        return args.run(args, settings, store)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"cargo-cache: {e}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cargo-cache", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--proxies", default=os.environ.get("CARGO_CACHE_PROXIES", str(DEFAULT_PROXIES)),
+                   help="configuration file (default: $CARGO_CACHE_PROXIES or the project's proxies.yaml)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("stage", help="fetch everything lockfiles need into the cache",
+                       description="Fetch config.json, every index file and every registry .crate that the "
+                                   "lockfiles name, through the proxy's resolution path (priority order, auth, "
+                                   "timeouts, checksum verification). Already cached objects are skipped; git "
+                                   "and path packages are listed as skipped. Exits 1 if anything failed.")
+    s.add_argument("lockfiles", nargs="+", metavar="LOCKFILE", help="a Cargo.lock, or a folder searched for them")
+    s.add_argument("--concurrency", type=int, default=8, help="parallel downloads (default 8)")
+    s.set_defaults(run=cmd_stage)
+
+    e = sub.add_parser("export", help="write the cache (or a lockfile's subset) to one bundle file",
+                       description="Write cached config.json, index files and crates to BUNDLE (a tar with a "
+                                   "manifest of names, versions, SHA-256 and sizes). With --lockfile, only what "
+                                   "those lockfiles need; it fails if any of that is not cached (stage first).")
+    e.add_argument("bundle", type=Path, metavar="BUNDLE")
+    e.add_argument("--lockfile", action="append", default=[], metavar="LOCKFILE",
+                   help="export only what this Cargo.lock (or folder of them) needs; repeatable")
+    e.set_defaults(run=cmd_export)
+
+    i = sub.add_parser("import", help="verify a bundle and load it into the cache",
+                       description="Verify every checksum in BUNDLE, then load it into the configured cache. "
+                                   "A corrupted or truncated bundle is rejected and nothing is imported. "
+                                   "Importing the same bundle twice is harmless.")
+    i.add_argument("bundle", type=Path, metavar="BUNDLE")
+    i.set_defaults(run=cmd_import)
+
+    ls = sub.add_parser("ls", help="list cached crates and index files",
+                        description="List cached entries: kind, registry, name, version, size, upstream, age.")
+    ls.add_argument("--kind", choices=catalog.KINDS, action="append", help="only this kind; repeatable")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    ls.set_defaults(run=cmd_ls)
+
+    st = sub.add_parser("stats", help="totals and hit/miss counts",
+                        description="Entries and bytes by kind, disk usage, and requests served by kind and "
+                                    "cache state (hit, miss, revalidated, updated, stale, not_found, error).")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(run=cmd_stats)
+
+    pu = sub.add_parser("purge", help="remove entries by crate name, by age, or all",
+                        description="Remove cached entries. --crate NAME removes its index file and every "
+                                    "version; --older-than AGE removes entries stored longer ago (30d, 12h, 90m); "
+                                    "--all empties the cache.")
+    group = pu.add_mutually_exclusive_group(required=True)
+    group.add_argument("--crate", metavar="NAME")
+    group.add_argument("--older-than", metavar="AGE", type=catalog.parse_age)
+    group.add_argument("--all", action="store_true")
+    pu.set_defaults(run=cmd_purge)
+    return p
+
+
+def cmd_stage(args, settings: Settings, store: Store) -> int:
+    settings = replace(settings, cache=replace(settings.cache, offline=False))  # staging is the connected side
+    lockfiles = find_lockfiles(args.lockfiles)
+    wanted = plan([pkg for path in lockfiles for pkg in read_lockfile(path)], settings)
+    print(f"staging {wanted.count()} crates from {len(lockfiles)} lockfile(s) into {settings.cache.directory}")
+    for package, reason in sorted(set(wanted.skipped), key=lambda s: (s[0].name, s[0].version)):
+        print(f"skipped {package.name} {package.version}: {reason}")
+
+    async def run():
+        resolver = Resolver(settings, store)
+        try:
+            return await stage(resolver, wanted, Progress(wanted.count()), args.concurrency)
+        finally:
+            await resolver.aclose()
+
+    result = asyncio.run(run())
+    for what, reason in result.failed:
+        print(f"FAILED {what}: {reason}")
+    print(f"fetched {result.fetched}, already cached {result.cached}, failed {len(result.failed)}, "
+          f"skipped {len(set(wanted.skipped))}, {result.bytes} bytes downloaded")
+    return 1 if result.failed else 0
+
+
+def cmd_export(args, settings: Settings, store: Store) -> int:
+    if args.lockfile:
+        keys = lockfile_keys(args.lockfile, settings)
+        missing = [k for k in keys if store.meta(k) is None]
+        if missing:
+            print(f"cargo-cache: {len(missing)} needed entries are not cached (run stage first): "
+                  + ", ".join(missing[:10]) + (" …" if len(missing) > 10 else ""), file=sys.stderr)
+            return 1
+    else:
+        keys = [k for k, _ in store.entries() if k.split("/")[0] in catalog.KINDS]
+    summary = export_bundle(store, args.bundle, keys)
+    print(f"exported {summary.entries} entries ({summary.crates} crates, {summary.index_files} index files, "
+          f"{summary.bytes} bytes) to {args.bundle}")
+    return 0
+
+
+def cmd_import(args, settings: Settings, store: Store) -> int:
+    try:
+        summary = import_bundle(store, args.bundle)
+    except BundleError as e:
+        print(f"cargo-cache: import rejected, nothing imported: {e}", file=sys.stderr)
+        return 1
+    print(f"imported {summary.entries} entries ({summary.crates} crates, {summary.index_files} index files, "
+          f"{summary.bytes} bytes) into {settings.cache.directory}")
+    return 0
+
+
+def cmd_ls(args, settings: Settings, store: Store) -> int:
+    found = catalog.rows(store, time.time(), tuple(args.kind or catalog.KINDS))
+    if args.json:
+        for row in found:
+            print(json.dumps(row.__dict__))
+        return 0
+    print(f"{'KIND':<7} {'REGISTRY':<12} {'NAME':<28} {'VERSION':<14} {'SIZE':>10} {'UPSTREAM':<14} AGE")
+    for row in found:
+        print(f"{row.kind:<7} {row.registry or '-':<12} {row.name or '-':<28} {row.version or '-':<14} "
+              f"{row.size:>10} {row.upstream:<14} {_age(row.age)}")
+    return 0
+
+
+def cmd_stats(args, settings: Settings, store: Store) -> int:
+    totals = catalog.totals(store, time.time())
+    if args.json:
+        print(json.dumps(totals, indent=1))
+        return 0
+    print(f"cache {settings.cache.directory}: {totals['disk_bytes']} bytes on disk "
+          f"(limit {settings.cache.size_limit})")
+    for kind, t in totals["kinds"].items():
+        r = totals["requests"][kind]
+        ratio = f"{r['hit_ratio']:.1%}" if r["hit_ratio"] is not None else "-"
+        states = ", ".join(f"{k} {n}" for k, n in sorted(r["by_state"].items())) or "none"
+        print(f"{kind:<7} {t['entries']:>7} entries {t['bytes']:>12} bytes   requests {r['requests']:>7} "
+              f"hit ratio {ratio:>6} ({states})")
+    return 0
+
+
+def cmd_purge(args, settings: Settings, store: Store) -> int:
+    removed = catalog.purge(store, time.time(), crate=args.crate, older_than=args.older_than, everything=args.all)
+    print(f"removed {len(removed)} entries")
+    return 0
+
+
+def lockfile_keys(paths: list[str], settings: Settings) -> list[str]:
+    wanted = plan([pkg for path in find_lockfiles(paths) for pkg in read_lockfile(path)], settings)
+    registries = {r.name: r for r in settings.registries}
+    keys = []
+    for reg_name, crates in wanted.crates.items():
+        reg = registries[reg_name]
+        keys.append(ConfigRoute(reg).key)
+        for name, versions in crates.items():
+            keys.append(IndexRoute(reg, name.lower()).key)
+            keys.extend(CrateRoute(reg, name, version).key for version in versions)
+    return keys
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

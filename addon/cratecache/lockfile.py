@@ -1,0 +1,98 @@
+"""Cargo.lock files -> the registry packages to stage, per configured registry (pure but for reading files).
+
+A package's `source` says where it comes from:
+- `registry+https://github.com/rust-lang/crates.io-index` or `sparse+https://index.crates.io/`: crates.io
+- `sparse+https://{host}/...`: the configured registry whose index_host is `host`
+- `git+...`: a git dependency, skipped (not a registry crate)
+- no source: a path dependency or a workspace member, skipped
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .config import Registry, Settings
+
+CRATES_IO_SOURCES = ("registry+https://github.com/rust-lang/crates.io-index", "sparse+https://index.crates.io/")
+CRATES_IO_INDEX_HOST = "index.crates.io"
+
+
+@dataclass(frozen=True)
+class Package:
+    name: str
+    version: str
+    source: str | None
+    checksum: str | None
+
+
+@dataclass
+class Plan:
+    """What to stage: per registry name, crate name -> {version: lockfile checksum}."""
+
+    crates: dict[str, dict[str, dict[str, str | None]]] = field(default_factory=dict)
+    skipped: list[tuple[Package, str]] = field(default_factory=list)
+
+    def count(self) -> int:
+        return sum(len(versions) for names in self.crates.values() for versions in names.values())
+
+
+def find_lockfiles(paths: Iterable[str | Path]) -> list[Path]:
+    """Lockfiles named directly, and every Cargo.lock below a named folder. Raises FileNotFoundError."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("Cargo.lock") if "target" not in p.parts))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"no such lockfile or folder: {path}")
+    return found
+
+
+def read_lockfile(path: Path) -> list[Package]:
+    """The packages listed in one Cargo.lock. Raises ValueError naming the file."""
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"{path}: not a readable Cargo.lock ({e})") from e
+    packages = []
+    for raw in doc.get("package", []):
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str) or not isinstance(raw.get("version"), str):
+            raise ValueError(f"{path}: a [[package]] entry lacks name or version")
+        packages.append(Package(raw["name"], raw["version"], raw.get("source"), raw.get("checksum")))
+    return packages
+
+
+def plan(packages: Iterable[Package], settings: Settings) -> Plan:
+    """Sort packages into the configured registries; everything else is skipped with a reason."""
+    result = Plan()
+    for package in packages:
+        registry, reason = registry_for_source(package.source, settings)
+        if registry is None:
+            result.skipped.append((package, reason))
+            continue
+        versions = result.crates.setdefault(registry.name, {}).setdefault(package.name, {})
+        versions[package.version] = package.checksum
+    return result
+
+
+def registry_for_source(source: str | None, settings: Settings) -> tuple[Registry | None, str]:
+    if source is None:
+        return None, "path dependency or workspace member"
+    if source.startswith("git+"):
+        return None, "git source"
+    if source in CRATES_IO_SOURCES:
+        host = CRATES_IO_INDEX_HOST
+    elif source.startswith("sparse+"):
+        host = (urlsplit(source.removeprefix("sparse+")).hostname or "").lower()
+    else:
+        return None, f"registry not configured ({source})"
+    for registry in settings.registries:
+        if registry.index_host.split(":")[0] == host:
+            return registry, ""
+    return None, f"registry not configured ({source})"

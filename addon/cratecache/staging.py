@@ -1,0 +1,105 @@
+"""Fill the cache with exactly what lockfiles need, through the proxy's own resolution path.
+
+Every object goes through `Resolver` (priority order, auth, timeouts, checksum verification,
+leases shared with running proxies); a crate whose bytes differ from its lockfile checksum fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from .config import Registry
+from .lockfile import Plan
+from .resolver import ResolveError, Resolver
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StageResult:
+    fetched: int = 0
+    cached: int = 0
+    bytes: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Progress:
+    """A progress bar on a terminal; one plain line per object otherwise."""
+
+    def __init__(self, total: int, stream: TextIO | None = None):
+        self.total, self.done, self.bytes = total, 0, 0
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+
+    def step(self, what: str, outcome: str, size: int = 0) -> None:
+        self.done += 1
+        self.bytes += size
+        if self.tty:
+            width = 30
+            filled = int(width * self.done / max(self.total, 1))
+            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} crates "
+                              f"{_human(self.bytes)} fetched  {what[:40]:<40}")
+            if self.done == self.total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(f"{self.done}/{self.total} {what}: {outcome}\n")
+        self.stream.flush()
+
+
+async def stage(resolver: Resolver, wanted: Plan, progress: Progress, concurrency: int = 8) -> StageResult:
+    result = StageResult()
+    limit = asyncio.Semaphore(concurrency)
+    registries = {r.name: r for r in resolver.settings.registries}
+
+    async def one(reg: Registry, name: str, version: str, checksum: str | None) -> None:
+        what = f"{name} {version}"
+        async with limit:
+            try:
+                served = await resolver.crate(reg, name, version)
+            except ResolveError as e:
+                result.failed.append((what, str(e)))
+                progress.step(what, f"FAILED: {e}")
+                return
+        if checksum and served.entry.meta.sha256 != checksum:
+            reason = f"lockfile checksum {checksum[:16]}… differs from the registry's {served.entry.meta.sha256[:16]}…"
+            result.failed.append((what, reason))
+            progress.step(what, f"FAILED: {reason}")
+        elif served.state == "hit":
+            result.cached += 1
+            progress.step(what, "already cached")
+        else:
+            result.fetched += 1
+            result.bytes += served.entry.meta.size
+            progress.step(what, f"fetched from {served.source} ({_human(served.entry.meta.size)})",
+                          served.entry.meta.size)
+
+    for reg_name, crates in wanted.crates.items():
+        reg = registries[reg_name]
+        try:
+            await resolver.config(reg)
+        except ResolveError as e:
+            result.failed.append((f"{reg_name} config.json", str(e)))
+        await asyncio.gather(*(_index(resolver, reg, name, limit, result) for name in crates))
+        await asyncio.gather(*(one(reg, name, version, checksum)
+                               for name, versions in crates.items() for version, checksum in versions.items()))
+    return result
+
+
+async def _index(resolver: Resolver, reg: Registry, name: str, limit: asyncio.Semaphore, result: StageResult):
+    async with limit:
+        try:
+            await resolver.index(reg, name.lower())
+        except ResolveError as e:
+            result.failed.append((f"index of {name}", str(e)))
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"

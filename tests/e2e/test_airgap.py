@@ -1,0 +1,164 @@
+"""Air-gap staging: stage from Cargo.lock, export, import, serve offline; cache inspection."""
+
+from __future__ import annotations
+
+import re
+import ssl
+
+import httpx
+
+from tests.fixtures.registry import Registry
+from tests.fixtures.upstream import UpstreamServer
+from tests.harness import cli, locked_packages, write_proxies
+
+GIT_PACKAGE = '\n[[package]]\nname = "private-tool"\nversion = "0.3.0"\nsource = "git+https://git.example.com/tool#0123abcd"\n'
+
+
+SMALL_LOCK = [("anyhow", "1.0.69"), ("log", "0.4.17"), ("cfg-if", "1.0.0")]
+
+
+def lockfile_of(folder, packages) -> object:
+    """A hand-written Cargo.lock naming crates.io packages."""
+    path = folder / "Cargo.lock"
+    path.write_text("version = 3\n" + "".join(
+        f'\n[[package]]\nname = "{n}"\nversion = "{v}"\nsource = "registry+https://github.com/rust-lang/crates.io-index"\n'
+        for n, v in packages))
+    return path
+
+
+def lock(project, secondary, entry, start_proxy, new_cargo, tmp_path):
+    """A Cargo.lock made by real cargo (through a throwaway proxy and cache), plus a git package."""
+    proxy = start_proxy([entry(secondary)], cache_dir=tmp_path / "lock-cache")
+    assert new_cargo(proxy).run(project, "generate-lockfile").returncode == 0
+    proxy.stop()
+    lockfile = project / "Cargo.lock"
+    lockfile.write_text(lockfile.read_text() + GIT_PACKAGE)
+    return lockfile
+
+
+def test_stage_export_import_and_serve_offline(secondary, entry, start_proxy, new_cargo, full_project, tmp_path):
+    lockfile = lock(full_project, secondary, entry, start_proxy, new_cargo, tmp_path)
+    packages = locked_packages(full_project)
+    connected = write_proxies(tmp_path / "connected.yaml", [entry(secondary)], tmp_path / "connected-cache")
+    secondary.clear()
+
+    staged = cli(connected, "stage", str(lockfile))
+    again = cli(connected, "stage", str(full_project))  # a folder of lockfiles
+    bundle = tmp_path / "crates.bundle"
+    exported = cli(connected, "export", str(bundle), "--lockfile", str(lockfile))
+
+    assert staged.returncode == 0, staged.stdout + staged.stderr
+    assert f"fetched {len(packages)}, already cached 0, failed 0, skipped 2" in staged.stdout  # git + the project itself
+    assert "skipped private-tool 0.3.0: git source" in staged.stdout
+    assert again.returncode == 0 and f"fetched 0, already cached {len(packages)}, failed 0" in again.stdout
+    assert sorted(p for p in secondary.paths() if p.startswith("/crates/")) == sorted(
+        f"/crates/{n}/{v}/download" for n, v in packages)
+    assert exported.returncode == 0, exported.stderr
+    assert f"({len(packages)} crates, {len(packages)} index files" in exported.stdout
+
+    isolated = write_proxies(tmp_path / "isolated.yaml", [entry(secondary)], tmp_path / "isolated-cache",
+                             offline=True)
+    imported = cli(isolated, "import", str(bundle))
+    twice = cli(isolated, "import", str(bundle))
+    assert imported.returncode == 0 and twice.returncode == 0, imported.stderr + twice.stderr
+    assert imported.stdout.split(" into ")[0] == twice.stdout.split(" into ")[0]
+
+    upstream = entry(secondary)
+    secondary.stop()
+    proxy = start_proxy([upstream], cache_dir=tmp_path / "isolated-cache", offline=True)
+    fetched = new_cargo(proxy).run(full_project, "fetch")
+    (full_project / "Cargo.lock").unlink()
+    resolved = new_cargo(proxy).fetch(full_project)
+
+    assert fetched.returncode == 0, fetched.stderr
+    assert resolved.returncode == 0, resolved.stderr
+    assert "offline mode: serving only what is cached" in proxy.log()
+    assert "upstream" not in proxy.log().split("proxy listening")[1]  # no upstream was ever tried
+
+
+def test_an_offline_miss_says_it_was_not_staged(secondary, entry, start_proxy, new_cargo, small_project, tmp_path):
+    proxy = start_proxy([entry(secondary)], offline=True)
+
+    result = new_cargo(proxy, CARGO_NET_RETRY="0").fetch(small_project)
+    with httpx.Client(proxy=proxy.url, verify=ssl.create_default_context(cafile=str(proxy.ca_cert))) as c:
+        index = c.get("https://index.crates.io/an/yh/anyhow")
+        crate = c.get("https://static.crates.io/crates/anyhow/1.0.69/download")
+
+    assert result.returncode != 0
+    assert index.status_code == 404 and "the index file of crate anyhow was not staged" in index.text
+    assert crate.status_code == 404 and "crate anyhow 1.0.69 was not staged" in crate.text
+    assert secondary.requests == []
+
+
+def test_offline_index_lists_only_staged_versions_when_pruning(
+    registry, entry, start_proxy, new_cargo, small_project, tmp_path
+):
+    newer = b'{"name":"log","vers":"0.4.99","deps":[],"cksum":"' + b"ab" * 32 + b'","features":{},"yanked":false}\n'
+    own = Registry(index_files=dict(registry.index_files), crates=dict(registry.crates))
+    own.index_files["log"] = own.index_files["log"] + newer
+    with UpstreamServer(own, name="origin") as origin:
+        config = write_proxies(tmp_path / "p.yaml", [entry(origin)], tmp_path / "staged")
+        assert cli(config, "stage", str(lockfile_of(tmp_path, SMALL_LOCK))).returncode == 0
+
+    stopped = {"name": "origin", "url": "http://127.0.0.1:9/index/"}
+    pruned = start_proxy([stopped], cache_dir=tmp_path / "staged", offline=True, offline_prune_index=True)
+    plain = start_proxy([stopped], cache_dir=tmp_path / "staged", offline=True)
+    versions = {}
+    for label, proxy in (("pruned", pruned), ("plain", plain)):
+        with httpx.Client(proxy=proxy.url, verify=ssl.create_default_context(cafile=str(proxy.ca_cert))) as c:
+            body = c.get("https://index.crates.io/3/l/log").text
+        versions[label] = re.findall(r'"vers":"([^"]+)"', body)
+    resolved = new_cargo(pruned).fetch(small_project)
+
+    assert versions == {"pruned": ["0.4.17"], "plain": ["0.4.17", "0.4.99"]}
+    assert resolved.returncode == 0, resolved.stderr
+    assert locked_packages(small_project)[("log", "0.4.17")]
+
+
+def test_a_corrupted_or_truncated_bundle_imports_nothing(secondary, entry, tmp_path):
+    connected = write_proxies(tmp_path / "c.yaml", [entry(secondary)], tmp_path / "c-cache")
+    assert cli(connected, "stage", str(lockfile_of(tmp_path, [("anyhow", "1.0.69")]))).returncode == 0
+    bundle = tmp_path / "b.bundle"
+    assert cli(connected, "export", str(bundle)).returncode == 0
+    data = bundle.read_bytes()
+    corrupted, truncated = tmp_path / "corrupted.bundle", tmp_path / "truncated.bundle"
+    flip = data.rindex(b"\x1f\x8b") + 100  # inside the .crate's bytes
+    corrupted.write_bytes(data[:flip] + bytes([data[flip] ^ 0xFF]) + data[flip + 1:])
+    truncated.write_bytes(data[: len(data) // 2])
+    target = write_proxies(tmp_path / "t.yaml", [entry(secondary)], tmp_path / "t-cache")
+
+    bad = cli(target, "import", str(corrupted))
+    short = cli(target, "import", str(truncated))
+    listing = cli(target, "ls")
+
+    assert bad.returncode == 1 and "import rejected, nothing imported" in bad.stderr and "corrupted" in bad.stderr
+    assert short.returncode == 1 and "import rejected, nothing imported" in short.stderr
+    assert listing.stdout.strip().splitlines()[1:] == []
+
+
+def test_inspect_and_purge(secondary, entry, tmp_path):
+    config = write_proxies(tmp_path / "c.yaml", [entry(secondary)], tmp_path / "cache")
+    assert cli(config, "stage", str(lockfile_of(tmp_path, SMALL_LOCK))).returncode == 0
+
+    listed = cli(config, "ls", "--kind", "crate").stdout
+    stats = cli(config, "stats").stdout
+    purged = cli(config, "purge", "--crate", "log").stdout
+    after = cli(config, "ls").stdout
+    emptied = cli(config, "purge", "--all").stdout
+
+    assert re.search(r"crate\s+crates-io\s+anyhow\s+1\.0\.69\s+\d+\s+secondary\s+\d+s", listed)
+    assert len(listed.strip().splitlines()) == 4
+    assert re.search(r"crate\s+3 entries", stats) and re.search(r"index\s+3 entries", stats)
+    assert purged == "removed 2 entries\n" and " log " not in after and " anyhow " in after
+    assert emptied.startswith("removed ") and cli(config, "ls").stdout.strip().count("\n") == 0
+
+
+def test_stage_reports_failures_with_a_nonzero_exit(secondary, entry, tmp_path):
+    secondary.missing.add("log")
+    config = write_proxies(tmp_path / "c.yaml", [entry(secondary)], tmp_path / "cache")
+
+    result = cli(config, "stage", str(lockfile_of(tmp_path, [("log", "0.4.17")])))
+
+    assert result.returncode == 1
+    assert "FAILED log 0.4.17: crate log not found on any upstream" in result.stdout
+    assert "fetched 0, already cached 0, failed" in result.stdout

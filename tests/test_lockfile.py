@@ -1,0 +1,78 @@
+"""lockfile.py: which lockfile packages are staged for which registry, and which are skipped."""
+
+from __future__ import annotations
+
+import pytest
+
+from cratecache.lockfile import find_lockfiles, plan, read_lockfile
+from tests.fake_registry import make_settings, upstream
+
+LOCK = """version = 3
+
+[[package]]
+name = "app"
+version = "0.1.0"
+dependencies = ["serde", "tool"]
+
+[[package]]
+name = "serde"
+version = "1.0.152"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+checksum = "bb7d1f0d3021d347a83e556fc4683dea2ea09d87bccdf88ff5c12545d89d5efb"
+
+[[package]]
+name = "serde"
+version = "0.9.15"
+source = "sparse+https://index.crates.io/"
+
+[[package]]
+name = "tool"
+version = "0.3.0"
+source = "git+https://git.example.com/tool#0123abcd"
+
+[[package]]
+name = "inhouse"
+version = "2.0.0"
+source = "sparse+https://cargo.corp.example/index/"
+
+[[package]]
+name = "other"
+version = "1.0.0"
+source = "registry+https://example.com/git-index"
+"""
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return make_settings(tmp_path, [upstream("a", "http://a.test/index/")])
+
+
+def test_registry_packages_are_planned_and_the_rest_skipped_with_a_reason(tmp_path, settings):
+    (tmp_path / "Cargo.lock").write_text(LOCK)
+    wanted = plan(read_lockfile(tmp_path / "Cargo.lock"), settings)
+
+    assert wanted.crates == {"crates-io": {"serde": {
+        "1.0.152": "bb7d1f0d3021d347a83e556fc4683dea2ea09d87bccdf88ff5c12545d89d5efb", "0.9.15": None}}}
+    assert wanted.count() == 2
+    assert [(p.name, reason) for p, reason in wanted.skipped] == [
+        ("app", "path dependency or workspace member"),
+        ("tool", "git source"),
+        ("inhouse", "registry not configured (sparse+https://cargo.corp.example/index/)"),
+        ("other", "registry not configured (registry+https://example.com/git-index)"),
+    ]
+
+
+def test_folders_are_searched_and_missing_paths_named(tmp_path):
+    for sub in ("a", "b/c", "b/target/debug"):
+        (tmp_path / sub).mkdir(parents=True)
+        (tmp_path / sub / "Cargo.lock").write_text(LOCK)
+    assert find_lockfiles([tmp_path]) == [tmp_path / "a/Cargo.lock", tmp_path / "b/c/Cargo.lock"]
+    with pytest.raises(FileNotFoundError, match="no such lockfile or folder: .*/nope"):
+        find_lockfiles([tmp_path / "nope"])
+
+
+@pytest.mark.parametrize("text", ["[[package]]\nversion = 1", "not toml ["])
+def test_an_unreadable_lockfile_is_named(tmp_path, text):
+    (tmp_path / "Cargo.lock").write_text(text)
+    with pytest.raises(ValueError, match="Cargo.lock"):
+        read_lockfile(tmp_path / "Cargo.lock")
