@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"cargo-cache: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `make cache-ls | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     finally:
         store.close()
 
