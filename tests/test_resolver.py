@@ -325,3 +325,31 @@ async def test_an_unreachable_upstream_is_skipped_during_its_back_off(make, net,
     assert retried.source == "a"
     assert "upstream a: 3 consecutive failures" in caplog.text
     assert "upstream a: back-off over, trying it again" in caplog.text
+
+
+# -- limits and a failing disk -------------------------------------------------------------------
+
+async def test_an_oversized_crate_is_refused_and_the_next_upstream_used(make, net):
+    big = b"\x1f\x8b" + b"x" * 5000
+    net.registry(A, A_DL, a_download, {"big": {"1.0.0": big}})
+    net.registry(B, B_DL, b_download, {"big": {"1.0.0": b"\x1f\x8b small"}})
+    net.serve_index(B, "big", index_file("big", {"1.0.0": big}))  # b's index agrees with a's
+    net.serve(b_download("big", "1.0.0"), big[:1500])  # a truncated copy: smaller but wrong
+    resolver = make(max_crate_size="2KiB")
+    reg = resolver.settings.registries[0]
+    with pytest.raises(Unavailable) as failure:
+        await resolver.crate(reg, "big", "1.0.0")
+    assert "a: answer too large: 5002 bytes (limit 2048)" in str(failure.value)
+    assert resolver.store.get("crate/crates-io/big/1.0.0") is None
+
+
+async def test_a_full_disk_still_answers_and_logs_an_error(make, net, caplog):
+    class FullDisk(Store):
+        def put(self, *args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+    resolver = make()
+    resolver.store = FullDisk(resolver.store.directory, 10**9)
+    served = await resolver.crate(resolver.settings.registries[0], "foo", "1.0.0")
+    assert served.entry.body == FOO and served.state == "miss"
+    assert "cache write failed for crate/crates-io/foo/1.0.0 (OSError: [Errno 28] No space left on device)" in caplog.text

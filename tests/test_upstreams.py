@@ -118,7 +118,7 @@ def test_client_ignores_proxy_settings_from_the_environment():
 # -- the walk ------------------------------------------------------------------------------------
 
 def fake(name: str) -> SimpleNamespace:
-    return SimpleNamespace(name=name, upstream=SimpleNamespace(timeout_ms=100))
+    return SimpleNamespace(name=name, key=f"reg/{name}", upstream=SimpleNamespace(timeout_ms=100))
 
 
 def scripted(**results):

@@ -24,6 +24,8 @@ DEFAULT_NEGATIVE_TTL = 60
 DEFAULT_BACKOFF = 30
 DEFAULT_BACKOFF_AFTER = 3
 DEFAULT_LEASE = 60
+DEFAULT_MAX_CRATE_SIZE = 64 * 1024**2
+DEFAULT_MAX_INDEX_SIZE = 16 * 1024**2
 EVICTION_POLICIES = ("least-recently-used", "least-recently-stored", "least-frequently-used", "none")
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -94,6 +96,8 @@ class CacheSettings:
     lease_seconds: int = DEFAULT_LEASE  # longest wait for another process fetching the same object
     offline: bool = False  # never contact an upstream; serve what is cached whatever its age
     offline_prune_index: bool = False  # offline: index files list only versions whose .crate is cached
+    max_crate_size: int = DEFAULT_MAX_CRATE_SIZE  # a larger .crate is refused without buffering it
+    max_index_size: int = DEFAULT_MAX_INDEX_SIZE  # likewise for an index file or config.json
 
 
 @dataclass(frozen=True)
@@ -221,7 +225,7 @@ class _Parser:
     def cache(self, raw: Any) -> CacheSettings:
         raw = self.mapping(raw, "cache", ("directory", "size_limit", "index_ttl", "eviction_policy", "negative_ttl",
                                           "upstream_backoff", "backoff_after", "lease_seconds", "offline",
-                                          "offline_prune_index"))
+                                          "offline_prune_index", "max_crate_size", "max_index_size"))
         directory = Path(self.string(raw.get("directory", ".cache/cargo"), "cache.directory")).expanduser()
         if not directory.is_absolute():
             directory = (self.path.parent / directory).resolve()
@@ -233,6 +237,14 @@ class _Parser:
         if policy not in EVICTION_POLICIES:
             raise self.fail("cache.eviction_policy", f"expected one of {', '.join(EVICTION_POLICIES)}")
         ttl = self.integer(raw.get("index_ttl"), "cache.index_ttl", DEFAULT_INDEX_TTL, 0)
+        limits = {}
+        for name, default in (("max_crate_size", DEFAULT_MAX_CRATE_SIZE), ("max_index_size", DEFAULT_MAX_INDEX_SIZE)):
+            try:
+                limits[name] = parse_size(raw.get(name, default))
+            except ValueError as e:
+                raise self.fail(f"cache.{name}", str(e)) from None
+            if limits[name] < 1024:
+                raise self.fail(f"cache.{name}", "must be at least 1KiB")
         return CacheSettings(
             directory=directory, size_limit=size_limit, index_ttl=ttl, eviction_policy=policy,
             negative_ttl=self.integer(raw.get("negative_ttl"), "cache.negative_ttl", DEFAULT_NEGATIVE_TTL, 0),
@@ -241,6 +253,7 @@ class _Parser:
             lease_seconds=self.integer(raw.get("lease_seconds"), "cache.lease_seconds", DEFAULT_LEASE, 1),
             offline=self.boolean(raw.get("offline"), "cache.offline", False),
             offline_prune_index=self.boolean(raw.get("offline_prune_index"), "cache.offline_prune_index", False),
+            **limits,
         )
 
     def registry(self, raw: Any, where: str, default_ttl: int) -> Registry:

@@ -40,7 +40,7 @@ class Health:
             return f"backing off for {state.backoff_until - now:.0f} s more (last error: {state.last_error})"
         if state.backoff_until:
             state.backoff_until = 0.0
-            logger.info("upstream %s: back-off over, trying it again", name)
+            logger.info("upstream %s: back-off over, trying it again", name.split("/", 1)[-1])
         return None
 
     def succeeded(self, name: str, ms: float) -> None:
@@ -62,7 +62,7 @@ class Health:
         if self.backoff > 0 and state.consecutive_failures >= self.threshold and now >= state.backoff_until:
             state.backoff_until = now + self.backoff
             logger.warning("upstream %s: %d consecutive failures (%s); skipping it for %.0f s",
-                           name, state.consecutive_failures, error, self.backoff)
+                           name.split("/", 1)[-1], state.consecutive_failures, error, self.backoff)
 
 
 def _keep_latency(state: UpstreamHealth, ms: float, keep: int = 512) -> None:

@@ -18,7 +18,7 @@ import httpx
 from . import freshness, sparse
 from .config import Registry, Settings
 from .routes import ConfigRoute, CrateRoute, IndexRoute, Route
-from .store import Entry, Store
+from .store import Entry, Store, make_entry
 from .health import Health
 from .upstreams import Attempt, UpstreamClient, UpstreamError, status_outcome, summary, walk
 
@@ -59,7 +59,7 @@ class Resolver:
     ):
         self.settings, self.store, self.clock = settings, store, clock
         self.clients: dict[tuple[str, str], UpstreamClient] = {
-            (reg.name, up.name): UpstreamClient(up, transport)
+            (reg.name, up.name): UpstreamClient(up, transport, reg.name)
             for reg in settings.registries
             for up in reg.active_upstreams
         }
@@ -67,6 +67,7 @@ class Resolver:
         self._inflight: dict[str, asyncio.Task] = {}
         cache = settings.cache
         self.health = Health(backoff=cache.upstream_backoff, threshold=cache.backoff_after)
+        self.on_attempt: Callable[[UpstreamClient, Attempt], None] | None = None  # e.g. metrics
 
     async def aclose(self) -> None:
         await asyncio.gather(*(c.aclose() for c in self.clients.values()), return_exceptions=True)
@@ -124,10 +125,8 @@ class Resolver:
         name, upstream_config = result
         body = sparse.client_config(upstream_config, reg.download_host)
         if cached is not None and cached.body == body:
-            meta = await asyncio.to_thread(self.store.mark_checked, key, self.clock())
-            return Served(Entry(meta or cached.meta, body), name, "revalidated", tuple(attempts))
-        entry = await asyncio.to_thread(self.store.put, key, body, name, None, None, self.clock())
-        return Served(entry, name, "miss", tuple(attempts))
+            return Served(await self._touch(key, cached), name, "revalidated", tuple(attempts))
+        return Served(await self._save(key, body, name), name, "miss", tuple(attempts))
 
     async def _upstream_config(self, reg: Registry, client: UpstreamClient, force: bool = False) -> dict:
         """An upstream's own config.json (for its `dl`): in memory, then in the shared store, for the TTL."""
@@ -141,7 +140,8 @@ class Resolver:
         if known and not force and self.clock() - known[1] < ttl:
             self._upstream_configs[key] = known
             return known[0]
-        got = await client.get(client.url("config.json"), {"Accept": "application/json"})
+        got = await client.get(client.url("config.json"), {"Accept": "application/json"},
+                               self.settings.cache.max_index_size)
         if status_outcome(got.status) != "ok":
             raise UpstreamError(f"config.json: HTTP {got.status}")
         try:
@@ -149,7 +149,7 @@ class Resolver:
         except ValueError as e:
             raise UpstreamError(f"invalid config.json: {e}") from None
         self._upstream_configs[key] = (parsed, self.clock())
-        await asyncio.to_thread(self.store.put, key, got.body, client.name, None, None, self.clock())
+        await self._save(key, got.body, client.name)
         return parsed
 
     # -- index files -------------------------------------------------------------------------
@@ -168,7 +168,7 @@ class Resolver:
             headers = {"Accept": "text/plain", "cargo-protocol": "version=1"}
             if cached is not None and client.name == cached.meta.upstream:
                 headers |= freshness.conditional_headers(cached.meta.etag, cached.meta.last_modified)
-            got = await client.get(client.url(path), headers)
+            got = await client.get(client.url(path), headers, self.settings.cache.max_index_size)
             outcome = status_outcome(got.status)
             if outcome == "not_modified":
                 if "If-None-Match" not in headers and "If-Modified-Since" not in headers:
@@ -188,12 +188,8 @@ class Resolver:
             return await self._without_answer(key, cached, attempts, f"crate {name}")
         upstream, got = result
         if got is None:  # 304: the stored bytes are still current
-            meta = await asyncio.to_thread(self.store.mark_checked, key, self.clock())
-            return Served(Entry(meta or cached.meta, cached.body), upstream, "revalidated", tuple(attempts))
-        entry = await asyncio.to_thread(
-            self.store.put, key, got.body, upstream, got.headers.get("etag"), got.headers.get("last-modified"),
-            self.clock(),
-        )
+            return Served(await self._touch(key, cached), upstream, "revalidated", tuple(attempts))
+        entry = await self._save(key, got.body, upstream, got.headers.get("etag"), got.headers.get("last-modified"))
         return Served(entry, upstream, "miss" if cached is None else "updated", tuple(attempts))
 
     # -- crates ------------------------------------------------------------------------------
@@ -220,7 +216,7 @@ class Resolver:
         async def attempt(client: UpstreamClient):
             dl = (await self._upstream_config(reg, client))["dl"]
             url = sparse.download_url(dl, listed.name, version, listed.cksum)
-            got = await client.get(url)
+            got = await client.get(url, None, self.settings.cache.max_crate_size)
             outcome = status_outcome(got.status)
             if outcome != "ok":
                 return Attempt(client.name, outcome, f"HTTP {got.status}"), None
@@ -234,8 +230,7 @@ class Resolver:
         if result is None:
             return await self._without_answer(key, None, attempts, f"{name} {version}")
         upstream, body = result
-        entry = await asyncio.to_thread(self.store.put, key, body, upstream, None, None, self.clock())
-        return Served(entry, upstream, "miss", tuple(attempts))
+        return Served(await self._save(key, body, upstream), upstream, "miss", tuple(attempts))
 
     # -- shared ------------------------------------------------------------------------------
 
@@ -250,7 +245,25 @@ class Resolver:
         return clients
 
     async def _walk(self, clients, attempt):
-        return await walk(clients, attempt, self.health, self.clock)
+        return await walk(clients, attempt, self.health, self.clock, self.on_attempt)
+
+    async def _save(self, key: str, body: bytes, upstream: str, etag: str | None = None,
+                    last_modified: str | None = None) -> Entry:
+        """Store an answer; if the cache cannot be written (disk full), still answer and say so."""
+        try:
+            return await asyncio.to_thread(self.store.put, key, body, upstream, etag, last_modified, self.clock())
+        except Exception as e:
+            logger.error("cache write failed for %s (%s: %s); answering without caching it", key, type(e).__name__, e)
+            return make_entry(body, upstream, etag, last_modified, self.clock())
+
+    async def _touch(self, key: str, cached: Entry) -> Entry:
+        """Record an upstream's 304; a failed write only costs an earlier revalidation."""
+        try:
+            meta = await asyncio.to_thread(self.store.mark_checked, key, self.clock())
+        except Exception as e:
+            logger.error("cache write failed for %s (%s: %s)", key, type(e).__name__, e)
+            meta = None
+        return Entry(meta or cached.meta, cached.body)
 
     async def _without_answer(self, key: str, cached: Entry | None, attempts: list[Attempt], what: str) -> Served:
         decision = freshness.without_answer(cached is not None, [a.outcome for a in attempts])

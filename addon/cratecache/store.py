@@ -41,6 +41,12 @@ class Entry:
     body: bytes
 
 
+def make_entry(body: bytes, upstream: str, etag: str | None = None, last_modified: str | None = None,
+               now: float | None = None) -> Entry:
+    now = time.time() if now is None else now
+    return Entry(Meta(hashlib.sha256(body).hexdigest(), len(body), upstream, now, now, etag, last_modified), body)
+
+
 class Store:
     def __init__(self, directory: Path, size_limit: int, eviction_policy: str = "least-recently-used"):
         directory.mkdir(parents=True, exist_ok=True)
@@ -75,12 +81,10 @@ class Store:
         last_modified: str | None = None,
         now: float | None = None,
     ) -> Entry:
-        now = time.time() if now is None else now
-        digest = hashlib.sha256(body).hexdigest()
-        meta = Meta(digest, len(body), upstream, now, now, etag, last_modified)
-        self._cache.set(f"blob:{digest}", body)
-        self._cache.set(f"meta:{key}", asdict(meta))
-        return Entry(meta, body)
+        entry = make_entry(body, upstream, etag, last_modified, now)
+        self._cache.set(f"blob:{entry.meta.sha256}", body)
+        self._cache.set(f"meta:{key}", asdict(entry.meta))
+        return entry
 
     def put_entry(self, key: str, meta: Meta, body: bytes) -> None:
         """Store bytes with their recorded provenance (import). The caller has verified `meta.sha256`."""

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 NOT_FOUND_STATUSES = (404, 410, 451)
 MAX_REDIRECTS = 5
+ERROR_BODY_LIMIT = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,8 @@ class Fetched:
 class UpstreamClient:
     """One upstream: its pooled client with auth, timeout, TLS setting and no proxy from the environment."""
 
-    def __init__(self, upstream: Upstream, transport: httpx.AsyncBaseTransport | None = None):
-        self.upstream = upstream
+    def __init__(self, upstream: Upstream, transport: httpx.AsyncBaseTransport | None = None, registry: str = ""):
+        self.upstream, self.registry = upstream, registry
         self.client = httpx.AsyncClient(
             auth=upstream.auth,
             timeout=httpx.Timeout(upstream.timeout_ms / 1000),
@@ -103,14 +104,34 @@ class UpstreamClient:
     def name(self) -> str:
         return self.upstream.name
 
+    @property
+    def key(self) -> str:
+        """Unique across registries: 'crates-io/corp-mirror'."""
+        return f"{self.registry}/{self.upstream.name}"
+
     def url(self, path: str) -> str:
         return self.upstream.url + path
 
-    async def get(self, url: str, headers: dict[str, str] | None = None) -> Fetched:
-        """GET `url`; the upstream's credentials go only to the origin of its index URL."""
+    async def get(self, url: str, headers: dict[str, str] | None = None, max_bytes: int | None = None) -> Fetched:
+        """GET `url`, refusing a 200 body above `max_bytes` without buffering it all.
+
+        The upstream's credentials go only to the origin of its index URL.
+        """
         auth = httpx.USE_CLIENT_DEFAULT if _same_origin(url, self.upstream.url) else None
-        response = await self.client.get(url, headers=headers, auth=auth)
-        return Fetched(response.status_code, response.content, response.headers)
+        async with self.client.stream("GET", url, headers=headers, auth=auth) as response:
+            limit = max_bytes if response.status_code == 200 else ERROR_BODY_LIMIT
+            declared = response.headers.get("content-length", "")
+            if response.status_code == 200 and max_bytes and declared.isdigit() and int(declared) > max_bytes:
+                raise UpstreamError(f"answer too large: {declared} bytes (limit {max_bytes})")
+            chunks, total = [], 0
+            async for chunk in response.aiter_bytes():
+                total += len(chunk)
+                if limit and total > limit:
+                    if response.status_code != 200:
+                        break  # an error page: its start is enough
+                    raise UpstreamError(f"answer too large: more than {max_bytes} bytes (limit {max_bytes})")
+                chunks.append(chunk)
+            return Fetched(response.status_code, b"".join(chunks), response.headers)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -121,6 +142,7 @@ async def walk(
     attempt: Callable[[UpstreamClient], Awaitable[tuple[Attempt, T | None]]],
     health: Health | None = None,
     clock: Callable[[], float] = time.time,
+    observe: Callable[[UpstreamClient, Attempt], None] | None = None,
 ) -> tuple[T | None, list[Attempt]]:
     """Try each client in order; the first attempt that yields a result wins.
 
@@ -129,8 +151,10 @@ async def walk(
     health = health or Health(backoff=0)
     attempts: list[Attempt] = []
     for client in clients:
-        if skip := health.skip_reason(client.name, clock()):
+        if skip := health.skip_reason(client.key, clock()):
             attempts.append(Attempt(client.name, "failed", f"skipped: {skip}"))
+            if observe:
+                observe(client, attempts[-1])
             continue
         started = time.monotonic()
         transport_error = False
@@ -144,9 +168,11 @@ async def walk(
         attempts.append(outcome)
         if outcome.outcome == "failed":
             logger.warning("upstream %s failed: %s", client.name, outcome.detail)
-            health.failed(client.name, outcome.detail, clock(), transport_error, ms)
+            health.failed(client.key, outcome.detail, clock(), transport_error, ms)
         else:
-            health.succeeded(client.name, ms)
+            health.succeeded(client.key, ms)
+        if observe:
+            observe(client, outcome)
         if result is not None:
             return result, attempts
     return None, attempts
