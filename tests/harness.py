@@ -80,6 +80,8 @@ class Proxy:
         args = [str(MITMDUMP), "-s", str(ADDON), "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
                 "--set", f"confdir={self.confdir}", "--set", f"cargo_proxies={self.config}",
                 "--set", "flow_detail=0", *self.extra_args]
+        if not any("cargo_status_port" in a for a in self.extra_args):
+            args += ["--set", "cargo_status_port=0"]  # tests run several proxies at once
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)

@@ -1,4 +1,4 @@
-"""The mitmproxy addon: options, interception scope and the request hook. Glue only."""
+"""The mitmproxy addon: options, interception scope, the request hook and the status server. Glue only."""
 
 from __future__ import annotations
 
@@ -6,18 +6,17 @@ import asyncio
 import logging
 import re
 import time
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from mitmproxy import http
+from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
-from mitmproxy import ctx
-
+from .activity import Activity
 from .config import ConfigError, Settings, load_settings
 from .handler import Reply, handle
 from .resolver import Resolver
+from .status import StatusServer
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -33,7 +32,8 @@ class CargoCache:
     def __init__(self) -> None:
         self.settings: Settings | None = None
         self.resolver: Resolver | None = None
-        self.tally: Counter[str] = Counter()  # "kind:state" -> requests, flushed to the store
+        self.activity = Activity()
+        self.status: StatusServer | None = None
         self._flusher: asyncio.Task | None = None
 
     def load(self, loader: Loader) -> None:
@@ -46,6 +46,11 @@ class CargoCache:
             "cargo_offline", bool, False,
             "Offline mode (air-gap): never contact an upstream; serve what is cached whatever its age. "
             "Also set by cache.offline in proxies.yaml.",
+        )
+        loader.add_option(
+            "cargo_status_port", int, 8081,
+            "Port of the status page (/), Prometheus metrics (/metrics) and /healthz, on the proxy's "
+            "listen host. 0 disables it.",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -63,6 +68,12 @@ class CargoCache:
             self._install(settings)
         if self.settings is not None and {"cargo_proxies", "allow_hosts", "connection_strategy"} & updated:
             self._limit_interception(self.settings)
+        if "cargo_status_port" in updated and self._flusher is not None:  # changed while running
+            asyncio.get_running_loop().create_task(self._restart_status())
+
+    async def running(self) -> None:
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_counts_forever())
+        await self._restart_status()
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or self.settings is None or self.resolver is None:
@@ -78,37 +89,25 @@ class CargoCache:
         if "Content-Length" in reply.headers:  # HEAD: make() counted the empty body
             flow.response.headers["Content-Length"] = reply.headers["Content-Length"]
         flow.metadata["cargo_cache"] = reply.state
-        self.tally[f"{reply.kind}:{reply.state}"] += 1
-        _log_reply(flow, host, reply, (time.monotonic() - started) * 1000)
-
-    def running(self) -> None:
-        self._flusher = asyncio.get_running_loop().create_task(self._flush_tally_forever())
+        seconds = time.monotonic() - started
+        client = flow.client_conn.peername[0] if flow.client_conn.peername else "-"
+        self.activity.request(registry.name, client, flow.request.method, host, flow.request.path, reply.status,
+                              reply.source, reply.state, reply.kind, len(reply.body), seconds)
+        _log_reply(flow, client, host, reply, seconds * 1000)
 
     async def done(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
-        await self._flush_tally()
+        if self.status is not None:
+            await self.status.stop()
+        await self._flush_counts()
         await self._close()
-
-    async def _flush_tally_forever(self) -> None:
-        while True:
-            await asyncio.sleep(TALLY_FLUSH_SECONDS)
-            await self._flush_tally()
-
-    async def _flush_tally(self) -> None:
-        """Request counts go to the shared store, so `cache-stats` sees every worker's."""
-        if self.resolver is None or not self.tally:
-            return
-        counts, self.tally = dict(self.tally), Counter()
-        try:
-            await asyncio.to_thread(self.resolver.store.add_counts, counts)
-        except Exception as e:  # statistics must never break serving
-            logger.warning("cargo-cache: could not record request counts: %s", e)
 
     def _install(self, settings: Settings) -> None:
         old = self.resolver
         store = Store(settings.cache.directory, settings.cache.size_limit, settings.cache.eviction_policy)
         self.settings, self.resolver = settings, Resolver(settings, store)
+        self.resolver.on_attempt = self.activity.upstream_attempt
         hosts = ", ".join(settings.hosts)
         logger.info("cargo-cache: %s: intercepting %s; cache %s", settings.source, hosts, settings.cache.directory)
         if settings.cache.offline:
@@ -129,6 +128,37 @@ class CargoCache:
         if changes:
             ctx.options.update(**changes)
 
+    async def _restart_status(self) -> None:
+        if self.status is not None:
+            await self.status.stop()
+            self.status = None
+        if ctx.options.cargo_status_port:
+            host = ctx.options.listen_host if "listen_host" in ctx.options else "127.0.0.1"
+            self.status = StatusServer(host, ctx.options.cargo_status_port, self._snapshot, self._metrics)
+            await self.status.start()
+
+    async def _snapshot(self) -> dict:
+        resolver = self.resolver
+        return await asyncio.to_thread(self.activity.snapshot, self.settings, resolver.health, resolver.store)
+
+    async def _metrics(self) -> bytes:
+        return await asyncio.to_thread(self.activity.metrics.render, self.resolver.store)
+
+    async def _flush_counts_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TALLY_FLUSH_SECONDS)
+            await self._flush_counts()
+
+    async def _flush_counts(self) -> None:
+        """Request counts go to the shared store, so `cache-stats` sees every worker's."""
+        counts = self.activity.take_unflushed()
+        if self.resolver is None or not counts:
+            return
+        try:
+            await asyncio.to_thread(self.resolver.store.add_counts, counts)
+        except Exception as e:  # statistics must never break serving
+            logger.warning("cargo-cache: could not record request counts: %s", e)
+
     async def _close(self) -> None:
         if self.resolver is not None:
             await self.resolver.aclose()
@@ -136,8 +166,7 @@ class CargoCache:
             self.resolver = None
 
 
-def _log_reply(flow: http.HTTPFlow, host: str, reply: Reply, ms: float) -> None:
-    client = flow.client_conn.peername[0] if flow.client_conn.peername else "-"
+def _log_reply(flow: http.HTTPFlow, client: str, host: str, reply: Reply, ms: float) -> None:
     level = logging.WARNING if reply.status >= 500 else logging.INFO
     logger.log(level, "%s %s %s%s %d %s %s %dB %.0fms %s", client, flow.request.method, host, flow.request.path,
                reply.status, reply.source, reply.state, reply.size, ms, flow.request.http_version)

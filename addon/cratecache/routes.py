@@ -78,8 +78,8 @@ def classify(registry: Registry, host: str, method: str, path: str) -> Route | R
         return Rejection(414, "path too long")
     if "?" in path or "#" in path:
         return Rejection(400, "query strings are not part of the registry protocol")
-    if "\x00" in path or "\\" in path:
-        return Rejection(400, "invalid character in path")
+    if not path.isascii() or not path.isprintable() or "\\" in path:
+        return Rejection(400, "invalid character in path (control, non-ASCII or backslash)")
     if "%" in path:
         # Only an encoded '+' (semver build metadata) is meaningful; anything else hides a path trick.
         path = path.replace("%2B", "+").replace("%2b", "+")

@@ -141,6 +141,13 @@ class Store:
     def delete(self, key: str) -> bool:
         return bool(self._cache.delete(f"meta:{key}"))
 
+    def count(self, prefix: str = "") -> int:
+        """How many entries have keys starting with `prefix`, without reading them."""
+        # diskcache has no prefix query; its table is documented (Cache.key holds str keys as TEXT).
+        pattern = "meta:" + prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        (count,) = self._cache._sql("SELECT COUNT(*) FROM Cache WHERE key LIKE ? ESCAPE '\\'", (pattern,)).fetchone()
+        return count
+
     def clear(self) -> int:
         return self._cache.clear()
 

@@ -1,0 +1,91 @@
+"""What this worker has been doing: recent requests, counts and metrics, and the status snapshot.
+
+The snapshot never contains credentials: upstreams are shown by name, URL (which may not carry
+credentials, see config.py), priority and health.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import Counter, deque
+from typing import Any
+
+from .config import Settings
+from .health import Health
+from .metrics import KINDS, Metrics
+from .store import Store
+from .upstreams import Attempt, UpstreamClient
+
+RECENT = 50
+
+
+class Activity:
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.metrics = Metrics()
+        self.recent: deque[dict] = deque(maxlen=RECENT)
+        self.served: Counter[str] = Counter()  # "kind:state" since start
+        self.unflushed: Counter[str] = Counter()  # the same, not yet added to the store's counters
+
+    def request(self, registry: str, client: str, method: str, host: str, path: str, status: int, source: str,
+                state: str, kind: str, size: int, seconds: float) -> None:
+        self.recent.appendleft({"time": time.time(), "client": client, "method": method, "host": host,
+                                "path": path, "status": status, "source": source, "state": state,
+                                "bytes": size, "ms": round(seconds * 1000, 1)})
+        self.served[f"{kind}:{state}"] += 1
+        self.unflushed[f"{kind}:{state}"] += 1
+        self.metrics.request(registry, kind, state, seconds, size)
+
+    def upstream_attempt(self, client: UpstreamClient, attempt: Attempt) -> None:
+        outcome = "skipped" if attempt.detail.startswith("skipped:") else attempt.outcome
+        self.metrics.upstream(client.registry, client.name, outcome, attempt.ms / 1000)
+
+    def take_unflushed(self) -> dict[str, int]:
+        counts, self.unflushed = dict(self.unflushed), Counter()
+        return counts
+
+    def snapshot(self, settings: Settings, health: Health, store: Store) -> dict[str, Any]:
+        """The status page's data (reads the cache's size: call it off the event loop)."""
+        now = time.time()
+        return {
+            "started": self.started,
+            "now": now,
+            "offline": settings.cache.offline,
+            "registries": [
+                {"name": reg.name, "index_host": reg.index_host, "download_host": reg.download_host,
+                 "upstreams": [_upstream(up, health.of(f"{reg.name}/{up.name}"), now) for up in reg.upstreams]}
+                for reg in settings.registries
+            ],
+            "cache": {
+                "directory": str(settings.cache.directory),
+                "bytes": store.volume(),
+                "size_limit": settings.cache.size_limit,
+                "entries": {kind: store.count(f"{kind}/") for kind in KINDS},
+                "requests": {kind: self._ratio(kind) for kind in KINDS},
+            },
+            "recent": list(self.recent),
+        }
+
+    def _ratio(self, kind: str) -> dict:
+        by_state = {k.split(":", 1)[1]: n for k, n in self.served.items() if k.startswith(f"{kind}:")}
+        return {"requests": sum(by_state.values()), "hits": by_state.get("hit", 0), "by_state": by_state}
+
+
+def _upstream(up, state, now: float) -> dict:
+    latencies = sorted(state.latencies_ms)
+    backing_off = state.backoff_until > now
+    return {
+        "name": up.name,
+        "url": up.url,
+        "priority": up.priority,
+        "active": up.active,
+        "health": "backing off" if backing_off else ("failing" if state.consecutive_failures else "ok"),
+        "backoff_until": state.backoff_until if backing_off else None,
+        "last_error": state.last_error,
+        "last_error_at": state.last_error_at,
+        "requests": state.requests,
+        "failures": state.failures,
+        "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
+        "p95_ms": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 1) if latencies else None,
+    }

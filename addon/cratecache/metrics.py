@@ -1,0 +1,55 @@
+"""Prometheus metrics (prometheus-client), one registry per addon instance.
+
+- cargo_cache_requests_total{registry,kind,outcome}           outcome: hit, miss, revalidated, updated,
+                                                              stale, not_found, error, rejected
+- cargo_cache_upstream_requests_total{registry,upstream,outcome}   ok, not_modified, not_found, failed, skipped
+- cargo_cache_request_duration_seconds{registry,kind}         total time to answer the client
+- cargo_cache_upstream_duration_seconds{registry,upstream}     time of each upstream attempt
+- cargo_cache_served_bytes_total{registry,kind}
+- cargo_cache_bytes, cargo_cache_entries{kind}                 the cache, read at scrape time
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from .store import Store
+
+KINDS = ("config", "index", "crate")
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("cargo_cache_requests", "Requests answered on registry hosts",
+                                ["registry", "kind", "outcome"], registry=r)
+        self.upstream_requests = Counter("cargo_cache_upstream_requests", "Attempts on upstream registries",
+                                         ["registry", "upstream", "outcome"], registry=r)
+        self.request_duration = Histogram("cargo_cache_request_duration_seconds", "Time to answer a client",
+                                          ["registry", "kind"], buckets=LATENCY_BUCKETS, registry=r)
+        self.upstream_duration = Histogram("cargo_cache_upstream_duration_seconds", "Time of an upstream attempt",
+                                           ["registry", "upstream"], buckets=LATENCY_BUCKETS, registry=r)
+        self.served_bytes = Counter("cargo_cache_served_bytes", "Bytes of bodies served to clients",
+                                    ["registry", "kind"], registry=r)
+        self.cache_bytes = Gauge("cargo_cache_bytes", "Bytes stored in the cache folder", registry=r)
+        self.cache_entries = Gauge("cargo_cache_entries", "Cached objects", ["kind"], registry=r)
+
+    def request(self, registry: str, kind: str, outcome: str, seconds: float, size: int) -> None:
+        self.requests.labels(registry, kind, outcome).inc()
+        self.request_duration.labels(registry, kind).observe(seconds)
+        if size:
+            self.served_bytes.labels(registry, kind).inc(size)
+
+    def upstream(self, registry: str, upstream: str, outcome: str, seconds: float) -> None:
+        self.upstream_requests.labels(registry, upstream, outcome).inc()
+        if outcome != "skipped":
+            self.upstream_duration.labels(registry, upstream).observe(seconds)
+
+    def render(self, store: Store) -> bytes:
+        """The exposition text; reads the cache's size (call it off the event loop)."""
+        self.cache_bytes.set(store.volume())
+        for kind in KINDS:
+            self.cache_entries.labels(kind).set(store.count(f"{kind}/"))
+        return generate_latest(self.registry)
