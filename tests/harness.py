@@ -139,7 +139,8 @@ class Cargo:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CARGO_") and "proxy" not in k.lower()}
         env.update(CARGO_HOME=str(self.home), CARGO_TERM_COLOR="never", HTTPS_PROXY=self.proxy.url,
-                   CARGO_HTTP_CAINFO=str(self.proxy.ca_cert), **self.extra_env)
+                   CARGO_HTTP_CAINFO=str(self.proxy.ca_cert))
+        env.update(self.extra_env)
         return env
 
     def run(self, project: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
