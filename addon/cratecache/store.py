@@ -126,11 +126,23 @@ class Store:
         return self._cache.get(f"negative:{key}")
 
     def acquire_lease(self, key: str, ttl: float) -> bool:
-        """Take the right to fetch `key` from upstreams; other processes sharing the folder wait."""
-        return self._cache.add(f"lease:{key}", os.getpid(), expire=ttl)
+        """Take the right to fetch `key` from upstreams; other processes sharing the folder wait.
+
+        A lease expires after `ttl`, and one whose holder process has died is taken over at once
+        (the folder is local to this host, so the holder's PID can be checked).
+        """
+        if self._cache.add(f"lease:{key}", os.getpid(), expire=ttl):
+            return True
+        return not self.lease_held(key) and self._cache.add(f"lease:{key}", os.getpid(), expire=ttl)
 
     def lease_held(self, key: str) -> bool:
-        return self._cache.get(f"lease:{key}") is not None
+        holder = self._cache.get(f"lease:{key}")
+        if holder is None:
+            return False
+        if holder != os.getpid() and not _alive(holder):
+            self._cache.delete(f"lease:{key}")  # its process was killed mid-fetch
+            return False
+        return True
 
     def release_lease(self, key: str) -> None:
         self._cache.delete(f"lease:{key}")
@@ -162,3 +174,15 @@ class Store:
 
     def volume(self) -> int:
         return self._cache.volume()
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True

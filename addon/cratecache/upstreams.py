@@ -70,7 +70,7 @@ def describe_error(exc: Exception, timeout_ms: int) -> str:
     if isinstance(exc, httpx.TooManyRedirects):
         return "too many redirects"
     if isinstance(exc, httpx.HTTPError):
-        return f"{type(exc).__name__}: {_short(str(exc))}"
+        return f"{type(exc).__name__}: {_short(_root_message(exc))}"
     if isinstance(exc, UpstreamError):
         return str(exc)
     return f"{type(exc).__name__}: {_short(str(exc))}"
@@ -188,6 +188,16 @@ def _verify(upstream: Upstream) -> bool | ssl.SSLContext:
     if upstream.ca_bundle:
         return ssl.create_default_context(cafile=upstream.ca_bundle)
     return True
+
+
+def _root_message(exc: BaseException) -> str:
+    """The first non-empty message down the exception chain (httpx's ReadError has none of its own)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if str(exc):
+            return str(exc)
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return "no details"
 
 
 def _same_origin(a: str, b: str) -> bool:
