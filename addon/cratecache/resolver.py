@@ -119,7 +119,7 @@ class Resolver:
             upstream_config = await self._upstream_config(reg, client, force=True)
             return Attempt(client.name, "ok", "HTTP 200"), (client.name, upstream_config)
 
-        result, attempts = await self._walk(self._order(reg), attempt)
+        result, attempts = await self._walk(self._order(reg), attempt, key)
         if result is None:
             return await self._without_answer(key, cached, attempts, "config.json")
         name, upstream_config = result
@@ -183,7 +183,7 @@ class Resolver:
             return Attempt(client.name, "ok", "HTTP 200"), (client.name, got)
 
         preferred = cached.meta.upstream if cached is not None else None
-        result, attempts = await self._walk(self._order(reg, preferred), attempt)
+        result, attempts = await self._walk(self._order(reg, preferred), attempt, key)
         if result is None:
             return await self._without_answer(key, cached, attempts, f"crate {name}")
         upstream, got = result
@@ -226,7 +226,7 @@ class Resolver:
                                     f"got {digest[:16]}…")
             return Attempt(client.name, "ok", "HTTP 200"), (client.name, got.body)
 
-        result, attempts = await self._walk(self._order(reg, index.entry.meta.upstream), attempt)
+        result, attempts = await self._walk(self._order(reg, index.entry.meta.upstream), attempt, key)
         if result is None:
             return await self._without_answer(key, None, attempts, f"{name} {version}")
         upstream, body = result
@@ -244,8 +244,8 @@ class Resolver:
         clients.sort(key=lambda c: c.name != preferred)  # stable sort keeps priority order otherwise
         return clients
 
-    async def _walk(self, clients, attempt):
-        return await walk(clients, attempt, self.health, self.clock, self.on_attempt)
+    async def _walk(self, clients, attempt, what: str = ""):
+        return await walk(clients, attempt, self.health, self.clock, self.on_attempt, what)
 
     async def _save(self, key: str, body: bytes, upstream: str, etag: str | None = None,
                     last_modified: str | None = None) -> Entry:

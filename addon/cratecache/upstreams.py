@@ -143,6 +143,7 @@ async def walk(
     health: Health | None = None,
     clock: Callable[[], float] = time.time,
     observe: Callable[[UpstreamClient, Attempt], None] | None = None,
+    what: str = "",
 ) -> tuple[T | None, list[Attempt]]:
     """Try each client in order; the first attempt that yields a result wins.
 
@@ -167,7 +168,7 @@ async def walk(
         outcome = Attempt(outcome.upstream, outcome.outcome, outcome.detail, ms)
         attempts.append(outcome)
         if outcome.outcome == "failed":
-            logger.warning("upstream %s failed: %s", client.name, outcome.detail)
+            logger.warning("upstream %s failed: %s%s", client.name, outcome.detail, f" [{what}]" if what else "")
             health.failed(client.key, outcome.detail, clock(), transport_error, ms)
         else:
             health.succeeded(client.key, ms)
