@@ -66,7 +66,9 @@ def test_meta_whose_blob_is_gone_reads_as_a_miss(store):
 def test_blob_of_the_wrong_size_reads_as_a_miss(store):
     meta = store.put("crate/crates-io/foo/1.0.0", BODY, "a", now=NOW).meta
     store._cache.set(f"blob:{meta.sha256}", BODY[:-1])  # truncated
-    assert store.get("crate/crates-io/foo/1.0.0") is None
+    restarted = Store(store.directory, 10**9)  # nothing in memory: only the disk speaks
+    assert restarted.get("crate/crates-io/foo/1.0.0") is None
+    restarted.close()
 
 
 def test_identical_bytes_share_a_blob_and_deleting_one_key_keeps_the_other(store):
@@ -108,3 +110,22 @@ def test_store_creates_its_directory(tmp_path):
     store = Store(tmp_path / "deep" / "cache", size_limit=10**9)
     store.close()
     assert (tmp_path / "deep" / "cache").is_dir()
+
+
+def test_memory_tier_serves_repeated_reads_and_follows_other_writers(store):
+    store.put("index/crates-io/foo", BODY, "a", now=NOW)
+    assert store.peek("index/crates-io/foo").body == BODY
+    other = Store(store.directory, 10**9)  # another worker on the same folder
+    other.put("index/crates-io/foo", BODY + b"more", "b", now=NOW + 1)
+    assert store.peek("index/crates-io/foo").body == BODY  # memory until asked for the disk's view
+    assert store.get("index/crates-io/foo").body == BODY + b"more"
+    assert store.peek("index/crates-io/foo").meta.upstream == "b"
+    other.close()
+
+
+def test_memory_tier_is_bounded(tmp_path):
+    small = Store(tmp_path / "small", 10**9, hot_bytes=3 * len(BODY))
+    for i in range(10):
+        small.put(f"index/crates-io/c{i}", BODY, "a", now=NOW)
+    assert [small.peek(f"index/crates-io/c{i}") is not None for i in range(10)] == [False] * 7 + [True] * 3
+    small.close()

@@ -109,7 +109,7 @@ class Resolver:
 
     async def config(self, reg: Registry, force: bool = False) -> Served:
         key, since = ConfigRoute(reg).key, self.clock()
-        cached = await asyncio.to_thread(self.store.get, key)
+        cached = await self._read(key, "config", reg, force)
         if self._decide("config", cached, reg, force) == freshness.FRESH:
             return Served(cached, "cache", "hit")
         return await self._once(key, since, "config", reg, force, lambda c: self._fetch_config(reg, key, c))
@@ -156,7 +156,7 @@ class Resolver:
 
     async def index(self, reg: Registry, name: str, force: bool = False) -> Served:
         key, since = IndexRoute(reg, name).key, self.clock()
-        cached = await asyncio.to_thread(self.store.get, key)
+        cached = await self._read(key, "index", reg, force)
         if self._decide("index", cached, reg, force) == freshness.FRESH:
             return Served(cached, "cache", "hit")
         return await self._once(key, since, "index", reg, force, lambda c: self._fetch_index(reg, name, key, c))
@@ -196,7 +196,7 @@ class Resolver:
 
     async def crate(self, reg: Registry, name: str, version: str) -> Served:
         key, since = CrateRoute(reg, name, version).key, self.clock()
-        cached = await asyncio.to_thread(self.store.get, key)
+        cached = await self._read(key, "crate", reg, False)
         if cached is not None:
             return Served(cached, "cache", "hit")
         return await self._once(key, since, "crate", reg, False, lambda c: self._fetch_crate(reg, name, version, key))
@@ -233,6 +233,13 @@ class Resolver:
         return Served(await self._save(key, body, upstream), upstream, "miss", tuple(attempts))
 
     # -- shared ------------------------------------------------------------------------------
+
+    async def _read(self, key: str, kind: str, reg: Registry, force: bool) -> Entry | None:
+        """Memory first; the disk only when memory has nothing fresh (another worker may have refreshed it)."""
+        hot = self.store.peek(key)
+        if hot is not None and self._decide(kind, hot, reg, force) == freshness.FRESH:
+            return hot
+        return await asyncio.to_thread(self.store.get, key)
 
     def _decide(self, kind: str, cached: Entry | None, reg: Registry, force: bool) -> str:
         ttl = 0 if force else reg.index_ttl
@@ -296,12 +303,13 @@ class Resolver:
         lease = self.settings.cache.lease_seconds
         deadline = time.monotonic() + lease
         while True:
-            if await asyncio.to_thread(self.store.acquire_lease, key, lease) or time.monotonic() >= deadline:
+            # Read under the lease: a fetch that finished meanwhile (here or in another process) may answer.
+            taken, cached, negative = await asyncio.to_thread(self.store.claim, key, lease)
+            if not taken and time.monotonic() >= deadline:
+                taken, cached, negative = True, await asyncio.to_thread(self.store.get, key), None
+            if taken:
                 try:
-                    # Checked under the lease: a fetch that finished meanwhile (here or in another
-                    # process) may already answer.
-                    cached = await asyncio.to_thread(self.store.get, key)
-                    if answered := await self._answered_meanwhile(key, cached, since, kind, reg, force):
+                    if answered := self._answered_meanwhile(cached, negative, since, kind, reg, force):
                         return answered
                     return await fetch(cached)
                 finally:
@@ -309,15 +317,15 @@ class Resolver:
             while time.monotonic() < deadline and await asyncio.to_thread(self.store.lease_held, key):
                 await asyncio.sleep(LEASE_POLL_SECONDS)
 
-    async def _answered_meanwhile(
-        self, key: str, cached: Entry | None, since: float, kind: str, reg: Registry, force: bool
+    def _answered_meanwhile(
+        self, cached: Entry | None, negative: str | None, since: float, kind: str, reg: Registry, force: bool
     ) -> Served | None:
         if cached is not None:
             if cached.meta.checked_at > since or self._decide(kind, cached, reg, force) == freshness.FRESH:
                 return Served(cached, "cache", "hit")
             return None
-        if reason := await asyncio.to_thread(self.store.negative, key):
-            raise NotFound(f"{reason} (remembered)")
+        if negative:
+            raise NotFound(f"{negative} (remembered)")
         return None
 
 

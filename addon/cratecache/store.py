@@ -6,7 +6,11 @@ Layout inside diskcache:
 
 A blob is always written before the meta that names it, so a reader never sees a half-stored
 entry: after a crash there is at worst an unreferenced blob, which eviction removes. The
-methods are synchronous; the addon calls them through `asyncio.to_thread`.
+methods are synchronous; the addon calls them through `asyncio.to_thread`, except `peek`.
+
+In front of the disk, a small in-memory tier keeps recently used entries up to `HOT_ITEM_LIMIT`
+bytes each (index files, config.json, most crates) so a repeated hit costs no I/O and no thread
+hand-off, and concurrent readers of one large crate share a single copy of its bytes.
 """
 
 from __future__ import annotations
@@ -14,14 +18,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
-from dataclasses import asdict, dataclass, replace
+import weakref
+from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import diskcache
 
 logger = logging.getLogger(__name__)
+
+HOT_ITEM_LIMIT = 1024 * 1024
+DEFAULT_HOT_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -48,25 +58,74 @@ def make_entry(body: bytes, upstream: str, etag: str | None = None, last_modifie
 
 
 class Store:
-    def __init__(self, directory: Path, size_limit: int, eviction_policy: str = "least-recently-used"):
+    def __init__(self, directory: Path, size_limit: int, eviction_policy: str = "least-recently-used",
+                 hot_bytes: int = DEFAULT_HOT_BYTES):
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self._cache = diskcache.Cache(
             str(directory), size_limit=size_limit, eviction_policy=eviction_policy, statistics=False
         )
+        self._hot: OrderedDict[str, Entry] = OrderedDict()
+        self._hot_bytes, self._hot_limit = 0, hot_bytes
+        self._shared: weakref.WeakValueDictionary[str, Entry] = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         self._cache.close()
 
+    def peek(self, key: str) -> Entry | None:
+        """The entry if it is in memory; never touches the disk (safe on the event loop)."""
+        with self._lock:
+            entry = self._hot.get(key)
+            if entry is not None:
+                self._hot.move_to_end(key)
+                return entry
+            return self._shared.get(key)
+
     def get(self, key: str) -> Entry | None:
+        """The entry as stored on disk now (another worker may have changed it)."""
         raw = self._cache.get(f"meta:{key}")
         if raw is None:
+            self._forget(key)
             return None
         meta = Meta(**raw)
-        body = self._cache.get(f"blob:{meta.sha256}")
-        if not isinstance(body, bytes) or len(body) != meta.size:
-            return None  # evicted (or damaged): a miss, never a partial answer
-        return Entry(meta, body)
+        known = self.peek(key)
+        if known is not None and known.meta.sha256 == meta.sha256 and f"blob:{meta.sha256}" in self._cache:
+            entry = Entry(meta, known.body)  # same bytes still stored: skip reading them again
+        else:
+            body = self._cache.get(f"blob:{meta.sha256}")
+            if not isinstance(body, bytes) or len(body) != meta.size:
+                return None  # evicted (or damaged): a miss, never a partial answer
+            entry = Entry(meta, body)
+        self._remember(key, entry)
+        return entry
+
+    def claim(self, key: str, ttl: float) -> tuple[bool, Entry | None, str | None]:
+        """In one call: take the lease on `key`, and if taken, read its entry and negative record."""
+        if not self.acquire_lease(key, ttl):
+            return False, None, None
+        return True, self.get(key), self.negative(key)
+
+    def _remember(self, key: str, entry: Entry) -> None:
+        with self._lock:
+            old = self._hot.pop(key, None)
+            if old is not None:
+                self._hot_bytes -= old.meta.size
+            if entry.meta.size > HOT_ITEM_LIMIT:
+                self._shared[key] = entry  # kept while a request still holds it
+                return
+            self._hot[key] = entry
+            self._hot_bytes += entry.meta.size
+            while self._hot_bytes > self._hot_limit and self._hot:
+                _, evicted = self._hot.popitem(last=False)
+                self._hot_bytes -= evicted.meta.size
+
+    def _forget(self, key: str) -> None:
+        with self._lock:
+            old = self._hot.pop(key, None)
+            if old is not None:
+                self._hot_bytes -= old.meta.size
+            self._shared.pop(key, None)
 
     def meta(self, key: str) -> Meta | None:
         raw = self._cache.get(f"meta:{key}")
@@ -84,12 +143,14 @@ class Store:
         entry = make_entry(body, upstream, etag, last_modified, now)
         self._cache.set(f"blob:{entry.meta.sha256}", body)
         self._cache.set(f"meta:{key}", asdict(entry.meta))
+        self._remember(key, entry)
         return entry
 
     def put_entry(self, key: str, meta: Meta, body: bytes) -> None:
         """Store bytes with their recorded provenance (import). The caller has verified `meta.sha256`."""
         self._cache.set(f"blob:{meta.sha256}", body)
         self._cache.set(f"meta:{key}", asdict(meta))
+        self._forget(key)
 
     def entries(self, prefix: str = "") -> Iterator[tuple[str, Meta]]:
         """(key, meta) of every entry whose key starts with `prefix`, in key order."""
@@ -115,6 +176,8 @@ class Store:
             return None
         meta = replace(meta, checked_at=time.time() if now is None else now)
         self._cache.set(f"meta:{key}", asdict(meta))
+        if (known := self.peek(key)) is not None and known.meta.sha256 == meta.sha256:
+            self._remember(key, Entry(meta, known.body))
         return meta
 
     def set_negative(self, key: str, reason: str, ttl: float) -> None:
@@ -151,6 +214,7 @@ class Store:
         return sorted(k[5:] for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith(f"meta:{prefix}"))
 
     def delete(self, key: str) -> bool:
+        self._forget(key)
         return bool(self._cache.delete(f"meta:{key}"))
 
     def count(self, prefix: str = "") -> int:
@@ -161,6 +225,10 @@ class Store:
         return count
 
     def clear(self) -> int:
+        with self._lock:
+            self._hot.clear()
+            self._hot_bytes = 0
+            self._shared.clear()
         return self._cache.clear()
 
     def collect_garbage(self) -> int:
