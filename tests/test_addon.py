@@ -95,6 +95,7 @@ def test_configure_limits_interception_to_registry_hosts(config):
 def test_default_confdir_is_the_projects_certs_folder(config):
     addon = CargoCache()
     with taddons.context(addon) as tctx:
+        tctx.configure(addon, cargo_proxies=str(config))
         tctx.configure(addon, confdir="~/.mitmproxy")
         assert tctx.options.confdir == str(DEFAULT_CONFDIR)
         tctx.configure(addon, confdir="/elsewhere")
@@ -114,3 +115,19 @@ def test_invalid_config_is_one_clear_error_and_keeps_the_running_settings(config
     assert len(errors) == 1 and "\n" not in errors[0]
     assert errors[0].startswith(f"cargo-cache: invalid configuration: {bad}: cache.colour: unknown field (allowed: ")
     assert addon.settings.source == str(config)
+
+
+async def test_head_never_carries_a_body_even_on_errors(config, upstream):
+    addon = CargoCache()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, cargo_proxies=str(config))
+        missing = flow("index.crates.io", "/3/z/zzz", method="HEAD")
+        found = flow("index.crates.io", "/an/yh/anyhow", method="HEAD")
+        await addon.request(missing)
+        await addon.request(found)
+        await addon.done()
+
+    assert missing.response.status_code == 404 and missing.response.content == b""
+    assert int(missing.response.headers["Content-Length"]) > 0
+    assert found.response.status_code == 200 and found.response.content == b""
+    assert int(found.response.headers["Content-Length"]) > 300

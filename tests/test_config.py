@@ -145,7 +145,8 @@ def test_parse_size(value, expected):
 @pytest.mark.parametrize(
     "value, problem",
     [("20XB", "expected a size"), ("20iB", "unknown size unit"), ("lots", "expected a size"),
-     (-1, "must not be negative"), (True, "expected a size"), (1.5, "expected a size")],
+     (-1, "must not be negative"), (True, "expected a size"), (1.5, "expected a size"),
+     ("9" * 400 + "GB", "too large")],
 )
 def test_parse_size_errors(value, problem):
     with pytest.raises(ValueError, match=problem):

@@ -34,7 +34,8 @@ def test_classify_never_raises(host, method, path):
         assert "/" not in route.name and ".." not in route.name and len(route.name) <= 64
 
 
-YAML_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=30))
+YAML_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=30),
+                         st.sampled_from(["9" * 400 + "GB", "a\x00b", "${MISSING}", "~nobody/x", "1e999MB"]))
 YAML_VALUES = st.recursive(
     YAML_SCALARS,
     lambda children: st.one_of(st.lists(children, max_size=4),

@@ -160,3 +160,13 @@ def test_entry_reply_labels_the_state_and_upstream():
     assert (reply.headers["X-Cache"], reply.headers["X-Cache-Upstream"]) == ("STALE", "b")
     assert reply.headers["Last-Modified"] == "Thu, 01 Jan 1970 00:00:00 GMT"
     assert "Warning" in reply.headers
+
+
+async def test_an_unexpected_error_is_a_500_never_a_pass_through(resolver, caplog):
+    async def broken(route):
+        raise TypeError("an old cache entry")
+
+    resolver.resolve = broken
+    reply = await get(resolver, "/3/f/foo")
+    assert (reply.status, reply.body, reply.state) == (500, b"cargo-cache internal error: TypeError\n", "error")
+    assert "internal error on GET index.crates.io/3/f/foo" in caplog.text

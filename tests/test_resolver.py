@@ -194,7 +194,8 @@ async def test_credentials_go_to_the_upstream_origin_only(make, net):
 async def test_config_points_downloads_at_the_intercepted_host(resolver, reg):
     served = await resolver.config(reg)
     assert (served.state, served.source) == ("miss", "a")
-    assert json.loads(served.entry.body) == {"dl": "https://static.crates.io/crates", "api": "https://a.test/api"}
+    # a.test is a mirror, not index.crates.io itself: its API is not handed to Cargo
+    assert json.loads(served.entry.body) == {"dl": "https://static.crates.io/crates"}
 
 
 # -- freshness -----------------------------------------------------------------------------------
@@ -353,3 +354,38 @@ async def test_a_full_disk_still_answers_and_logs_an_error(make, net, caplog):
     served = await resolver.crate(resolver.settings.registries[0], "foo", "1.0.0")
     assert served.entry.body == FOO and served.state == "miss"
     assert "cache write failed for crate/crates-io/foo/1.0.0 (OSError: [Errno 28] No space left on device)" in caplog.text
+
+
+async def test_a_version_missing_from_a_stale_index_is_unavailable_not_missing(make, net, clock):
+    resolver = make()
+    reg = resolver.settings.registries[0]
+    await resolver.index(reg, "foo")
+    clock.advance(301)
+    for url in (A_FOO, B_FOO):
+        net.fail(url, httpx.ConnectError, "connection refused")
+    with pytest.raises(Unavailable, match="foo 1.1.0: not in the cached index, and no upstream could be asked"):
+        await resolver.crate(reg, "foo", "1.1.0")
+    assert resolver.store.negative("crate/crates-io/foo/1.1.0") is None
+
+
+async def test_concurrent_downloads_share_one_upstream_config_request(make, net):
+    names = ("bar", "baz", "qux", "quu")
+    net.registry(A, A_DL, a_download, {n: {"1.0.0": FOO} for n in names})
+    net.delay = 0.05
+    resolver = make()
+    reg = resolver.settings.registries[0]
+    await asyncio.gather(*(resolver.crate(reg, n, "1.0.0") for n in names))
+    assert net.asked().count(A + "config.json") == 1
+
+
+async def test_a_trickle_within_the_read_timeout_is_cut_by_the_overall_deadline(make, net):
+    async def trickle():
+        for _ in range(100):
+            await asyncio.sleep(0.05)  # well within the 100 ms read timeout
+            yield b'{"name":"foo"'
+
+    net.routes[A_FOO] = lambda request: httpx.Response(200, content=trickle())
+    resolver = make([upstream("a", A, timeout_ms=100), upstream("b", B, priority=2)])
+    served = await resolver.index(resolver.settings.registries[0], "foo")
+    assert served.source == "b"
+    assert served.attempts[0].detail == "transfer not finished within 1 s"

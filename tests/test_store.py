@@ -129,3 +129,37 @@ def test_memory_tier_is_bounded(tmp_path):
         small.put(f"index/crates-io/c{i}", BODY, "a", now=NOW)
     assert [small.peek(f"index/crates-io/c{i}") is not None for i in range(10)] == [False] * 7 + [True] * 3
     small.close()
+
+
+def test_a_lease_is_released_only_by_its_holder(store):
+    other = Store(store.directory, 10**9)  # another worker
+    assert store.acquire_lease("crate/crates-io/foo/1.0.0", 60)
+    assert not other.acquire_lease("crate/crates-io/foo/1.0.0", 60)
+    other.release_lease("crate/crates-io/foo/1.0.0")  # not its lease: nothing happens
+    assert other.lease_held("crate/crates-io/foo/1.0.0")
+    store.release_lease("crate/crates-io/foo/1.0.0")
+    assert not other.lease_held("crate/crates-io/foo/1.0.0")
+    other.close()
+
+
+def test_a_lease_of_a_dead_process_is_free(store):
+    store._cache.set("lease:crate/crates-io/foo/1.0.0", (2**22 + 12345, "gone"), expire=60)  # no such PID
+    assert not store.lease_held("crate/crates-io/foo/1.0.0")
+    assert store.acquire_lease("crate/crates-io/foo/1.0.0", 60)
+
+
+def test_a_304_is_recorded_only_for_the_bytes_it_confirmed(store):
+    meta = store.put("index/crates-io/foo", BODY, "a", now=NOW).meta
+    assert store.mark_checked("index/crates-io/foo", NOW + 5, sha256="0" * 64) is None
+    assert store.mark_checked("index/crates-io/foo", NOW + 5, sha256=meta.sha256).checked_at == NOW + 5
+
+
+def test_entries_purged_by_another_process_leave_memory_at_the_next_touch(store):
+    store.put("crate/crates-io/foo/1.0.0", BODY, "a", now=NOW)
+    store.note_hit("crate/crates-io/foo/1.0.0")
+    other = Store(store.directory, 10**9)
+    other.delete("crate/crates-io/foo/1.0.0")  # `make cache-purge` elsewhere
+    assert store.peek("crate/crates-io/foo/1.0.0") is not None
+    assert store.touch_hits() == 1
+    assert store.peek("crate/crates-io/foo/1.0.0") is None
+    other.close()

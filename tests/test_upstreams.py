@@ -118,7 +118,8 @@ def test_client_ignores_proxy_settings_from_the_environment():
 # -- the walk ------------------------------------------------------------------------------------
 
 def fake(name: str) -> SimpleNamespace:
-    return SimpleNamespace(name=name, key=f"reg/{name}", upstream=SimpleNamespace(timeout_ms=100))
+    upstream = SimpleNamespace(timeout_ms=100, username=None, password=None)
+    return SimpleNamespace(name=name, key=f"reg/{name}", upstream=upstream)
 
 
 def scripted(**results):

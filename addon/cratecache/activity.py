@@ -10,6 +10,7 @@ import statistics
 import time
 from collections import Counter, deque
 from typing import Any
+from urllib.parse import urlsplit
 
 from .config import Settings
 from .health import Health
@@ -45,8 +46,8 @@ class Activity:
         counts, self.unflushed = dict(self.unflushed), Counter()
         return counts
 
-    def snapshot(self, settings: Settings, health: Health, store: Store) -> dict[str, Any]:
-        """The status page's data (reads the cache's size: call it off the event loop)."""
+    def snapshot(self, settings: Settings, health: Health, cache: dict[str, Any]) -> dict[str, Any]:
+        """The status page's data; `cache` is `cache_figures()`, read off the event loop."""
         now = time.time()
         return {
             "started": self.started,
@@ -59,17 +60,27 @@ class Activity:
             ],
             "cache": {
                 "directory": str(settings.cache.directory),
-                "bytes": store.volume(),
                 "size_limit": settings.cache.size_limit,
-                "entries": {kind: store.count(f"{kind}/") for kind in KINDS},
                 "requests": {kind: self._ratio(kind) for kind in KINDS},
+                **cache,
             },
             "recent": list(self.recent),
         }
 
+    @staticmethod
+    def cache_figures(store: Store) -> dict[str, Any]:
+        """Size and entries of the cache (SQLite queries: call it off the event loop)."""
+        return {"bytes": store.volume(), "entries": {kind: store.count(f"{kind}/") for kind in KINDS}}
+
     def _ratio(self, kind: str) -> dict:
         by_state = {k.split(":", 1)[1]: n for k, n in self.served.items() if k.startswith(f"{kind}:")}
         return {"requests": sum(by_state.values()), "hits": by_state.get("hit", 0), "by_state": by_state}
+
+
+def origin(url: str) -> str:
+    """scheme://host[:port] only: a path may carry a token (some hosted registries put one there)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" + ("/…" if parts.path.strip("/") else "/")
 
 
 def _upstream(up, state, now: float) -> dict:
@@ -77,7 +88,7 @@ def _upstream(up, state, now: float) -> dict:
     backing_off = state.backoff_until > now
     return {
         "name": up.name,
-        "url": up.url,
+        "url": origin(up.url),
         "priority": up.priority,
         "active": up.active,
         "health": "backing off" if backing_off else ("failing" if state.consecutive_failures else "ok"),

@@ -12,7 +12,7 @@ from pathlib import Path
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
-from .activity import Activity
+from .activity import Activity, origin
 from .config import ConfigError, Settings, load_settings
 from .handler import Reply, handle
 from .resolver import Resolver
@@ -85,9 +85,12 @@ class CargoCache:
         started = time.monotonic()
         reply = await handle(self.resolver, registry, flow.request.method, host, flow.request.path,
                              flow.request.headers)
-        flow.response = http.Response.make(reply.status, reply.body, reply.headers)
-        if "Content-Length" in reply.headers:  # HEAD: make() counted the empty body
-            flow.response.headers["Content-Length"] = reply.headers["Content-Length"]
+        head = flow.request.method == "HEAD"
+        flow.response = http.Response.make(reply.status, b"" if head else reply.body, reply.headers)
+        if reply.status == 304:
+            del flow.response.headers["Content-Length"]  # RFC 9110 §8.6: not the length of an empty 304
+        elif head:  # make() counted the empty body
+            flow.response.headers["Content-Length"] = reply.headers.get("Content-Length", str(len(reply.body)))
         flow.metadata["cargo_cache"] = reply.state
         seconds = time.monotonic() - started
         client = flow.client_conn.peername[0] if flow.client_conn.peername else "-"
@@ -114,7 +117,7 @@ class CargoCache:
             logger.info("cargo-cache: offline mode: serving only what is cached; no upstream is contacted%s",
                         " (index files list staged versions only)" if settings.cache.offline_prune_index else "")
         for reg in settings.registries:
-            order = ", ".join(f"{u.name} ({u.url}{'' if u.active else ', inactive'})" for u in reg.upstreams)
+            order = ", ".join(f"{u.name} ({origin(u.url)}{'' if u.active else ', inactive'})" for u in reg.upstreams)
             logger.info("cargo-cache: registry %s upstreams in order: %s", reg.name, order)
         if old is not None:
             _close_later(old)
@@ -138,8 +141,8 @@ class CargoCache:
             await self.status.start()
 
     async def _snapshot(self) -> dict:
-        resolver = self.resolver
-        return await asyncio.to_thread(self.activity.snapshot, self.settings, resolver.health, resolver.store)
+        figures = await asyncio.to_thread(self.activity.cache_figures, self.resolver.store)
+        return self.activity.snapshot(self.settings, self.resolver.health, figures)  # on the loop: no races
 
     async def _metrics(self) -> bytes:
         return await asyncio.to_thread(self.activity.metrics.render, self.resolver.store)

@@ -28,6 +28,7 @@ from . import sparse
 from .store import Meta, Store
 
 FORMAT = "cargo-cache-bundle/1"
+IMPORTED_KINDS = ("config", "index", "crate")
 MANIFEST = "manifest.json"
 
 
@@ -88,6 +89,9 @@ def import_bundle(store: Store, path: Path) -> Summary:
         manifest = _verify_into(path, staging, store)
         for item in manifest["entries"]:
             meta = Meta(**{f: item[f] for f in Meta.__dataclass_fields__})
+            current = store.meta(item["key"])
+            if current is not None and current.checked_at >= meta.checked_at:
+                continue  # the cache's copy is as new or newer (an index revalidated since the export)
             store.put_entry(item["key"], meta, (staging / meta.sha256).read_bytes())
         return _summary(manifest["entries"], sum(p.stat().st_size for p in staging.iterdir()))
     finally:
@@ -132,6 +136,10 @@ def _manifest(raw: bytes, path: Path) -> dict:
         valid = False
     if not valid:
         raise BundleError(f"{path}: invalid manifest (not a {FORMAT} bundle)")
+    for item in manifest["entries"]:
+        item.update(key_fields(item["key"]))  # what the key says, not what the manifest claims
+        if item["kind"] not in IMPORTED_KINDS or not item["registry"] or (item["kind"] != "config" and not item["name"]):
+            raise BundleError(f"{path}: unexpected entry {item['key']!r} in the manifest")
     return manifest
 
 
@@ -146,7 +154,10 @@ def _verify_crates(manifest: dict, staging: Path, path: Path, store: Store) -> N
         if body is None and (cached := store.get(f"index/{item['registry']}/{item['name'].lower()}")):
             body = cached.body
         listed = sparse.find_version(body, item["name"], item["version"]) if body else None
-        if listed is not None and listed.cksum != item["sha256"]:
+        if listed is None:
+            raise BundleError(f"{path}: crate {item['name']} {item['version']} cannot be verified: no index "
+                              "file lists it (export the index files with the crates)")
+        if listed.cksum != item["sha256"]:
             raise BundleError(f"{path}: crate {item['name']} {item['version']} does not match its index checksum")
 
 

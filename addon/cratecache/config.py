@@ -156,7 +156,10 @@ def parse_size(value: Any) -> int:
     unit = (m.group(2) or "").upper()
     if unit not in _UNITS:
         raise ValueError(f"unknown size unit in {value!r}")
-    return int(float(m.group(1)) * _UNITS[unit])
+    size = float(m.group(1)) * _UNITS[unit]
+    if not size < 2**63:
+        raise ValueError(f"size {value!r} is too large")
+    return int(size)
 
 
 class _Parser:
@@ -189,6 +192,17 @@ class _Parser:
             return self.env[m.group(1)]
 
         return _ENV_REF.sub(expand, value)
+
+    def path_value(self, value: Any, where: str) -> Path:
+        """A path; relative ones are relative to the configuration file's folder."""
+        text = self.string(value, where)
+        if not text or "\x00" in text:
+            raise self.fail(where, "expected a path")
+        try:
+            path = Path(text).expanduser()
+            return path if path.is_absolute() else (self.path.parent / path).resolve()
+        except (OSError, RuntimeError, ValueError) as e:
+            raise self.fail(where, f"not a usable path: {e}") from None
 
     def boolean(self, value: Any, where: str, default: bool) -> bool:
         if value is None:
@@ -226,9 +240,7 @@ class _Parser:
         raw = self.mapping(raw, "cache", ("directory", "size_limit", "index_ttl", "eviction_policy", "negative_ttl",
                                           "upstream_backoff", "backoff_after", "lease_seconds", "offline",
                                           "offline_prune_index", "max_crate_size", "max_index_size"))
-        directory = Path(self.string(raw.get("directory", ".cache/cargo"), "cache.directory")).expanduser()
-        if not directory.is_absolute():
-            directory = (self.path.parent / directory).resolve()
+        directory = self.path_value(raw.get("directory", ".cache/cargo"), "cache.directory")
         try:
             size_limit = parse_size(raw.get("size_limit", DEFAULT_SIZE_LIMIT))
         except ValueError as e:
@@ -281,8 +293,7 @@ class _Parser:
         password = self.string(raw["password"], f"{where}.password") if raw.get("password") is not None else None
         ca_bundle = None
         if raw.get("ca_bundle") is not None:
-            ca_path = Path(self.string(raw["ca_bundle"], f"{where}.ca_bundle")).expanduser()
-            ca_path = ca_path if ca_path.is_absolute() else (self.path.parent / ca_path).resolve()
+            ca_path = self.path_value(raw["ca_bundle"], f"{where}.ca_bundle")
             if not ca_path.is_file():
                 raise self.fail(f"{where}.ca_bundle", f"file not found: {ca_path}")
             ca_bundle = str(ca_path)

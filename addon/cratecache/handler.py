@@ -6,6 +6,7 @@ Domain outcomes become statuses here and nowhere else: a refused path is its rou
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -13,6 +14,8 @@ from . import freshness
 from .config import Registry
 from .resolver import NotFound, Resolver, Served, Unavailable
 from .routes import Rejection, classify
+
+logger = logging.getLogger(__name__)
 
 CONTENT_TYPES = {
     "config": "application/json",
@@ -44,6 +47,9 @@ async def handle(
         return text_reply(404, str(e), "not_found", route.kind)
     except Unavailable as e:
         return text_reply(502, str(e), "error", route.kind)
+    except Exception as e:  # never let a request fall through to the real registry host
+        logger.exception("cargo-cache: internal error on %s %s%s", method, host, path)
+        return text_reply(500, f"cargo-cache internal error: {type(e).__name__}", "error", route.kind)
     return entry_reply(route.kind, served, method, headers)
 
 

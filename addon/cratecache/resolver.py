@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 import httpx
+from urllib.parse import urlsplit
 
 from . import freshness, sparse
 from .config import Registry, Settings
@@ -25,6 +26,8 @@ from .upstreams import Attempt, UpstreamClient, UpstreamError, status_outcome, s
 logger = logging.getLogger(__name__)
 
 LEASE_POLL_SECONDS = 0.05
+OFFLOAD_BYTES = 1024 * 1024
+CRATE_DEADLINE = 600.0  # seconds for a whole .crate download (up to max_crate_size at ~100 kB/s)
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,8 @@ class Resolver:
         if result is None:
             return await self._without_answer(key, cached, attempts, "config.json")
         name, upstream_config = result
-        body = sparse.client_config(upstream_config, reg.download_host)
+        own_host = urlsplit(reg.upstream(name).url).netloc.lower() == reg.index_host
+        body = sparse.client_config(upstream_config, reg.download_host, keep_api=own_host)
         if cached is not None and cached.body == body:
             return Served(await self._touch(key, cached), name, "revalidated", tuple(attempts))
         return Served(await self._save(key, body, name), name, "miss", tuple(attempts))
@@ -140,6 +144,9 @@ class Resolver:
         if known and not force and self.clock() - known[1] < ttl:
             self._upstream_configs[key] = known
             return known[0]
+        return await self._single(key, lambda: self._fetch_upstream_config(key, client, reg))
+
+    async def _fetch_upstream_config(self, key: str, client: UpstreamClient, reg: Registry) -> dict:
         got = await client.get(client.url("config.json"), {"Accept": "application/json"},
                                self.settings.cache.max_index_size)
         if status_outcome(got.status) != "ok":
@@ -208,19 +215,22 @@ class Resolver:
             # A lockfile may name a version published after our copy of the index was checked.
             index = await self.index(reg, name.lower(), force=True)
             listed = sparse.find_version(index.entry.body, name, version)
+        if listed is None and index.state == "stale":
+            raise Unavailable(f"{name} {version}: not in the cached index, and no upstream could be asked "
+                              f"({summary(index.attempts)})", index.attempts)
         if listed is None:
             reason = f"{name} {version} is not listed in the index"
-            await asyncio.to_thread(self.store.set_negative, key, reason, self.settings.cache.negative_ttl)
+            await self._best_effort(self.store.set_negative, key, reason, self.settings.cache.negative_ttl)
             raise NotFound(reason)
 
         async def attempt(client: UpstreamClient):
             dl = (await self._upstream_config(reg, client))["dl"]
             url = sparse.download_url(dl, listed.name, version, listed.cksum)
-            got = await client.get(url, None, self.settings.cache.max_crate_size)
+            got = await client.get(url, None, self.settings.cache.max_crate_size, CRATE_DEADLINE)
             outcome = status_outcome(got.status)
             if outcome != "ok":
                 return Attempt(client.name, outcome, f"HTTP {got.status}"), None
-            digest = hashlib.sha256(got.body).hexdigest()
+            digest = await _sha256(got.body)
             if digest != listed.cksum:
                 raise UpstreamError(f"checksum mismatch for {name} {version}: index says {listed.cksum[:16]}…, "
                                     f"got {digest[:16]}…")
@@ -238,6 +248,7 @@ class Resolver:
         """Memory first; the disk only when memory has nothing fresh (another worker may have refreshed it)."""
         hot = self.store.peek(key)
         if hot is not None and self._decide(kind, hot, reg, force) == freshness.FRESH:
+            self.store.note_hit(key)
             return hot
         return await asyncio.to_thread(self.store.get, key)
 
@@ -264,13 +275,21 @@ class Resolver:
             return make_entry(body, upstream, etag, last_modified, self.clock())
 
     async def _touch(self, key: str, cached: Entry) -> Entry:
-        """Record an upstream's 304; a failed write only costs an earlier revalidation."""
+        """Record an upstream's 304 for the bytes we hold; a failed write only costs an earlier revalidation."""
+        meta = await self._best_effort(self.store.mark_checked, key, self.clock(), cached.meta.sha256)
+        if meta is None:
+            # Not recorded: the write failed, or another writer replaced the bytes meanwhile; either
+            # way answer with what we revalidated, under its own validators.
+            return Entry(replace(cached.meta, checked_at=self.clock()), cached.body)
+        return Entry(meta, cached.body)
+
+    async def _best_effort(self, write, *args):
+        """A cache write whose failure (full disk, ...) must not fail the request."""
         try:
-            meta = await asyncio.to_thread(self.store.mark_checked, key, self.clock())
+            return await asyncio.to_thread(write, *args)
         except Exception as e:
-            logger.error("cache write failed for %s (%s: %s)", key, type(e).__name__, e)
-            meta = None
-        return Entry(meta or cached.meta, cached.body)
+            logger.error("cache write failed: %s%s (%s: %s)", write.__name__, args[:1], type(e).__name__, e)
+            return None
 
     async def _without_answer(self, key: str, cached: Entry | None, attempts: list[Attempt], what: str) -> Served:
         decision = freshness.without_answer(cached is not None, [a.outcome for a in attempts])
@@ -279,21 +298,25 @@ class Resolver:
             return Served(cached, "cache", "stale", tuple(attempts))
         if decision == freshness.NOT_FOUND:
             reason = f"{what} not found on any upstream"
-            await asyncio.to_thread(self.store.set_negative, key, reason, self.settings.cache.negative_ttl)
+            await self._best_effort(self.store.set_negative, key, reason, self.settings.cache.negative_ttl)
             raise NotFound(reason, attempts)
         raise Unavailable(f"{what}: no upstream could answer ({summary(attempts)})", attempts)
+
+    async def _single(self, key: str, make: Callable[[], Awaitable]):
+        """Concurrent callers for one key share one run of `make` (in this process)."""
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(make())
+            self._inflight[key] = task
+            task.add_done_callback(lambda t: (self._inflight.pop(key, None), t.cancelled() or t.exception()))
+        return await asyncio.shield(task)
 
     async def _once(
         self, key: str, since: float, kind: str, reg: Registry, force: bool,
         fetch: Callable[[Entry | None], Awaitable[Served]],
     ) -> Served:
         """Concurrent misses for one key share one upstream fetch, in this process and across processes."""
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.ensure_future(self._leased(key, since, kind, reg, force, fetch))
-            self._inflight[key] = task
-            task.add_done_callback(lambda t: (self._inflight.pop(key, None), t.cancelled() or t.exception()))
-        return await asyncio.shield(task)
+        return await self._single(key, lambda: self._leased(key, since, kind, reg, force, fetch))
 
     async def _leased(
         self, key: str, since: float, kind: str, reg: Registry, force: bool,
@@ -304,16 +327,18 @@ class Resolver:
         deadline = time.monotonic() + lease
         while True:
             # Read under the lease: a fetch that finished meanwhile (here or in another process) may answer.
-            taken, cached, negative = await asyncio.to_thread(self.store.claim, key, lease)
-            if not taken and time.monotonic() >= deadline:
-                taken, cached, negative = True, await asyncio.to_thread(self.store.get, key), None
-            if taken:
+            owned, cached, negative = await asyncio.to_thread(self.store.claim, key, lease)
+            overdue = not owned and time.monotonic() >= deadline  # the holder hangs: fetch without the lease
+            if overdue:
+                cached, negative = await asyncio.to_thread(self.store.get, key), None
+            if owned or overdue:
                 try:
                     if answered := self._answered_meanwhile(cached, negative, since, kind, reg, force):
                         return answered
                     return await fetch(cached)
                 finally:
-                    await asyncio.to_thread(self.store.release_lease, key)
+                    if owned:
+                        await self._best_effort(self.store.release_lease, key)
             while time.monotonic() < deadline and await asyncio.to_thread(self.store.lease_held, key):
                 await asyncio.sleep(LEASE_POLL_SECONDS)
 
@@ -335,3 +360,10 @@ def _describe(route: Route) -> str:
     if isinstance(route, IndexRoute):
         return f"the index file of crate {route.name}"
     return "config.json"
+
+
+async def _sha256(body: bytes) -> str:
+    """Hashing a large crate takes tens of milliseconds: not on the event loop."""
+    if len(body) < OFFLOAD_BYTES:
+        return hashlib.sha256(body).hexdigest()
+    return await asyncio.to_thread(lambda: hashlib.sha256(body).hexdigest())

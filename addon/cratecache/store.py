@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -68,7 +69,9 @@ class Store:
         self._hot: OrderedDict[str, Entry] = OrderedDict()
         self._hot_bytes, self._hot_limit = 0, hot_bytes
         self._shared: weakref.WeakValueDictionary[str, Entry] = weakref.WeakValueDictionary()
+        self._hits: set[str] = set()
         self._lock = threading.Lock()
+        self._holder = (os.getpid(), uuid.uuid4().hex)  # this store's identity in leases
 
     def close(self) -> None:
         self._cache.close()
@@ -169,10 +172,13 @@ class Store:
         return {k[6:]: self._cache.get(k, 0) for k in sorted(self._cache.iterkeys())
                 if isinstance(k, str) and k.startswith("count:")}
 
-    def mark_checked(self, key: str, now: float | None = None) -> Meta | None:
-        """Record that an upstream confirmed the stored bytes (a 304)."""
+    def mark_checked(self, key: str, now: float | None = None, sha256: str | None = None) -> Meta | None:
+        """Record that an upstream confirmed the stored bytes (a 304).
+
+        With `sha256`, only if the stored bytes are still those (another writer may have replaced them).
+        """
         meta = self.meta(key)
-        if meta is None:
+        if meta is None or (sha256 is not None and meta.sha256 != sha256):
             return None
         meta = replace(meta, checked_at=time.time() if now is None else now)
         self._cache.set(f"meta:{key}", asdict(meta))
@@ -194,21 +200,46 @@ class Store:
         A lease expires after `ttl`, and one whose holder process has died is taken over at once
         (the folder is local to this host, so the holder's PID can be checked).
         """
-        if self._cache.add(f"lease:{key}", os.getpid(), expire=ttl):
+        if self._cache.add(f"lease:{key}", self._holder, expire=ttl):
             return True
-        return not self.lease_held(key) and self._cache.add(f"lease:{key}", os.getpid(), expire=ttl)
+        return not self.lease_held(key) and self._cache.add(f"lease:{key}", self._holder, expire=ttl)
 
     def lease_held(self, key: str) -> bool:
         holder = self._cache.get(f"lease:{key}")
         if holder is None:
             return False
-        if holder != os.getpid() and not _alive(holder):
-            self._cache.delete(f"lease:{key}")  # its process was killed mid-fetch
-            return False
-        return True
+        pid = holder[0] if isinstance(holder, tuple) else holder
+        if pid == os.getpid() or _alive(pid):
+            return True
+        with self._cache.transact():  # its process was killed mid-fetch: free it, unless retaken meanwhile
+            if self._cache.get(f"lease:{key}") == holder:
+                self._cache.delete(f"lease:{key}")
+        return False
 
     def release_lease(self, key: str) -> None:
-        self._cache.delete(f"lease:{key}")
+        """Give the lease back, only if it is still ours (it may have expired and been taken since)."""
+        with self._cache.transact():
+            if self._cache.get(f"lease:{key}") == self._holder:
+                self._cache.delete(f"lease:{key}")
+
+    def note_hit(self, key: str) -> None:
+        """A hit served from memory: remembered so `touch_hits` can tell the disk (LRU, purges)."""
+        with self._lock:
+            self._hits.add(key)
+
+    def touch_hits(self) -> int:
+        """Refresh the disk's recency of entries served from memory, and drop any purged meanwhile."""
+        with self._lock:
+            keys, self._hits = self._hits, set()
+        for key in keys:
+            raw = self._cache.get(f"meta:{key}")  # with least-recently-used, a read is the touch
+            if raw is None:
+                self._forget(key)
+                continue
+            handle = self._cache.get(f"blob:{raw['sha256']}", read=True)
+            if hasattr(handle, "close"):
+                handle.close()
+        return len(keys)
 
     def keys(self, prefix: str = "") -> list[str]:
         return sorted(k[5:] for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith(f"meta:{prefix}"))

@@ -12,6 +12,7 @@ attempts into 404 (all "not_found") or 502 (anything failed) at the HTTP boundar
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
@@ -30,6 +31,7 @@ T = TypeVar("T")
 NOT_FOUND_STATUSES = (404, 410, 451)
 MAX_REDIRECTS = 5
 ERROR_BODY_LIMIT = 64 * 1024
+TRANSFER_DEADLINE_FACTOR = 12  # a whole answer may take this many read timeouts (60 s by default)
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,10 @@ class UpstreamError(Exception):
     """An attempt that failed for a reason other than the HTTP status (bad body, checksum)."""
 
 
+class TransferTimeout(httpx.TimeoutException):
+    """The whole answer took longer than its overall deadline (a trickle within the read timeout)."""
+
+
 def status_outcome(status: int) -> str:
     """How an upstream's HTTP status counts in the priority walk."""
     if status == 200:
@@ -60,6 +66,8 @@ def status_outcome(status: int) -> str:
 
 def describe_error(exc: Exception, timeout_ms: int) -> str:
     """A one-line reason for a transport error; never includes credentials."""
+    if isinstance(exc, TransferTimeout):
+        return str(exc)
     if isinstance(exc, httpx.TimeoutException):
         return f"timed out after {timeout_ms} ms ({type(exc).__name__})"
     if isinstance(exc, httpx.ConnectError):
@@ -112,11 +120,21 @@ class UpstreamClient:
     def url(self, path: str) -> str:
         return self.upstream.url + path
 
-    async def get(self, url: str, headers: dict[str, str] | None = None, max_bytes: int | None = None) -> Fetched:
-        """GET `url`, refusing a 200 body above `max_bytes` without buffering it all.
+    async def get(self, url: str, headers: dict[str, str] | None = None, max_bytes: int | None = None,
+                  deadline: float | None = None) -> Fetched:
+        """GET `url`, refusing a 200 body above `max_bytes` without buffering it all, and giving up
+        after `deadline` seconds in all (default: `TRANSFER_DEADLINE_FACTOR` × the timeout).
 
         The upstream's credentials go only to the origin of its index URL.
         """
+        deadline = deadline or self.upstream.timeout_ms / 1000 * TRANSFER_DEADLINE_FACTOR
+        try:
+            async with asyncio.timeout(deadline):
+                return await self._get(url, headers, max_bytes)
+        except TimeoutError:
+            raise TransferTimeout(f"transfer not finished within {deadline:.0f} s") from None
+
+    async def _get(self, url: str, headers: dict[str, str] | None, max_bytes: int | None) -> Fetched:
         auth = httpx.USE_CLIENT_DEFAULT if _same_origin(url, self.upstream.url) else None
         async with self.client.stream("GET", url, headers=headers, auth=auth) as response:
             limit = max_bytes if response.status_code == 200 else ERROR_BODY_LIMIT
@@ -163,7 +181,8 @@ async def walk(
             outcome, result = await attempt(client)
         except Exception as exc:  # any transport or validation failure moves on to the next upstream
             transport_error = isinstance(exc, httpx.TransportError)
-            outcome, result = Attempt(client.name, "failed", describe_error(exc, client.upstream.timeout_ms)), None
+            detail = _mask(describe_error(exc, client.upstream.timeout_ms), client.upstream)
+            outcome, result = Attempt(client.name, "failed", detail), None
         ms = (time.monotonic() - started) * 1000
         outcome = Attempt(outcome.upstream, outcome.outcome, outcome.detail, ms)
         attempts.append(outcome)
@@ -189,6 +208,14 @@ def _verify(upstream: Upstream) -> bool | ssl.SSLContext:
     if upstream.ca_bundle:
         return ssl.create_default_context(cafile=upstream.ca_bundle)
     return True
+
+
+def _mask(text: str, upstream: Upstream) -> str:
+    """Whatever a library put in an error message, the upstream's credentials never leave it."""
+    for secret in (upstream.password, upstream.username):
+        if secret and len(secret) >= 3:
+            text = text.replace(secret, "***")
+    return text
 
 
 def _root_message(exc: BaseException) -> str:
