@@ -151,6 +151,11 @@ class CargoCache:
         while True:
             await asyncio.sleep(TALLY_FLUSH_SECONDS)
             await self._flush_counts()
+            if self.resolver is not None:
+                try:  # tell the disk what memory served (LRU), forget what another process purged
+                    await asyncio.to_thread(self.resolver.store.touch_hits)
+                except Exception as e:
+                    logger.warning("cargo-cache: could not update the cache's recency: %s", e)
 
     async def _flush_counts(self) -> None:
         """Request counts go to the shared store, so `cache-stats` sees every worker's."""
