@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import yaml
-
 from cratecache.config import Settings, parse_settings
 
 A, B = "http://a.test/index/", "https://b.test/index/"

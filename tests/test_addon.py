@@ -6,11 +6,11 @@ import logging
 from pathlib import Path
 
 import pytest
+from cratecache.addon import DEFAULT_CONFDIR, CargoCache
 from mitmproxy.addons.next_layer import NextLayer
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons, tflow, tutils
 
-from cratecache.addon import DEFAULT_CONFDIR, CargoCache
 from tests.fixtures.registry import build_registry
 from tests.fixtures.upstream import UpstreamServer
 from tests.harness import write_proxies

@@ -6,7 +6,6 @@ import hashlib
 import json
 
 import pytest
-
 from cratecache.bundle import BundleError, export_bundle, import_bundle
 from cratecache.catalog import parse_age
 from cratecache.store import Store

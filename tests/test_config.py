@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from cratecache.config import ConfigError, Upstream, load_settings, parse_settings, parse_size
 
 SHIPPED = Path(__file__).resolve().parent.parent / "proxies.yaml"

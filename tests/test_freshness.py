@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-
 from cratecache import freshness
 from cratecache.freshness import FRESH, MISS, REVALIDATE, decide
 

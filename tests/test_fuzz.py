@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from cratecache.config import ConfigError, parse_settings
+from cratecache.routes import ConfigRoute, CrateRoute, IndexRoute, Rejection, classify
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cratecache.config import ConfigError, parse_settings
-from cratecache.routes import ConfigRoute, CrateRoute, IndexRoute, Rejection, classify
 from tests.fake_registry import make_settings, upstream
 
 REGISTRY = make_settings(Path("/tmp/fuzz"), [upstream("a", "http://a.test/index/")]).registries[0]

@@ -6,13 +6,27 @@ import json
 
 import httpx
 import pytest
-from mitmproxy.http import Headers
-
 from cratecache.handler import entry_reply, handle
 from cratecache.resolver import Resolver, Served
 from cratecache.store import Entry, Meta, Store
-from tests.fake_registry import (A, A_DL, B, B_DL, DOWNLOAD_HOST, INDEX_HOST, Clock, FakeNet, a_download,
-                                 b_download, index_file, make_settings, sha256, upstream)
+from mitmproxy.http import Headers
+
+from tests.fake_registry import (
+    A_DL,
+    B_DL,
+    DOWNLOAD_HOST,
+    INDEX_HOST,
+    A,
+    B,
+    Clock,
+    FakeNet,
+    a_download,
+    b_download,
+    index_file,
+    make_settings,
+    sha256,
+    upstream,
+)
 
 FOO = b"\x1f\x8b foo 1.0.0"
 FOO_INDEX = index_file("foo", {"1.0.0": FOO})

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from cratecache.lockfile import find_lockfiles, plan, read_lockfile
+
 from tests.fake_registry import make_settings, upstream
 
 LOCK = """version = 3

@@ -9,11 +9,22 @@ import logging
 
 import httpx
 import pytest
-
 from cratecache.resolver import NotFound, Resolver, Unavailable
 from cratecache.store import Store
-from tests.fake_registry import (A, A_DL, B, B_DL, Clock, FakeNet, a_download, b_download, index_file,
-                                 make_settings, upstream)
+
+from tests.fake_registry import (
+    A_DL,
+    B_DL,
+    A,
+    B,
+    Clock,
+    FakeNet,
+    a_download,
+    b_download,
+    index_file,
+    make_settings,
+    upstream,
+)
 
 FOO = b"\x1f\x8b foo 1.0.0 from the registry"
 FOO_NEW = b"\x1f\x8b foo 1.1.0 from the registry"

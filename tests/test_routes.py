@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from cratecache.config import Registry, Upstream
 from cratecache.routes import ConfigRoute, CrateRoute, IndexRoute, Rejection, classify
 

@@ -6,7 +6,6 @@ import hashlib
 import json
 
 import pytest
-
 from cratecache import sparse
 from cratecache.sparse import IndexEntry
 

@@ -7,7 +7,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from cratecache.store import Store
 
 NOW = 1_700_000_000.0

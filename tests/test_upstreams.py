@@ -7,10 +7,8 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
-
 from cratecache.config import Upstream
-from cratecache.upstreams import (Attempt, UpstreamClient, UpstreamError, describe_error, status_outcome, summary,
-                                  walk)
+from cratecache.upstreams import Attempt, UpstreamClient, UpstreamError, describe_error, status_outcome, summary, walk
 
 PASSWORD = "hunter2-s3cret"
 TOKEN = base64.b64encode(f"ci:{PASSWORD}".encode()).decode()

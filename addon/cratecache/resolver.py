@@ -13,14 +13,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-import httpx
 from urllib.parse import urlsplit
+
+import httpx
 
 from . import freshness, sparse
 from .config import Registry, Settings
+from .health import Health
 from .routes import ConfigRoute, CrateRoute, IndexRoute, Route
 from .store import Entry, Store, make_entry
-from .health import Health
 from .upstreams import Attempt, UpstreamClient, UpstreamError, status_outcome, summary, walk
 
 logger = logging.getLogger(__name__)

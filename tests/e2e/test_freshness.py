@@ -5,13 +5,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import shutil
 import ssl
 import subprocess
-import time
 
 import httpx
-import pytest
 
 from tests.fixtures.registry import Registry
 from tests.fixtures.upstream import SilentServer, UpstreamServer
