@@ -37,7 +37,10 @@ class CargoCache:
         self._flusher: asyncio.Task | None = None
 
     def load(self, loader: Loader) -> None:
-        logging.getLogger("httpx").setLevel(logging.WARNING)  # our own line per request says it all
+        # Our own line per request says it all; mitmdump's root logger is at DEBUG, and httpcore's ~10
+        # debug records per upstream request cost more CPU than the request itself.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        logging.getLogger("httpcore").setLevel(logging.WARNING)
         loader.add_option(
             "cargo_proxies", str, str(DEFAULT_PROXIES),
             "Path to proxies.yaml: the cache settings, the intercepted registry hosts and their upstreams.",

@@ -35,7 +35,8 @@ class StatusServer:
         try:
             self._server = await asyncio.start_server(self._handle, self.host or None, self.port)
         except OSError as e:
-            logger.error("cargo-cache: status page not started on %s:%d: %s", self.host or "*", self.port, e)
+            # A warning, not an error: mitmdump exits on errors logged at start-up, and the proxy matters more.
+            logger.warning("cargo-cache: status page not started on %s:%d: %s", self.host or "*", self.port, e)
             return
         bound = self._server.sockets[0].getsockname()
         self.port = bound[1]
