@@ -20,6 +20,7 @@ CLI     := PYTHONPATH=addon $(PY) -m cratecache --proxies $(abspath $(PROXIES))
 help:
 	@echo "make run   [HOST=127.0.0.1] [PORT=8080] [PROXIES=proxies.yaml] [ARGS=...]  start the proxy"
 	@echo "make test  [PYTEST_ARGS=...]                                          run the test suite"
+	@echo "make bench [BENCH_ARGS=--quick]                                       benchmarks -> BENCHMARKS.md (~12 min)"
 	@echo "make ca                                                               create the CA and Cargo's CA bundle"
 	@echo "make stage LOCKFILE='a/Cargo.lock dir/'  fetch what the lockfiles need into the cache"
 	@echo "make export BUNDLE=file [LOCKFILE=...]   write the cache (or a lockfile's subset) to a bundle"
@@ -47,6 +48,14 @@ test-deps:
 
 test: $(STAMP) test-deps
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# Never part of `make test`: runs every scenario of bench/run.py on loopback and writes BENCHMARKS.md.
+.PHONY: bench
+BENCH_ARGS ?=
+bench: $(STAMP) test-deps
+	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	@bench/install-deps
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 stage: $(STAMP)
 	@test -n "$(LOCKFILE)" || { echo "usage: make stage LOCKFILE=path/to/Cargo.lock [LOCKFILE='a b dir/']"; exit 2; }

@@ -1,0 +1,141 @@
+"""The benchmark upstream: the real-crate registry (plus one 30 MB crate) on disk, served by nginx.
+
+Layout under `root/www` (static files only, so nginx answers with sendfile, ETag and Last-Modified):
+
+    index/config.json                     {"dl": "http://127.0.0.1:PORT/crates"}: the upstream as itself
+    index/<sparse path>                   index files
+    crates/<name>/<version>/download      .crate files, at the path Cargo's default `dl` asks for
+
+`/mitm-index/` serves the same index files with a config.json whose `dl` is crates.io's
+(`https://static.crates.io/crates`): the plain-mitmdump baseline maps index.crates.io to it,
+so downloads come back through that proxy, as they do through the addon.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.fixtures.registry import Registry, index_path
+
+CRATES_IO_DL = "https://static.crates.io/crates"
+
+
+def write_tree(reg: Registry, root: Path, port: int) -> Path:
+    """Write `reg` for nginx under `root/www`; returns that directory."""
+    www = root / "www"
+    for name, data in reg.index_files.items():
+        path = www / "index" / index_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    for crate in reg.crates.values():
+        path = www / "crates" / crate.name / crate.version / "download"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(crate.data)
+    (www / "index" / "config.json").write_text(json.dumps({"dl": f"http://127.0.0.1:{port}/crates"}))
+    (root / "mitm-config.json").write_text(json.dumps({"dl": CRATES_IO_DL}))
+    for path in [root, *root.rglob("*")]:  # nginx's workers run as nobody
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return www
+
+
+NGINX_CONF = """\
+daemon off;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/tmp/body;
+    proxy_temp_path {root}/tmp/proxy;
+    fastcgi_temp_path {root}/tmp/fastcgi;
+    uwsgi_temp_path {root}/tmp/uwsgi;
+    scgi_temp_path {root}/tmp/scgi;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 120s;
+    keepalive_requests 1000000;
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        root {root}/www;
+        location = /index/config.json {{ default_type application/json; }}
+        location /index/ {{ default_type text/plain; }}
+        location = /mitm-index/config.json {{ default_type application/json; alias {root}/mitm-config.json; }}
+        location /mitm-index/ {{ default_type text/plain; alias {root}/www/index/; }}
+        location /crates/ {{ }}
+    }}
+}}
+"""
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+    if found is None:
+        raise RuntimeError("nginx is not installed (make bench installs it)")
+    return found
+
+
+@dataclass
+class Nginx:
+    """One nginx master + worker in the foreground, serving `root/www` on 127.0.0.1:port."""
+
+    root: Path
+    port: int
+    process: subprocess.Popen | None = None
+
+    @property
+    def index_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/index/"
+
+    @property
+    def mitm_index_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mitm-index/"
+
+    @property
+    def crates_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/crates/"
+
+    def version(self) -> str:
+        out = subprocess.run([nginx_binary(), "-v"], capture_output=True, text=True)
+        return (out.stderr or out.stdout).strip().split("/")[-1]
+
+    def start(self, timeout: float = 10) -> Nginx:
+        (self.root / "tmp").mkdir(exist_ok=True)
+        conf = self.root / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(root=self.root, port=self.port))
+        self.process = subprocess.Popen(
+            [nginx_binary(), "-p", str(self.root), "-e", str(self.root / "nginx-error.log"), "-c", str(conf)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nginx exited with {self.process.returncode}: {self.error_log()}")
+            try:
+                with urllib.request.urlopen(self.index_url + "config.json", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"nginx did not start within {timeout}s: {self.error_log()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()  # SIGTERM: fast shutdown of master and worker
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+    def error_log(self) -> str:
+        path = self.root / "nginx-error.log"
+        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
