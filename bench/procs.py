@@ -9,13 +9,12 @@ from __future__ import annotations
 import atexit
 import os
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mitmproxy import certs
 
-from tests.harness import DOWNLOAD_HOST, INDEX_HOST, MITMDUMP, ROOT, free_port
+from tests.harness import DOWNLOAD_HOST, INDEX_HOST, MITMDUMP, ROOT, free_port, wait_until_listening
 
 _running: list[subprocess.Popen] = []
 
@@ -116,15 +115,12 @@ class Mitmdump:
         with open(self.log_path, "ab") as log:
             self.process = track(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=clean_env(),
                                                   cwd=ROOT))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.label}: mitmdump exited with {self.process.returncode}:\n{self.log()}")
-            if "proxy listening at" in self.log():
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"{self.label}: mitmdump did not start within {timeout}s:\n{self.log()}")
+        try:
+            wait_until_listening(self.process, self.log, timeout, self.label)
+        except TimeoutError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         stop(self.process)

@@ -57,6 +57,18 @@ def write_proxies(path: Path, upstreams: list[dict], cache_dir: Path, **cache: o
     return path
 
 
+def wait_until_listening(process: subprocess.Popen, read_log, timeout: float, label: str = "mitmdump") -> None:
+    """Until mitmdump logs that it listens; RuntimeError if it exits, TimeoutError if it takes too long."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{label}: mitmdump exited with {process.returncode}:\n{read_log()}")
+        if "proxy listening at" in read_log():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{label}: mitmdump did not start within {timeout}s:\n{read_log()}")
+
+
 @dataclass
 class Proxy:
     """A `mitmdump -s addon/cargo_cache.py` process."""
@@ -85,15 +97,12 @@ class Proxy:
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mitmdump exited with {self.process.returncode}:\n{self.log()}")
-            if "proxy listening at" in self.log():
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"mitmdump did not start within {timeout}s:\n{self.log()}")
+        try:
+            wait_until_listening(self.process, self.log, timeout)
+        except TimeoutError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

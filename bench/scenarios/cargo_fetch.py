@@ -49,6 +49,16 @@ def _method(cold: bool, bench: Bench) -> str:
             "configurations rotates between repetitions.")
 
 
+def _configurations(bench: Bench, template, work, plain, addon) -> tuple[dict, dict]:
+    """The three ways of running the same `cargo generate-lockfile && cargo fetch`, and their proxies."""
+    runs = {
+        DIRECT: lambda: cargo.fetch(template, work, PACKAGES, direct_index_url=bench.nginx.index_url),
+        PLAIN: lambda: cargo.fetch(template, work, PACKAGES, proxy_url=plain.url, ca=plain.ca_cert),
+        ADDON: lambda: cargo.fetch(template, work, PACKAGES, proxy_url=addon.url, ca=addon.ca_cert),
+    }
+    return runs, {DIRECT: None, PLAIN: plain, ADDON: addon}
+
+
 def warm(bench: Bench) -> Section:
     section = Section("warm", "1. Warm cache: cargo generate-lockfile && cargo fetch", _method(False, bench))
     template = cargo.project_template(bench.scratch / "template")
@@ -56,12 +66,7 @@ def warm(bench: Bench) -> Section:
     addon = bench.addon("warm-addon", bench.fresh_dir("caches", "warm")).start()
     plain = bench.plain("warm-plain").start()
     try:
-        runs = {
-            DIRECT: lambda: cargo.fetch(template, work, PACKAGES, direct_index_url=bench.nginx.index_url),
-            PLAIN: lambda: cargo.fetch(template, work, PACKAGES, proxy_url=plain.url, ca=plain.ca_cert),
-            ADDON: lambda: cargo.fetch(template, work, PACKAGES, proxy_url=addon.url, ca=addon.ca_cert),
-        }
-        proxies = {DIRECT: None, PLAIN: plain, ADDON: addon}
+        runs, proxies = _configurations(bench, template, work, plain, addon)
         for run in runs.values():  # fills the cache; warms nginx, the proxies and the page cache
             run()
         addon_log_start = len(addon.log())
@@ -87,12 +92,7 @@ def cold(bench: Bench) -> Section:
         addon = bench.addon("cold-addon", bench.fresh_dir("caches", "cold")).start()
         plain = bench.plain("cold-plain").start()
         try:
-            runs = {
-                DIRECT: lambda: cargo.fetch(template, work, PACKAGES, direct_index_url=bench.nginx.index_url),
-                PLAIN: lambda: cargo.fetch(template, work, PACKAGES, proxy_url=plain.url, ca=plain.ca_cert),
-                ADDON: lambda: cargo.fetch(template, work, PACKAGES, proxy_url=addon.url, ca=addon.ca_cert),
-            }
-            proxies = {DIRECT: None, PLAIN: plain, ADDON: addon}
+            runs, proxies = _configurations(bench, template, work, plain, addon)
             for name in _rotate(list(runs), rep):
                 _timed(section, name, runs[name], proxies[name])
             for state, n in _states(addon.log()).items():
