@@ -13,17 +13,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.harness import cargo_binary, locked_packages, make_project
+from tests.harness import FULL_DEPENDENCIES, cargo_binary, locked_packages, make_project
 
 #: Every crate of the registry, directly or through dependencies (checked by `fetch`).
-ALL_DEPENDENCIES = """\
-serde = { version = "1", features = ["derive"] }
-serde_json = "1"
-regex = { version = "1", default-features = false, features = ["std", "unicode", "perf-cache", "perf-dfa", "perf-inline"] }
-clap = { version = "4", features = ["derive"] }
-anyhow = "1"
-log = "0.4"
-tokio = { version = "1", features = ["full"] }
+ALL_DEPENDENCIES = FULL_DEPENDENCIES.replace(  # the test suite's project, with tokio's every feature
+    '"rt-multi-thread", "macros", "net", "io-util", "sync", "time"', '"full"') + """\
 rayon = "1"
 petgraph = "0.6"
 quickcheck = { version = "1", default-features = false }
