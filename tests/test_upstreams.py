@@ -161,3 +161,11 @@ async def test_walk_over_no_upstream():
     attempt, asked = scripted()
     assert await walk([], attempt) == (None, [])
     assert summary([]) == "no active upstream"
+
+
+async def test_walk_masks_credentials_a_library_put_in_an_error_message():
+    client = fake("a")
+    client.upstream.username, client.upstream.password = "ci", PASSWORD
+    attempt, _ = scripted(a=(httpx.ConnectError(f"cannot reach https://ci:{PASSWORD}@a.test/"), None))
+    _, attempts = await walk([client], attempt)
+    assert PASSWORD not in str(attempts[0]) and "***" in str(attempts[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 import ssl
@@ -101,8 +102,9 @@ def test_credentials_never_appear_in_logs_status_metrics_errors_or_cache(
     }
     seen |= {str(p): p.read_bytes().decode("latin-1") for p in (tmp_path / "cache").rglob("*") if p.is_file()}
     assert "upstream bad-creds failed: config.json: HTTP 401" in seen["log"]
+    tokens = [base64.b64encode(f"{USER}:{p}".encode()).decode() for p in (PASSWORD, wrong)]
     for where, text in seen.items():
-        for secret in (PASSWORD, wrong, f"{USER}:"):
+        for secret in (PASSWORD, wrong, f"{USER}:", *tokens):
             assert secret not in text, f"{secret!r} leaked into {where}"
 
 
