@@ -123,7 +123,8 @@ class Resolver:
             upstream_config = await self._upstream_config(reg, client, force=True)
             return Attempt(client.name, "ok", "HTTP 200"), (client.name, upstream_config)
 
-        result, attempts = await self._walk(self._order(reg), attempt, key)
+        preferred = cached.meta.upstream if cached is not None else None  # as for index files
+        result, attempts = await self._walk(self._order(reg, preferred), attempt, key)
         if result is None:
             return await self._without_answer(key, cached, attempts, "config.json")
         name, upstream_config = result
