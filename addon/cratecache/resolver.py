@@ -12,7 +12,6 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
@@ -29,7 +28,6 @@ logger = logging.getLogger(__name__)
 
 LEASE_POLL_SECONDS = 0.05
 OFFLOAD_BYTES = 1024 * 1024
-READ_THREADS = 4
 CRATE_DEADLINE = 600.0  # seconds for a whole .crate download (up to max_crate_size at ~100 kB/s)
 
 
@@ -71,14 +69,12 @@ class Resolver:
         }
         self._upstream_configs: dict[str, tuple[dict, float]] = {}
         self._inflight: dict[str, asyncio.Task] = {}
-        self._readers = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="cache-read")
         cache = settings.cache
         self.health = Health(backoff=cache.upstream_backoff, threshold=cache.backoff_after)
         self.on_attempt: Callable[[UpstreamClient, Attempt], None] | None = None  # e.g. metrics
 
     async def aclose(self) -> None:
         await asyncio.gather(*(c.aclose() for c in self.clients.values()), return_exceptions=True)
-        self._readers.shutdown(wait=False)
 
     async def resolve(self, route: Route) -> Served:
         if self.settings.cache.offline:
@@ -256,8 +252,7 @@ class Resolver:
         if hot is not None and self._decide(kind, hot, reg, force) == freshness.FRESH:
             self.store.note_hit(key)
             return hot
-        # Its own threads: a hit read from disk never queues behind misses' writes and lease polls.
-        return await asyncio.get_running_loop().run_in_executor(self._readers, self.store.get, key)
+        return await asyncio.to_thread(self.store.get, key)
 
     def _decide(self, kind: str, cached: Entry | None, reg: Registry, force: bool) -> str:
         ttl = 0 if force else reg.index_ttl
