@@ -170,7 +170,7 @@ async def test_rejection_is_its_status_with_one_line(resolver, net, method, host
 
 def test_entry_reply_labels_the_state_and_upstream():
     meta = Meta(sha256=sha256(FOO), size=len(FOO), upstream="b", stored_at=0.0, checked_at=0.0)
-    reply = entry_reply("crate", Served(Entry(meta, FOO), "cache", "stale"), "GET", {})
+    reply = entry_reply("crate", Served(Entry(meta, FOO), "cache", "stale"), {})
     assert (reply.headers["X-Cache"], reply.headers["X-Cache-Upstream"]) == ("STALE", "b")
     assert reply.headers["Last-Modified"] == "Thu, 01 Jan 1970 00:00:00 GMT"
     assert "Warning" in reply.headers

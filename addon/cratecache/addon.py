@@ -88,12 +88,11 @@ class CargoCache:
         started = time.monotonic()
         reply = await handle(self.resolver, registry, flow.request.method, host, flow.request.path,
                              flow.request.headers)
-        head = flow.request.method == "HEAD"
-        flow.response = http.Response.make(reply.status, b"" if head else reply.body, reply.headers)
+        flow.response = http.Response.make(reply.status, reply.body, reply.headers)
         if reply.status == 304:
             del flow.response.headers["Content-Length"]  # RFC 9110 §8.6: not the length of an empty 304
-        elif head:  # make() counted the empty body
-            flow.response.headers["Content-Length"] = reply.headers.get("Content-Length", str(len(reply.body)))
+        elif "Content-Length" in reply.headers:  # HEAD: make() counted the empty body
+            flow.response.headers["Content-Length"] = reply.headers["Content-Length"]
         flow.metadata["cargo_cache"] = reply.state
         seconds = time.monotonic() - started
         client = flow.client_conn.peername[0] if flow.client_conn.peername else "-"

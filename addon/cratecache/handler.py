@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import freshness
 from .config import Registry
@@ -38,6 +38,13 @@ class Reply:
 async def handle(
     resolver: Resolver, registry: Registry, method: str, host: str, path: str, headers: Mapping[str, str]
 ) -> Reply:
+    reply = await _answer(resolver, registry, method, host, path, headers)
+    return _without_body(reply) if method == "HEAD" and reply.status != 304 else reply
+
+
+async def _answer(
+    resolver: Resolver, registry: Registry, method: str, host: str, path: str, headers: Mapping[str, str]
+) -> Reply:
     route = classify(registry, host, method, path)
     if isinstance(route, Rejection):
         return text_reply(route.status, route.reason, "rejected")
@@ -50,10 +57,15 @@ async def handle(
     except Exception as e:  # never let a request fall through to the real registry host
         logger.exception("cargo-cache: internal error on %s %s%s", method, host, path)
         return text_reply(500, f"cargo-cache internal error: {type(e).__name__}", "error", route.kind)
-    return entry_reply(route.kind, served, method, headers)
+    return entry_reply(route.kind, served, headers)
 
 
-def entry_reply(kind: str, served: Served, method: str, request_headers: Mapping[str, str]) -> Reply:
+def _without_body(reply: Reply) -> Reply:
+    """HEAD: the same status and headers, the entity's length, no body (errors included)."""
+    return replace(reply, body=b"", headers={**reply.headers, "Content-Length": str(reply.size)})
+
+
+def entry_reply(kind: str, served: Served, request_headers: Mapping[str, str]) -> Reply:
     meta = served.entry.meta
     etag = freshness.etag_for(meta.sha256)
     last_modified = meta.last_modified or freshness.http_date(meta.stored_at)
@@ -71,10 +83,7 @@ def entry_reply(kind: str, served: Served, method: str, request_headers: Mapping
     )
     if not_modified:
         return Reply(304, b"", headers, served.source, served.state, kind, meta.size)
-    body = b"" if method == "HEAD" else served.entry.body
-    if method == "HEAD":
-        headers["Content-Length"] = str(meta.size)
-    return Reply(200, body, headers, served.source, served.state, kind, meta.size)
+    return Reply(200, served.entry.body, headers, served.source, served.state, kind, meta.size)
 
 
 def text_reply(status: int, reason: str, state: str, kind: str = "-") -> Reply:

@@ -67,7 +67,6 @@ class Resolver:
             for reg in settings.registries
             for up in reg.active_upstreams
         }
-        self._upstream_configs: dict[str, tuple[dict, float]] = {}
         self._inflight: dict[str, asyncio.Task] = {}
         cache = settings.cache
         self.health = Health(backoff=cache.upstream_backoff, threshold=cache.backoff_after)
@@ -135,20 +134,16 @@ class Resolver:
         return Served(await self._save(key, body, name), name, "miss", tuple(attempts))
 
     async def _upstream_config(self, reg: Registry, client: UpstreamClient, force: bool = False) -> dict:
-        """An upstream's own config.json (for its `dl`): in memory, then in the shared store, for the TTL."""
-        ttl = max(reg.index_ttl, 60)
+        """An upstream's own config.json (for its `dl`), kept in the shared store for the TTL."""
         key = f"upstream-config/{reg.name}/{client.name}"
-        known = self._upstream_configs.get(key)
-        if not force and known is None:
-            stored = await asyncio.to_thread(self.store.get, key)  # another worker may have fetched it
-            if stored is not None:
-                known = (sparse.parse_config(stored.body), stored.meta.checked_at)
-        if known and not force and self.clock() - known[1] < ttl:
-            self._upstream_configs[key] = known
-            return known[0]
-        return await self._single(key, lambda: self._fetch_upstream_config(key, client, reg))
+        if not force:
+            # Memory first, then the disk: another worker may have fetched it.
+            stored = self.store.peek(key) or await asyncio.to_thread(self.store.get, key)
+            if stored is not None and self.clock() - stored.meta.checked_at < max(reg.index_ttl, 60):
+                return sparse.parse_config(stored.body)
+        return await self._single(key, lambda: self._fetch_upstream_config(key, client))
 
-    async def _fetch_upstream_config(self, key: str, client: UpstreamClient, reg: Registry) -> dict:
+    async def _fetch_upstream_config(self, key: str, client: UpstreamClient) -> dict:
         got = await client.get(client.url("config.json"), {"Accept": "application/json"},
                                self.settings.cache.max_index_size)
         if status_outcome(got.status) != "ok":
@@ -157,7 +152,6 @@ class Resolver:
             parsed = sparse.parse_config(got.body)
         except ValueError as e:
             raise UpstreamError(f"invalid config.json: {e}") from None
-        self._upstream_configs[key] = (parsed, self.clock())
         await self._save(key, got.body, client.name)
         return parsed
 
@@ -269,12 +263,9 @@ class Resolver:
 
     async def _save(self, key: str, body: bytes, upstream: str, etag: str | None = None,
                     last_modified: str | None = None) -> Entry:
-        """Store an answer; if the cache cannot be written (disk full), still answer and say so."""
-        try:
-            return await asyncio.to_thread(self.store.put, key, body, upstream, etag, last_modified, self.clock())
-        except Exception as e:
-            logger.error("cache write failed for %s (%s: %s); answering without caching it", key, type(e).__name__, e)
-            return make_entry(body, upstream, etag, last_modified, self.clock())
+        """Store an answer; if the cache cannot be written (disk full), still answer."""
+        stored = await self._best_effort(self.store.put, key, body, upstream, etag, last_modified, self.clock())
+        return stored or make_entry(body, upstream, etag, last_modified, self.clock())
 
     async def _touch(self, key: str, cached: Entry) -> Entry:
         """Record an upstream's 304 for the bytes we hold; a failed write only costs an earlier revalidation."""
@@ -285,12 +276,12 @@ class Resolver:
             return Entry(replace(cached.meta, checked_at=self.clock()), cached.body)
         return Entry(meta, cached.body)
 
-    async def _best_effort(self, write, *args):
-        """A cache write whose failure (full disk, ...) must not fail the request."""
+    async def _best_effort(self, write, key: str, *args):
+        """A cache write whose failure (full disk, ...) must not fail the request: logged, None returned."""
         try:
-            return await asyncio.to_thread(write, *args)
+            return await asyncio.to_thread(write, key, *args)
         except Exception as e:
-            logger.error("cache write failed: %s%s (%s: %s)", write.__name__, args[:1], type(e).__name__, e)
+            logger.error("cache write failed for %s (%s: %s) in %s", key, type(e).__name__, e, write.__name__)
             return None
 
     async def _without_answer(self, key: str, cached: Entry | None, attempts: list[Attempt], what: str) -> Served:
