@@ -8,7 +8,7 @@ import httpx
 import pytest
 from cratecache.handler import entry_reply, handle
 from cratecache.resolver import Resolver, Served
-from cratecache.store import Entry, Meta, Store
+from cratecache.storage import Entry, Meta, open_storage
 from mitmproxy.http import Headers
 
 from tests.fake_registry import (
@@ -50,11 +50,11 @@ def net() -> FakeNet:
 @pytest.fixture
 async def resolver(tmp_path, net, clock):
     settings = make_settings(tmp_path, [upstream("a", A), upstream("b", B)])
-    resolver = Resolver(settings, Store(settings.cache.directory, settings.cache.size_limit), clock=clock,
+    resolver = Resolver(settings, open_storage(settings.cache), clock=clock,
                         transport=net.transport())
     yield resolver
     await resolver.aclose()
-    resolver.store.close()
+    await resolver.store.close()
 
 
 async def get(resolver: Resolver, path: str, method: str = "GET", host: str = INDEX_HOST, **headers: str):

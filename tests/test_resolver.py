@@ -10,7 +10,9 @@ import logging
 import httpx
 import pytest
 from cratecache.resolver import NotFound, Resolver, Unavailable
-from cratecache.store import Store
+from cratecache.storage import open_storage
+from cratecache.storage.disk import DiskStorage
+from cratecache.storage.local import LocalStore
 
 from tests.fake_registry import (
     A_DL,
@@ -53,7 +55,7 @@ async def make(tmp_path, net, clock):
 
     def make(upstreams: list[dict] = TWO, index_ttl: int = 300, **cache) -> Resolver:
         settings = make_settings(tmp_path, upstreams, index_ttl, **cache)
-        resolver = Resolver(settings, Store(settings.cache.directory, settings.cache.size_limit),
+        resolver = Resolver(settings, open_storage(settings.cache),
                             clock=clock, transport=net.transport())
         made.append(resolver)
         return resolver
@@ -61,7 +63,7 @@ async def make(tmp_path, net, clock):
     yield make
     for resolver in made:
         await resolver.aclose()
-        resolver.store.close()
+        await resolver.store.close()
 
 
 @pytest.fixture
@@ -141,7 +143,7 @@ async def test_invalid_index_is_a_failure_and_is_not_stored(resolver, reg, net, 
     assert served.source == "b"
     assert served.attempts[0].outcome == "failed"
     assert "invalid index file" in served.attempts[0].detail
-    stored = resolver.store.get("index/crates-io/foo")
+    stored = await resolver.store.get("index/crates-io/foo")
     assert (stored.meta.upstream, stored.body) == ("b", index_file("foo", {"1.0.0": FOO}))
 
 
@@ -152,7 +154,7 @@ async def test_checksum_mismatch_uses_next_upstream_and_stores_good_bytes(resolv
     served = await resolver.crate(reg, "foo", "1.0.0")
     assert (served.source, served.entry.body) == ("b", FOO)
     assert "checksum mismatch" in served.attempts[0].detail
-    assert resolver.store.get("crate/crates-io/foo/1.0.0").body == FOO
+    assert (await resolver.store.get("crate/crates-io/foo/1.0.0")).body == FOO
 
 
 async def test_checksum_mismatch_everywhere_is_unavailable_and_stores_nothing(resolver, reg, net):
@@ -160,7 +162,7 @@ async def test_checksum_mismatch_everywhere_is_unavailable_and_stores_nothing(re
     net.serve(b_download("foo", "1.0.0"), b"tampered too")
     with pytest.raises(Unavailable, match="checksum mismatch"):
         await resolver.crate(reg, "foo", "1.0.0")
-    assert resolver.store.get("crate/crates-io/foo/1.0.0") is None
+    assert await resolver.store.get("crate/crates-io/foo/1.0.0") is None
 
 
 async def test_crate_is_asked_first_from_the_upstream_that_served_the_index(resolver, reg, net):
@@ -229,7 +231,7 @@ async def test_after_ttl_revalidates_with_the_upstream_that_served_it(resolver, 
     assert again.entry.meta.checked_at == clock.now
     assert net.asked()[-1] == B_FOO and net.asked().count(A_FOO) == 1
     assert net.requests[-1].headers["if-none-match"] == '"b-foo-1"'
-    assert resolver.store.get("index/crates-io/foo").meta.checked_at == clock.now
+    assert (await resolver.store.get("index/crates-io/foo")).meta.checked_at == clock.now
 
 
 async def test_after_ttl_a_200_replaces_the_body(resolver, reg, net, clock):
@@ -239,7 +241,7 @@ async def test_after_ttl_a_200_replaces_the_body(resolver, reg, net, clock):
     clock.advance(301)
     served = await resolver.index(reg, "foo")
     assert (served.source, served.entry.body, served.entry.meta.etag) == ("a", newer, '"a-foo-2"')
-    assert resolver.store.get("index/crates-io/foo").body == newer
+    assert (await resolver.store.get("index/crates-io/foo")).body == newer
 
 
 async def test_after_ttl_with_every_upstream_failing_serves_stale(resolver, reg, net, clock):
@@ -292,7 +294,7 @@ async def test_two_processes_sharing_a_cache_folder_fetch_once(make, net):
 async def test_a_lease_left_by_a_dead_process_delays_only_until_it_expires(make, net):
     resolver = make(lease_seconds=1)
     reg = resolver.settings.registries[0]
-    assert resolver.store.acquire_lease("index/crates-io/foo", 1)  # its holder never releases it
+    assert resolver.store.local.acquire_lease("index/crates-io/foo", 1)  # its holder never releases it
     served = await resolver.index(reg, "foo")
     assert served.state == "miss" and net.asked() == [A_FOO]
 
@@ -352,16 +354,17 @@ async def test_an_oversized_crate_is_refused_and_the_next_upstream_used(make, ne
     with pytest.raises(Unavailable) as failure:
         await resolver.crate(reg, "big", "1.0.0")
     assert "a: answer too large: 5002 bytes (limit 2048)" in str(failure.value)
-    assert resolver.store.get("crate/crates-io/big/1.0.0") is None
+    assert await resolver.store.get("crate/crates-io/big/1.0.0") is None
 
 
 async def test_a_full_disk_still_answers_and_logs_an_error(make, net, caplog):
-    class FullDisk(Store):
+    class FullDisk(LocalStore):
         def put(self, *args, **kwargs):
             raise OSError(28, "No space left on device")
 
     resolver = make()
-    resolver.store = FullDisk(resolver.store.directory, 10**9)
+    await resolver.store.close()
+    resolver.store = DiskStorage(FullDisk(resolver.store.directory, 10**9))
     served = await resolver.crate(resolver.settings.registries[0], "foo", "1.0.0")
     assert served.entry.body == FOO and served.state == "miss"
     assert "cache write failed for crate/crates-io/foo/1.0.0 (OSError: [Errno 28] No space left on device)" in caplog.text
@@ -376,7 +379,7 @@ async def test_a_version_missing_from_a_stale_index_is_unavailable_not_missing(m
         net.fail(url, httpx.ConnectError, "connection refused")
     with pytest.raises(Unavailable, match="foo 1.1.0: not in the cached index, and no upstream could be asked"):
         await resolver.crate(reg, "foo", "1.1.0")
-    assert resolver.store.negative("crate/crates-io/foo/1.1.0") is None
+    assert await resolver.store.negative("crate/crates-io/foo/1.1.0") is None
 
 
 async def test_concurrent_downloads_share_one_upstream_config_request(make, net):

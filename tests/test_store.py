@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from cratecache.store import Store
+from cratecache.storage.local import LocalStore
 
 NOW = 1_700_000_000.0
 BODY = b'{"name":"foo","vers":"1.0.0"}\n'
@@ -16,7 +16,7 @@ LARGE = bytes(range(256)) * 1024  # 256 KiB: diskcache keeps it as a file, not i
 
 @pytest.fixture
 def store(tmp_path: Path):
-    store = Store(tmp_path / "cache", size_limit=10**9)
+    store = LocalStore(tmp_path / "cache", size_limit=10**9)
     yield store
     store.close()
 
@@ -65,7 +65,7 @@ def test_meta_whose_blob_is_gone_reads_as_a_miss(store):
 def test_blob_of_the_wrong_size_reads_as_a_miss(store):
     meta = store.put("crate/crates-io/foo/1.0.0", BODY, "a", now=NOW).meta
     store._cache.set(f"blob:{meta.sha256}", BODY[:-1])  # truncated
-    restarted = Store(store.directory, 10**9)  # nothing in memory: only the disk speaks
+    restarted = LocalStore(store.directory, 10**9)  # nothing in memory: only the disk speaks
     assert restarted.get("crate/crates-io/foo/1.0.0") is None
     restarted.close()
 
@@ -90,11 +90,11 @@ def test_keys_lists_entries_by_prefix(store):
 
 
 def test_a_new_store_on_the_same_directory_sees_the_entries(tmp_path):
-    first = Store(tmp_path / "cache", size_limit=10**9)
+    first = LocalStore(tmp_path / "cache", size_limit=10**9)
     first.put("crate/crates-io/foo/1.0.0", LARGE, "a", etag='"x"', now=NOW)
     first.put("index/crates-io/foo", BODY, "b", now=NOW)
     first.close()
-    reopened = Store(tmp_path / "cache", size_limit=10**9)
+    reopened = LocalStore(tmp_path / "cache", size_limit=10**9)
     try:
         assert reopened.keys() == ["crate/crates-io/foo/1.0.0", "index/crates-io/foo"]
         crate = reopened.get("crate/crates-io/foo/1.0.0")
@@ -106,7 +106,7 @@ def test_a_new_store_on_the_same_directory_sees_the_entries(tmp_path):
 
 
 def test_store_creates_its_directory(tmp_path):
-    store = Store(tmp_path / "deep" / "cache", size_limit=10**9)
+    store = LocalStore(tmp_path / "deep" / "cache", size_limit=10**9)
     store.close()
     assert (tmp_path / "deep" / "cache").is_dir()
 
@@ -114,7 +114,7 @@ def test_store_creates_its_directory(tmp_path):
 def test_memory_tier_serves_repeated_reads_and_follows_other_writers(store):
     store.put("index/crates-io/foo", BODY, "a", now=NOW)
     assert store.peek("index/crates-io/foo").body == BODY
-    other = Store(store.directory, 10**9)  # another worker on the same folder
+    other = LocalStore(store.directory, 10**9)  # another worker on the same folder
     other.put("index/crates-io/foo", BODY + b"more", "b", now=NOW + 1)
     assert store.peek("index/crates-io/foo").body == BODY  # memory until asked for the disk's view
     assert store.get("index/crates-io/foo").body == BODY + b"more"
@@ -123,7 +123,7 @@ def test_memory_tier_serves_repeated_reads_and_follows_other_writers(store):
 
 
 def test_memory_tier_is_bounded(tmp_path):
-    small = Store(tmp_path / "small", 10**9, hot_bytes=3 * len(BODY))
+    small = LocalStore(tmp_path / "small", 10**9, hot_bytes=3 * len(BODY))
     for i in range(10):
         small.put(f"index/crates-io/c{i}", BODY, "a", now=NOW)
     assert [small.peek(f"index/crates-io/c{i}") is not None for i in range(10)] == [False] * 7 + [True] * 3
@@ -131,7 +131,7 @@ def test_memory_tier_is_bounded(tmp_path):
 
 
 def test_a_lease_is_released_only_by_its_holder(store):
-    other = Store(store.directory, 10**9)  # another worker
+    other = LocalStore(store.directory, 10**9)  # another worker
     assert store.acquire_lease("crate/crates-io/foo/1.0.0", 60)
     assert not other.acquire_lease("crate/crates-io/foo/1.0.0", 60)
     other.release_lease("crate/crates-io/foo/1.0.0")  # not its lease: nothing happens
@@ -156,7 +156,7 @@ def test_a_304_is_recorded_only_for_the_bytes_it_confirmed(store):
 def test_entries_purged_by_another_process_leave_memory_at_the_next_touch(store):
     store.put("crate/crates-io/foo/1.0.0", BODY, "a", now=NOW)
     store.note_hit("crate/crates-io/foo/1.0.0")
-    other = Store(store.directory, 10**9)
+    other = LocalStore(store.directory, 10**9)
     other.delete("crate/crates-io/foo/1.0.0")  # `make cache-purge` elsewhere
     assert store.peek("crate/crates-io/foo/1.0.0") is not None
     assert store.touch_hits() == 1

@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 from .config import Settings
 from .health import Health
 from .metrics import KINDS, Metrics
-from .store import Store
 from .upstreams import Attempt, UpstreamClient
 
 RECENT = 50
@@ -46,8 +45,9 @@ class Activity:
         counts, self.unflushed = dict(self.unflushed), Counter()
         return counts
 
-    def snapshot(self, settings: Settings, health: Health, cache: dict[str, Any]) -> dict[str, Any]:
-        """The status page's data; `cache` is `cache_figures()`, read off the event loop."""
+    def snapshot(self, settings: Settings, health: Health, cache: dict[str, Any],
+                 storage: dict[str, Any]) -> dict[str, Any]:
+        """The status page's data; `cache` is the storage's figures, `storage` its health (no credentials)."""
         now = time.time()
         return {
             "started": self.started,
@@ -64,13 +64,9 @@ class Activity:
                 "requests": {kind: self._ratio(kind) for kind in KINDS},
                 **cache,
             },
+            "storage": storage,
             "recent": list(self.recent),
         }
-
-    @staticmethod
-    def cache_figures(store: Store) -> dict[str, Any]:
-        """Size and entries of the cache (SQLite queries: call it off the event loop)."""
-        return {"bytes": store.volume(), "entries": {kind: store.count(f"{kind}/") for kind in KINDS}}
 
     def _ratio(self, kind: str) -> dict:
         by_state = {k.split(":", 1)[1]: n for k, n in self.served.items() if k.startswith(f"{kind}:")}

@@ -17,7 +17,7 @@ from .config import ConfigError, Settings, load_settings
 from .handler import Reply, handle
 from .resolver import Resolver
 from .status import StatusServer
-from .store import Store
+from .storage import open_storage
 
 logger = logging.getLogger(__name__)
 
@@ -110,11 +110,15 @@ class CargoCache:
 
     def _install(self, settings: Settings) -> None:
         old = self.resolver
-        store = Store(settings.cache.directory, settings.cache.size_limit, settings.cache.eviction_policy)
+        store = open_storage(settings.cache)
+        store.on_call = self.activity.metrics.storage_call
         self.settings, self.resolver = settings, Resolver(settings, store)
         self.resolver.on_attempt = self.activity.upstream_attempt
         hosts = ", ".join(settings.hosts)
-        logger.info("cargo-cache: %s: intercepting %s; cache %s", settings.source, hosts, settings.cache.directory)
+        where = store.health()
+        tier = f" (local tier {where['local_tier']})" if "local_tier" in where else ""
+        logger.info("cargo-cache: %s: intercepting %s; cache %s %s%s", settings.source, hosts, where["backend"],
+                    where["target"], tier)
         if settings.cache.offline:
             logger.info("cargo-cache: offline mode: serving only what is cached; no upstream is contacted%s",
                         " (index files list staged versions only)" if settings.cache.offline_prune_index else "")
@@ -143,21 +147,23 @@ class CargoCache:
             await self.status.start()
 
     async def _snapshot(self) -> dict:
-        figures = await asyncio.to_thread(self.activity.cache_figures, self.resolver.store)
-        return self.activity.snapshot(self.settings, self.resolver.health, figures)  # on the loop: no races
+        store = self.resolver.store
+        figures = await store.figures()
+        return self.activity.snapshot(self.settings, self.resolver.health, figures, store.health())
 
     async def _metrics(self) -> bytes:
-        return await asyncio.to_thread(self.activity.metrics.render, self.resolver.store)
+        store = self.resolver.store
+        return self.activity.metrics.render(await store.figures(), store.health())
 
     async def _flush_counts_forever(self) -> None:
         while True:
             await asyncio.sleep(TALLY_FLUSH_SECONDS)
             await self._flush_counts()
             if self.resolver is not None:
-                try:  # tell the disk what memory served (LRU), forget what another process purged
-                    await asyncio.to_thread(self.resolver.store.touch_hits)
+                try:  # recency of what memory served, purges by other processes, catching up the bucket
+                    await self.resolver.store.maintain()
                 except Exception as e:
-                    logger.warning("cargo-cache: could not update the cache's recency: %s", e)
+                    logger.warning("cargo-cache: cache upkeep failed: %s", e)
 
     async def _flush_counts(self) -> None:
         """Request counts go to the shared store, so `cache-stats` sees every worker's."""
@@ -165,14 +171,14 @@ class CargoCache:
         if self.resolver is None or not counts:
             return
         try:
-            await asyncio.to_thread(self.resolver.store.add_counts, counts)
+            await self.resolver.store.add_counts(counts)
         except Exception as e:  # statistics must never break serving
             logger.warning("cargo-cache: could not record request counts: %s", e)
 
     async def _close(self) -> None:
         if self.resolver is not None:
             await self.resolver.aclose()
-            self.resolver.store.close()
+            await self.resolver.store.close()
             self.resolver = None
 
 
@@ -185,9 +191,9 @@ def _log_reply(flow: http.HTTPFlow, client: str, host: str, reply: Reply, ms: fl
 def _close_later(resolver: Resolver) -> None:
     async def close() -> None:
         await resolver.aclose()
-        resolver.store.close()
+        await resolver.store.close()
 
     try:
         asyncio.get_running_loop().create_task(close())
     except RuntimeError:
-        resolver.store.close()
+        asyncio.run(resolver.store.close())

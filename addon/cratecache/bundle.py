@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import sparse
-from .store import Meta, Store
+from .storage import Meta, Storage
 
 FORMAT = "cargo-cache-bundle/1"
 IMPORTED_KINDS = ("config", "index", "crate")
@@ -55,9 +55,9 @@ def key_fields(key: str) -> dict:
     return fields
 
 
-def export_bundle(store: Store, path: Path, keys: list[str]) -> Summary:
+async def export_bundle(store: Storage, path: Path, keys: list[str]) -> Summary:
     """Write the entries named by `keys` (those present) to `path`, atomically."""
-    entries = [(key, meta) for key in keys if (meta := store.meta(key)) is not None]
+    entries = [(key, meta) for key in keys if (meta := await store.meta(key)) is not None]
     manifest = {
         "format": FORMAT,
         "created": time.time(),
@@ -72,7 +72,7 @@ def export_bundle(store: Store, path: Path, keys: list[str]) -> Summary:
         for key, meta in entries:
             if meta.sha256 in written:
                 continue
-            entry = store.get(key)
+            entry = await store.get(key)
             if entry is None:
                 raise BundleError(f"{key} vanished from the cache during export")
             _add(tar, f"blobs/{meta.sha256}", entry.body)
@@ -82,23 +82,24 @@ def export_bundle(store: Store, path: Path, keys: list[str]) -> Summary:
     return _summary(manifest["entries"], total)
 
 
-def import_bundle(store: Store, path: Path) -> Summary:
+async def import_bundle(store: Storage, path: Path) -> Summary:
     """Verify the whole bundle, then load it into `store`. Raises BundleError."""
     staging = Path(tempfile.mkdtemp(prefix="import-", dir=store.directory))
     try:
-        manifest = _verify_into(path, staging, store)
+        manifest = _verify_into(path, staging)
+        await _verify_crates(manifest, staging, path, store)
         for item in manifest["entries"]:
             meta = Meta(**{f: item[f] for f in Meta.__dataclass_fields__})
-            current = store.meta(item["key"])
+            current = await store.meta(item["key"])
             if current is not None and current.checked_at >= meta.checked_at:
                 continue  # the cache's copy is as new or newer (an index revalidated since the export)
-            store.put_entry(item["key"], meta, (staging / meta.sha256).read_bytes())
+            await store.put_entry(item["key"], meta, (staging / meta.sha256).read_bytes())
         return _summary(manifest["entries"], sum(p.stat().st_size for p in staging.iterdir()))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _verify_into(path: Path, staging: Path, store: Store) -> dict:
+def _verify_into(path: Path, staging: Path) -> dict:
     try:
         with tarfile.open(path, "r:") as tar:
             first = tar.next()
@@ -119,7 +120,6 @@ def _verify_into(path: Path, staging: Path, store: Store) -> dict:
     missing = [sha for sha in expected if not (staging / sha).exists()]
     if missing:
         raise BundleError(f"{path}: truncated bundle: {len(missing)} of {len(expected)} blobs missing")
-    _verify_crates(manifest, staging, path, store)
     return manifest
 
 
@@ -143,7 +143,7 @@ def _manifest(raw: bytes, path: Path) -> dict:
     return manifest
 
 
-def _verify_crates(manifest: dict, staging: Path, path: Path, store: Store) -> None:
+async def _verify_crates(manifest: dict, staging: Path, path: Path, store: Storage) -> None:
     """Each crate's bytes must match the cksum of its version in the index (the bundle's, else the cache's)."""
     index_bodies = {(i["registry"], i["name"]): (staging / i["sha256"]).read_bytes()
                     for i in manifest["entries"] if i["kind"] == "index"}
@@ -151,7 +151,7 @@ def _verify_crates(manifest: dict, staging: Path, path: Path, store: Store) -> N
         if item["kind"] != "crate":
             continue
         body = index_bodies.get((item["registry"], item["name"].lower()))
-        if body is None and (cached := store.get(f"index/{item['registry']}/{item['name'].lower()}")):
+        if body is None and (cached := await store.get(f"index/{item['registry']}/{item['name'].lower()}")):
             body = cached.body
         listed = sparse.find_version(body, item["name"], item["version"]) if body else None
         if listed is None:

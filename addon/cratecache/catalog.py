@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 from .bundle import key_fields
-from .store import Store
+from .storage import Storage
 
 KINDS = ("config", "index", "crate")
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -33,9 +33,9 @@ def parse_age(text: str) -> float:
     return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
 
 
-def rows(store: Store, now: float, kinds: tuple[str, ...] = KINDS) -> list[Row]:
+async def rows(store: Storage, now: float, kinds: tuple[str, ...] = KINDS) -> list[Row]:
     out = []
-    for key, meta in store.entries():
+    for key, meta in await store.entries():
         fields = key_fields(key)
         if fields["kind"] in kinds:
             out.append(Row(key, fields["kind"], fields["registry"], fields["name"], fields["version"],
@@ -43,34 +43,35 @@ def rows(store: Store, now: float, kinds: tuple[str, ...] = KINDS) -> list[Row]:
     return out
 
 
-def totals(store: Store, now: float) -> dict:
+async def totals(store: Storage, now: float) -> dict:
     by_kind = {kind: {"entries": 0, "bytes": 0} for kind in KINDS}
-    for row in rows(store, now):
+    for row in await rows(store, now):
         by_kind[row.kind]["entries"] += 1
         by_kind[row.kind]["bytes"] += row.size
-    counts = store.counts()
+    counts = await store.counts()
     requests = {}
     for kind in KINDS:
         hits = counts.get(f"{kind}:hit", 0)
         served = sum(n for k, n in counts.items() if k.startswith(f"{kind}:"))
         requests[kind] = {"requests": served, "hits": hits, "hit_ratio": hits / served if served else None,
                           "by_state": {k.split(":", 1)[1]: n for k, n in counts.items() if k.startswith(f"{kind}:")}}
-    return {"kinds": by_kind, "disk_bytes": store.volume(), "requests": requests}
+    figures = await store.figures()
+    return {"kinds": by_kind, "disk_bytes": figures["bytes"], "requests": requests}
 
 
-def purge(store: Store, now: float, crate: str | None = None, older_than: float | None = None,
+async def purge(store: Storage, now: float, crate: str | None = None, older_than: float | None = None,
           everything: bool = False) -> list[str]:
     """Remove entries by crate name (its index file and every version), by age, or all. Returns the keys."""
     if everything:
-        removed = [row.key for row in rows(store, now)]
-        store.clear()
+        removed = [row.key for row in await rows(store, now)]
+        await store.clear()
         return removed
     removed = []
-    for row in rows(store, now):
+    for row in await rows(store, now):
         by_name = crate is not None and row.name == crate.lower()
         by_age = older_than is not None and row.age > older_than
         if by_name or by_age:
-            store.delete(row.key)
+            await store.delete(row.key)
             removed.append(row.key)
-    store.collect_garbage()
+    await store.collect_garbage()
     return removed

@@ -26,7 +26,7 @@ from .lockfile import find_lockfiles, plan, read_lockfile
 from .resolver import Resolver
 from .routes import ConfigRoute, CrateRoute, IndexRoute
 from .staging import Progress, stage
-from .store import Store
+from .storage import Storage, StorageUnavailable, open_storage
 
 DEFAULT_PROXIES = Path(__file__).resolve().parents[2] / "proxies.yaml"
 
@@ -41,17 +41,25 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"cargo-cache: invalid configuration: {e}", file=sys.stderr)
         return 2
-    store = Store(settings.cache.directory, settings.cache.size_limit, settings.cache.eviction_policy)
     try:
-        return args.run(args, settings, store)
+        return asyncio.run(_run(args, settings))
+    except StorageUnavailable as e:
+        print(f"cargo-cache: the cache's storage is unavailable: {e}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError) as e:
         print(f"cargo-cache: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `make cache-ls | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+async def _run(args, settings: Settings) -> int:
+    store = open_storage(settings.cache)
+    try:
+        return await args.run(args, settings, store)
     finally:
-        store.close()
+        await store.close()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -110,22 +118,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def cmd_stage(args, settings: Settings, store: Store) -> int:
+async def cmd_stage(args, settings: Settings, store: Storage) -> int:
     settings = replace(settings, cache=replace(settings.cache, offline=False))  # staging is the connected side
     lockfiles = find_lockfiles(args.lockfiles)
     wanted = plan([pkg for path in lockfiles for pkg in read_lockfile(path)], settings)
-    print(f"staging {wanted.count()} crates from {len(lockfiles)} lockfile(s) into {settings.cache.directory}")
+    print(f"staging {wanted.count()} crates from {len(lockfiles)} lockfile(s) into {store.health()['target']}")
     for package, reason in sorted(set(wanted.skipped), key=lambda s: (s[0].name, s[0].version)):
         print(f"skipped {package.name} {package.version}: {reason}")
 
-    async def run():
-        resolver = Resolver(settings, store)
-        try:
-            return await stage(resolver, wanted, Progress(wanted.count()), args.concurrency)
-        finally:
-            await resolver.aclose()
-
-    result = asyncio.run(run())
+    resolver = Resolver(settings, store)
+    try:
+        result = await stage(resolver, wanted, Progress(wanted.count()), args.concurrency)
+    finally:
+        await resolver.aclose()
     for what, reason in result.failed:
         print(f"FAILED {what}: {reason}")
     print(f"fetched {result.fetched}, already cached {result.cached}, failed {len(result.failed)}, "
@@ -133,35 +138,35 @@ def cmd_stage(args, settings: Settings, store: Store) -> int:
     return 1 if result.failed else 0
 
 
-def cmd_export(args, settings: Settings, store: Store) -> int:
+async def cmd_export(args, settings: Settings, store: Storage) -> int:
     if args.lockfile:
         keys = lockfile_keys(args.lockfile, settings)
-        missing = [k for k in keys if store.meta(k) is None]
+        missing = [k for k in keys if await store.meta(k) is None]
         if missing:
             print(f"cargo-cache: {len(missing)} needed entries are not cached (run stage first): "
                   + ", ".join(missing[:10]) + (" …" if len(missing) > 10 else ""), file=sys.stderr)
             return 1
     else:
-        keys = [k for k, _ in store.entries() if k.split("/")[0] in catalog.KINDS]
-    summary = export_bundle(store, args.bundle, keys)
+        keys = [k for k, _ in await store.entries() if k.split("/")[0] in catalog.KINDS]
+    summary = await export_bundle(store, args.bundle, keys)
     print(f"exported {summary.entries} entries ({summary.crates} crates, {summary.index_files} index files, "
           f"{summary.bytes} bytes) to {args.bundle}")
     return 0
 
 
-def cmd_import(args, settings: Settings, store: Store) -> int:
+async def cmd_import(args, settings: Settings, store: Storage) -> int:
     try:
-        summary = import_bundle(store, args.bundle)
+        summary = await import_bundle(store, args.bundle)
     except BundleError as e:
         print(f"cargo-cache: import rejected, nothing imported: {e}", file=sys.stderr)
         return 1
     print(f"imported {summary.entries} entries ({summary.crates} crates, {summary.index_files} index files, "
-          f"{summary.bytes} bytes) into {settings.cache.directory}")
+          f"{summary.bytes} bytes) into {store.health()['target']}")
     return 0
 
 
-def cmd_ls(args, settings: Settings, store: Store) -> int:
-    found = catalog.rows(store, time.time(), tuple(args.kind or catalog.KINDS))
+async def cmd_ls(args, settings: Settings, store: Storage) -> int:
+    found = await catalog.rows(store, time.time(), tuple(args.kind or catalog.KINDS))
     if args.json:
         for row in found:
             print(json.dumps(row.__dict__))
@@ -173,12 +178,12 @@ def cmd_ls(args, settings: Settings, store: Store) -> int:
     return 0
 
 
-def cmd_stats(args, settings: Settings, store: Store) -> int:
-    totals = catalog.totals(store, time.time())
+async def cmd_stats(args, settings: Settings, store: Storage) -> int:
+    totals = await catalog.totals(store, time.time())
     if args.json:
         print(json.dumps(totals, indent=1))
         return 0
-    print(f"cache {settings.cache.directory}: {totals['disk_bytes']} bytes on disk "
+    print(f"cache {store.health()['target']}: {totals['disk_bytes']} bytes on this host's disk "
           f"(limit {settings.cache.size_limit})")
     for kind, t in totals["kinds"].items():
         r = totals["requests"][kind]
@@ -189,8 +194,8 @@ def cmd_stats(args, settings: Settings, store: Store) -> int:
     return 0
 
 
-def cmd_purge(args, settings: Settings, store: Store) -> int:
-    removed = catalog.purge(store, time.time(), crate=args.crate, older_than=args.older_than, everything=args.all)
+async def cmd_purge(args, settings: Settings, store: Storage) -> int:
+    removed = await catalog.purge(store, time.time(), crate=args.crate, older_than=args.older_than, everything=args.all)
     print(f"removed {len(removed)} entries")
     return 0
 

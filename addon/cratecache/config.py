@@ -27,6 +27,8 @@ DEFAULT_LEASE = 20  # below Cargo's 30 s timeout
 DEFAULT_MAX_CRATE_SIZE = 64 * 1024**2
 DEFAULT_MAX_INDEX_SIZE = 16 * 1024**2
 EVICTION_POLICIES = ("least-recently-used", "least-recently-stored", "least-frequently-used", "none")
+BACKENDS = ("disk", "s3")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::\d{1,5})?$")
@@ -85,6 +87,26 @@ class Registry:
 
 
 @dataclass(frozen=True)
+class S3Settings:
+    """The shared bucket of a fleet (cache.backend: s3). Keys live under `prefix`."""
+
+    bucket: str
+    endpoint_url: str | None = None  # None: AWS
+    prefix: str = ""
+    region: str = "us-east-1"
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    ssl_validation: bool = True
+    timeout_ms: int = DEFAULT_TIMEOUT_MS
+
+    @property
+    def target(self) -> str:
+        """Where the bucket is, for logs and the status page (never credentials)."""
+        where = self.endpoint_url.rstrip("/") + "/" if self.endpoint_url else "s3://"
+        return f"{where}{self.bucket}/{self.prefix}"
+
+
+@dataclass(frozen=True)
 class CacheSettings:
     directory: Path
     size_limit: int = DEFAULT_SIZE_LIMIT
@@ -98,6 +120,8 @@ class CacheSettings:
     offline_prune_index: bool = False  # offline: index files list only versions whose .crate is cached
     max_crate_size: int = DEFAULT_MAX_CRATE_SIZE  # a larger .crate is refused without buffering it
     max_index_size: int = DEFAULT_MAX_INDEX_SIZE  # likewise for an index file or config.json
+    backend: str = "disk"  # disk: diskcache in `directory`; s3: a bucket, `directory` its local tier
+    s3: S3Settings | None = None
 
 
 @dataclass(frozen=True)
@@ -239,7 +263,8 @@ class _Parser:
     def cache(self, raw: Any) -> CacheSettings:
         raw = self.mapping(raw, "cache", ("directory", "size_limit", "index_ttl", "eviction_policy", "negative_ttl",
                                           "upstream_backoff", "backoff_after", "lease_seconds", "offline",
-                                          "offline_prune_index", "max_crate_size", "max_index_size"))
+                                          "offline_prune_index", "max_crate_size", "max_index_size", "backend",
+                                          "s3"))
         directory = self.path_value(raw.get("directory", ".cache/cargo"), "cache.directory")
         try:
             size_limit = parse_size(raw.get("size_limit", DEFAULT_SIZE_LIMIT))
@@ -265,7 +290,50 @@ class _Parser:
             lease_seconds=self.integer(raw.get("lease_seconds"), "cache.lease_seconds", DEFAULT_LEASE, 1),
             offline=self.boolean(raw.get("offline"), "cache.offline", False),
             offline_prune_index=self.boolean(raw.get("offline_prune_index"), "cache.offline_prune_index", False),
-            **limits,
+            **limits, **self.backend(raw),
+        )
+
+    def backend(self, raw: dict) -> dict:
+        backend = self.string(raw.get("backend", "disk"), "cache.backend")
+        if backend not in BACKENDS:
+            raise self.fail("cache.backend", f"expected one of {', '.join(BACKENDS)}, got {backend!r}")
+        if backend == "disk":
+            if raw.get("s3") is not None:
+                raise self.fail("cache.s3", "only used with backend: s3")
+            return {"backend": backend}
+        if raw.get("s3") is None:
+            raise self.fail("cache.s3", "required with backend: s3 (at least the bucket)")
+        return {"backend": backend, "s3": self.s3(raw["s3"])}
+
+    def s3(self, raw: Any) -> S3Settings:
+        where = "cache.s3"
+        raw = self.mapping(raw, where, ("endpoint_url", "bucket", "prefix", "region", "access_key_id",
+                                        "secret_access_key", "ssl_validation", "timeout_ms"), required=("bucket",))
+        bucket = self.string(raw["bucket"], f"{where}.bucket")
+        if not _BUCKET.match(bucket) or ".." in bucket:
+            raise self.fail(f"{where}.bucket", f"{bucket!r} is not a bucket name (3-63 of a-z, 0-9, '.', '-')")
+        endpoint = None
+        if raw.get("endpoint_url") is not None:
+            endpoint = self.url(raw["endpoint_url"], f"{where}.endpoint_url").rstrip("/")
+            if urlsplit(endpoint).path:
+                raise self.fail(f"{where}.endpoint_url", "expected scheme://host[:port] only; the bucket goes in bucket")
+        prefix = self.string(raw.get("prefix", ""), f"{where}.prefix").strip("/")
+        if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
+            raise self.fail(f"{where}.prefix", f"{prefix!r} has an empty, '.' or '..' segment")
+        region = self.string(raw.get("region", "us-east-1"), f"{where}.region")
+        if not re.match(r"^[a-z0-9-]{1,32}\Z", region):
+            raise self.fail(f"{where}.region", f"{region!r} is not a region name (e.g. us-east-1)")
+        key = self.string(raw["access_key_id"], f"{where}.access_key_id") if raw.get("access_key_id") is not None else None
+        secret = (self.string(raw["secret_access_key"], f"{where}.secret_access_key")
+                  if raw.get("secret_access_key") is not None else None)
+        if (key is None) != (secret is None):
+            missing = "secret_access_key" if secret is None else "access_key_id"
+            raise self.fail(f"{where}.{missing}", "set both access_key_id and secret_access_key, or neither")
+        return S3Settings(
+            bucket=bucket, endpoint_url=endpoint, prefix=f"{prefix}/" if prefix else "", region=region,
+            access_key_id=key, secret_access_key=secret,
+            ssl_validation=self.boolean(raw.get("ssl_validation"), f"{where}.ssl_validation", True),
+            timeout_ms=self.integer(raw.get("timeout_ms"), f"{where}.timeout_ms", DEFAULT_TIMEOUT_MS, 1),
         )
 
     def registry(self, raw: Any, where: str, default_ttl: int) -> Registry:

@@ -6,14 +6,17 @@
 - cargo_cache_request_duration_seconds{registry,kind}         total time to answer the client
 - cargo_cache_upstream_duration_seconds{registry,upstream}     time of each upstream attempt
 - cargo_cache_served_bytes_total{registry,kind}
-- cargo_cache_bytes, cargo_cache_entries{kind}                 the cache, read at scrape time
+- cargo_cache_bytes, cargo_cache_entries{kind}                 this host's cache folder, read at scrape time
+- cargo_cache_storage_requests_total{backend,operation,outcome}  calls to a shared store (s3): ok, error
+- cargo_cache_storage_duration_seconds{backend,operation}     their latency
+- cargo_cache_storage_up{backend}                             1, or 0 while the shared store is unreachable
+- cargo_cache_storage_pending                                 entries waiting to be uploaded to it
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from .store import Store
 
 KINDS = ("config", "index", "crate")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -35,6 +38,14 @@ class Metrics:
                                     ["registry", "kind"], registry=r)
         self.cache_bytes = Gauge("cargo_cache_bytes", "Bytes stored in the cache folder", registry=r)
         self.cache_entries = Gauge("cargo_cache_entries", "Cached objects", ["kind"], registry=r)
+        self.storage_requests = Counter("cargo_cache_storage_requests", "Calls to the shared store",
+                                        ["backend", "operation", "outcome"], registry=r)
+        self.storage_duration = Histogram("cargo_cache_storage_duration_seconds", "Time of a call to the shared store",
+                                          ["backend", "operation"], buckets=LATENCY_BUCKETS, registry=r)
+        self.storage_up = Gauge("cargo_cache_storage_up", "1 when the storage backend answers", ["backend"],
+                                registry=r)
+        self.storage_pending = Gauge("cargo_cache_storage_pending", "Entries waiting to be uploaded to the shared "
+                                     "store", registry=r)
 
     def request(self, registry: str, kind: str, outcome: str, seconds: float, size: int) -> None:
         self.requests.labels(registry, kind, outcome).inc()
@@ -47,9 +58,15 @@ class Metrics:
         if outcome != "skipped":
             self.upstream_duration.labels(registry, upstream).observe(seconds)
 
-    def render(self, store: Store) -> bytes:
-        """The exposition text; reads the cache's size (call it off the event loop)."""
-        self.cache_bytes.set(store.volume())
+    def storage_call(self, backend: str, operation: str, seconds: float, ok: bool) -> None:
+        self.storage_requests.labels(backend, operation, "ok" if ok else "error").inc()
+        self.storage_duration.labels(backend, operation).observe(seconds)
+
+    def render(self, figures: dict, storage: dict) -> bytes:
+        """The exposition text, with the cache's `figures` and the storage's `health()` of now."""
+        self.cache_bytes.set(figures["bytes"])
         for kind in KINDS:
-            self.cache_entries.labels(kind).set(store.count(f"{kind}/"))
+            self.cache_entries.labels(kind).set(figures["entries"].get(kind, 0))
+        self.storage_up.labels(storage["backend"]).set(1 if storage["state"] == "ok" else 0)
+        self.storage_pending.set(storage.get("pending", 0))
         return generate_latest(self.registry)

@@ -21,12 +21,11 @@ from . import freshness, sparse
 from .config import Registry, Settings
 from .health import Health
 from .routes import ConfigRoute, CrateRoute, IndexRoute, Route
-from .store import Entry, Store, make_entry
+from .storage import Entry, Storage, make_entry
 from .upstreams import Attempt, UpstreamClient, UpstreamError, status_outcome, summary, walk
 
 logger = logging.getLogger(__name__)
 
-LEASE_POLL_SECONDS = 0.05
 OFFLOAD_BYTES = 1024 * 1024
 CRATE_DEADLINE = 600.0  # seconds for a whole .crate download (up to max_crate_size at ~100 kB/s)
 
@@ -57,7 +56,7 @@ class Resolver:
     def __init__(
         self,
         settings: Settings,
-        store: Store,
+        store: Storage,
         clock: Callable[[], float] = time.time,
         transport: httpx.AsyncBaseTransport | None = None,
     ):
@@ -90,23 +89,13 @@ class Resolver:
 
     async def _offline(self, route: Route) -> Served:
         """Serve what is cached whatever its age; never contact an upstream."""
-        cached = await asyncio.to_thread(self.store.get, route.key)
+        cached = await self.store.get(route.key)
         if cached is None:
             raise NotFound(f"{_describe(route)} was not staged (offline mode: no upstream is contacted)")
         if isinstance(route, IndexRoute) and self.settings.cache.offline_prune_index:
-            return await asyncio.to_thread(self._pruned_index, route, cached)
+            staged = set(await self.store.keys(f"crate/{route.registry.name}/{route.name.lower()}/"))
+            return await asyncio.to_thread(_pruned_index, route, cached, staged)
         return Served(cached, "cache", "hit")
-
-    def _pruned_index(self, route: IndexRoute, cached: Entry) -> Served:
-        """The index with only staged versions, so Cargo's resolver picks one of them."""
-        def staged(entry: sparse.IndexEntry) -> bool:
-            return self.store.meta(CrateRoute(route.registry, entry.name, entry.version).key) is not None
-
-        body = sparse.prune_index(cached.body, staged)
-        if not body:
-            raise NotFound(f"no version of crate {route.name} was staged (offline mode)")
-        meta = replace(cached.meta, sha256=hashlib.sha256(body).hexdigest(), size=len(body))
-        return Served(Entry(meta, body), "cache", "hit")
 
     # -- config.json -------------------------------------------------------------------------
 
@@ -138,7 +127,7 @@ class Resolver:
         key = f"upstream-config/{reg.name}/{client.name}"
         if not force:
             # Memory first, then the disk: another worker may have fetched it.
-            stored = self.store.peek(key) or await asyncio.to_thread(self.store.get, key)
+            stored = self.store.peek(key) or await self.store.get(key)
             if stored is not None and self.clock() - stored.meta.checked_at < max(reg.index_ttl, 60):
                 return sparse.parse_config(stored.body)
         return await self._single(key, lambda: self._fetch_upstream_config(key, client))
@@ -241,12 +230,12 @@ class Resolver:
     # -- shared ------------------------------------------------------------------------------
 
     async def _read(self, key: str, kind: str, reg: Registry, force: bool) -> Entry | None:
-        """Memory first; the disk only when memory has nothing fresh (another worker may have refreshed it)."""
+        """Memory first; the store only when memory has nothing fresh (another worker may have refreshed it)."""
         hot = self.store.peek(key)
         if hot is not None and self._decide(kind, hot, reg, force) == freshness.FRESH:
             self.store.note_hit(key)
             return hot
-        return await asyncio.to_thread(self.store.get, key)
+        return await self.store.get(key)
 
     def _decide(self, kind: str, cached: Entry | None, reg: Registry, force: bool) -> str:
         ttl = 0 if force else reg.index_ttl
@@ -279,7 +268,7 @@ class Resolver:
     async def _best_effort(self, write, key: str, *args):
         """A cache write whose failure (full disk, ...) must not fail the request: logged, None returned."""
         try:
-            return await asyncio.to_thread(write, key, *args)
+            return await write(key, *args)
         except Exception as e:
             logger.error("cache write failed for %s (%s: %s) in %s", key, type(e).__name__, e, write.__name__)
             return None
@@ -320,10 +309,10 @@ class Resolver:
         deadline = time.monotonic() + lease
         while True:
             # Read under the lease: a fetch that finished meanwhile (here or in another process) may answer.
-            owned, cached, negative = await asyncio.to_thread(self.store.claim, key, lease)
+            owned, cached, negative = await self.store.claim(key, lease)
             overdue = not owned and time.monotonic() >= deadline  # the holder hangs: fetch without the lease
             if overdue:
-                cached, negative = await asyncio.to_thread(self.store.get, key), None
+                cached, negative = await self.store.get(key), None
             if owned or overdue:
                 try:
                     if answered := self._answered_meanwhile(cached, negative, since, kind, reg, force):
@@ -332,8 +321,8 @@ class Resolver:
                 finally:
                     if owned:
                         await self._best_effort(self.store.release_lease, key)
-            while time.monotonic() < deadline and await asyncio.to_thread(self.store.lease_held, key):
-                await asyncio.sleep(LEASE_POLL_SECONDS)
+            while time.monotonic() < deadline and await self.store.lease_held(key):
+                await asyncio.sleep(self.store.poll_seconds)
 
     def _answered_meanwhile(
         self, cached: Entry | None, negative: str | None, since: float, kind: str, reg: Registry, force: bool
@@ -353,6 +342,18 @@ def _describe(route: Route) -> str:
     if isinstance(route, IndexRoute):
         return f"the index file of crate {route.name}"
     return "config.json"
+
+
+def _pruned_index(route: IndexRoute, cached: Entry, staged: set[str]) -> Served:
+    """The index with only staged versions, so Cargo's resolver picks one of them."""
+    def is_staged(entry: sparse.IndexEntry) -> bool:
+        return CrateRoute(route.registry, entry.name, entry.version).key in staged
+
+    body = sparse.prune_index(cached.body, is_staged)
+    if not body:
+        raise NotFound(f"no version of crate {route.name} was staged (offline mode)")
+    meta = replace(cached.meta, sha256=hashlib.sha256(body).hexdigest(), size=len(body))
+    return Served(Entry(meta, body), "cache", "hit")
 
 
 async def _sha256(body: bytes) -> str:

@@ -1,4 +1,6 @@
-"""The cache: entries (bytes + where they came from) on disk, in diskcache.
+"""The local store: entries (bytes + where they came from) on disk, in diskcache.
+
+It is the whole cache with the disk backend, and each gateway's local tier with the s3 backend.
 
 Layout inside diskcache:
 - `blob:<sha256>`  the bytes, content-addressed (diskcache keeps large values as files)
@@ -6,7 +8,8 @@ Layout inside diskcache:
 
 A blob is always written before the meta that names it, so a reader never sees a half-stored
 entry: after a crash there is at worst an unreferenced blob, which eviction removes. The
-methods are synchronous; the addon calls them through `asyncio.to_thread`, except `peek`.
+methods are synchronous; the storage backends call them through `asyncio.to_thread`,
+except `peek`.
 
 In front of the disk, a small in-memory tier keeps recently used entries up to `HOT_ITEM_LIMIT`
 bytes each (index files, config.json, most crates) so a repeated hit costs no I/O and no thread
@@ -31,6 +34,7 @@ import diskcache
 
 logger = logging.getLogger(__name__)
 
+KINDS = ("config", "index", "crate")
 HOT_ITEM_LIMIT = 1024 * 1024
 DEFAULT_HOT_BYTES = 64 * 1024 * 1024
 
@@ -58,7 +62,7 @@ def make_entry(body: bytes, upstream: str, etag: str | None = None, last_modifie
     return Entry(Meta(hashlib.sha256(body).hexdigest(), len(body), upstream, now, now, etag, last_modified), body)
 
 
-class Store:
+class LocalStore:
     def __init__(self, directory: Path, size_limit: int, eviction_policy: str = "least-recently-used",
                  hot_bytes: int = DEFAULT_HOT_BYTES):
         directory.mkdir(parents=True, exist_ok=True)
@@ -149,11 +153,14 @@ class Store:
         self._remember(key, entry)
         return entry
 
-    def put_entry(self, key: str, meta: Meta, body: bytes) -> None:
-        """Store bytes with their recorded provenance (import). The caller has verified `meta.sha256`."""
+    def put_entry(self, key: str, meta: Meta, body: bytes, remember: bool = False) -> None:
+        """Store bytes with their recorded provenance (import, the shared tier). The caller verified `meta.sha256`."""
         self._cache.set(f"blob:{meta.sha256}", body)
         self._cache.set(f"meta:{key}", asdict(meta))
-        self._forget(key)
+        if remember:
+            self._remember(key, Entry(meta, body))
+        else:
+            self._forget(key)
 
     def entries(self, prefix: str = "") -> Iterator[tuple[str, Meta]]:
         """(key, meta) of every entry whose key starts with `prefix`, in key order."""

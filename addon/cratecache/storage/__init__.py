@@ -1,0 +1,138 @@
+"""Where cached entries live. One asynchronous interface, two backends:
+
+- `disk` (default): diskcache in the cache folder, shared by the workers of one host (`disk.py`);
+- `s3`: a bucket on S3-compatible object storage shared by a fleet of gateways, with each gateway's
+  cache folder as a bounded local tier in front of it (`s3.py`, `bucket.py`).
+
+Nothing outside this package knows which backend runs: the resolver, the addon and the command line
+call `open_storage(cache_settings)` and use `Storage`. Both backends pass one contract test suite
+(tests/test_storage_contract.py).
+
+An entry is bytes plus `Meta` (checksum, size, the upstream that supplied them, when they were stored
+and last confirmed, the upstream's validators). Keys: `config/{registry}`, `index/{registry}/{name}`,
+`crate/{registry}/{name}/{version}`, `upstream-config/{registry}/{upstream}`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config import CacheSettings
+from .local import Entry, LocalStore, Meta, make_entry
+
+__all__ = ["Entry", "Meta", "Storage", "StorageUnavailable", "make_entry", "open_storage"]
+
+
+class StorageUnavailable(RuntimeError):
+    """The shared store cannot be reached for an operation that needs it (listing, purging)."""
+
+
+class Storage(ABC):
+    backend: str
+    directory: Path  # this host's cache folder (the whole cache, or the local tier)
+    poll_seconds: float  # how often a waiter re-checks another holder's lease
+    on_call: Callable[[str, str, float, bool], None] | None = None  # (backend, operation, seconds, ok) of remote calls
+
+    # -- in memory, safe on the event loop --------------------------------------------------
+    @abstractmethod
+    def peek(self, key: str) -> Entry | None:
+        """The entry if this process holds it in memory; never does I/O."""
+
+    @abstractmethod
+    def note_hit(self, key: str) -> None:
+        """A hit served from memory (for recency on disk, applied by `maintain`)."""
+
+    # -- entries ----------------------------------------------------------------------------
+    @abstractmethod
+    async def get(self, key: str) -> Entry | None:
+        """The entry, or None. Never a partial one: bytes whose checksum or size is wrong are a miss."""
+
+    @abstractmethod
+    async def meta(self, key: str) -> Meta | None: ...
+
+    @abstractmethod
+    async def put(self, key: str, body: bytes, upstream: str, etag: str | None = None,
+                  last_modified: str | None = None, now: float | None = None) -> Entry:
+        """Store verified bytes; the entry becomes visible complete or not at all."""
+
+    @abstractmethod
+    async def put_entry(self, key: str, meta: Meta, body: bytes) -> None:
+        """Store bytes with recorded provenance (import). The caller has verified `meta.sha256`."""
+
+    @abstractmethod
+    async def mark_checked(self, key: str, now: float, sha256: str | None = None) -> Meta | None:
+        """Record an upstream's confirmation (304) of the stored bytes, if they are still `sha256`."""
+
+    @abstractmethod
+    async def set_negative(self, key: str, reason: str, ttl: float) -> None:
+        """Remember for `ttl` seconds that no upstream has `key`."""
+
+    @abstractmethod
+    async def negative(self, key: str) -> str | None: ...
+
+    # -- leases: one fetch per key across processes (and, with s3, gateways) ----------------
+    @abstractmethod
+    async def claim(self, key: str, ttl: float) -> tuple[bool, Entry | None, str | None]:
+        """Take the lease on `key`; if taken, also return its current entry and negative record."""
+
+    @abstractmethod
+    async def lease_held(self, key: str) -> bool:
+        """Whether someone holds a live lease on `key`. A dead holder's lease ends within its ttl."""
+
+    @abstractmethod
+    async def release_lease(self, key: str) -> None: ...
+
+    # -- inspection and maintenance ----------------------------------------------------------
+    @abstractmethod
+    async def entries(self, prefix: str = "") -> list[tuple[str, Meta]]:
+        """(key, meta) of every entry whose key starts with `prefix`, in key order (the shared store's)."""
+
+    @abstractmethod
+    async def keys(self, prefix: str = "") -> list[str]:
+        """Keys of the entries starting with `prefix` (what is cached, without reading it)."""
+
+    @abstractmethod
+    async def delete(self, key: str) -> bool: ...
+
+    @abstractmethod
+    async def clear(self) -> int: ...
+
+    @abstractmethod
+    async def collect_garbage(self) -> int:
+        """Delete stored bytes no entry names any more; returns how many."""
+
+    @abstractmethod
+    async def figures(self) -> dict[str, Any]:
+        """This host's cache folder: {"bytes": n, "entries": {kind: n}} (cheap; for status and metrics)."""
+
+    @abstractmethod
+    async def add_counts(self, counts: dict[str, int]) -> None:
+        """Add to the persistent request counters of this host."""
+
+    @abstractmethod
+    async def counts(self) -> dict[str, int]: ...
+
+    @abstractmethod
+    async def maintain(self) -> None:
+        """Periodic upkeep (every few seconds): recency of memory hits, catching up a shared store."""
+
+    @abstractmethod
+    def health(self) -> dict[str, Any]:
+        """Backend, where it is (no credentials), state, latency and errors; for status and metrics."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+def open_storage(cache: CacheSettings) -> Storage:
+    local = LocalStore(cache.directory, cache.size_limit, cache.eviction_policy)
+    if cache.backend == "s3":
+        from .s3 import S3Storage  # obstore is only imported when a bucket is configured
+
+        return S3Storage(local, cache.s3)
+    from .disk import DiskStorage
+
+    return DiskStorage(local)

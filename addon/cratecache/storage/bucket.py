@@ -1,0 +1,173 @@
+"""A bucket on S3-compatible object storage, through obstore (async; the HTTP work runs in Rust threads,
+never on the event loop), with the bucket's health: state, latency and errors.
+
+Every call either answers or raises `BucketDown`. A failure that is not an answer about the object
+(refused connection, timeout, 5xx, denied credentials) marks the bucket down for `RETRY_SECONDS`: calls
+fail fast meanwhile, so a dead bucket costs requests nothing, then the next call tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import obstore
+from obstore.exceptions import AlreadyExistsError, NotFoundError, PreconditionError
+from obstore.store import S3Store
+
+from ..config import S3Settings
+
+logger = logging.getLogger(__name__)
+
+RETRY_SECONDS = 5.0
+LIST_CHUNK = 1000
+
+
+class BucketDown(Exception):
+    """The bucket did not answer (or refused us); the message never carries credentials."""
+
+
+class Bucket:
+    def __init__(self, settings: S3Settings, store: Any = None):
+        self.settings = settings
+        self.store = store if store is not None else _s3_store(settings)
+        self.down_since: float | None = None
+        self.retry_at = 0.0
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.requests = 0
+        self.errors = 0
+        self.latencies_ms: deque[float] = deque(maxlen=200)
+        self.on_call: Callable[[str, float, bool], None] | None = None
+        self.on_recover: Callable[[], None] | None = None
+
+    @property
+    def target(self) -> str:
+        return self.settings.target
+
+    def available(self) -> bool:
+        """False while a recent failure says not to try yet."""
+        return self.down_since is None or time.monotonic() >= self.retry_at
+
+    async def get(self, path: str) -> tuple[bytes, str | None] | None:
+        """(bytes, ETag), or None if there is no such object."""
+        async def call():
+            try:
+                got = await obstore.get_async(self.store, path)
+                return bytes(await got.bytes_async()), got.meta.get("e_tag")
+            except NotFoundError:
+                return None
+
+        return await self._call("get", call)
+
+    async def put(self, path: str, data: bytes, *, create: bool = False, if_match: str | None = None) -> bool:
+        """Write a whole object. `create`: only if absent (If-None-Match: *); `if_match`: only if its ETag is
+        still that. False when the condition did not hold."""
+        mode = "create" if create else ({"e_tag": if_match} if if_match else "overwrite")
+
+        async def call():
+            try:
+                await obstore.put_async(self.store, path, data, mode=mode)
+                return True
+            except (AlreadyExistsError, PreconditionError):
+                return False
+
+        return await self._call("put", call)
+
+    async def delete(self, path: str) -> None:
+        async def call():
+            try:
+                await obstore.delete_async(self.store, path)
+            except NotFoundError:
+                pass
+
+        await self._call("delete", call)
+
+    async def list(self, prefix: str) -> list[dict]:
+        """Objects under the folder `prefix` (their path, size, last_modified)."""
+        async def call():
+            out: list[dict] = []
+            async for chunk in obstore.list(self.store, prefix, chunk_size=LIST_CHUNK):
+                out.extend(chunk)
+            return out
+
+        return await self._call("list", call)
+
+    async def _call(self, op: str, call):
+        if not self.available():
+            raise BucketDown(f"bucket {self.target} unavailable: {self.last_error}")
+        started = time.monotonic()
+        try:
+            result = await call()
+        except Exception as e:  # obstore's errors, OSError, timeouts: the bucket did not answer
+            self._failed(op, e, time.monotonic() - started)
+            raise BucketDown(f"bucket {self.target}: {self.last_error}") from None
+        self._succeeded(op, time.monotonic() - started)
+        return result
+
+    def _succeeded(self, op: str, seconds: float) -> None:
+        self.requests += 1
+        self.latencies_ms.append(seconds * 1000)
+        if self.on_call:
+            self.on_call(op, seconds, True)
+        if self.down_since is not None:
+            logger.warning("cargo-cache: bucket %s reachable again after %.0f s", self.target,
+                           time.monotonic() - self.down_since)
+            self.down_since = None
+            if self.on_recover:
+                self.on_recover()
+
+    def _failed(self, op: str, error: Exception, seconds: float) -> None:
+        self.requests += 1
+        self.errors += 1
+        self.last_error, self.last_error_at = f"{op}: {_describe(error, self.settings)}", time.time()
+        if self.on_call:
+            self.on_call(op, seconds, False)
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            logger.error("cargo-cache: bucket %s unreachable (%s): serving from the local tier and the upstreams "
+                         "until it answers again", self.target, self.last_error)
+        self.retry_at = time.monotonic() + RETRY_SECONDS
+
+    def health(self) -> dict[str, Any]:
+        latencies = sorted(self.latencies_ms)
+        return {
+            "state": "ok" if self.down_since is None else "degraded",
+            "requests": self.requests,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+            "p50_ms": round(latencies[len(latencies) // 2], 1) if latencies else None,
+            "p95_ms": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 1) if latencies else None,
+        }
+
+
+def _s3_store(s: S3Settings) -> S3Store:
+    timeout = timedelta(milliseconds=s.timeout_ms)
+    config: dict[str, Any] = {"region": s.region, "conditional_put": "etag"}
+    if s.endpoint_url:
+        config["endpoint"] = s.endpoint_url
+    if s.access_key_id is not None:
+        config |= {"access_key_id": s.access_key_id, "secret_access_key": s.secret_access_key}
+    return S3Store(
+        s.bucket, prefix=s.prefix.rstrip("/") or None, **config,
+        client_options={"allow_http": True, "allow_invalid_certificates": not s.ssl_validation,
+                        "connect_timeout": timeout, "timeout": timeout * 12},
+        retry_config={"max_retries": 1, "retry_timeout": timeout * 2,
+                      "backoff": {"init_backoff": timedelta(milliseconds=50), "max_backoff": timeout, "base": 2}},
+    )
+
+
+def _describe(error: Exception, s: S3Settings) -> str:
+    """The first line of an error, with any credential scrubbed (obstore's messages name URLs, not keys)."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if "Server returned non-2xx status code" in text:
+        text = text.split(" - ", 1)[-1].split(": <?xml", 1)[0]
+    for secret in (s.secret_access_key, s.access_key_id):
+        if secret:
+            text = text.replace(secret, "***")
+    return f"{type(error).__name__}: {text[:300]}"

@@ -1,0 +1,91 @@
+"""The disk backend: the local store is the whole cache. Its SQLite work runs on worker threads."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from . import Storage
+from .local import KINDS, Entry, LocalStore, Meta
+
+
+class DiskStorage(Storage):
+    backend = "disk"
+    poll_seconds = 0.05
+
+    def __init__(self, local: LocalStore):
+        self.local = local
+        self.directory = local.directory
+
+    def peek(self, key: str) -> Entry | None:
+        return self.local.peek(key)
+
+    def note_hit(self, key: str) -> None:
+        self.local.note_hit(key)
+
+    async def get(self, key: str) -> Entry | None:
+        return await asyncio.to_thread(self.local.get, key)
+
+    async def meta(self, key: str) -> Meta | None:
+        return await asyncio.to_thread(self.local.meta, key)
+
+    async def put(self, key: str, body: bytes, upstream: str, etag: str | None = None,
+                  last_modified: str | None = None, now: float | None = None) -> Entry:
+        return await asyncio.to_thread(self.local.put, key, body, upstream, etag, last_modified, now)
+
+    async def put_entry(self, key: str, meta: Meta, body: bytes, remember: bool = False) -> None:
+        await asyncio.to_thread(self.local.put_entry, key, meta, body, remember)
+
+    async def mark_checked(self, key: str, now: float, sha256: str | None = None) -> Meta | None:
+        return await asyncio.to_thread(self.local.mark_checked, key, now, sha256)
+
+    async def set_negative(self, key: str, reason: str, ttl: float) -> None:
+        await asyncio.to_thread(self.local.set_negative, key, reason, ttl)
+
+    async def negative(self, key: str) -> str | None:
+        return await asyncio.to_thread(self.local.negative, key)
+
+    async def claim(self, key: str, ttl: float) -> tuple[bool, Entry | None, str | None]:
+        return await asyncio.to_thread(self.local.claim, key, ttl)
+
+    async def lease_held(self, key: str) -> bool:
+        return await asyncio.to_thread(self.local.lease_held, key)
+
+    async def release_lease(self, key: str) -> None:
+        await asyncio.to_thread(self.local.release_lease, key)
+
+    async def entries(self, prefix: str = "") -> list[tuple[str, Meta]]:
+        return await asyncio.to_thread(lambda: list(self.local.entries(prefix)))
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        return await asyncio.to_thread(self.local.keys, prefix)
+
+    async def delete(self, key: str) -> bool:
+        return await asyncio.to_thread(self.local.delete, key)
+
+    async def clear(self) -> int:
+        return await asyncio.to_thread(self.local.clear)
+
+    async def collect_garbage(self) -> int:
+        return await asyncio.to_thread(self.local.collect_garbage)
+
+    async def figures(self) -> dict[str, Any]:
+        def read() -> dict[str, Any]:
+            return {"bytes": self.local.volume(), "entries": {kind: self.local.count(f"{kind}/") for kind in KINDS}}
+
+        return await asyncio.to_thread(read)
+
+    async def add_counts(self, counts: dict[str, int]) -> None:
+        await asyncio.to_thread(self.local.add_counts, counts)
+
+    async def counts(self) -> dict[str, int]:
+        return await asyncio.to_thread(self.local.counts)
+
+    async def maintain(self) -> None:
+        await asyncio.to_thread(self.local.touch_hits)
+
+    def health(self) -> dict[str, Any]:
+        return {"backend": self.backend, "target": str(self.directory), "state": "ok"}
+
+    async def close(self) -> None:
+        self.local.close()
