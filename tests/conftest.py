@@ -31,3 +31,14 @@ def upstream_ca() -> trustme.CA:
 @pytest.fixture(scope="session")
 def upstream_cert(upstream_ca: trustme.CA) -> trustme.LeafCert:
     return upstream_ca.issue_cert("127.0.0.1", "localhost")
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3 server (SeaweedFS) on loopback for the whole session; tests isolate themselves by prefix."""
+    from tests.fixtures.seaweed import SeaweedFS
+
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    yield server
+    server.stop()

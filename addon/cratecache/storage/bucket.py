@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 import obstore
-from obstore.exceptions import AlreadyExistsError, NotFoundError, PreconditionError
+from obstore.exceptions import AlreadyExistsError, PreconditionError
 from obstore.store import S3Store
 
 from ..config import S3Settings
@@ -59,7 +59,7 @@ class Bucket:
             try:
                 got = await obstore.get_async(self.store, path)
                 return bytes(await got.bytes_async()), got.meta.get("e_tag")
-            except NotFoundError:
+            except FileNotFoundError:  # obstore raises it (or its NotFoundError subclass) on 404
                 return None
 
         return await self._call("get", call)
@@ -82,7 +82,7 @@ class Bucket:
         async def call():
             try:
                 await obstore.delete_async(self.store, path)
-            except NotFoundError:
+            except FileNotFoundError:  # obstore raises it (or its NotFoundError subclass) on 404
                 pass
 
         await self._call("delete", call)

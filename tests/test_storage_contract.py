@@ -1,0 +1,180 @@
+"""One contract for every storage backend: the disk backend (diskcache) and the s3 backend (a real
+SeaweedFS bucket, each instance with its own local tier). `make()` opens another instance on the same
+shared store: another worker (disk) or another gateway (s3)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import time
+from dataclasses import replace
+
+import pytest
+from cratecache.config import CacheSettings
+from cratecache.storage import Meta, Storage, open_storage
+
+BODY = b"\x1f\x8b the bytes of a crate " * 100
+OTHER = b'{"name":"foo","vers":"1.0.1"}\n'
+_prefixes = itertools.count()
+
+
+@pytest.fixture(params=["disk", "s3"])
+async def make(request, tmp_path):
+    opened: list[Storage] = []
+    shared = tmp_path / "cache"
+    prefix = f"contract-{next(_prefixes)}-{time.time_ns()}"
+    seaweed = request.getfixturevalue("seaweed") if request.param == "s3" else None
+
+    def make() -> Storage:
+        if seaweed is None:
+            cache = CacheSettings(directory=shared, size_limit=10**9)
+        else:
+            cache = CacheSettings(directory=tmp_path / f"tier-{len(opened)}", size_limit=10**9, backend="s3",
+                                  s3=seaweed.settings(prefix))
+        storage = open_storage(cache)
+        opened.append(storage)
+        return storage
+
+    yield make
+    for storage in opened:
+        await storage.close()
+
+
+async def test_a_stored_entry_reads_back_whole_with_its_provenance(make):
+    store = make()
+    put = await store.put("crate/crates-io/foo/1.0.0", BODY, "a", '"e1"', "Tue, 01 Jan 2030 00:00:00 GMT", 1000.0)
+    got = await make().get("crate/crates-io/foo/1.0.0")
+    assert got.body == BODY
+    assert got.meta == put.meta == Meta(hashlib.sha256(BODY).hexdigest(), len(BODY), "a", 1000.0, 1000.0, '"e1"',
+                                        "Tue, 01 Jan 2030 00:00:00 GMT")
+    assert await make().meta("crate/crates-io/foo/1.0.0") == put.meta
+    assert await make().get("crate/crates-io/foo/2.0.0") is None
+
+
+async def test_concurrent_writers_of_one_key_leave_one_whole_entry(make):
+    bodies = [BODY + bytes([i]) * 1000 for i in range(6)]
+    stores = [make() for _ in bodies]
+    await asyncio.gather(*(s.put("index/crates-io/foo", b, f"up{i}") for i, (s, b) in enumerate(zip(stores, bodies))))
+    got = await make().get("index/crates-io/foo")
+    assert got.body in bodies
+    assert got.meta.sha256 == hashlib.sha256(got.body).hexdigest() and got.meta.size == len(got.body)
+    assert got.meta.upstream == f"up{bodies.index(got.body)}"  # meta and bytes from the same writer
+
+
+async def test_a_revalidation_is_seen_by_every_instance(make):
+    first, second = make(), make()
+    await first.put("index/crates-io/foo", OTHER, "a", '"e1"', None, 1000.0)
+    assert (await second.get("index/crates-io/foo")).meta.checked_at == 1000.0  # second now holds a copy
+    meta = await first.mark_checked("index/crates-io/foo", 2000.0, hashlib.sha256(OTHER).hexdigest())
+    assert meta.checked_at == 2000.0
+    owned, entry, negative = await second.claim("index/crates-io/foo", 5)
+    assert owned and negative is None
+    assert (entry.body, entry.meta.checked_at, entry.meta.etag) == (OTHER, 2000.0, '"e1"')
+    await second.release_lease("index/crates-io/foo")
+
+
+async def test_a_revalidation_never_revives_replaced_bytes(make):
+    first, second = make(), make()
+    old = await first.put("index/crates-io/foo", OTHER, "a", None, None, 1000.0)
+    await second.put("index/crates-io/foo", OTHER + OTHER, "a", None, None, 1500.0)
+    await first.mark_checked("index/crates-io/foo", 2000.0, old.meta.sha256)  # a 304 for the old bytes
+    fresh = await make().get("index/crates-io/foo")
+    assert (fresh.body, fresh.meta.checked_at) == (OTHER + OTHER, 1500.0)
+
+
+async def test_one_lease_holder_at_a_time_and_release_frees_it(make):
+    first, second = make(), make()
+    assert (await first.claim("crate/crates-io/foo/1.0.0", 30))[0]
+    assert (await second.claim("crate/crates-io/foo/1.0.0", 30))[0] is False
+    assert await second.lease_held("crate/crates-io/foo/1.0.0")
+    await first.release_lease("crate/crates-io/foo/1.0.0")
+    assert not await second.lease_held("crate/crates-io/foo/1.0.0")
+    assert (await second.claim("crate/crates-io/foo/1.0.0", 30))[0]
+    await second.release_lease("crate/crates-io/foo/1.0.0")
+
+
+async def test_a_lease_whose_holder_never_releases_it_expires(make):
+    holder, waiter = make(), make()
+    assert (await holder.claim("index/crates-io/foo", 1))[0]
+    assert not (await waiter.claim("index/crates-io/foo", 1))[0]
+    await asyncio.sleep(1.2)
+    assert not await waiter.lease_held("index/crates-io/foo")
+    assert (await waiter.claim("index/crates-io/foo", 1))[0]
+
+
+async def test_several_takers_of_an_expired_lease_have_one_winner(make):
+    assert (await make().claim("index/crates-io/foo", 1))[0]
+    await asyncio.sleep(1.2)
+    takers = [make() for _ in range(5)]
+    won = await asyncio.gather(*(t.claim("index/crates-io/foo", 30) for t in takers))
+    assert [w[0] for w in won].count(True) == 1
+
+
+async def test_the_claim_returns_what_another_instance_stored_meanwhile(make):
+    first, second = make(), make()
+    assert await second.get("crate/crates-io/foo/1.0.0") is None
+    await first.put("crate/crates-io/foo/1.0.0", BODY, "a")
+    await first.set_negative("crate/crates-io/bar/1.0.0", "bar 1.0.0 not found on any upstream", 30)
+    owned, entry, _ = await second.claim("crate/crates-io/foo/1.0.0", 5)
+    assert owned and entry.body == BODY
+    owned, entry, negative = await second.claim("crate/crates-io/bar/1.0.0", 5)
+    assert owned and entry is None and negative == "bar 1.0.0 not found on any upstream"
+
+
+async def test_a_negative_record_expires(make):
+    store = make()
+    await store.set_negative("crate/crates-io/bar/1.0.0", "gone", 1)
+    assert await make().negative("crate/crates-io/bar/1.0.0") == "gone"
+    await asyncio.sleep(1.2)
+    assert await make().negative("crate/crates-io/bar/1.0.0") is None
+
+
+async def test_listing_deleting_and_clearing(make):
+    store = make()
+    for key in ("config/crates-io", "index/crates-io/foo", "crate/crates-io/foo/1.0.0", "crate/crates-io/foo/1.1.0",
+                "crate/crates-io/foobar/1.0.0"):
+        await store.put(key, key.encode() * 10, "a")
+    other = make()
+    assert await other.keys("crate/crates-io/foo/") == ["crate/crates-io/foo/1.0.0", "crate/crates-io/foo/1.1.0"]
+    listed = await other.entries()
+    assert [k for k, _ in listed] == sorted(["config/crates-io", "index/crates-io/foo", "crate/crates-io/foo/1.0.0",
+                                             "crate/crates-io/foo/1.1.0", "crate/crates-io/foobar/1.0.0"])
+    assert all(m.size == len(k.encode()) * 10 for k, m in listed)
+    assert await other.delete("crate/crates-io/foo/1.0.0")
+    assert await store.get("crate/crates-io/foo/1.0.0") is None or store.backend == "s3"  # s3: local tiers keep theirs
+    assert await make().get("crate/crates-io/foo/1.0.0") is None
+    assert await other.clear() >= 4
+    assert await make().entries() == []
+
+
+async def test_import_keeps_recorded_provenance(make):
+    meta = Meta(hashlib.sha256(BODY).hexdigest(), len(BODY), "far-away", 10.0, 20.0, '"x"', None)
+    await make().put_entry("crate/crates-io/foo/1.0.0", meta, BODY)
+    got = await make().get("crate/crates-io/foo/1.0.0")
+    assert (got.body, got.meta) == (BODY, meta)
+
+
+async def test_counts_add_up_and_figures_describe_this_host(make):
+    store = make()
+    await store.add_counts({"crate:hit": 2, "crate:miss": 1})
+    await store.add_counts({"crate:hit": 3})
+    assert await store.counts() == {"crate:hit": 5, "crate:miss": 1}
+    await store.put("crate/crates-io/foo/1.0.0", BODY, "a")
+    figures = await store.figures()
+    assert figures["entries"]["crate"] == 1 and figures["bytes"] >= len(BODY)
+    health = store.health()
+    assert health["state"] == "ok" and health["backend"] in ("disk", "s3")
+
+
+async def test_unreferenced_bytes_are_collected(make):
+    store = make()
+    await store.put("index/crates-io/foo", OTHER, "a")
+    await store.put("index/crates-io/foo", OTHER + b"\n", "a")  # the first bytes are now unreferenced
+    await store.collect_garbage()
+    assert (await make().get("index/crates-io/foo")).body == OTHER + b"\n"
+
+
+def test_meta_is_a_plain_record():
+    meta = Meta("0" * 64, 1, "a", 1.0, 2.0)
+    assert replace(meta, checked_at=3.0).checked_at == 3.0
