@@ -1,0 +1,132 @@
+"""A fleet of gateways sharing one cache in a bucket (the s3 backend), with a real SeaweedFS server,
+real mitmdump gateways (each with its own local tier) and the real cargo."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.registry import Registry
+from tests.fixtures.seaweed import SeaweedFS
+from tests.fixtures.upstream import UpstreamServer
+from tests.harness import FULL_DEPENDENCIES, SMALL_DEPENDENCIES, make_project
+
+JSON_DEPENDENCIES = 'serde_json = "1"\n'
+
+
+@pytest.fixture
+def own_seaweed(tmp_path: Path):
+    """A SeaweedFS of this test's own, which the test may stop and start again."""
+    server = SeaweedFS(tmp_path / "seaweedfs")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gateway(start_proxy, entry, tmp_path):
+    """start(bucket, upstreams, name) -> a mitmdump on the s3 backend, its local tier in its own folder."""
+    prefix = f"fleet-{tmp_path.name}"
+
+    def start(bucket: SeaweedFS, upstreams: list, name: str, **cache):
+        return start_proxy([entry(u) for u in upstreams], cache_dir=tmp_path / f"tier-{name}", backend="s3",
+                           s3=bucket.yaml(prefix), **cache)
+
+    return start
+
+
+def fetched(result) -> bool:
+    return result.returncode == 0 and not re.search(r"^(error|warning: spurious)", result.stderr, re.M)
+
+
+def test_a_crate_fetched_through_one_gateway_is_served_by_another_with_every_upstream_stopped(
+        registry: Registry, seaweed, gateway, new_cargo, small_project):
+    with UpstreamServer(registry, name="origin") as origin:
+        a = gateway(seaweed, [origin], "a")
+        b = gateway(seaweed, [origin], "b")
+        first = new_cargo(a).fetch(small_project)
+        assert fetched(first), first.stderr
+        asked = len(origin.requests)
+    second = new_cargo(b).fetch(small_project)  # the upstream is gone; b's local tier is empty
+
+    assert fetched(second), second.stderr
+    assert len(origin.requests) == asked
+    served_by_b = re.findall(r"GET static\.crates\.io/\S+ 200 cache (\w+)", b.log())
+    assert served_by_b and set(served_by_b) == {"hit"}
+    assert "failed" not in b.log() and "unreachable" not in b.log()
+    assert "cache s3 http://127.0.0.1:" in b.log()  # the start-up line names the backend and bucket
+
+
+def test_eight_cold_fetches_across_three_gateways_ask_the_upstream_once_per_object(
+        registry: Registry, seaweed, gateway, new_cargo, tmp_path):
+    with UpstreamServer(registry, name="origin") as origin:
+        origin.delay = 0.05  # misses overlap across gateways
+        gateways = [gateway(seaweed, [origin], name) for name in "abc"]
+        runs = [(new_cargo(gateways[i % 3]), make_project(tmp_path / f"p{i}", FULL_DEPENDENCIES)) for i in range(8)]
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda run: run[0].fetch(run[1]), runs))
+
+    assert all(fetched(r) for r in results), [r.stderr for r in results if not fetched(r)]
+    per_object = collections.Counter(origin.paths())
+    assert len(per_object) > 40  # config.json, the index files and the crates of 40-odd packages
+    assert {path: n for path, n in per_object.items() if n > 1} == {}
+    assert all(re.search(r"GET \S+ 200 ", g.log()) for g in gateways)  # each gateway served its runners
+
+
+def test_a_gateway_killed_holding_a_lease_delays_the_others_at_most_the_lease_time(
+        registry: Registry, seaweed, gateway, new_cargo, small_project):
+    lease = 6
+    with UpstreamServer(registry, name="origin") as origin:
+        a, b, c = (gateway(seaweed, [origin], name, lease_seconds=lease) for name in "abc")
+        origin.faults["anyhow"] = "trickle"  # a's fetch of anyhow's index never completes
+        origin.trickle_pause = 5
+        holder = new_cargo(a)
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            doomed = pool.submit(holder.run, small_project, "generate-lockfile", timeout=60)
+            deadline = time.monotonic() + 30
+            while not any("anyhow" in p for p in origin.paths()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert any("anyhow" in p for p in origin.paths()), origin.paths()
+            a.process.kill()  # dies holding the lease on anyhow's index
+            killed_at = time.monotonic()
+            del origin.faults["anyhow"]
+            others = [pool.submit(new_cargo(g).fetch, small_project) for g in (b, c)]
+            results = [o.result(timeout=120) for o in others]
+            took = time.monotonic() - killed_at
+            doomed.result(timeout=60)
+
+    assert all(fetched(r) for r in results), [r.stderr for r in results]
+    assert took < lease + 10, f"{took:.1f} s"
+    anyhow_index = [p for p in origin.paths() if p.endswith("/an/yh/anyhow")]
+    assert len(anyhow_index) == 2  # the dead gateway's attempt, then one for both survivors
+
+
+def test_the_bucket_stopped_mid_run_builds_go_on_and_the_cache_fills_again(
+        registry: Registry, own_seaweed, gateway, new_cargo, small_project, tmp_path):
+    json_project = make_project(tmp_path / "json", JSON_DEPENDENCIES)
+    with UpstreamServer(registry, name="origin") as origin:
+        a = gateway(own_seaweed, [origin], "a")
+        b = gateway(own_seaweed, [origin], "b")
+        assert fetched(new_cargo(a).fetch(small_project))
+
+        own_seaweed.stop()
+        during = [new_cargo(a).fetch(small_project), new_cargo(b).fetch(json_project)]
+        assert all(fetched(r) for r in during), [r.stderr for r in during]
+        assert "unreachable" in b.log() and "serving from the local tier and the upstreams" in b.log()
+
+        own_seaweed.start()
+        deadline = time.monotonic() + 30
+        while "caught up" not in b.log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert re.search(r"bucket \S+ reachable again", b.log())
+        assert re.search(r"caught up \d+ entries into bucket", b.log())
+        c = gateway(own_seaweed, [origin], "c")
+    after = new_cargo(c).fetch(json_project)  # the upstream is gone: only the bucket can answer
+
+    assert fetched(after), after.stderr
+    assert "failed" not in c.log()
