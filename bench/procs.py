@@ -1,7 +1,8 @@
 """Processes under test: `mitmdump` with the addon, plain `mitmdump` with map_remote, and their cleanup.
 
 Every process started here is registered so that `stop_all()` (run from `atexit` and from the
-entry point's `finally`) ends it even when a scenario fails.
+entry point's `finally`) ends it even when a scenario fails; so is any other server that stops by a
+function of its own (`track_stopper`: e.g. SeaweedFS, which runs in its own process group).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import atexit
 import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from mitmproxy import certs
 from tests.harness import DOWNLOAD_HOST, INDEX_HOST, MITMDUMP, ROOT, free_port, wait_until_listening
 
 _running: list[subprocess.Popen] = []
+_stoppers: list[Callable[[], None]] = []
 
 
 def clean_env() -> dict[str, str]:
@@ -43,10 +46,26 @@ def track(process: subprocess.Popen) -> subprocess.Popen:
     return process
 
 
+def track_stopper(stopper: Callable[[], None]) -> None:
+    """`stop_all` calls `stopper` too, unless `untrack_stopper` took it back (it must be safe to call twice)."""
+    _stoppers.append(stopper)
+
+
+def untrack_stopper(stopper: Callable[[], None]) -> None:
+    if stopper in _stoppers:
+        _stoppers.remove(stopper)
+
+
 @atexit.register
 def stop_all() -> None:
     for process in list(_running):
         stop(process, timeout=5)
+    for stopper in list(_stoppers):
+        untrack_stopper(stopper)
+        try:
+            stopper()
+        except Exception as e:  # the others must still be stopped
+            print(f"bench: stopping {stopper!r} failed: {e}", flush=True)
 
 
 def make_confdir(path: Path) -> Path:

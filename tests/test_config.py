@@ -265,3 +265,60 @@ def test_nonexistent_file(tmp_path: Path):
     with pytest.raises(ConfigError) as info:
         load_settings(missing, env={})
     assert str(info.value) == f"{missing}: cannot read file (No such file or directory)"
+
+
+def with_cache(**cache) -> dict:
+    doc = copy.deepcopy(MINIMAL)
+    doc["cache"] = cache
+    return doc
+
+
+def test_s3_backend_settings_and_defaults():
+    s3 = parse(with_cache(backend="s3", s3={"endpoint_url": "http://127.0.0.1:8333/", "bucket": "cargo-cache",
+                                            "prefix": "/fleet-a/", "access_key_id": "${S3_KEY}",
+                                            "secret_access_key": "${S3_SECRET}"}),
+               env={"S3_KEY": "AKIDEXAMPLE", "S3_SECRET": "wJalrXUtnFEMI/K7MDENG"}).cache
+    assert s3.backend == "s3"
+    assert (s3.s3.endpoint_url, s3.s3.bucket, s3.s3.prefix, s3.s3.region) == (
+        "http://127.0.0.1:8333", "cargo-cache", "fleet-a/", "us-east-1")
+    assert (s3.s3.access_key_id, s3.s3.secret_access_key) == ("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG")
+    assert (s3.s3.ssl_validation, s3.s3.timeout_ms) == (True, 5000)
+    assert "wJalrXUtnFEMI" not in repr(s3) and "AKIDEXAMPLE" not in repr(s3)
+    assert s3.s3.target == "http://127.0.0.1:8333/cargo-cache/fleet-a/"
+    assert parse(MINIMAL).cache.backend == "disk" and parse(MINIMAL).cache.s3 is None
+    aws = parse(with_cache(backend="s3", s3={"bucket": "my.bucket-1", "region": "eu-west-1"})).cache.s3
+    assert (aws.endpoint_url, aws.target, aws.access_key_id) == (None, "s3://my.bucket-1/", None)
+
+
+@pytest.mark.parametrize(
+    ("cache", "field", "problem"),
+    [
+        ({"backend": "nfs"}, "cache.backend", "expected one of disk, s3"),
+        ({"backend": "s3"}, "cache.s3", "required with backend: s3"),
+        ({"s3": {"bucket": "abc"}}, "cache.s3", "only used with backend: s3"),
+        ({"backend": "s3", "s3": {"bucket": "ab"}}, "cache.s3.bucket", "is not a bucket name"),
+        ({"backend": "s3", "s3": {"bucket": "Cargo_Cache"}}, "cache.s3.bucket", "is not a bucket name"),
+        ({"backend": "s3", "s3": {}}, "cache.s3.bucket", "required field is missing"),
+        ({"backend": "s3", "s3": {"bucket": "abc", "endpoint_url": "s3.example"}}, "cache.s3.endpoint_url",
+         "expected an http:// or https:// URL"),
+        ({"backend": "s3", "s3": {"bucket": "abc", "endpoint_url": "http://h:1/abc"}}, "cache.s3.endpoint_url",
+         "scheme://host[:port] only"),
+        ({"backend": "s3", "s3": {"bucket": "abc", "prefix": "a/../b"}}, "cache.s3.prefix", "'..' segment"),
+        ({"backend": "s3", "s3": {"bucket": "abc", "region": "US East"}}, "cache.s3.region", "not a region name"),
+        ({"backend": "s3", "s3": {"bucket": "abc", "access_key_id": "k"}}, "cache.s3.secret_access_key",
+         "set both access_key_id and secret_access_key"),
+        ({"backend": "s3", "s3": {"bucket": "abc", "timeout_ms": 0}}, "cache.s3.timeout_ms", "must be at least 1"),
+        ({"backend": "s3", "s3": {"bucket": "abc", "ssl_validation": "no"}}, "cache.s3.ssl_validation",
+         "expected true or false"),
+        ({"backend": "s3", "s3": {"bucket": "abc", "sekret": "x"}}, "cache.s3.sekret", "unknown field"),
+    ],
+)
+def test_s3_errors_name_the_field(cache, field, problem):
+    error = parse_error(with_cache(**cache))
+    assert error.field == field and problem in error.problem
+
+
+def test_s3_secret_never_echoed_in_errors():
+    error = parse_error(with_cache(backend="s3", s3={"bucket": "abc", "endpoint_url": "http://key:hunter22@h/",
+                                                     "secret_access_key": "hunter22", "access_key_id": "key"}))
+    assert "hunter22" not in str(error)

@@ -1,0 +1,144 @@
+"""What only the s3 backend does, against a real SeaweedFS: the local tier in front of the bucket, the
+bucket's outage and recovery, first-writer-wins for crates, damaged objects, and keeping secrets out of
+what an operator sees."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import time
+from dataclasses import replace
+
+import pytest
+from cratecache.config import CacheSettings
+from cratecache.storage import StorageUnavailable, open_storage
+from cratecache.storage.bucket import Bucket, _s3_store
+
+from tests.fixtures.seaweed import SECRET_KEY
+from tests.fixtures.upstream import dead_url
+
+CRATE = b"\x1f\x8b crate " * 200
+_prefixes = itertools.count()
+
+
+@pytest.fixture
+async def gateways(seaweed, tmp_path):
+    opened = []
+    prefix = f"s3-{next(_prefixes)}-{time.time_ns()}"
+
+    def open_one(**s3):
+        cache = CacheSettings(directory=tmp_path / f"tier-{len(opened)}", size_limit=10**9, backend="s3",
+                              s3=seaweed.settings(prefix, **s3))
+        storage = open_storage(cache)
+        opened.append(storage)
+        return storage
+
+    yield open_one
+    for storage in opened:
+        await storage.close()
+
+
+def dead(storage) -> None:
+    """Point the storage's bucket at a port where nothing listens (the bucket is down)."""
+    storage.bucket.live_store = storage.bucket.store
+    storage.bucket.store = _s3_store(replace(storage.bucket.settings, endpoint_url=dead_url("")))
+
+
+def revive(storage) -> None:
+    storage.bucket.store = storage.bucket.live_store
+    storage.bucket.retry_at = 0.0  # do not wait out the back-off in a test
+
+
+async def test_repeated_hits_are_served_by_the_local_tier_without_asking_the_bucket(gateways):
+    a, b = gateways(), gateways()
+    await a.put("crate/crates-io/foo/1.0.0", CRATE, "up")
+    assert (await b.get("crate/crates-io/foo/1.0.0")).body == CRATE  # from the bucket
+    asked = b.bucket.requests
+    for _ in range(5):
+        assert (await b.get("crate/crates-io/foo/1.0.0")).body == CRATE
+    assert b.bucket.requests == asked
+    assert b.peek("crate/crates-io/foo/1.0.0").body == CRATE  # and from memory without any I/O
+
+
+async def test_the_first_complete_copy_of_a_crate_wins(gateways):
+    a, b = gateways(), gateways()
+    await a.put("crate/crates-io/foo/1.0.0", CRATE, "first")
+    await b.put("crate/crates-io/foo/1.0.0", CRATE + b"x", "second")
+    got = await gateways().get("crate/crates-io/foo/1.0.0")
+    assert (got.body, got.meta.upstream) == (CRATE, "first")
+
+
+async def test_a_damaged_object_in_the_bucket_is_a_miss_not_an_answer(gateways, caplog):
+    a = gateways()
+    entry = await a.put("crate/crates-io/foo/1.0.0", CRATE, "up")
+    await a.bucket.put(f"blob/{entry.meta.sha256}", CRATE[:100])  # truncated behind our back
+    assert await gateways().get("crate/crates-io/foo/1.0.0") is None
+    assert "bucket entry crate/crates-io/foo/1.0.0 is incomplete or damaged" in caplog.text
+
+
+async def test_with_the_bucket_down_the_local_tier_serves_and_writes_wait_to_be_uploaded(gateways, caplog):
+    caplog.set_level(logging.INFO)
+    a = gateways()
+    await a.put("index/crates-io/foo", b"old", "up")
+    dead(a)
+
+    assert (await a.get("index/crates-io/foo")).body == b"old"
+    stored = await a.put("crate/crates-io/foo/1.0.0", CRATE, "up")  # a miss answered while the bucket is down
+    owned, _, _ = await a.claim("crate/crates-io/bar/1.0.0", 5)  # leases fall back to this host's
+
+    assert stored.body == CRATE and owned
+    health = a.health()
+    assert health["state"] == "degraded" and health["pending"] == 1 and health["errors"] >= 1
+    assert "unreachable" in caplog.text and "serving from the local tier and the upstreams" in caplog.text
+    assert await gateways().get("crate/crates-io/foo/1.0.0") is None  # not in the bucket yet
+    with pytest.raises(StorageUnavailable):
+        await a.entries()  # listing needs the bucket, and says so
+
+    revive(a)
+    await a.maintain()
+
+    assert a.health()["state"] == "ok" and a.health()["pending"] == 0
+    assert (await gateways().get("crate/crates-io/foo/1.0.0")).body == CRATE
+    assert "reachable again" in caplog.text and "caught up 1 entries" in caplog.text
+
+
+async def test_a_dead_bucket_is_not_asked_again_until_the_back_off_ends(gateways):
+    a = gateways()
+    dead(a)
+    await a.get("crate/crates-io/foo/1.0.0")
+    failures = a.bucket.requests
+    for _ in range(20):
+        assert await a.get("crate/crates-io/foo/1.0.0") is None
+    assert a.bucket.requests == failures  # failing fast: no connection attempts meanwhile
+
+
+async def test_secrets_never_reach_logs_errors_or_health(gateways, seaweed, caplog):
+    caplog.set_level(logging.DEBUG)
+    wrong = gateways(secret_access_key="a-wrong-secret-value-123")
+    await wrong.put("crate/crates-io/foo/1.0.0", CRATE, "up")  # denied: served from the local tier
+    health = wrong.health()
+    text = caplog.text + repr(health) + repr(wrong.bucket.settings)
+    assert health["state"] == "degraded" and "403" in health["last_error"]
+    assert "a-wrong-secret-value-123" not in text and SECRET_KEY not in text
+    assert "fleet-test-key" not in text
+
+
+async def test_a_revalidation_by_one_gateway_refreshes_the_others_without_new_bytes(gateways):
+    a, b = gateways(), gateways()
+    body = b'{"name":"foo","vers":"1.0.0"}\n'
+    await a.put("index/crates-io/foo", body, "up", '"v1"', None, 1000.0)
+    await b.get("index/crates-io/foo")
+    await a.mark_checked("index/crates-io/foo", 5000.0, hashlib.sha256(body).hexdigest())
+    asked = b.bucket.requests
+    owned, entry, _ = await b.claim("index/crates-io/foo", 5)
+    assert owned and entry.meta.checked_at == 5000.0
+    # lease + meta only: the bytes it already held were not downloaded again
+    assert b.bucket.requests - asked == 2
+    await b.release_lease("index/crates-io/foo")
+
+
+def test_bucket_target_names_no_credentials(seaweed):
+    bucket = Bucket(seaweed.settings("team-a"))
+    assert bucket.target == f"{seaweed.endpoint}/cargo-cache/team-a/"
+    assert bucket.health()["state"] == "ok"
