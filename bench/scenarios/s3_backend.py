@@ -132,6 +132,9 @@ def _measure(bench: Bench, section: Section, case: _Case, fetch: Callable[[Mitmd
             bench.stop(proxy)
     for what in (BUCKET_CALLS, UPSTREAM_CALLS):
         section.figure(case.name, what, "count").samples.append(after[what] - before[what])
+    if calls := after[BUCKET_CALLS] - before[BUCKET_CALLS]:
+        seconds = after["bucket seconds"] - before["bucket seconds"]
+        section.figure(case.name, "mean bucket request", "ms").samples.append(seconds * 1000 / calls)
     if after["bucket errors"] > before["bucket errors"]:
         bench.problems[f"{proxy.label}: failed bucket requests during a timed run"] += 1
     case.states.update(_states(log))
@@ -143,12 +146,15 @@ _REQUEST_MS = re.compile(r" (?:GET|HEAD) \S+ \d{3} \S+ \w+ \d+B (\d+)ms ")
 
 
 def _counts(proxy: Mitmdump) -> dict[str, float]:
-    """From the proxy's /metrics: bucket requests (and failed ones), upstream attempts, entries waiting for upload."""
-    counts = dict.fromkeys((BUCKET_CALLS, "bucket errors", UPSTREAM_CALLS, "pending"), 0.0)
+    """From the proxy's /metrics: bucket requests (failed ones, their total time), upstream attempts, entries
+    waiting for upload."""
+    counts = dict.fromkeys((BUCKET_CALLS, "bucket errors", "bucket seconds", UPSTREAM_CALLS, "pending"), 0.0)
     for name, labels, value in _SAMPLE.findall(_scrape(proxy)):
         if name == "cargo_cache_storage_requests_total":
             counts[BUCKET_CALLS] += float(value)
             counts["bucket errors"] += float(value) if 'outcome="error"' in labels else 0.0
+        elif name == "cargo_cache_storage_duration_seconds_sum":
+            counts["bucket seconds"] += float(value)
         elif name == "cargo_cache_upstream_requests_total":
             counts[UPSTREAM_CALLS] += float(value)
         elif name == "cargo_cache_storage_pending":
@@ -172,19 +178,21 @@ def _scrape(proxy: Mitmdump, timeout: float = 15) -> str:
 
 def _method(bench: Bench) -> str:
     return (f"The workload of scenario 1 (all {PACKAGES} crates, `cargo generate-lockfile && cargo fetch` in a fresh "
-            "project copy with a fresh `CARGO_HOME` on tmpfs, only `HTTPS_PROXY` and `CARGO_HTTP_CAINFO` set), through "
-            "cargo-cache on its two storage backends. The bucket is SeaweedFS (`weed mini`, one process on "
+            "project copy with a fresh `CARGO_HOME` on tmpfs, only `HTTPS_PROXY` and `CARGO_HTTP_CAINFO` set), "
+            "through cargo-cache on its two storage backends. The bucket is SeaweedFS (`weed mini`, one process on "
             "loopback, its data on the VM's disk like the disk cache and the local tiers), filled by one untimed run "
             "through another gateway with nginx as its upstream; a disk cache is filled the same way. Every proxy "
             "timed afterwards lists its one upstream at a closed port, so what it serves comes from its cache, its "
-            "local tier or the bucket, never from nginx; the upstream-attempt column (from each proxy's `/metrics`, "
-            "read before and after each run) shows it was not asked. Cases: *disk backend, warm cache* is scenario "
-            "1's long-running proxy after one untimed run; *disk backend, new proxy* starts a process on that cache "
-            "before each timed run (its memory tier empty), the control for what a new process costs; *local tier "
-            "cold* starts a gateway on an empty local-tier folder before each timed run, so every object comes from "
-            "the bucket (a request for the meta, one for the blob) and is copied into the tier; *local tier warm* is "
-            "one long-running gateway after one untimed run, as a repeat run on the same gateway. Starting a proxy "
-            f"is never timed. {bench.reps}; the order of the four cases rotates between repetitions.")
+            "local tier or the bucket, never from nginx. Each proxy's `/metrics`, read before and after each timed "
+            "run, counts its upstream attempts (none: nginx was not asked) and its bucket requests; the mean bucket "
+            "request is their total time over their number, with Cargo keeping many requests in flight. Cases: "
+            "*disk backend, warm cache* is scenario 1's long-running proxy after one untimed run; *disk backend, "
+            "new proxy* starts a process on that cache before each timed run (its memory tier empty), the control "
+            "for what a new process costs; *local tier cold* starts a gateway on an empty local-tier folder before "
+            "each timed run, so every object comes from the bucket (a request for the meta, one for the blob) and is "
+            "copied into the tier; *local tier warm* is one long-running gateway after one untimed run, as a repeat "
+            f"run on the same gateway. Starting a proxy is never timed. {bench.reps}; the order of the four cases "
+            "rotates between repetitions.")
 
 
 def _report(section: Section, cases: list[_Case]) -> None:

@@ -9,12 +9,13 @@ import re
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.fixtures.registry import Registry
-from tests.fixtures.seaweed import SeaweedFS
+from tests.fixtures.seaweed import SECRET_KEY, SeaweedFS
 from tests.fixtures.upstream import UpstreamServer
-from tests.harness import FULL_DEPENDENCIES, SMALL_DEPENDENCIES, make_project
+from tests.harness import FULL_DEPENDENCIES, free_port, make_project
 
 JSON_DEPENDENCIES = 'serde_json = "1"\n'
 
@@ -33,11 +34,21 @@ def gateway(start_proxy, entry, tmp_path):
     """start(bucket, upstreams, name) -> a mitmdump on the s3 backend, its local tier in its own folder."""
     prefix = f"fleet-{tmp_path.name}"
 
-    def start(bucket: SeaweedFS, upstreams: list, name: str, **cache):
-        return start_proxy([entry(u) for u in upstreams], cache_dir=tmp_path / f"tier-{name}", backend="s3",
-                           s3=bucket.yaml(prefix), **cache)
+    def start(bucket: SeaweedFS, upstreams: list, name: str, status: bool = False, **cache):
+        port = free_port()
+        proxy = start_proxy([entry(u) for u in upstreams], cache_dir=tmp_path / f"tier-{name}", backend="s3",
+                            s3=bucket.yaml(prefix), args=("--set", f"cargo_status_port={port if status else 0}"),
+                            **cache)
+        proxy.status_url = f"http://127.0.0.1:{port}"
+        return proxy
 
     return start
+
+
+def storage_status(proxy) -> tuple[dict, str]:
+    """The storage part of the status page's data, and the metrics text."""
+    return (httpx.get(proxy.status_url + "/status.json").json()["storage"],
+            httpx.get(proxy.status_url + "/metrics").text)
 
 
 def fetched(result) -> bool:
@@ -111,13 +122,20 @@ def test_the_bucket_stopped_mid_run_builds_go_on_and_the_cache_fills_again(
     json_project = make_project(tmp_path / "json", JSON_DEPENDENCIES)
     with UpstreamServer(registry, name="origin") as origin:
         a = gateway(own_seaweed, [origin], "a")
-        b = gateway(own_seaweed, [origin], "b")
+        b = gateway(own_seaweed, [origin], "b", status=True)
         assert fetched(new_cargo(a).fetch(small_project))
+        assert storage_status(b)[0]["state"] == "ok"
 
         own_seaweed.stop()
         during = [new_cargo(a).fetch(small_project), new_cargo(b).fetch(json_project)]
         assert all(fetched(r) for r in during), [r.stderr for r in during]
         assert "unreachable" in b.log() and "serving from the local tier and the upstreams" in b.log()
+        storage, metrics = storage_status(b)
+        assert storage["state"] == "degraded" and storage["pending"] > 0 and storage["errors"] > 0
+        assert storage["last_error"].startswith(("get:", "put:")) and SECRET_KEY not in repr(storage) + metrics
+        assert 'cargo_cache_storage_up{backend="s3"} 0.0' in metrics
+        assert re.search(r'cargo_cache_storage_requests_total\{backend="s3",operation="get",outcome="error"\} [1-9]',
+                         metrics)
 
         own_seaweed.start()
         deadline = time.monotonic() + 30
@@ -125,6 +143,9 @@ def test_the_bucket_stopped_mid_run_builds_go_on_and_the_cache_fills_again(
             time.sleep(0.2)
         assert re.search(r"bucket \S+ reachable again", b.log())
         assert re.search(r"caught up \d+ entries into bucket", b.log())
+        storage, metrics = storage_status(b)
+        assert (storage["state"], storage["pending"]) == ("ok", 0) and storage["p95_ms"] is not None
+        assert 'cargo_cache_storage_up{backend="s3"} 1.0' in metrics
         c = gateway(own_seaweed, [origin], "c")
     after = new_cargo(c).fetch(json_project)  # the upstream is gone: only the bucket can answer
 

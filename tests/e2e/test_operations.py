@@ -49,6 +49,8 @@ def test_status_json_metrics_and_healthz(primary, secondary, entry, start_proxy,
                      r'[1-9]', metrics)
     assert 'cargo_cache_upstream_duration_seconds_bucket{le="0.5",registry="crates-io",upstream="secondary"}' in metrics
     assert 'cargo_cache_entries{kind="crate"} 3.0' in metrics
+    assert status["storage"]["backend"] == "disk" and status["storage"]["state"] == "ok"
+    assert 'cargo_cache_storage_up{backend="disk"} 1.0' in metrics
     assert re.search(r"cargo_cache_served_bytes_total\{kind=\"crate\",registry=\"crates-io\"\} [1-9]", metrics)
 
 
@@ -65,6 +67,7 @@ def test_status_page_renders_on_a_phone_in_chromium(secondary, entry, start_prox
                    capture_output=True, timeout=60)
 
     assert "<td>secondary </td>" in dom.stdout  # the upstream table was rendered by the page's script
+    assert "<td>disk</td>" in dom.stdout  # the storage table names the backend
     assert "GET static.crates.io/crates/anyhow/1.0.69/download" in dom.stdout
     assert "3 · 100%" not in dom.stdout and "3 · 0%" in dom.stdout  # crate entries · hit ratio after 3 misses
     width, height, distinct = png_summary(shot.read_bytes())
