@@ -151,3 +151,56 @@ def test_the_bucket_stopped_mid_run_builds_go_on_and_the_cache_fills_again(
 
     assert fetched(after), after.stderr
     assert "failed" not in c.log()
+
+
+def test_staging_inspection_export_import_and_offline_serving_on_the_bucket(
+        registry: Registry, seaweed, entry, start_proxy, new_cargo, small_project, tmp_path):
+    from tests.harness import cli, locked_packages, write_proxies
+
+    with UpstreamServer(registry, name="origin") as origin:
+        lock_proxy = start_proxy([entry(origin)], cache_dir=tmp_path / "lock-cache")
+        assert new_cargo(lock_proxy).run(small_project, "generate-lockfile").returncode == 0
+        packages = locked_packages(small_project)
+        connected = write_proxies(tmp_path / "connected.yaml", [entry(origin)], tmp_path / "tier-stage",
+                                  backend="s3", s3=seaweed.yaml(f"staged-{tmp_path.name}"))
+        origin.clear()
+        staged = cli(connected, "stage", str(small_project / "Cargo.lock"))
+        listed = cli(connected, "ls", "--kind", "crate")
+        stats = cli(connected, "stats", "--json")
+        bundle = tmp_path / "crates.bundle"
+        exported = cli(connected, "export", str(bundle), "--lockfile", str(small_project / "Cargo.lock"))
+        upstream = entry(origin)
+
+    assert staged.returncode == 0 and f"fetched {len(packages)}, already cached 0, failed 0" in staged.stdout
+    assert "into http://127.0.0.1:" in staged.stdout  # staged into the bucket
+    assert listed.returncode == 0 and all(f" {name} " in listed.stdout for name, _ in packages)
+    assert stats.returncode == 0 and '"crate"' in stats.stdout
+    assert exported.returncode == 0 and f"({len(packages)} crates, {len(packages)} index files" in exported.stdout
+
+    isolated = write_proxies(tmp_path / "isolated.yaml", [upstream], tmp_path / "tier-import", backend="s3",
+                             s3=seaweed.yaml(f"isolated-{tmp_path.name}"), offline=True)
+    imported = cli(isolated, "import", str(bundle))
+    assert imported.returncode == 0, imported.stderr
+    proxy = start_proxy([upstream], cache_dir=tmp_path / "tier-offline", backend="s3",  # a cold local tier
+                        s3=seaweed.yaml(f"isolated-{tmp_path.name}"), offline=True)
+    offline = new_cargo(proxy).run(small_project, "fetch")
+
+    assert offline.returncode == 0, offline.stderr
+    assert "upstream" not in proxy.log().split("proxy listening")[1]
+    purged = cli(isolated, "purge", "--crate", "anyhow")
+    after = cli(isolated, "ls", "--json")
+    assert purged.returncode == 0 and "removed 2 entries" in purged.stdout  # its index file and its version
+    assert '"anyhow"' not in after.stdout and '"log"' in after.stdout
+
+
+def test_commands_say_when_the_bucket_is_unreachable(entry, registry, tmp_path):
+    from tests.fixtures.upstream import dead_url
+    from tests.harness import cli, write_proxies
+
+    config = write_proxies(tmp_path / "p.yaml", [{"name": "x", "url": dead_url()}], tmp_path / "tier",
+                           backend="s3", s3={"endpoint_url": dead_url(""), "bucket": "cargo-cache",
+                                             "access_key_id": "k", "secret_access_key": "never-printed-secret"})
+    listed = cli(config, "ls")
+    assert listed.returncode == 1
+    assert "cargo-cache: the cache's storage is unavailable: bucket " in listed.stderr
+    assert "never-printed-secret" not in listed.stderr + listed.stdout
