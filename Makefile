@@ -15,7 +15,7 @@ LOCKFILE ?=
 BUNDLE  ?=
 CLI     := PYTHONPATH=addon $(PY) -m cratecache --proxies $(abspath $(PROXIES))
 
-.PHONY: run test test-deps ca clean help stage export import cache-ls cache-stats cache-purge
+.PHONY: run test test-deps ca clean help stage export import cache-ls cache-stats cache-purge seaweedfs
 
 help:
 	@echo "make run   [HOST=127.0.0.1] [PORT=8080] [PROXIES=proxies.yaml] [ARGS=...]  start the proxy"
@@ -26,6 +26,7 @@ help:
 	@echo "make export BUNDLE=file [LOCKFILE=...]   write the cache (or a lockfile's subset) to a bundle"
 	@echo "make import BUNDLE=file                  verify a bundle and load it into the cache"
 	@echo "make cache-ls | cache-stats | cache-purge ARGS='--crate NAME | --older-than 30d | --all'"
+	@echo "make seaweedfs [S3_PORT=8333]            a local S3 server to try the s3 backend (fleet)"
 	@echo "all of them: $(CLI) --help"
 
 $(STAMP): requirements.txt requirements-dev.txt
@@ -78,6 +79,15 @@ cache-stats: $(STAMP)
 cache-purge: $(STAMP)
 	@test -n "$(ARGS)" || { echo "usage: make cache-purge ARGS='--crate NAME | --older-than 30d | --all'"; exit 2; }
 	$(CLI) purge $(ARGS)
+
+# A local S3 server for trying the s3 backend (SeaweedFS from requirements-dev.txt), on 127.0.0.1 only.
+S3_PORT ?= 8333
+seaweedfs: $(STAMP)
+	@echo "S3 on http://127.0.0.1:$(S3_PORT), bucket cargo-cache, keys from S3_KEY/S3_SECRET (data in .seaweedfs/)"
+	@mkdir -p .seaweedfs
+	AWS_ACCESS_KEY_ID="$${S3_KEY:-dev-key}" AWS_SECRET_ACCESS_KEY="$${S3_SECRET:-dev-secret}" \
+	  $(VENV)/bin/weed mini -dir=.seaweedfs -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.port=$(S3_PORT) \
+	  -admin.ui=false -webdav=false -bucket=cargo-cache
 
 clean:
 	rm -rf $(VENV) .pytest_cache
