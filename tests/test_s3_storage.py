@@ -103,14 +103,19 @@ async def test_with_the_bucket_down_the_local_tier_serves_and_writes_wait_to_be_
     assert "reachable again" in caplog.text and "caught up 1 entries" in caplog.text
 
 
-async def test_a_dead_bucket_is_not_asked_again_until_the_back_off_ends(gateways):
+async def test_requests_never_wait_for_a_dead_bucket_only_the_upkeep_probes_it(gateways):
     a = gateways()
     dead(a)
     await a.get("crate/crates-io/foo/1.0.0")
     failures = a.bucket.requests
+    a.bucket.retry_at = 0.0  # the back-off is over
     for _ in range(20):
         assert await a.get("crate/crates-io/foo/1.0.0") is None
-    assert a.bucket.requests == failures  # failing fast: no connection attempts meanwhile
+    assert a.bucket.requests == failures  # failing fast: no connection attempts from requests
+    await a.maintain()
+    assert a.bucket.requests == failures + 1 and a.health()["state"] == "degraded"  # one probe, still down
+    await a.maintain()
+    assert a.bucket.requests == failures + 1  # the next probe waits RETRY_SECONDS
 
 
 async def test_secrets_never_reach_logs_errors_or_health(gateways, seaweed, caplog):

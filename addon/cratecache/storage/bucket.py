@@ -2,8 +2,9 @@
 never on the event loop), with the bucket's health: state, latency and errors.
 
 Every call either answers or raises `BucketDown`. A failure that is not an answer about the object
-(refused connection, timeout, 5xx, denied credentials) marks the bucket down for `RETRY_SECONDS`: calls
-fail fast meanwhile, so a dead bucket costs requests nothing, then the next call tries again.
+(refused connection, timeout, 5xx, denied credentials) marks the bucket down: calls then fail at once,
+so a dead (or black-holed) bucket costs requests nothing, and only `probe` (from the periodic upkeep,
+at most every `RETRY_SECONDS`) asks it again.
 """
 
 from __future__ import annotations
@@ -50,8 +51,27 @@ class Bucket:
         return self.settings.target
 
     def available(self) -> bool:
-        """False while a recent failure says not to try yet."""
-        return self.down_since is None or time.monotonic() >= self.retry_at
+        """False from a failure until a probe succeeds."""
+        return self.down_since is None
+
+    async def probe(self) -> bool:
+        """While down, ask the bucket again (at most every RETRY_SECONDS); True when it answers."""
+        if self.down_since is None:
+            return True
+        if time.monotonic() < self.retry_at:
+            return False
+
+        async def call():
+            try:
+                await obstore.head_async(self.store, "probe")
+            except FileNotFoundError:
+                pass
+
+        try:
+            await self._call("probe", call, probing=True)
+        except BucketDown:
+            return False
+        return True
 
     async def get(self, path: str) -> tuple[bytes, str | None] | None:
         """(bytes, ETag), or None if there is no such object."""
@@ -97,8 +117,8 @@ class Bucket:
 
         return await self._call("list", call)
 
-    async def _call(self, op: str, call):
-        if not self.available():
+    async def _call(self, op: str, call, probing: bool = False):
+        if not self.available() and not probing:
             raise BucketDown(f"bucket {self.target} unavailable: {self.last_error}")
         started = time.monotonic()
         try:

@@ -15,9 +15,9 @@ Reads go memory -> local tier -> bucket (a bucket hit is copied into the local t
 the meta: a gateway whose local copy is due claims the key, and the claim reads the bucket's meta, so one
 gateway's revalidation refreshes the entry for all of them.
 
-When the bucket fails it is marked down for a few seconds (bucket.py): reads use the local tier, leases
-fall back to this host's, writes go to the local tier and their keys to a backlog that `maintain` uploads
-when the bucket answers again. Listing, purging and import need the bucket and say so.
+When the bucket fails it is marked down until `maintain` finds it answering again (bucket.py): meanwhile
+reads use the local tier, leases fall back to this host's, and writes go to the local tier with their
+keys in a backlog that `maintain` uploads once the bucket is back. Listing, purging and import need the bucket and say so.
 """
 
 from __future__ import annotations
@@ -317,7 +317,7 @@ class S3Storage(Storage):
 
     async def maintain(self) -> None:
         await self.tier.maintain()
-        if self._backlog and self.bucket.available():
+        if await self.bucket.probe() and self._backlog:
             await self._catch_up()
 
     async def _catch_up(self) -> None:
