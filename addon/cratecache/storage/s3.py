@@ -45,6 +45,7 @@ BACKLOG_LIMIT = 10_000
 READ_CONCURRENCY = 16
 GC_GRACE_SECONDS = 3600  # a blob younger than this may belong to a meta being written
 HASH_OFFLOAD_BYTES = 1024 * 1024
+CLOCK_SKEW_SECONDS = 2.0  # how far the gateways' clocks may differ (leases compare expiry times)
 
 
 class S3Storage(Storage):
@@ -57,7 +58,7 @@ class S3Storage(Storage):
         self.bucket = bucket if bucket is not None else Bucket(settings)
         self.bucket.on_call = lambda op, seconds, ok: self.on_call and self.on_call(self.backend, op, seconds, ok)
         self._holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-        self._leases: dict[str, str] = {}  # key -> "bucket" or "local": where our lease on it is
+        self._leases: dict[str, float | None] = {}  # our leases: key -> expiry in the bucket, None: this host's
         self._backlog: dict[str, None] = {}  # keys written while the bucket was down, oldest first
 
     # -- memory ------------------------------------------------------------------------------
@@ -141,9 +142,10 @@ class S3Storage(Storage):
     async def claim(self, key: str, ttl: float) -> tuple[bool, Entry | None, str | None]:
         if self.bucket.available():
             try:
-                if not await self._acquire(key, ttl):
+                expires_at = await self._acquire(key, ttl)
+                if expires_at is None:
                     return False, None, None
-                self._leases[key] = "bucket"
+                self._leases[key] = expires_at
                 known = await self.tier.get(key)
                 entry = await self._pull(key, known) or known
                 return True, entry, None if entry is not None else await self._remote_negative(key)
@@ -151,7 +153,7 @@ class S3Storage(Storage):
                 pass
         owned, entry, negative = await self.tier.claim(key, ttl)  # this host's workers still coalesce
         if owned:
-            self._leases[key] = "local"
+            self._leases[key] = None
         return owned, entry, negative
 
     async def lease_held(self, key: str) -> bool:
@@ -164,29 +166,38 @@ class S3Storage(Storage):
         return await self.tier.lease_held(key)
 
     async def release_lease(self, key: str) -> None:
-        where = self._leases.pop(key, None)
-        if where == "local":
+        if key not in self._leases:
+            return
+        expires_at = self._leases.pop(key)
+        if expires_at is None:
             await self.tier.release_lease(key)
-        elif where == "bucket":
-            try:  # only if still ours: it may have expired and been taken over
-                got = await self.bucket.get(f"lease/{key}")
-                if got is not None and _load(got[0]).get("holder") == self._holder:
-                    await self.bucket.delete(f"lease/{key}")
-            except BucketDown:
-                pass  # it expires by itself
-
-    async def _acquire(self, key: str, ttl: float) -> bool:
+            return
         path = f"lease/{key}"
-        lease = json.dumps({"holder": self._holder, "expires_at": time.time() + ttl}).encode()
+        try:
+            # Nobody takes a lease over before it expires, so until then it is ours to delete; after that,
+            # only if it still names us.
+            ours = time.time() < expires_at - CLOCK_SKEW_SECONDS
+            if not ours:
+                got = await self.bucket.get(path)
+                ours = got is not None and _load(got[0]).get("holder") == self._holder
+            if ours:
+                await self.bucket.delete(path)
+        except BucketDown:
+            pass  # it expires by itself
+
+    async def _acquire(self, key: str, ttl: float) -> float | None:
+        """The lease's expiry if we took it, else None."""
+        path, expires_at = f"lease/{key}", time.time() + ttl
+        lease = json.dumps({"holder": self._holder, "expires_at": expires_at}).encode()
         if await self.bucket.put(path, lease, create=True):
-            return True
+            return expires_at
         got = await self.bucket.get(path)
         if got is None:  # released meanwhile
-            return await self.bucket.put(path, lease, create=True)
+            return expires_at if await self.bucket.put(path, lease, create=True) else None
         if _live(got[0]):
-            return False
+            return None
         # Its holder died or hangs: take it over; If-Match lets exactly one of several takers win.
-        return await self.bucket.put(path, lease, if_match=got[1])
+        return expires_at if await self.bucket.put(path, lease, if_match=got[1]) else None
 
     # -- the bucket --------------------------------------------------------------------------
     async def _remote_meta(self, key: str) -> Meta | None:
