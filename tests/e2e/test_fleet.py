@@ -204,3 +204,23 @@ def test_commands_say_when_the_bucket_is_unreachable(entry, registry, tmp_path):
     assert listed.returncode == 1
     assert "cargo-cache: the cache's storage is unavailable: bucket " in listed.stderr
     assert "never-printed-secret" not in listed.stderr + listed.stdout
+
+
+def test_a_bad_bucket_setting_stops_the_gateway_at_start_with_one_line(entry, confdir, tmp_path):
+    from tests.fixtures.upstream import dead_url
+    from tests.harness import Proxy, write_proxies
+
+    config = write_proxies(tmp_path / "p.yaml", [{"name": "x", "url": dead_url()}], tmp_path / "tier", backend="s3",
+                           s3={"bucket": "Team_Cache", "access_key_id": "k", "secret_access_key": "not-for-logs"})
+    proxy = Proxy(config, confdir, tmp_path / "mitmdump.log")
+    try:
+        proxy.start(timeout=30)
+    except RuntimeError:
+        pass  # exited before it said it listens
+    assert proxy.process.wait(timeout=30) != 0
+    assert "Error logged during startup, exiting" in proxy.log()
+    errors = [line for line in proxy.log().splitlines() if "invalid configuration" in line]
+    assert len(errors) == 1
+    assert errors[0].endswith(f"cargo-cache: invalid configuration: {config}: cache.s3.bucket: 'Team_Cache' is not a "
+                              "bucket name (3-63 of a-z, 0-9, '.', '-')")
+    assert "not-for-logs" not in proxy.log()
