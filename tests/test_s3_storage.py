@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import logging
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 from cratecache.config import CacheSettings
 from cratecache.storage import StorageUnavailable, open_storage
-from cratecache.storage.bucket import Bucket, _s3_store
+from cratecache.storage.bucket import Bucket, BucketDown, _s3_store
 
 from tests.fixtures.seaweed import SECRET_KEY
 from tests.fixtures.upstream import dead_url
@@ -69,12 +70,15 @@ async def test_the_first_complete_copy_of_a_crate_wins(gateways):
     assert (got.body, got.meta.upstream) == (CRATE, "first")
 
 
-async def test_a_damaged_object_in_the_bucket_is_a_miss_not_an_answer(gateways, caplog):
+async def test_a_damaged_object_in_the_bucket_is_a_miss_and_the_next_fetch_repairs_it(gateways, caplog):
     a = gateways()
     entry = await a.put("crate/crates-io/foo/1.0.0", CRATE, "up")
     await a.bucket.put(f"blob/{entry.meta.sha256}", CRATE[:100])  # truncated behind our back
-    assert await gateways().get("crate/crates-io/foo/1.0.0") is None
+    b = gateways()
+    assert await b.get("crate/crates-io/foo/1.0.0") is None
     assert "bucket entry crate/crates-io/foo/1.0.0 is incomplete or damaged" in caplog.text
+    await b.put("crate/crates-io/foo/1.0.0", CRATE, "up")  # b fetched it from an upstream again
+    assert (await gateways().get("crate/crates-io/foo/1.0.0")).body == CRATE
 
 
 async def test_with_the_bucket_down_the_local_tier_serves_and_writes_wait_to_be_uploaded(gateways, caplog):
@@ -147,3 +151,73 @@ def test_bucket_target_names_no_credentials(seaweed):
     bucket = Bucket(seaweed.settings("team-a"))
     assert bucket.target == f"{seaweed.endpoint}/cargo-cache/team-a/"
     assert bucket.health()["state"] == "ok"
+
+
+async def test_what_waits_to_be_uploaded_survives_a_restart(gateways, tmp_path, seaweed, caplog):
+    caplog.set_level(logging.INFO)
+    a = gateways()
+    dead(a)
+    await a.put("crate/crates-io/foo/1.0.0", CRATE, "up")
+    assert a.health()["pending"] == 1
+    with pytest.raises(StorageUnavailable, match="1 entries are in this host's local tier but not yet in bucket"):
+        await a.flush()  # what a command says when it ends with the bucket down
+    await a.close()
+
+    restarted = open_storage(CacheSettings(directory=a.directory, size_limit=10**9, backend="s3",
+                                           s3=a.bucket.settings))
+    try:
+        assert restarted.health()["pending"] == 1
+        await restarted.maintain()
+        assert restarted.health()["pending"] == 0
+    finally:
+        await restarted.close()
+    assert (await gateways().get("crate/crates-io/foo/1.0.0")).body == CRATE
+    assert "caught up 1 entries" in caplog.text
+
+
+async def test_catching_up_never_replaces_a_newer_index_from_another_gateway(gateways):
+    a, b = gateways(), gateways()
+    dead(a)
+    await a.put("index/crates-io/foo", b"older", "up", None, None, 1000.0)
+    await b.put("index/crates-io/foo", b"newer", "up", None, None, 2000.0)
+    revive(a)
+    await a.maintain()
+    assert a.health()["pending"] == 0
+    got = await gateways().get("index/crates-io/foo")
+    assert (got.body, got.meta.checked_at) == (b"newer", 2000.0)
+
+
+async def test_export_reads_the_buckets_newest_copy_not_a_stale_local_one(gateways, tmp_path):
+    from cratecache.bundle import export_bundle, import_bundle
+
+    a, b = gateways(), gateways()
+    await a.put("index/crates-io/foo", b'{"v":1}\n', "up", None, None, 1000.0)
+    await b.get("index/crates-io/foo")  # b's local tier now holds the first version
+    await a.put("index/crates-io/foo", b'{"v":2}\n', "up", None, None, 2000.0)
+    await export_bundle(b, tmp_path / "x.bundle", ["index/crates-io/foo"])
+    c = gateways()
+    await import_bundle(c, tmp_path / "x.bundle")
+    assert (await c.latest("index/crates-io/foo")).body == b'{"v":2}\n'
+
+
+async def test_a_call_that_fails_for_one_object_does_not_take_the_bucket_down(gateways):
+    a = gateways()
+    with pytest.raises(BucketDown):
+        await a.bucket.get("index/../etc")  # an invalid path: obstore refuses it
+    assert a.health()["state"] == "ok" and a.bucket.available()
+
+
+async def test_a_condition_on_an_unknown_etag_writes_nothing(gateways):
+    a = gateways()
+    assert await a.bucket.put("meta/x", b"1", create=True) is not None
+    assert await a.bucket.put("meta/x", b"2", if_match=None) is None
+    assert (await a.bucket.get("meta/x"))[0] == b"1"
+
+
+async def test_a_meta_with_wrong_field_types_is_a_miss(gateways, caplog):
+    a = gateways()
+    entry = await a.put("crate/crates-io/foo/1.0.0", CRATE, "up")
+    record = json.dumps({**asdict(entry.meta), "size": str(entry.meta.size)}).encode()
+    await a.bucket.put("meta/crate/crates-io/foo/1.0.0", record)
+    assert await gateways().get("crate/crates-io/foo/1.0.0") is None
+    assert "has an unreadable meta: ignored" in caplog.text

@@ -55,7 +55,7 @@ async def test_a_stored_entry_reads_back_whole_with_its_provenance(make):
 async def test_concurrent_writers_of_one_key_leave_one_whole_entry(make):
     bodies = [BODY + bytes([i]) * 1000 for i in range(6)]
     stores = [make() for _ in bodies]
-    await asyncio.gather(*(s.put("index/crates-io/foo", b, f"up{i}") for i, (s, b) in enumerate(zip(stores, bodies))))
+    await asyncio.gather(*(s.put("index/crates-io/foo", b, f"up{i}") for i, (s, b) in enumerate(zip(stores, bodies, strict=True))))
     got = await make().get("index/crates-io/foo")
     assert got.body in bodies
     assert got.meta.sha256 == hashlib.sha256(got.body).hexdigest() and got.meta.size == len(got.body)
@@ -178,3 +178,13 @@ async def test_unreferenced_bytes_are_collected(make):
 def test_meta_is_a_plain_record():
     meta = Meta("0" * 64, 1, "a", 1.0, 2.0)
     assert replace(meta, checked_at=3.0).checked_at == 3.0
+
+
+async def test_releasing_an_expired_lease_never_ends_its_new_holders(make):
+    first, second, third = make(), make(), make()
+    assert (await first.claim("index/crates-io/foo", 1))[0]
+    await asyncio.sleep(1.2)  # first overran its lease (a slow download)
+    assert (await second.claim("index/crates-io/foo", 30))[0]
+    await first.release_lease("index/crates-io/foo")
+    assert await third.lease_held("index/crates-io/foo")
+    assert not (await third.claim("index/crates-io/foo", 30))[0]

@@ -57,7 +57,8 @@ def key_fields(key: str) -> dict:
 
 async def export_bundle(store: Storage, path: Path, keys: list[str]) -> Summary:
     """Write the entries named by `keys` (those present) to `path`, atomically."""
-    entries = [(key, meta) for key in keys if (meta := await store.meta(key)) is not None]
+    found = [(key, entry) for key in keys if (entry := await store.latest(key)) is not None]
+    entries = [(key, entry.meta) for key, entry in found]
     manifest = {
         "format": FORMAT,
         "created": time.time(),
@@ -69,12 +70,10 @@ async def export_bundle(store: Storage, path: Path, keys: list[str]) -> Summary:
     total = 0
     with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
         _add(tar, MANIFEST, json.dumps(manifest, indent=1).encode())
-        for key, meta in entries:
+        for _, entry in found:  # meta and bytes from one read: they always match
+            meta = entry.meta
             if meta.sha256 in written:
                 continue
-            entry = await store.get(key)
-            if entry is None:
-                raise BundleError(f"{key} vanished from the cache during export")
             _add(tar, f"blobs/{meta.sha256}", entry.body)
             written.add(meta.sha256)
             total += meta.size
@@ -151,7 +150,7 @@ async def _verify_crates(manifest: dict, staging: Path, path: Path, store: Stora
         if item["kind"] != "crate":
             continue
         body = index_bodies.get((item["registry"], item["name"].lower()))
-        if body is None and (cached := await store.get(f"index/{item['registry']}/{item['name'].lower()}")):
+        if body is None and (cached := await store.latest(f"index/{item['registry']}/{item['name'].lower()}")):
             body = cached.body
         listed = sparse.find_version(body, item["name"], item["version"]) if body else None
         if listed is None:

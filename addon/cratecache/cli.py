@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
 async def _run(args, settings: Settings) -> int:
     store = open_storage(settings.cache)
     try:
-        return await args.run(args, settings, store)
+        status = await args.run(args, settings, store)
+        await store.flush()  # what a shared store could not take yet: uploaded now, or an error
+        return status
     finally:
         await store.close()
 

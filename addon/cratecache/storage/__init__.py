@@ -51,7 +51,12 @@ class Storage(ABC):
         """The entry, or None. Never a partial one: bytes whose checksum or size is wrong are a miss."""
 
     @abstractmethod
-    async def meta(self, key: str) -> Meta | None: ...
+    async def latest(self, key: str) -> Entry | None:
+        """The newest entry in the shared store (for export), whatever this host holds."""
+
+    @abstractmethod
+    async def meta(self, key: str) -> Meta | None:
+        """The shared store's meta for `key` (without reading the bytes)."""
 
     @abstractmethod
     async def put(self, key: str, body: bytes, upstream: str, etag: str | None = None,
@@ -118,6 +123,10 @@ class Storage(ABC):
     @abstractmethod
     async def maintain(self) -> None:
         """Periodic upkeep (every few seconds): recency of memory hits, catching up a shared store."""
+
+    @abstractmethod
+    async def flush(self) -> None:
+        """Before a command ends: store what is still only local; StorageUnavailable if that fails."""
 
     @abstractmethod
     def health(self) -> dict[str, Any]:

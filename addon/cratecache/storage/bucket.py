@@ -1,14 +1,15 @@
 """A bucket on S3-compatible object storage, through obstore (async; the HTTP work runs in Rust threads,
 never on the event loop), with the bucket's health: state, latency and errors.
 
-Every call either answers or raises `BucketDown`. A failure that is not an answer about the object
-(refused connection, timeout, 5xx, denied credentials) marks the bucket down: calls then fail at once,
-so a dead (or black-holed) bucket costs requests nothing, and only `probe` (from the periodic upkeep,
-at most every `RETRY_SECONDS`) asks it again.
+Every call either answers or raises `BucketDown`. An outage (refused connection, timeout, 5xx, denied
+credentials, a missing bucket) marks the bucket down: calls then fail at once, so a dead (or black-holed)
+bucket costs requests nothing, and only `probe` (from the periodic upkeep, at most every
+`RETRY_SECONDS`) asks it again. Any other failure (an invalid path, ...) fails just that call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -17,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 import obstore
-from obstore.exceptions import AlreadyExistsError, PreconditionError
+from obstore.exceptions import AlreadyExistsError, GenericError, PermissionDeniedError, PreconditionError, UnauthenticatedError
 from obstore.store import S3Store
 
 from ..config import S3Settings
@@ -26,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 RETRY_SECONDS = 5.0
 LIST_CHUNK = 1000
+COPY_OFFLOAD_BYTES = 1024 * 1024
+UNCONDITIONAL = object()
+OUTAGES = (GenericError, PermissionDeniedError, UnauthenticatedError, OSError, TimeoutError)
 
 
 class BucketDown(Exception):
@@ -63,9 +67,10 @@ class Bucket:
 
         async def call():
             try:
-                await obstore.head_async(self.store, "probe")
-            except FileNotFoundError:
-                pass
+                await obstore.get_async(self.store, "probe")
+            except FileNotFoundError as e:  # no such key: the bucket answers (no such bucket: it does not)
+                if "NoSuchBucket" in str(e):
+                    raise
 
         try:
             await self._call("probe", call, probing=True)
@@ -78,23 +83,31 @@ class Bucket:
         async def call():
             try:
                 got = await obstore.get_async(self.store, path)
-                return bytes(await got.bytes_async()), got.meta.get("e_tag")
-            except FileNotFoundError:  # obstore raises it (or its NotFoundError subclass) on 404
+                buffer = await got.bytes_async()
+            except FileNotFoundError as e:  # obstore raises it (or its NotFoundError subclass) on 404
+                if "NoSuchBucket" in str(e):
+                    raise
                 return None
+            # A large body is copied off the event loop.
+            data = bytes(buffer) if len(buffer) < COPY_OFFLOAD_BYTES else await asyncio.to_thread(bytes, buffer)
+            return data, got.meta.get("e_tag")
 
         return await self._call("get", call)
 
-    async def put(self, path: str, data: bytes, *, create: bool = False, if_match: str | None = None) -> bool:
-        """Write a whole object. `create`: only if absent (If-None-Match: *); `if_match`: only if its ETag is
-        still that. False when the condition did not hold."""
-        mode = "create" if create else ({"e_tag": if_match} if if_match else "overwrite")
+    async def put(self, path: str, data: bytes, *, create: bool = False, if_match: object = UNCONDITIONAL) -> str | None:
+        """Write a whole object; its new ETag ("" if the store gives none), or None when a condition did not
+        hold. `create`: only if absent (If-None-Match: *). `if_match`: only if its ETag is still that (a None
+        ETag cannot be checked: None, nothing written)."""
+        if if_match is None:
+            return None
+        mode = "create" if create else ("overwrite" if if_match is UNCONDITIONAL else {"e_tag": if_match})
 
         async def call():
             try:
-                await obstore.put_async(self.store, path, data, mode=mode)
-                return True
+                result = await obstore.put_async(self.store, path, data, mode=mode)
             except (AlreadyExistsError, PreconditionError):
-                return False
+                return None
+            return result.get("e_tag") or ""
 
         return await self._call("put", call)
 
@@ -102,7 +115,7 @@ class Bucket:
         async def call():
             try:
                 await obstore.delete_async(self.store, path)
-            except FileNotFoundError:  # obstore raises it (or its NotFoundError subclass) on 404
+            except FileNotFoundError:
                 pass
 
         await self._call("delete", call)
@@ -123,8 +136,8 @@ class Bucket:
         started = time.monotonic()
         try:
             result = await call()
-        except Exception as e:  # obstore's errors, OSError, timeouts: the bucket did not answer
-            self._failed(op, e, time.monotonic() - started)
+        except Exception as e:
+            self._failed(op, e, time.monotonic() - started, outage=isinstance(e, OUTAGES) or "NoSuchBucket" in str(e))
             raise BucketDown(f"bucket {self.target}: {self.last_error}") from None
         self._succeeded(op, time.monotonic() - started)
         return result
@@ -141,12 +154,15 @@ class Bucket:
             if self.on_recover:
                 self.on_recover()
 
-    def _failed(self, op: str, error: Exception, seconds: float) -> None:
+    def _failed(self, op: str, error: Exception, seconds: float, outage: bool) -> None:
         self.requests += 1
         self.errors += 1
         self.last_error, self.last_error_at = f"{op}: {_describe(error, self.settings)}", time.time()
         if self.on_call:
             self.on_call(op, seconds, False)
+        if not outage:
+            logger.warning("cargo-cache: bucket %s: %s", self.target, self.last_error)
+            return
         if self.down_since is None:
             self.down_since = time.monotonic()
             logger.error("cargo-cache: bucket %s unreachable (%s): serving from the local tier and the upstreams "

@@ -26,6 +26,9 @@ class DiskStorage(Storage):
     async def get(self, key: str) -> Entry | None:
         return await asyncio.to_thread(self.local.get, key)
 
+    async def latest(self, key: str) -> Entry | None:
+        return await self.get(key)
+
     async def meta(self, key: str) -> Meta | None:
         return await asyncio.to_thread(self.local.meta, key)
 
@@ -83,6 +86,9 @@ class DiskStorage(Storage):
 
     async def maintain(self) -> None:
         await asyncio.to_thread(self.local.touch_hits)
+
+    async def flush(self) -> None:
+        pass  # every write is already on disk
 
     def health(self) -> dict[str, Any]:
         return {"backend": self.backend, "target": str(self.directory), "state": "ok"}

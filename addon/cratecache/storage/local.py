@@ -248,6 +248,19 @@ class LocalStore:
                 handle.close()
         return len(keys)
 
+    def mark_pending(self, key: str) -> None:
+        """Remember that `key` still has to be uploaded to a shared store (survives restarts)."""
+        self._cache.set(f"pending:{key}", time.time())
+
+    def unmark_pending(self, key: str) -> None:
+        self._cache.delete(f"pending:{key}")
+
+    def pending(self) -> list[str]:
+        """Keys marked pending, oldest first."""
+        marks = [(k[8:], self._cache.get(k, 0)) for k in self._cache.iterkeys()
+                 if isinstance(k, str) and k.startswith("pending:")]
+        return [key for key, _ in sorted(marks, key=lambda m: m[1] or 0)]
+
     def keys(self, prefix: str = "") -> list[str]:
         return sorted(k[5:] for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith(f"meta:{prefix}"))
 

@@ -4,20 +4,19 @@ Objects under the configured prefix:
 - `blob/<sha256>`   the bytes, content-addressed, written create-only (If-None-Match: *).
 - `meta/<key>`      JSON `Meta` naming the blob; the commit point, written only after its blob, so an entry
                     is visible complete or not at all. Crates never change: their meta is create-only and
-                    the first complete copy wins. Index files and config.json are replaced whole (last
-                    writer wins); a revalidation (304) moves `checked_at` forward with If-Match on the meta's
-                    ETag, so it can never bring back bytes another gateway has replaced.
-- `lease/<key>`     {"holder", "expires_at"}: the gateway fetching a missed key. Created with
-                    If-None-Match: *; an expired one is taken over with If-Match (one taker wins).
+                    the first complete copy wins. Index files and config.json are replaced whole; a
+                    revalidation (304) and a catch-up upload write with If-Match on the meta's ETag, so
+                    neither can bring back bytes another gateway has replaced.
+- `lease/<key>`     the gateway fetching a missed key (leases.py).
 - `negative/<key>`  {"reason", "expires_at"}: no upstream has it.
 
 Reads go memory -> local tier -> bucket (a bucket hit is copied into the local tier). Freshness travels in
 the meta: a gateway whose local copy is due claims the key, and the claim reads the bucket's meta, so one
 gateway's revalidation refreshes the entry for all of them.
 
-When the bucket fails it is marked down until `maintain` finds it answering again (bucket.py): meanwhile
-reads use the local tier, leases fall back to this host's, and writes go to the local tier with their
-keys in a backlog that `maintain` uploads once the bucket is back. Listing, purging and import need the bucket and say so.
+When the bucket is down (bucket.py) reads use the local tier, leases fall back to this host's, and writes
+go to the local tier with their keys marked pending there; `maintain` (the addon's upkeep) and `flush`
+(the command line's) upload them once the bucket answers. Listing, purging and import need the bucket.
 """
 
 from __future__ import annotations
@@ -26,10 +25,8 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
-import socket
+import re
 import time
-import uuid
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -37,15 +34,16 @@ from ..config import S3Settings
 from . import Storage, StorageUnavailable
 from .bucket import Bucket, BucketDown
 from .disk import DiskStorage
+from .leases import Leases, load_record
 from .local import Entry, LocalStore, Meta, make_entry
 
 logger = logging.getLogger(__name__)
 
-BACKLOG_LIMIT = 10_000
 READ_CONCURRENCY = 16
 GC_GRACE_SECONDS = 3600  # a blob younger than this may belong to a meta being written
 HASH_OFFLOAD_BYTES = 1024 * 1024
-CLOCK_SKEW_SECONDS = 2.0  # how far the gateways' clocks may differ (leases compare expiry times)
+LISTING_TTL = 30.0  # seconds a listing of staged versions is reused (offline index pruning)
+_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 class S3Storage(Storage):
@@ -53,13 +51,14 @@ class S3Storage(Storage):
     poll_seconds = 0.1
 
     def __init__(self, local: LocalStore, settings: S3Settings, bucket: Bucket | None = None):
+        self.local = local
         self.tier = DiskStorage(local)
         self.directory = local.directory
         self.bucket = bucket if bucket is not None else Bucket(settings)
         self.bucket.on_call = lambda op, seconds, ok: self.on_call and self.on_call(self.backend, op, seconds, ok)
-        self._holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-        self._leases: dict[str, float | None] = {}  # our leases: key -> expiry in the bucket, None: this host's
-        self._backlog: dict[str, None] = {}  # keys written while the bucket was down, oldest first
+        self.leases = Leases(self.bucket, self.tier)
+        self._pending: dict[str, None] = dict.fromkeys(local.pending())  # to upload, oldest first
+        self._listings: dict[str, tuple[float, list[str]]] = {}
 
     # -- memory ------------------------------------------------------------------------------
     def peek(self, key: str) -> Entry | None:
@@ -78,6 +77,12 @@ class S3Storage(Storage):
         except BucketDown:
             return None
 
+    async def latest(self, key: str) -> Entry | None:
+        try:
+            return await self._pull(key, await self.tier.get(key))
+        except BucketDown as e:
+            raise StorageUnavailable(str(e)) from None
+
     async def meta(self, key: str) -> Meta | None:
         try:
             return await self._remote_meta(key)
@@ -90,23 +95,26 @@ class S3Storage(Storage):
             entry = await asyncio.to_thread(make_entry, body, upstream, etag, last_modified, now)
         else:
             entry = make_entry(body, upstream, etag, last_modified, now)
-        failure = None
         try:  # the local tier first: this gateway serves it even if the bucket cannot take it
             await self.tier.put_entry(key, entry.meta, body, True)
         except Exception as e:
-            failure = e
+            try:
+                await self._publish(key, entry)
+            except BucketDown:
+                raise e from None  # stored nowhere: the resolver logs the local failure
+            logger.warning("cargo-cache: local tier write failed for %s (%s: %s); stored in the bucket only",
+                           key, type(e).__name__, e)
+            return entry
         try:
             await self._publish(key, entry)
         except BucketDown:
-            self._queue(key)
-        if failure is not None:
-            raise failure
+            await self._queue(key)
         return entry
 
     async def put_entry(self, key: str, meta: Meta, body: bytes) -> None:
         await self.tier.put_entry(key, meta, body)
         try:
-            await self._publish(key, Entry(meta, body))
+            await self._publish(key, Entry(meta, body), newer_only=True)
         except BucketDown as e:
             raise StorageUnavailable(str(e)) from None
 
@@ -115,7 +123,7 @@ class S3Storage(Storage):
         try:
             remote = await self._remote_checked(key, now, sha256)
         except BucketDown:
-            self._queue(key)
+            await self._queue(key)
             remote = None
         return local or remote
 
@@ -140,64 +148,23 @@ class S3Storage(Storage):
 
     # -- leases ------------------------------------------------------------------------------
     async def claim(self, key: str, ttl: float) -> tuple[bool, Entry | None, str | None]:
-        if self.bucket.available():
-            try:
-                expires_at = await self._acquire(key, ttl)
-                if expires_at is None:
-                    return False, None, None
-                self._leases[key] = expires_at
-                known = await self.tier.get(key)
-                entry = await self._pull(key, known) or known
-                return True, entry, None if entry is not None else await self._remote_negative(key)
-            except BucketDown:
-                pass
-        owned, entry, negative = await self.tier.claim(key, ttl)  # this host's workers still coalesce
-        if owned:
-            self._leases[key] = None
-        return owned, entry, negative
+        owned, in_bucket = await self.leases.acquire(key, ttl)
+        if not owned:
+            return False, None, None
+        known = await self.tier.get(key)
+        if not in_bucket:
+            return True, known, await self.tier.negative(key)
+        try:  # a fetch that finished meanwhile on another gateway may answer
+            entry = await self._pull(key, known)
+            return True, entry, None if entry is not None else await self._remote_negative(key)
+        except BucketDown:
+            return True, known, await self.tier.negative(key)
 
     async def lease_held(self, key: str) -> bool:
-        if self.bucket.available():
-            try:
-                got = await self.bucket.get(f"lease/{key}")
-                return got is not None and _live(got[0])
-            except BucketDown:
-                pass
-        return await self.tier.lease_held(key)
+        return await self.leases.held(key)
 
     async def release_lease(self, key: str) -> None:
-        if key not in self._leases:
-            return
-        expires_at = self._leases.pop(key)
-        if expires_at is None:
-            await self.tier.release_lease(key)
-            return
-        path = f"lease/{key}"
-        try:
-            # Nobody takes a lease over before it expires, so until then it is ours to delete; after that,
-            # only if it still names us.
-            ours = time.time() < expires_at - CLOCK_SKEW_SECONDS
-            if not ours:
-                got = await self.bucket.get(path)
-                ours = got is not None and _load(got[0]).get("holder") == self._holder
-            if ours:
-                await self.bucket.delete(path)
-        except BucketDown:
-            pass  # it expires by itself
-
-    async def _acquire(self, key: str, ttl: float) -> float | None:
-        """The lease's expiry if we took it, else None."""
-        path, expires_at = f"lease/{key}", time.time() + ttl
-        lease = json.dumps({"holder": self._holder, "expires_at": expires_at}).encode()
-        if await self.bucket.put(path, lease, create=True):
-            return expires_at
-        got = await self.bucket.get(path)
-        if got is None:  # released meanwhile
-            return expires_at if await self.bucket.put(path, lease, create=True) else None
-        if _live(got[0]):
-            return None
-        # Its holder died or hangs: take it over; If-Match lets exactly one of several takers win.
-        return expires_at if await self.bucket.put(path, lease, if_match=got[1]) else None
+        await self.leases.release(key)
 
     # -- the bucket --------------------------------------------------------------------------
     async def _remote_meta(self, key: str) -> Meta | None:
@@ -215,36 +182,51 @@ class S3Storage(Storage):
         got = await self.bucket.get(f"blob/{meta.sha256}")
         if got is None or len(got[0]) != meta.size or await _sha256(got[0]) != meta.sha256:
             logger.warning("cargo-cache: bucket entry %s is incomplete or damaged (blob %s): ignored",
-                           key, "missing" if got is None else "does not match its checksum")
+                           key, "missing" if got is None else "does not match its checksum; deleted")
+            if got is not None:  # so that the next writer of these bytes can create it again
+                await self.bucket.delete(f"blob/{meta.sha256}")
             return known
         entry = Entry(meta, got[0])
         await self._tier_write(self.tier.put_entry, key, meta, entry.body, True)
         return entry
 
-    async def _publish(self, key: str, entry: Entry) -> None:
-        """Blob first, then the meta that names it (the commit point)."""
-        await self.bucket.put(f"blob/{entry.meta.sha256}", entry.body, create=True)  # False: already there
+    async def _publish(self, key: str, entry: Entry, newer_only: bool = False) -> None:
+        """Blob first, then the meta that names it (the commit point).
+
+        A crate's meta is create-only. Otherwise the meta is replaced, or with `newer_only` (uploading what
+        was stored while the bucket was down, importing) only if the bucket's is older, with If-Match so a
+        newer one written meanwhile by another gateway stays.
+        """
+        await self.bucket.put(f"blob/{entry.meta.sha256}", entry.body, create=True)  # None: already there
         record = json.dumps(asdict(entry.meta)).encode()
-        await self.bucket.put(f"meta/{key}", record, create=key.startswith("crate/"))
+        if key.startswith("crate/"):
+            await self.bucket.put(f"meta/{key}", record, create=True)
+        elif not newer_only:
+            await self.bucket.put(f"meta/{key}", record)
+        elif (got := await self.bucket.get(f"meta/{key}")) is None:
+            await self.bucket.put(f"meta/{key}", record, create=True)
+        elif (current := _meta(got[0], key)) is None or current.checked_at < entry.meta.checked_at:
+            await self.bucket.put(f"meta/{key}", record, if_match=got[1])
 
     async def _remote_checked(self, key: str, now: float, sha256: str | None) -> Meta | None:
         for _ in range(3):  # another gateway may be writing the same meta: retry on a lost race
             got = await self.bucket.get(f"meta/{key}")
             if got is None:
-                self._queue(key)  # the bucket lacks what we hold: upload it
+                await self._queue(key)  # the bucket lacks what we hold: upload it
                 return None
             meta = _meta(got[0], key)
             if meta is None or (sha256 is not None and meta.sha256 != sha256):
                 return None
             meta = replace(meta, checked_at=max(meta.checked_at, now))
-            if await self.bucket.put(f"meta/{key}", json.dumps(asdict(meta)).encode(), if_match=got[1]):
+            if await self.bucket.put(f"meta/{key}", json.dumps(asdict(meta)).encode(), if_match=got[1]) is not None:
                 return meta
         return None
 
     async def _remote_negative(self, key: str) -> str | None:
         got = await self.bucket.get(f"negative/{key}")
-        record = _load(got[0]) if got is not None else {}
-        return record.get("reason") if _number(record.get("expires_at")) > time.time() else None
+        record = load_record(got[0]) if got is not None else {}
+        reason = record.get("reason")
+        return reason if isinstance(reason, str) and _number(record.get("expires_at")) > time.time() else None
 
     # -- inspection and maintenance ----------------------------------------------------------
     async def entries(self, prefix: str = "") -> list[tuple[str, Meta]]:
@@ -262,10 +244,16 @@ class S3Storage(Storage):
         return [(k, m) for k, m in zip(keys, metas, strict=True) if m is not None]
 
     async def keys(self, prefix: str = "") -> list[str]:
-        try:
-            return sorted(await self._keys("meta/", prefix))
-        except BucketDown:
-            return await self.tier.keys(prefix)  # offline serving goes on from the local tier
+        """The bucket's keys and this gateway's (some may wait to be uploaded); a listing is reused briefly."""
+        local = await self.tier.keys(prefix)
+        listed = self._listings.get(prefix)
+        if listed is None or time.monotonic() - listed[0] > LISTING_TTL:
+            try:
+                listed = (time.monotonic(), await self._keys("meta/", prefix))
+                self._listings[prefix] = listed
+            except BucketDown:
+                return local  # offline serving goes on from the local tier
+        return sorted(set(local) | set(listed[1]))
 
     async def delete(self, key: str) -> bool:
         removed = await self.tier.delete(key)
@@ -275,19 +263,22 @@ class S3Storage(Storage):
             await self.bucket.delete(f"negative/{key}")
         except BucketDown as e:
             raise StorageUnavailable(str(e)) from None
+        await self._unqueue(key)
+        self._listings.clear()
         return removed or existed
 
     async def clear(self) -> int:
         await self.tier.clear()
         try:
             removed = 0
-            for folder in ("meta/", "negative/", "blob/"):
+            for folder in ("meta/", "negative/", "lease/", "blob/"):
                 keys = await self._keys(folder)
                 removed += len(keys) if folder == "meta/" else 0
                 await self._delete_all(folder, keys)
         except BucketDown as e:
             raise StorageUnavailable(str(e)) from None
-        self._backlog.clear()
+        self._pending.clear()
+        self._listings.clear()
         return removed
 
     async def collect_garbage(self) -> int:
@@ -328,33 +319,47 @@ class S3Storage(Storage):
 
     async def maintain(self) -> None:
         await self.tier.maintain()
-        if await self.bucket.probe() and self._backlog:
+        if await self.bucket.probe() and self._pending:
             await self._catch_up()
+
+    async def flush(self) -> None:
+        if self._pending:
+            self.bucket.retry_at = 0.0  # the command is ending: one more try now
+            if await self.bucket.probe():
+                await self._catch_up()
+        if self._pending:
+            raise StorageUnavailable(f"{len(self._pending)} entries are in this host's local tier but not yet in "
+                                     f"bucket {self.bucket.target} ({self.bucket.last_error}); the proxy's upkeep "
+                                     "or the next command uploads them")
 
     async def _catch_up(self) -> None:
         """Upload what was stored locally while the bucket was down (unless the bucket has newer)."""
         done = 0
-        try:
-            while self._backlog:
-                key = next(iter(self._backlog))
+        for key in list(self._pending):
+            if key not in self._pending:
+                continue
+            del self._pending[key]  # a write of the key meanwhile queues it again
+            try:
                 entry = await self.tier.get(key)
                 if entry is not None:
-                    remote = await self._remote_meta(key)
-                    if remote is None or remote.checked_at < entry.meta.checked_at:
-                        await self._publish(key, entry)
-                        done += 1
-                self._backlog.pop(key, None)
-        except BucketDown:
-            pass
+                    await self._publish(key, entry, newer_only=True)
+                    done += 1
+            except BucketDown:
+                self._pending[key] = None
+                break
+            await self._tier_write(asyncio.to_thread, self.local.unmark_pending, key)
         if done:
             logger.info("cargo-cache: caught up %d entries into bucket %s (%d still to go)", done,
-                        self.bucket.target, len(self._backlog))
+                        self.bucket.target, len(self._pending))
 
-    def _queue(self, key: str) -> None:
-        self._backlog.pop(key, None)
-        self._backlog[key] = None
-        while len(self._backlog) > BACKLOG_LIMIT:
-            self._backlog.pop(next(iter(self._backlog)))
+    async def _queue(self, key: str) -> None:
+        self._pending[key] = None
+        await self._tier_write(asyncio.to_thread, self.local.mark_pending, key)
+
+    async def _unqueue(self, key: str) -> None:
+        if key in self._pending:
+            del self._pending[key]
+            await self._tier_write(asyncio.to_thread, self.local.unmark_pending, key)
 
     async def _tier_write(self, write, *args):
         try:
@@ -365,31 +370,24 @@ class S3Storage(Storage):
 
     def health(self) -> dict[str, Any]:
         return {"backend": self.backend, "target": self.bucket.target, "local_tier": str(self.directory),
-                "pending": len(self._backlog), **self.bucket.health()}
+                "pending": len(self._pending), **self.bucket.health()}
 
     async def close(self) -> None:
         await self.tier.close()
 
 
-def _load(raw: bytes) -> dict:
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _meta(raw: bytes, key: str) -> Meta | None:
-    record = _load(raw)
-    try:
-        return Meta(**{f: record[f] for f in Meta.__dataclass_fields__ if f in record})
-    except TypeError:
+    """A meta record, if every field has the right type (a damaged one is ignored: a miss)."""
+    r = load_record(raw)
+    numbers = all(isinstance(r.get(f), (int, float)) and not isinstance(r.get(f), bool)
+                  for f in ("size", "stored_at", "checked_at"))
+    optional = all(r.get(f) is None or isinstance(r.get(f), str) for f in ("etag", "last_modified"))
+    if not (numbers and optional and isinstance(r.get("sha256"), str) and _SHA256.match(r["sha256"])
+            and isinstance(r.get("upstream"), str) and isinstance(r.get("size"), int)):
         logger.warning("cargo-cache: bucket entry %s has an unreadable meta: ignored", key)
         return None
-
-
-def _live(raw: bytes) -> bool:
-    return _number(_load(raw).get("expires_at")) > time.time()
+    return Meta(r["sha256"], r["size"], r["upstream"], float(r["stored_at"]), float(r["checked_at"]),
+                r.get("etag"), r.get("last_modified"))
 
 
 def _number(value: Any) -> float:
