@@ -55,7 +55,8 @@ async def test_a_stored_entry_reads_back_whole_with_its_provenance(make):
 async def test_concurrent_writers_of_one_key_leave_one_whole_entry(make):
     bodies = [BODY + bytes([i]) * 1000 for i in range(6)]
     stores = [make() for _ in bodies]
-    await asyncio.gather(*(s.put("index/crates-io/foo", b, f"up{i}") for i, (s, b) in enumerate(zip(stores, bodies, strict=True))))
+    writes = (s.put("index/crates-io/foo", b, f"up{i}") for i, (s, b) in enumerate(zip(stores, bodies, strict=True)))
+    await asyncio.gather(*writes)
     got = await make().get("index/crates-io/foo")
     assert got.body in bodies
     assert got.meta.sha256 == hashlib.sha256(got.body).hexdigest() and got.meta.size == len(got.body)
