@@ -74,3 +74,9 @@ def test_parse_age(text, seconds):
 def test_parse_age_rejects(text):
     with pytest.raises(ValueError, match="expected an age"):
         parse_age(text)
+
+
+async def test_an_export_naming_an_entry_not_in_the_cache_fails_and_writes_nothing(source, tmp_path):
+    with pytest.raises(BundleError, match="crate/crates-io/foo/9.9.9 is not in the cache"):
+        await export_bundle(source, tmp_path / "b.bundle", ["index/crates-io/foo", "crate/crates-io/foo/9.9.9"])
+    assert list(tmp_path.glob("b.bundle*")) == [] and list(tmp_path.glob(".export-*")) == []

@@ -8,13 +8,14 @@ import hashlib
 import itertools
 import json
 import logging
+import tarfile
 import time
 from dataclasses import asdict, replace
 
 import pytest
 from cratecache.config import CacheSettings
 from cratecache.storage import StorageUnavailable, open_storage
-from cratecache.storage.bucket import Bucket, BucketDown, _s3_store
+from cratecache.storage.bucket import Bucket, BucketDown, _describe, _is_outage, _s3_store
 
 from tests.fixtures.seaweed import SECRET_KEY
 from tests.fixtures.upstream import dead_url
@@ -42,12 +43,13 @@ async def gateways(seaweed, tmp_path):
 
 def dead(storage) -> None:
     """Point the storage's bucket at a port where nothing listens (the bucket is down)."""
-    storage.bucket.live_store = storage.bucket.store
-    storage.bucket.store = _s3_store(replace(storage.bucket.settings, endpoint_url=dead_url("")))
+    bucket = storage.bucket
+    bucket.live_stores = bucket.store, bucket.blob_store
+    bucket.store = bucket.blob_store = _s3_store(replace(bucket.settings, endpoint_url=dead_url("")), transfer=2)
 
 
 def revive(storage) -> None:
-    storage.bucket.store = storage.bucket.live_store
+    storage.bucket.store, storage.bucket.blob_store = storage.bucket.live_stores
     storage.bucket.retry_at = 0.0  # do not wait out the back-off in a test
 
 
@@ -195,9 +197,16 @@ async def test_export_reads_the_buckets_newest_copy_not_a_stale_local_one(gatewa
     await b.get("index/crates-io/foo")  # b's local tier now holds the first version
     await a.put("index/crates-io/foo", b'{"v":2}\n', "up", None, None, 2000.0)
     await export_bundle(b, tmp_path / "x.bundle", ["index/crates-io/foo"])
-    c = gateways()
-    await import_bundle(c, tmp_path / "x.bundle")
-    assert (await c.latest("index/crates-io/foo")).body == b'{"v":2}\n'
+    with tarfile.open(tmp_path / "x.bundle") as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())
+        blob = tar.extractfile(f"blobs/{manifest['entries'][0]['sha256']}").read()
+    assert blob == b'{"v":2}\n' and manifest["entries"][0]["checked_at"] == 2000.0
+    disk = open_storage(CacheSettings(directory=tmp_path / "plain", size_limit=10**9))  # the air-gapped side
+    try:
+        await import_bundle(disk, tmp_path / "x.bundle")
+        assert (await disk.get("index/crates-io/foo")).body == b'{"v":2}\n'
+    finally:
+        await disk.close()
 
 
 async def test_a_call_that_fails_for_one_object_does_not_take_the_bucket_down(gateways):
@@ -221,3 +230,49 @@ async def test_a_meta_with_wrong_field_types_is_a_miss(gateways, caplog):
     await a.bucket.put("meta/crate/crates-io/foo/1.0.0", record)
     assert await gateways().get("crate/crates-io/foo/1.0.0") is None
     assert "has an unreadable meta: ignored" in caplog.text
+
+
+async def test_the_proxy_uploads_what_a_command_left_pending_in_its_folder(gateways, caplog):
+    caplog.set_level(logging.INFO)
+    proxy = gateways()
+    command = open_storage(CacheSettings(directory=proxy.directory, size_limit=10**9, backend="s3",
+                                         s3=proxy.bucket.settings))  # `make stage` on the proxy's folder
+    dead(command)
+    await command.put("crate/crates-io/foo/1.0.0", CRATE, "up")
+    with pytest.raises(StorageUnavailable):
+        await command.flush()
+    await command.close()
+    proxy._rescan_at = 0.0  # its next upkeep looks for pending marks (every minute)
+    await proxy.maintain()
+    assert (await gateways().get("crate/crates-io/foo/1.0.0")).body == CRATE
+    assert "caught up 1 entries" in caplog.text
+
+
+@pytest.mark.parametrize(("message", "op", "outage"), [
+    ("Error performing GET http://h/b/k in 2ms - Server returned non-2xx status code: 503 Service Unavailable", "get",
+     True),
+    ("Error performing PUT http://h/b/k in 2ms - Server returned non-2xx status code: 501 Not Implemented", "put", True),
+    ("Error performing PUT http://h/b/k in 2ms - Server returned non-2xx status code: 400 Bad Request", "put", False),
+    ("Error performing PUT http://h/b/k in 2ms - Server returned non-2xx status code: 413 Payload Too Large", "put",
+     False),
+    ("Error performing GET http://h/b/k in 2ms - HTTP error: error sending request", "get", True),
+])
+def test_only_outages_mark_the_bucket_down(message, op, outage):
+    from obstore.exceptions import GenericError
+
+    assert _is_outage(op, GenericError(message)) is outage
+
+
+def test_a_denied_delete_alone_is_not_an_outage():
+    from obstore.exceptions import PermissionDeniedError
+
+    assert _is_outage("delete", PermissionDeniedError("403 AccessDenied")) is False
+    assert _is_outage("get", PermissionDeniedError("403 SignatureDoesNotMatch")) is True
+
+
+def test_error_text_never_carries_the_keys(seaweed):
+    settings = seaweed.settings("p")
+    error = RuntimeError(f"signing failed for {settings.access_key_id} with {settings.secret_access_key}\nmore")
+    text = _describe(error, settings)
+    assert settings.secret_access_key not in text and settings.access_key_id not in text
+    assert text == "RuntimeError: signing failed for *** with ***"

@@ -8,7 +8,6 @@ import asyncio
 import hashlib
 import itertools
 import time
-from dataclasses import replace
 
 import pytest
 from cratecache.config import CacheSettings
@@ -168,17 +167,14 @@ async def test_counts_add_up_and_figures_describe_this_host(make):
     assert health["state"] == "ok" and health["backend"] in ("disk", "s3")
 
 
-async def test_unreferenced_bytes_are_collected(make):
+async def test_unreferenced_bytes_are_collected(make, monkeypatch):
+    monkeypatch.setattr("cratecache.storage.s3.GC_GRACE_SECONDS", -60)  # s3 spares young blobs; these count as old
     store = make()
     await store.put("index/crates-io/foo", OTHER, "a")
     await store.put("index/crates-io/foo", OTHER + b"\n", "a")  # the first bytes are now unreferenced
-    await store.collect_garbage()
+    assert await store.collect_garbage() >= 1
     assert (await make().get("index/crates-io/foo")).body == OTHER + b"\n"
-
-
-def test_meta_is_a_plain_record():
-    meta = Meta("0" * 64, 1, "a", 1.0, 2.0)
-    assert replace(meta, checked_at=3.0).checked_at == 3.0
+    assert await store.collect_garbage() == 0
 
 
 async def test_releasing_an_expired_lease_never_ends_its_new_holders(make):

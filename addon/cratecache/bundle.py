@@ -56,29 +56,32 @@ def key_fields(key: str) -> dict:
 
 
 async def export_bundle(store: Storage, path: Path, keys: list[str]) -> Summary:
-    """Write the entries named by `keys` (those present) to `path`, atomically."""
-    found = [(key, entry) for key in keys if (entry := await store.latest(key)) is not None]
-    entries = [(key, entry.meta) for key, entry in found]
-    manifest = {
-        "format": FORMAT,
-        "created": time.time(),
-        "entries": [{"key": key, **key_fields(key), **asdict(meta)} for key, meta in entries],
-    }
+    """Write the entries named by `keys` to `path`, atomically. BundleError if one is not in the cache.
+
+    Each entry is read once (meta and bytes together, the shared store's newest copy) and its bytes
+    spooled to a folder beside `path`, so memory holds one entry at a time.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    written: set[str] = set()
-    total = 0
-    with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
-        _add(tar, MANIFEST, json.dumps(manifest, indent=1).encode())
-        for _, entry in found:  # meta and bytes from one read: they always match
-            meta = entry.meta
-            if meta.sha256 in written:
-                continue
-            _add(tar, f"blobs/{meta.sha256}", entry.body)
-            written.add(meta.sha256)
-            total += meta.size
-    os.replace(partial, path)
-    return _summary(manifest["entries"], total)
+    spool = Path(tempfile.mkdtemp(prefix=".export-", dir=path.parent))
+    try:
+        entries = []
+        for key in keys:
+            entry = await store.latest(key)
+            if entry is None:
+                raise BundleError(f"{key} is not in the cache (evicted or purged during the export?)")
+            if not (spool / entry.meta.sha256).exists():
+                (spool / entry.meta.sha256).write_bytes(entry.body)
+            entries.append({"key": key, **key_fields(key), **asdict(entry.meta)})
+        manifest = {"format": FORMAT, "created": time.time(), "entries": entries}
+        partial = path.with_name(path.name + ".partial")
+        with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
+            _add(tar, MANIFEST, json.dumps(manifest, indent=1).encode())
+            for blob in sorted(spool.iterdir()):
+                tar.add(blob, arcname=f"blobs/{blob.name}", recursive=False)
+        os.replace(partial, path)
+        return _summary(entries, sum(blob.stat().st_size for blob in spool.iterdir()))
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
 
 
 async def import_bundle(store: Storage, path: Path) -> Summary:

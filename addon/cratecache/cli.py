@@ -150,7 +150,11 @@ async def cmd_export(args, settings: Settings, store: Storage) -> int:
             return 1
     else:
         keys = [k for k, _ in await store.entries() if k.split("/")[0] in catalog.KINDS]
-    summary = await export_bundle(store, args.bundle, keys)
+    try:
+        summary = await export_bundle(store, args.bundle, keys)
+    except BundleError as e:
+        print(f"cargo-cache: export failed, nothing written: {e}", file=sys.stderr)
+        return 1
     print(f"exported {summary.entries} entries ({summary.crates} crates, {summary.index_files} index files, "
           f"{summary.bytes} bytes) to {args.bundle}")
     return 0

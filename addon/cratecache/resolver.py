@@ -321,8 +321,13 @@ class Resolver:
                 finally:
                     if owned:
                         await self._best_effort(self.store.release_lease, key)
+            await asyncio.sleep(self.store.poll_seconds)  # never a busy loop, even if the lease ends at once
             while time.monotonic() < deadline and await self.store.lease_held(key):
                 await asyncio.sleep(self.store.poll_seconds)
+            if time.monotonic() < deadline:
+                # The holder finished (or its lease ran out and another took it over): whoever holds it next
+                # gets a whole lease period before we fetch without one.
+                deadline = time.monotonic() + lease
 
     def _answered_meanwhile(
         self, cached: Entry | None, negative: str | None, since: float, kind: str, reg: Registry, force: bool

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -29,7 +30,7 @@ RETRY_SECONDS = 5.0
 LIST_CHUNK = 1000
 COPY_OFFLOAD_BYTES = 1024 * 1024
 UNCONDITIONAL = object()
-OUTAGES = (GenericError, PermissionDeniedError, UnauthenticatedError, OSError, TimeoutError)
+_STATUS = re.compile(r"status code: (\d{3})")
 
 
 class BucketDown(Exception):
@@ -37,9 +38,12 @@ class BucketDown(Exception):
 
 
 class Bucket:
-    def __init__(self, settings: S3Settings, store: Any = None):
+    def __init__(self, settings: S3Settings):
         self.settings = settings
-        self.store = store if store is not None else _s3_store(settings)
+        # Small objects (metas, leases) get a short deadline, so a bucket that accepts connections but never
+        # answers is found out quickly; blobs get time to transfer.
+        self.store = _s3_store(settings, transfer=2)
+        self.blob_store = _s3_store(settings, transfer=12)
         self.down_since: float | None = None
         self.retry_at = 0.0
         self.last_error: str | None = None
@@ -65,12 +69,11 @@ class Bucket:
         if time.monotonic() < self.retry_at:
             return False
 
-        async def call():
+        async def call():  # a conditional write, as the cache's own writes are
             try:
-                await obstore.get_async(self.store, "probe")
-            except FileNotFoundError as e:  # no such key: the bucket answers (no such bucket: it does not)
-                if "NoSuchBucket" in str(e):
-                    raise
+                await obstore.put_async(self.store, "probe", b"", mode="create")
+            except AlreadyExistsError:
+                pass
 
         try:
             await self._call("probe", call, probing=True)
@@ -82,7 +85,7 @@ class Bucket:
         """(bytes, ETag), or None if there is no such object."""
         async def call():
             try:
-                got = await obstore.get_async(self.store, path)
+                got = await obstore.get_async(self._store(path), path)
                 buffer = await got.bytes_async()
             except FileNotFoundError as e:  # obstore raises it (or its NotFoundError subclass) on 404
                 if "NoSuchBucket" in str(e):
@@ -104,17 +107,20 @@ class Bucket:
 
         async def call():
             try:
-                result = await obstore.put_async(self.store, path, data, mode=mode)
+                result = await obstore.put_async(self._store(path), path, data, mode=mode)
             except (AlreadyExistsError, PreconditionError):
                 return None
             return result.get("e_tag") or ""
 
         return await self._call("put", call)
 
+    def _store(self, path: str) -> S3Store:
+        return self.blob_store if path.startswith("blob/") else self.store
+
     async def delete(self, path: str) -> None:
         async def call():
             try:
-                await obstore.delete_async(self.store, path)
+                await obstore.delete_async(self._store(path), path)
             except FileNotFoundError:
                 pass
 
@@ -137,7 +143,7 @@ class Bucket:
         try:
             result = await call()
         except Exception as e:
-            self._failed(op, e, time.monotonic() - started, outage=isinstance(e, OUTAGES) or "NoSuchBucket" in str(e))
+            self._failed(op, e, time.monotonic() - started, outage=_is_outage(op, e))
             raise BucketDown(f"bucket {self.target}: {self.last_error}") from None
         self._succeeded(op, time.monotonic() - started)
         return result
@@ -182,7 +188,20 @@ class Bucket:
         }
 
 
-def _s3_store(s: S3Settings) -> S3Store:
+def _is_outage(op: str, error: Exception) -> bool:
+    """Whether an error says the bucket is unusable (not just this call): no answer, 5xx, rejected keys."""
+    text = str(error)
+    if "NoSuchBucket" in text or isinstance(error, UnauthenticatedError):
+        return True
+    if isinstance(error, PermissionDeniedError):
+        return op != "delete"  # a policy may deny deletes alone: purging fails, serving goes on
+    if status := _STATUS.search(text):
+        code = int(status.group(1))
+        return code >= 500 or code in (401, 408, 429)
+    return isinstance(error, (GenericError, OSError, TimeoutError))  # no HTTP answer: connection, timeout
+
+
+def _s3_store(s: S3Settings, transfer: int) -> S3Store:
     timeout = timedelta(milliseconds=s.timeout_ms)
     config: dict[str, Any] = {"region": s.region, "conditional_put": "etag"}
     if s.endpoint_url:
@@ -192,7 +211,7 @@ def _s3_store(s: S3Settings) -> S3Store:
     return S3Store(
         s.bucket, prefix=s.prefix.rstrip("/") or None, **config,
         client_options={"allow_http": True, "allow_invalid_certificates": not s.ssl_validation,
-                        "connect_timeout": timeout, "timeout": timeout * 12},
+                        "connect_timeout": timeout, "timeout": timeout * transfer},
         retry_config={"max_retries": 1, "retry_timeout": timeout * 2,
                       "backoff": {"init_backoff": timedelta(milliseconds=50), "max_backoff": timeout, "base": 2}},
     )

@@ -87,7 +87,10 @@ class Leases:
         if _live(got[0]):
             return None
         # Expired: released, or its holder died or hangs. If-Match: exactly one of several takers wins.
-        return await self.bucket.put(path, record, if_match=got[1])
+        if got[1]:
+            return await self.bucket.put(path, record, if_match=got[1])
+        await self.bucket.delete(path)  # the store gives no ETags: make room, then the create decides
+        return await self.bucket.put(path, record, create=True)
 
     def _record(self, expires_at: float) -> bytes:
         return json.dumps({"holder": self.holder, "expires_at": expires_at}).encode()

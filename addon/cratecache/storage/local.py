@@ -176,8 +176,7 @@ class LocalStore:
                 self._cache.incr(f"count:{name}", n)
 
     def counts(self) -> dict[str, int]:
-        return {k[6:]: self._cache.get(k, 0) for k in sorted(self._cache.iterkeys())
-                if isinstance(k, str) and k.startswith("count:")}
+        return {k[6:]: self._cache.get(k, 0) for k in self._prefixed("count:")}
 
     def mark_checked(self, key: str, now: float | None = None, sha256: str | None = None) -> Meta | None:
         """Record that an upstream confirmed the stored bytes (a 304).
@@ -257,12 +256,11 @@ class LocalStore:
 
     def pending(self) -> list[str]:
         """Keys marked pending, oldest first."""
-        marks = [(k[8:], self._cache.get(k, 0)) for k in self._cache.iterkeys()
-                 if isinstance(k, str) and k.startswith("pending:")]
+        marks = [(k[8:], self._cache.get(k, 0)) for k in self._prefixed("pending:")]
         return [key for key, _ in sorted(marks, key=lambda m: m[1] or 0)]
 
     def keys(self, prefix: str = "") -> list[str]:
-        return sorted(k[5:] for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith(f"meta:{prefix}"))
+        return [k[5:] for k in self._prefixed(f"meta:{prefix}")]
 
     def delete(self, key: str) -> bool:
         self._forget(key)
@@ -270,10 +268,15 @@ class LocalStore:
 
     def count(self, prefix: str = "") -> int:
         """How many entries have keys starting with `prefix`, without reading them."""
-        # diskcache has no prefix query; its table is documented (Cache.key holds str keys as TEXT).
-        pattern = "meta:" + prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        (count,) = self._cache._sql("SELECT COUNT(*) FROM Cache WHERE key LIKE ? ESCAPE '\\'", (pattern,)).fetchone()
+        (count,) = self._cache._sql("SELECT COUNT(*) FROM Cache WHERE key >= ? AND key < ?",
+                                    _key_range(f"meta:{prefix}")).fetchone()
         return count
+
+    def _prefixed(self, prefix: str) -> list[str]:
+        """The stored keys starting with `prefix`, in order: a range scan of the key index, not of every row."""
+        # diskcache has no prefix query; its table is documented (Cache.key holds str keys as TEXT, indexed).
+        rows = self._cache._sql("SELECT key FROM Cache WHERE key >= ? AND key < ? ORDER BY key", _key_range(prefix))
+        return [key for (key,) in rows if isinstance(key, str)]
 
     def clear(self) -> int:
         with self._lock:
@@ -293,6 +296,11 @@ class LocalStore:
 
     def volume(self) -> int:
         return self._cache.volume()
+
+
+def _key_range(prefix: str) -> tuple[str, str]:
+    """[low, high) holding exactly the TEXT keys that start with `prefix` (SQLite compares TEXT bytewise)."""
+    return prefix, prefix + "\U0010ffff"
 
 
 def _alive(pid: object) -> bool:

@@ -43,6 +43,8 @@ READ_CONCURRENCY = 16
 GC_GRACE_SECONDS = 3600  # a blob younger than this may belong to a meta being written
 HASH_OFFLOAD_BYTES = 1024 * 1024
 LISTING_TTL = 30.0  # seconds a listing of staged versions is reused (offline index pruning)
+LISTINGS_KEPT = 1024
+PENDING_RESCAN_SECONDS = 60.0  # how often the proxy looks for entries a command left pending
 _SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
@@ -59,6 +61,7 @@ class S3Storage(Storage):
         self.leases = Leases(self.bucket, self.tier)
         self._pending: dict[str, None] = dict.fromkeys(local.pending())  # to upload, oldest first
         self._listings: dict[str, tuple[float, list[str]]] = {}
+        self._rescan_at = time.monotonic() + PENDING_RESCAN_SECONDS
 
     # -- memory ------------------------------------------------------------------------------
     def peek(self, key: str) -> Entry | None:
@@ -69,7 +72,7 @@ class S3Storage(Storage):
 
     # -- entries -----------------------------------------------------------------------------
     async def get(self, key: str) -> Entry | None:
-        entry = await self.tier.get(key)
+        entry = await self._tier_read(self.tier.get, key)
         if entry is not None:
             return entry
         try:
@@ -79,7 +82,7 @@ class S3Storage(Storage):
 
     async def latest(self, key: str) -> Entry | None:
         try:
-            return await self._pull(key, await self.tier.get(key))
+            return await self._pull(key, await self._tier_read(self.tier.get, key))
         except BucketDown as e:
             raise StorageUnavailable(str(e)) from None
 
@@ -138,7 +141,7 @@ class S3Storage(Storage):
             pass  # remembered here; other gateways ask the upstreams once more
 
     async def negative(self, key: str) -> str | None:
-        local = await self.tier.negative(key)
+        local = await self._tier_read(self.tier.negative, key)
         if local is not None:
             return local
         try:
@@ -151,14 +154,18 @@ class S3Storage(Storage):
         owned, in_bucket = await self.leases.acquire(key, ttl)
         if not owned:
             return False, None, None
-        known = await self.tier.get(key)
-        if not in_bucket:
-            return True, known, await self.tier.negative(key)
-        try:  # a fetch that finished meanwhile on another gateway may answer
-            entry = await self._pull(key, known)
-            return True, entry, None if entry is not None else await self._remote_negative(key)
-        except BucketDown:
-            return True, known, await self.tier.negative(key)
+        try:
+            known = await self._tier_read(self.tier.get, key)
+            if in_bucket:
+                try:  # a fetch that finished meanwhile on another gateway may answer
+                    entry = await self._pull(key, known)
+                    return True, entry, None if entry is not None else await self._remote_negative(key)
+                except BucketDown:
+                    pass
+            return True, known, await self._tier_read(self.tier.negative, key)
+        except BaseException:  # the caller never gets the lease, so it cannot release it
+            await self.leases.release(key)
+            raise
 
     async def lease_held(self, key: str) -> bool:
         return await self.leases.held(key)
@@ -180,10 +187,12 @@ class S3Storage(Storage):
             await self._tier_write(self.tier.mark_checked, key, meta.checked_at, meta.sha256)
             return Entry(replace(known.meta, checked_at=meta.checked_at), known.body)
         got = await self.bucket.get(f"blob/{meta.sha256}")
-        if got is None or len(got[0]) != meta.size or await _sha256(got[0]) != meta.sha256:
-            logger.warning("cargo-cache: bucket entry %s is incomplete or damaged (blob %s): ignored",
-                           key, "missing" if got is None else "does not match its checksum; deleted")
-            if got is not None:  # so that the next writer of these bytes can create it again
+        damaged = got is not None and await _sha256(got[0]) != meta.sha256
+        if got is None or damaged or len(got[0]) != meta.size:
+            logger.warning("cargo-cache: bucket entry %s is incomplete or damaged (%s): ignored", key,
+                           "blob missing" if got is None else "blob does not match its name; deleted" if damaged
+                           else "size differs from its meta")
+            if damaged:  # so that the next writer of these bytes can create it again
                 await self.bucket.delete(f"blob/{meta.sha256}")
             return known
         entry = Entry(meta, got[0])
@@ -250,6 +259,8 @@ class S3Storage(Storage):
         if listed is None or time.monotonic() - listed[0] > LISTING_TTL:
             try:
                 listed = (time.monotonic(), await self._keys("meta/", prefix))
+                if len(self._listings) >= LISTINGS_KEPT:
+                    self._listings.clear()
                 self._listings[prefix] = listed
             except BucketDown:
                 return local  # offline serving goes on from the local tier
@@ -286,8 +297,14 @@ class S3Storage(Storage):
         referenced = {meta.sha256 for _, meta in await self.entries()}
         try:
             cutoff = time.time() - GC_GRACE_SECONDS
-            orphans = [o["path"][len("blob/"):] for o in await self.bucket.list("blob")
-                       if o["path"][len("blob/"):] not in referenced and o["last_modified"].timestamp() < cutoff]
+            candidates = [o["path"][len("blob/"):] for o in await self.bucket.list("blob")
+                          if o["path"][len("blob/"):] not in referenced and o["last_modified"].timestamp() < cutoff]
+        except BucketDown as e:
+            raise StorageUnavailable(str(e)) from None
+        # A meta written meanwhile may name an old blob again (its upload found the blob already there).
+        referenced |= {meta.sha256 for _, meta in await self.entries()} if candidates else set()
+        orphans = [sha for sha in candidates if sha not in referenced]
+        try:
             await self._delete_all("blob/", orphans)
         except BucketDown as e:
             raise StorageUnavailable(str(e)) from None
@@ -319,6 +336,9 @@ class S3Storage(Storage):
 
     async def maintain(self) -> None:
         await self.tier.maintain()
+        if time.monotonic() >= self._rescan_at:  # a command run on this folder may have left some
+            self._rescan_at = time.monotonic() + PENDING_RESCAN_SECONDS
+            self._pending.update(dict.fromkeys(await self._tier_read(asyncio.to_thread, self.local.pending) or []))
         if await self.bucket.probe() and self._pending:
             await self._catch_up()
 
@@ -336,18 +356,19 @@ class S3Storage(Storage):
         """Upload what was stored locally while the bucket was down (unless the bucket has newer)."""
         done = 0
         for key in list(self._pending):
-            if key not in self._pending:
+            if key not in self._pending or not self.bucket.available():
                 continue
             del self._pending[key]  # a write of the key meanwhile queues it again
             try:
-                entry = await self.tier.get(key)
+                entry = await self._tier_read(self.tier.get, key)
                 if entry is not None:
                     await self._publish(key, entry, newer_only=True)
                     done += 1
             except BucketDown:
-                self._pending[key] = None
-                break
-            await self._tier_write(asyncio.to_thread, self.local.unmark_pending, key)
+                self._pending[key] = None  # the outage goes on, or this one object failed: tried again later
+                continue
+            if key not in self._pending:
+                await self._tier_write(asyncio.to_thread, self.local.unmark_pending, key)
         if done:
             logger.info("cargo-cache: caught up %d entries into bucket %s (%d still to go)", done,
                         self.bucket.target, len(self._pending))
@@ -360,6 +381,13 @@ class S3Storage(Storage):
         if key in self._pending:
             del self._pending[key]
             await self._tier_write(asyncio.to_thread, self.local.unmark_pending, key)
+
+    async def _tier_read(self, read, *args):
+        try:
+            return await read(*args)
+        except Exception as e:  # a broken local tier (locked, full, damaged) is a miss: the bucket may answer
+            logger.warning("cargo-cache: local tier read failed (%s: %s)", type(e).__name__, e)
+            return None
 
     async def _tier_write(self, write, *args):
         try:
