@@ -52,7 +52,6 @@ class Bucket:
         self.errors = 0
         self.latencies_ms: deque[float] = deque(maxlen=200)
         self.on_call: Callable[[str, float, bool], None] | None = None
-        self.on_recover: Callable[[], None] | None = None
 
     @property
     def target(self) -> str:
@@ -157,8 +156,6 @@ class Bucket:
             logger.warning("cargo-cache: bucket %s reachable again after %.0f s", self.target,
                            time.monotonic() - self.down_since)
             self.down_since = None
-            if self.on_recover:
-                self.on_recover()
 
     def _failed(self, op: str, error: Exception, seconds: float, outage: bool) -> None:
         self.requests += 1
