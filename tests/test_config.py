@@ -311,6 +311,8 @@ def test_s3_backend_settings_and_defaults():
         ({"backend": "s3", "s3": {"bucket": "abc", "ssl_validation": "no"}}, "cache.s3.ssl_validation",
          "expected true or false"),
         ({"backend": "s3", "s3": {"bucket": "abc", "sekret": "x"}}, "cache.s3.sekret", "unknown field"),
+        ({"backend": "s3", "s3": {"bucket": "abc", "ca_bundle": "/nonexistent/ca.pem"}}, "cache.s3.ca_bundle",
+         "file not found: /nonexistent/ca.pem"),
     ],
 )
 def test_s3_errors_name_the_field(cache, field, problem):

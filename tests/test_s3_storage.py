@@ -276,3 +276,23 @@ def test_error_text_never_carries_the_keys(seaweed):
     text = _describe(error, settings)
     assert settings.secret_access_key not in text and settings.access_key_id not in text
     assert text == "RuntimeError: signing failed for *** with ***"
+
+
+async def test_an_https_endpoint_with_a_private_ca_needs_its_ca_bundle(tmp_path, upstream_ca, upstream_cert):
+    from tests.fixtures.seaweed import SeaweedFS
+
+    server = SeaweedFS(tmp_path / "tls", tls=upstream_cert)
+    server.start()
+    try:
+        ca = tmp_path / "ca.pem"
+        upstream_ca.cert_pem.write_to_path(str(ca))
+        trusted = Bucket(replace(server.settings("tls"), endpoint_url=server.https_endpoint, ca_bundle=str(ca)))
+        untrusted = Bucket(replace(server.settings("tls"), endpoint_url=server.https_endpoint))
+        assert await trusted.put("meta/x", b"1") is not None
+        assert (await trusted.get("meta/x"))[0] == b"1"
+        with pytest.raises(BucketDown):
+            await untrusted.get("meta/x")
+    finally:
+        server.stop()
+    assert untrusted.health()["state"] == "degraded"
+    assert "the endpoint's certificate is not trusted: UnknownIssuer; see cache.s3.ca_bundle" in untrusted.last_error

@@ -98,6 +98,7 @@ class S3Settings:
     secret_access_key: str | None = field(default=None, repr=False)
     ssl_validation: bool = True
     timeout_ms: int = DEFAULT_TIMEOUT_MS
+    ca_bundle: str | None = None  # PEM file of a private CA to trust for the endpoint (besides the public ones)
 
     @property
     def target(self) -> str:
@@ -308,7 +309,8 @@ class _Parser:
     def s3(self, raw: Any) -> S3Settings:
         where = "cache.s3"
         raw = self.mapping(raw, where, ("endpoint_url", "bucket", "prefix", "region", "access_key_id",
-                                        "secret_access_key", "ssl_validation", "timeout_ms"), required=("bucket",))
+                                        "secret_access_key", "ssl_validation", "timeout_ms", "ca_bundle"),
+                           required=("bucket",))
         bucket = self.string(raw["bucket"], f"{where}.bucket")
         if not _BUCKET.match(bucket) or ".." in bucket:
             raise self.fail(f"{where}.bucket", f"{bucket!r} is not a bucket name (3-63 of a-z, 0-9, '.', '-')")
@@ -334,7 +336,16 @@ class _Parser:
             access_key_id=key, secret_access_key=secret,
             ssl_validation=self.boolean(raw.get("ssl_validation"), f"{where}.ssl_validation", True),
             timeout_ms=self.integer(raw.get("timeout_ms"), f"{where}.timeout_ms", DEFAULT_TIMEOUT_MS, 1),
+            ca_bundle=self.ca_bundle(raw.get("ca_bundle"), f"{where}.ca_bundle"),
         )
+
+    def ca_bundle(self, value: Any, where: str) -> str | None:
+        if value is None:
+            return None
+        path = self.path_value(value, where)
+        if not path.is_file():
+            raise self.fail(where, f"file not found: {path}")
+        return str(path)
 
     def registry(self, raw: Any, where: str, default_ttl: int) -> Registry:
         raw = self.mapping(raw, where, ("name", "index_host", "download_host", "proxies", "index_ttl"),
@@ -359,12 +370,7 @@ class _Parser:
         url = self.url(raw["url"], f"{where}.url")
         username = self.string(raw["username"], f"{where}.username") if raw.get("username") is not None else None
         password = self.string(raw["password"], f"{where}.password") if raw.get("password") is not None else None
-        ca_bundle = None
-        if raw.get("ca_bundle") is not None:
-            ca_path = self.path_value(raw["ca_bundle"], f"{where}.ca_bundle")
-            if not ca_path.is_file():
-                raise self.fail(f"{where}.ca_bundle", f"file not found: {ca_path}")
-            ca_bundle = str(ca_path)
+        ca_bundle = self.ca_bundle(raw.get("ca_bundle"), f"{where}.ca_bundle")
         return Upstream(
             name=name, url=url, username=username, password=password,
             priority=self.integer(raw.get("priority"), f"{where}.priority", 0, -(2**31)),

@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import obstore
@@ -205,10 +206,12 @@ def _s3_store(s: S3Settings, transfer: int) -> S3Store:
         config["endpoint"] = s.endpoint_url
     if s.access_key_id is not None:
         config |= {"access_key_id": s.access_key_id, "secret_access_key": s.secret_access_key}
+    client: dict[str, Any] = {"allow_http": True, "allow_invalid_certificates": not s.ssl_validation,
+                              "connect_timeout": timeout, "timeout": timeout * transfer}
+    if s.ca_bundle:
+        client["root_certificate"] = Path(s.ca_bundle).read_bytes()  # added to the public roots
     return S3Store(
-        s.bucket, prefix=s.prefix.rstrip("/") or None, **config,
-        client_options={"allow_http": True, "allow_invalid_certificates": not s.ssl_validation,
-                        "connect_timeout": timeout, "timeout": timeout * transfer},
+        s.bucket, prefix=s.prefix.rstrip("/") or None, **config, client_options=client,
         retry_config={"max_retries": 1, "retry_timeout": timeout * 2,
                       "backoff": {"init_backoff": timedelta(milliseconds=50), "max_backoff": timeout, "base": 2}},
     )
@@ -219,7 +222,14 @@ def _describe(error: Exception, s: S3Settings) -> str:
     text = (str(error).strip().splitlines() or [type(error).__name__])[0]
     if "Server returned non-2xx status code" in text:
         text = text.split(" - ", 1)[-1].split(": <?xml", 1)[0]
+    full = str(error)
+    if cert := re.search(r"InvalidCertificate\(\s*(\w+)", full):
+        text += f" (TLS: the endpoint's certificate is not trusted: {cert.group(1)}; see cache.s3.ca_bundle)"
+    elif re.search(r"Connection refused|ConnectionRefused", full):
+        text += " (connection refused)"
+    elif re.search(r"timed out|TimedOut|deadline has elapsed", full, re.IGNORECASE):
+        text += " (timed out)"
     for secret in (s.secret_access_key, s.access_key_id):
         if secret:
             text = text.replace(secret, "***")
-    return f"{type(error).__name__}: {text[:300]}"
+    return f"{type(error).__name__}: {text[:400]}"
