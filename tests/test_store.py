@@ -162,3 +162,17 @@ def test_entries_purged_by_another_process_leave_memory_at_the_next_touch(store)
     assert store.touch_hits() == 1
     assert store.peek("crate/crates-io/foo/1.0.0") is None
     other.close()
+
+
+def test_pending_upload_marks_survive_the_size_limit_and_a_restart(tmp_path):
+    small = LocalStore(tmp_path / "tier", size_limit=64 * 1024)
+    small.mark_pending("crate/crates-io/foo/1.0.0")
+    for i in range(100):  # far beyond the limit: the oldest entries are culled
+        small.put(f"crate/crates-io/filler/{i}", bytes([i]) * 4096, "up")
+    small.close()
+    reopened = LocalStore(tmp_path / "tier", size_limit=64 * 1024)
+    assert reopened.count("crate/") < 100
+    assert reopened.pending() == ["crate/crates-io/foo/1.0.0"]
+    reopened.unmark_pending("crate/crates-io/foo/1.0.0")
+    assert reopened.pending() == []
+    reopened.close()

@@ -76,9 +76,19 @@ class LocalStore:
         self._hits: set[str] = set()
         self._lock = threading.Lock()
         self._holder = (os.getpid(), uuid.uuid4().hex)  # this store's identity in leases
+        self._marks: diskcache.Cache | None = None
 
     def close(self) -> None:
         self._cache.close()
+        if self._marks is not None:
+            self._marks.close()
+
+    @property
+    def _pending(self) -> diskcache.Cache:
+        """Pending-upload marks, apart from the entries: the size limit's culling must never drop them."""
+        if self._marks is None:
+            self._marks = diskcache.Cache(str(self.directory / "pending"), eviction_policy="none", statistics=False)
+        return self._marks
 
     def peek(self, key: str) -> Entry | None:
         """The entry if it is in memory; never touches the disk (safe on the event loop)."""
@@ -249,14 +259,14 @@ class LocalStore:
 
     def mark_pending(self, key: str) -> None:
         """Remember that `key` still has to be uploaded to a shared store (survives restarts)."""
-        self._cache.set(f"pending:{key}", time.time())
+        self._pending.set(key, time.time())
 
     def unmark_pending(self, key: str) -> None:
-        self._cache.delete(f"pending:{key}")
+        self._pending.delete(key)
 
     def pending(self) -> list[str]:
         """Keys marked pending, oldest first."""
-        marks = [(k[8:], self._cache.get(k, 0)) for k in self._prefixed("pending:")]
+        marks = [(key, self._pending.get(key, 0)) for key in self._pending.iterkeys()]
         return [key for key, _ in sorted(marks, key=lambda m: m[1] or 0)]
 
     def keys(self, prefix: str = "") -> list[str]:
@@ -283,6 +293,8 @@ class LocalStore:
             self._hot.clear()
             self._hot_bytes = 0
             self._shared.clear()
+        if self._marks is not None or (self.directory / "pending").exists():
+            self._pending.clear()
         return self._cache.clear()
 
     def collect_garbage(self) -> int:
