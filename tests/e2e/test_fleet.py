@@ -52,6 +52,20 @@ def storage_status(proxy) -> tuple[dict, str]:
             httpx.get(proxy.status_url + "/metrics").text)
 
 
+def status_page_dom(proxy, tmp_path) -> str:
+    """The status page as headless Chromium renders it (its script fills the tables)."""
+    import shutil
+    import subprocess
+
+    from tests.e2e.test_operations import CHROMIUM_FLAGS
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is installed by `make test` (scripts/install-test-deps)"
+    return subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}",
+                           "--virtual-time-budget=5000", "--dump-dom", proxy.status_url + "/"],
+                          capture_output=True, text=True, timeout=60).stdout
+
+
 def fetched(result) -> bool:
     return result.returncode == 0 and not re.search(r"^(error|warning: spurious)", result.stderr, re.M)
 
@@ -133,6 +147,8 @@ def test_the_bucket_stopped_mid_run_builds_go_on_and_the_cache_fills_again(
         assert storage["state"] == "degraded" and storage["pending"] > 0 and storage["errors"] > 0
         assert storage["last_error"].startswith(("get:", "put:")) and SECRET_KEY not in repr(storage) + metrics
         assert 'cargo_cache_storage_up{backend="s3"} 0.0' in metrics
+        page = status_page_dom(b, tmp_path)
+        assert "<td>s3</td>" in page and "degraded since last error" in page  # what the operator sees
         assert re.search(r'cargo_cache_storage_requests_total\{backend="s3",operation="get",outcome="error"\} [1-9]',
                          metrics)
 
