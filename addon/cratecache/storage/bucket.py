@@ -31,6 +31,7 @@ RETRY_SECONDS = 5.0
 LIST_CHUNK = 1000
 COPY_OFFLOAD_BYTES = 1024 * 1024
 UNCONDITIONAL = object()
+MIN_SECRET_LENGTH = 6
 _STATUS = re.compile(r"status code: (\d{3})")
 
 
@@ -229,7 +230,9 @@ def _describe(error: Exception, s: S3Settings) -> str:
         text += " (connection refused)"
     elif re.search(r"timed out|TimedOut|deadline has elapsed", full, re.IGNORECASE):
         text += " (timed out)"
+    text = re.sub(r", after \d+ retries, max_retries: \d+, retry_timeout: \S+?\s+(?=-)", " ", text)
+    text = text.removeprefix("Generic S3 error: ")
     for secret in (s.secret_access_key, s.access_key_id):
-        if secret:
+        if secret and len(secret) >= MIN_SECRET_LENGTH:  # a toy one-letter key would mask every such letter
             text = text.replace(secret, "***")
     return f"{type(error).__name__}: {text[:400]}"
