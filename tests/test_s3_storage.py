@@ -296,3 +296,35 @@ async def test_an_https_endpoint_with_a_private_ca_needs_its_ca_bundle(tmp_path,
         server.stop()
     assert untrusted.health()["state"] == "degraded"
     assert "the endpoint's certificate is not trusted: UnknownIssuer; see cache.s3.ca_bundle" in untrusted.last_error
+
+
+async def test_a_purge_reaches_the_local_tiers_of_the_other_gateways(gateways, caplog):
+    caplog.set_level(logging.INFO)
+    a, b, operator = gateways(), gateways(), gateways()
+    await a.put("crate/crates-io/foo/1.0.0", CRATE, "up")
+    await a.put("crate/crates-io/bar/1.0.0", CRATE + b"bar", "up")
+    assert (await b.get("crate/crates-io/foo/1.0.0")).body == CRATE  # now in b's local tier too
+
+    assert await operator.delete("crate/crates-io/foo/1.0.0")  # `cache-purge --crate foo`
+    assert (await b.get("crate/crates-io/foo/1.0.0")).body == CRATE  # b's tier serves it until its upkeep
+    await a.maintain()
+    await b.maintain()
+
+    assert await a.get("crate/crates-io/foo/1.0.0") is None and await b.get("crate/crates-io/foo/1.0.0") is None
+    assert (await a.get("crate/crates-io/bar/1.0.0")).body == CRATE + b"bar"
+    assert "dropped 1 purged entries from the local tier" in caplog.text
+
+    time.sleep(1.1)  # a later fetch of the same crate is a new entry, not undone by the old purge
+    await a.put("crate/crates-io/foo/1.0.0", CRATE, "up")
+    b.purges._scan_at = 0.0
+    await b.maintain()
+    assert (await b.get("crate/crates-io/foo/1.0.0")).body == CRATE
+
+
+async def test_purging_everything_empties_every_gateways_local_tier(gateways):
+    a, operator = gateways(), gateways()
+    await a.put("crate/crates-io/foo/1.0.0", CRATE, "up")
+    await a.put("index/crates-io/foo", b'{"v":1}\n', "up")
+    assert await operator.clear() == 2
+    await a.maintain()
+    assert await a.keys() == [] and await a.get("crate/crates-io/foo/1.0.0") is None

@@ -9,6 +9,7 @@ Objects under the configured prefix:
                     neither can bring back bytes another gateway has replaced.
 - `lease/<key>`     the gateway fetching a missed key (leases.py).
 - `negative/<key>`  {"reason", "expires_at"}: no upstream has it.
+- `purged/<key>`, `purged-all`: what `cache-purge` removed, for the other gateways' local tiers (purges.py).
 
 Reads go memory -> local tier -> bucket (a bucket hit is copied into the local tier). Freshness travels in
 the meta: a gateway whose local copy is due claims the key, and the claim reads the bucket's meta, so one
@@ -36,6 +37,7 @@ from .bucket import Bucket, BucketDown
 from .disk import DiskStorage
 from .leases import Leases, load_record
 from .local import Entry, LocalStore, Meta, make_entry
+from .purges import Purges
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class S3Storage(Storage):
         self.bucket = bucket if bucket is not None else Bucket(settings)
         self.bucket.on_call = lambda op, seconds, ok: self.on_call and self.on_call(self.backend, op, seconds, ok)
         self.leases = Leases(self.bucket, self.tier)
+        self.purges = Purges(self.bucket, self.tier)
         self._pending: dict[str, None] = dict.fromkeys(local.pending())  # to upload, oldest first
         self._listings: dict[str, tuple[float, list[str]]] = {}
         self._rescan_at = time.monotonic() + PENDING_RESCAN_SECONDS
@@ -272,6 +275,7 @@ class S3Storage(Storage):
             existed = await self.bucket.get(f"meta/{key}") is not None
             await self.bucket.delete(f"meta/{key}")
             await self.bucket.delete(f"negative/{key}")
+            await self.purges.record(key)  # the other gateways drop their local copies
         except BucketDown as e:
             raise StorageUnavailable(str(e)) from None
         await self._unqueue(key)
@@ -286,6 +290,7 @@ class S3Storage(Storage):
                 keys = await self._keys(folder)
                 removed += len(keys) if folder == "meta/" else 0
                 await self._delete_all(folder, keys)
+            await self.purges.record(None)
         except BucketDown as e:
             raise StorageUnavailable(str(e)) from None
         self._pending.clear()
@@ -339,8 +344,13 @@ class S3Storage(Storage):
         if time.monotonic() >= self._rescan_at:  # a command run on this folder may have left some
             self._rescan_at = time.monotonic() + PENDING_RESCAN_SECONDS
             self._pending.update(dict.fromkeys(await self._tier_read(asyncio.to_thread, self.local.pending) or []))
-        if await self.bucket.probe() and self._pending:
-            await self._catch_up()
+        if await self.bucket.probe():
+            if self._pending:
+                await self._catch_up()
+            try:
+                await self.purges.apply()
+            except BucketDown:
+                pass  # next time
 
     async def flush(self) -> None:
         if self._pending:
@@ -361,7 +371,9 @@ class S3Storage(Storage):
             del self._pending[key]  # a write of the key meanwhile queues it again
             try:
                 entry = await self._tier_read(self.tier.get, key)
-                if entry is not None:
+                if entry is not None and entry.meta.stored_at <= await self.purges.purged_at(key):
+                    await self._tier_write(self.tier.delete, key)  # purged meanwhile: not to be brought back
+                elif entry is not None:
                     await self._publish(key, entry, newer_only=True)
                     done += 1
             except BucketDown:
