@@ -17,6 +17,14 @@ def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.fixture
+def clock():
+    """A clock the test moves by hand (tests.fake_registry.Clock)."""
+    from tests.fake_registry import Clock
+
+    return Clock()
+
+
 @pytest.fixture(scope="session")
 def registry() -> Registry:
     """A sparse registry built from the real crate sources Debian installs."""

@@ -11,16 +11,11 @@ import pytest
 from cratecache.resolver import NotFound, Resolver
 from cratecache.storage import open_storage
 
-from tests.fake_registry import A_DL, A, Clock, FakeNet, a_download, make_settings, upstream
+from tests.fake_registry import A_DL, A, FakeNet, a_download, make_settings, upstream
 
 FOO = b"\x1f\x8b foo 1.0.0 from the registry"
 A_FOO = A + "3/f/foo"
 _prefixes = itertools.count()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from tests.fake_registry import (
     INDEX_HOST,
     A,
     B,
-    Clock,
     FakeNet,
     a_download,
     b_download,
@@ -32,11 +31,6 @@ FOO = b"\x1f\x8b foo 1.0.0"
 FOO_INDEX = index_file("foo", {"1.0.0": FOO})
 FOO_ETAG = f'"{sha256(FOO_INDEX)[:32]}"'
 NOW_HTTP = "Tue, 14 Nov 2023 22:13:20 GMT"  # Clock()'s start
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from tests.fake_registry import (
     B_DL,
     A,
     B,
-    Clock,
     FakeNet,
     a_download,
     b_download,
@@ -33,11 +32,6 @@ FOO_NEW = b"\x1f\x8b foo 1.1.0 from the registry"
 A_FOO = A + "3/f/foo"
 B_FOO = B + "3/f/foo"
 TWO = [upstream("a", A, priority=1, timeout_ms=500), upstream("b", B, priority=2)]
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture
