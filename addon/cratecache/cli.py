@@ -155,8 +155,7 @@ async def cmd_export(args, settings: Settings, store: Storage) -> int:
     except BundleError as e:
         print(f"cargo-cache: export failed, nothing written: {e}", file=sys.stderr)
         return 1
-    print(f"exported {summary.entries} entries ({summary.crates} crates, {summary.index_files} index files, "
-          f"{summary.bytes} bytes) to {args.bundle}")
+    print(f"exported {_amounts(summary)} to {args.bundle}")
     return 0
 
 
@@ -166,8 +165,7 @@ async def cmd_import(args, settings: Settings, store: Storage) -> int:
     except BundleError as e:
         print(f"cargo-cache: import rejected, nothing imported: {e}", file=sys.stderr)
         return 1
-    print(f"imported {summary.entries} entries ({summary.crates} crates, {summary.index_files} index files, "
-          f"{summary.bytes} bytes) into {store.health()['target']}")
+    print(f"imported {_amounts(summary)} into {store.health()['target']}")
     return 0
 
 
@@ -217,6 +215,11 @@ def lockfile_keys(paths: list[str], settings: Settings) -> list[str]:
             keys.append(IndexRoute(reg, name.lower()).key)
             keys.extend(CrateRoute(reg, name, version).key for version in versions)
     return keys
+
+
+def _amounts(summary) -> str:
+    return (f"{summary.entries} entries ({summary.crates} crates, {summary.index_files} index files, "
+            f"{summary.bytes} bytes)")
 
 
 def _age(seconds: float) -> str:

@@ -21,12 +21,11 @@ from . import freshness, sparse
 from .config import Registry, Settings
 from .health import Health
 from .routes import ConfigRoute, CrateRoute, IndexRoute, Route
-from .storage import Entry, Storage, make_entry
+from .storage import Entry, Storage, make_entry, sha256_hex
 from .upstreams import Attempt, UpstreamClient, UpstreamError, status_outcome, summary, walk
 
 logger = logging.getLogger(__name__)
 
-OFFLOAD_BYTES = 1024 * 1024
 CRATE_DEADLINE = 600.0  # seconds for a whole .crate download (up to max_crate_size at ~100 kB/s)
 
 
@@ -215,7 +214,7 @@ class Resolver:
             outcome = status_outcome(got.status)
             if outcome != "ok":
                 return Attempt(client.name, outcome, f"HTTP {got.status}"), None
-            digest = await _sha256(got.body)
+            digest = await sha256_hex(got.body)
             if digest != listed.cksum:
                 raise UpstreamError(f"checksum mismatch for {name} {version}: index says {listed.cksum[:16]}…, "
                                     f"got {digest[:16]}…")
@@ -359,10 +358,3 @@ def _pruned_index(route: IndexRoute, cached: Entry, staged: set[str]) -> Served:
         raise NotFound(f"no version of crate {route.name} was staged (offline mode)")
     meta = replace(cached.meta, sha256=hashlib.sha256(body).hexdigest(), size=len(body))
     return Served(Entry(meta, body), "cache", "hit")
-
-
-async def _sha256(body: bytes) -> str:
-    """Hashing a large crate takes tens of milliseconds: not on the event loop."""
-    if len(body) < OFFLOAD_BYTES:
-        return hashlib.sha256(body).hexdigest()
-    return await asyncio.to_thread(lambda: hashlib.sha256(body).hexdigest())

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import CacheSettings
-from .local import Entry, LocalStore, Meta, make_entry
+from .local import Entry, LocalStore, Meta, make_entry, sha256_hex
 
-__all__ = ["Entry", "Meta", "Storage", "StorageUnavailable", "make_entry", "open_storage"]
+__all__ = ["Entry", "Meta", "Storage", "StorageUnavailable", "make_entry", "open_storage", "sha256_hex"]
 
 
 class StorageUnavailable(RuntimeError):

@@ -18,10 +18,10 @@ import os
 import socket
 import time
 import uuid
-from typing import Any
 
 from .bucket import Bucket, BucketDown
 from .disk import DiskStorage
+from .records import load_record, number
 
 
 class Leases:
@@ -96,15 +96,5 @@ class Leases:
         return json.dumps({"holder": self.holder, "expires_at": expires_at}).encode()
 
 
-def load_record(raw: bytes) -> dict[str, Any]:
-    """A small JSON object from the bucket; {} if it is not one."""
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _live(raw: bytes) -> bool:
-    expires_at = load_record(raw).get("expires_at")
-    return isinstance(expires_at, (int, float)) and not isinstance(expires_at, bool) and expires_at > time.time()
+    return number(load_record(raw), "expires_at") > time.time()

@@ -18,6 +18,7 @@ hand-off, and concurrent readers of one large crate share a single copy of its b
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 KINDS = ("config", "index", "crate")
 HOT_ITEM_LIMIT = 1024 * 1024
+HASH_OFFLOAD_BYTES = 1024 * 1024
 DEFAULT_HOT_BYTES = 64 * 1024 * 1024
 
 
@@ -54,6 +56,13 @@ class Meta:
 class Entry:
     meta: Meta
     body: bytes
+
+
+async def sha256_hex(body: bytes) -> str:
+    """Hashing a large crate takes tens of milliseconds: not on the event loop."""
+    if len(body) < HASH_OFFLOAD_BYTES:
+        return hashlib.sha256(body).hexdigest()
+    return await asyncio.to_thread(lambda: hashlib.sha256(body).hexdigest())
 
 
 def make_entry(body: bytes, upstream: str, etag: str | None = None, last_modified: str | None = None,

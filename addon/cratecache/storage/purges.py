@@ -18,7 +18,7 @@ import time
 
 from .bucket import Bucket
 from .disk import DiskStorage
-from .leases import load_record
+from .records import load_record, number
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,4 @@ class Purges:
 
 
 def _time(raw: bytes) -> float:
-    at = load_record(raw).get("at")
-    return float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else 0.0
-
+    return number(load_record(raw), "at")

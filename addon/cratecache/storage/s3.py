@@ -23,7 +23,6 @@ go to the local tier with their keys marked pending there; `maintain` (the addon
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import re
@@ -35,15 +34,15 @@ from ..config import S3Settings
 from . import Storage, StorageUnavailable
 from .bucket import Bucket, BucketDown
 from .disk import DiskStorage
-from .leases import Leases, load_record
-from .local import Entry, LocalStore, Meta, make_entry
+from .leases import Leases
+from .local import HASH_OFFLOAD_BYTES, Entry, LocalStore, Meta, make_entry, sha256_hex
 from .purges import Purges
+from .records import is_number, load_record, number
 
 logger = logging.getLogger(__name__)
 
 READ_CONCURRENCY = 16
 GC_GRACE_SECONDS = 3600  # a blob younger than this may belong to a meta being written
-HASH_OFFLOAD_BYTES = 1024 * 1024
 LISTING_TTL = 30.0  # seconds a listing of staged versions is reused (offline index pruning)
 LISTINGS_KEPT = 1024
 PENDING_RESCAN_SECONDS = 60.0  # how often the proxy looks for entries a command left pending
@@ -54,11 +53,11 @@ class S3Storage(Storage):
     backend = "s3"
     poll_seconds = 0.1
 
-    def __init__(self, local: LocalStore, settings: S3Settings, bucket: Bucket | None = None):
+    def __init__(self, local: LocalStore, settings: S3Settings):
         self.local = local
         self.tier = DiskStorage(local)
         self.directory = local.directory
-        self.bucket = bucket if bucket is not None else Bucket(settings)
+        self.bucket = Bucket(settings)
         self.bucket.on_call = lambda op, seconds, ok: self.on_call and self.on_call(self.backend, op, seconds, ok)
         self.leases = Leases(self.bucket, self.tier)
         self.purges = Purges(self.bucket, self.tier)
@@ -75,7 +74,7 @@ class S3Storage(Storage):
 
     # -- entries -----------------------------------------------------------------------------
     async def get(self, key: str) -> Entry | None:
-        entry = await self._tier_read(self.tier.get, key)
+        entry = await self._tier("read", self.tier.get, key)
         if entry is not None:
             return entry
         try:
@@ -85,7 +84,7 @@ class S3Storage(Storage):
 
     async def latest(self, key: str) -> Entry | None:
         try:
-            return await self._pull(key, await self._tier_read(self.tier.get, key))
+            return await self._pull(key, await self._tier("read", self.tier.get, key))
         except BucketDown as e:
             raise StorageUnavailable(str(e)) from None
 
@@ -125,7 +124,7 @@ class S3Storage(Storage):
             raise StorageUnavailable(str(e)) from None
 
     async def mark_checked(self, key: str, now: float, sha256: str | None = None) -> Meta | None:
-        local = await self._tier_write(self.tier.mark_checked, key, now, sha256)
+        local = await self._tier("write", self.tier.mark_checked, key, now, sha256)
         try:
             remote = await self._remote_checked(key, now, sha256)
         except BucketDown:
@@ -144,7 +143,7 @@ class S3Storage(Storage):
             pass  # remembered here; other gateways ask the upstreams once more
 
     async def negative(self, key: str) -> str | None:
-        local = await self._tier_read(self.tier.negative, key)
+        local = await self._tier("read", self.tier.negative, key)
         if local is not None:
             return local
         try:
@@ -158,14 +157,14 @@ class S3Storage(Storage):
         if not owned:
             return False, None, None
         try:
-            known = await self._tier_read(self.tier.get, key)
+            known = await self._tier("read", self.tier.get, key)
             if in_bucket:
                 try:  # a fetch that finished meanwhile on another gateway may answer
                     entry = await self._pull(key, known)
                     return True, entry, None if entry is not None else await self._remote_negative(key)
                 except BucketDown:
                     pass
-            return True, known, await self._tier_read(self.tier.negative, key)
+            return True, known, await self._tier("read", self.tier.negative, key)
         except BaseException:  # the caller never gets the lease, so it cannot release it
             await self.leases.release(key)
             raise
@@ -187,10 +186,10 @@ class S3Storage(Storage):
         if meta is None or (known is not None and known.meta.checked_at >= meta.checked_at):
             return known
         if known is not None and known.meta.sha256 == meta.sha256:  # refreshed elsewhere: same bytes
-            await self._tier_write(self.tier.mark_checked, key, meta.checked_at, meta.sha256)
+            await self._tier("write", self.tier.mark_checked, key, meta.checked_at, meta.sha256)
             return Entry(replace(known.meta, checked_at=meta.checked_at), known.body)
         got = await self.bucket.get(f"blob/{meta.sha256}")
-        damaged = got is not None and await _sha256(got[0]) != meta.sha256
+        damaged = got is not None and await sha256_hex(got[0]) != meta.sha256
         if got is None or damaged or len(got[0]) != meta.size:
             logger.warning("cargo-cache: bucket entry %s is incomplete or damaged (%s): ignored", key,
                            "blob missing" if got is None else "blob does not match its name; deleted" if damaged
@@ -199,7 +198,7 @@ class S3Storage(Storage):
                 await self.bucket.delete(f"blob/{meta.sha256}")
             return known
         entry = Entry(meta, got[0])
-        await self._tier_write(self.tier.put_entry, key, meta, entry.body, True)
+        await self._tier("write", self.tier.put_entry, key, meta, entry.body, True)
         return entry
 
     async def _publish(self, key: str, entry: Entry, newer_only: bool = False) -> None:
@@ -238,7 +237,7 @@ class S3Storage(Storage):
         got = await self.bucket.get(f"negative/{key}")
         record = load_record(got[0]) if got is not None else {}
         reason = record.get("reason")
-        return reason if isinstance(reason, str) and _number(record.get("expires_at")) > time.time() else None
+        return reason if isinstance(reason, str) and number(record, "expires_at") > time.time() else None
 
     # -- inspection and maintenance ----------------------------------------------------------
     async def entries(self, prefix: str = "") -> list[tuple[str, Meta]]:
@@ -343,7 +342,7 @@ class S3Storage(Storage):
         await self.tier.maintain()
         if time.monotonic() >= self._rescan_at:  # a command run on this folder may have left some
             self._rescan_at = time.monotonic() + PENDING_RESCAN_SECONDS
-            self._pending.update(dict.fromkeys(await self._tier_read(asyncio.to_thread, self.local.pending) or []))
+            self._pending.update(dict.fromkeys(await self._tier("read", asyncio.to_thread, self.local.pending) or []))
         if await self.bucket.probe():
             if self._pending:
                 await self._catch_up()
@@ -370,9 +369,9 @@ class S3Storage(Storage):
                 continue
             del self._pending[key]  # a write of the key meanwhile queues it again
             try:
-                entry = await self._tier_read(self.tier.get, key)
+                entry = await self._tier("read", self.tier.get, key)
                 if entry is not None and entry.meta.stored_at <= await self.purges.purged_at(key):
-                    await self._tier_write(self.tier.delete, key)  # purged meanwhile: not to be brought back
+                    await self._tier("write", self.tier.delete, key)  # purged meanwhile: not to be brought back
                 elif entry is not None:
                     await self._publish(key, entry, newer_only=True)
                     done += 1
@@ -380,32 +379,27 @@ class S3Storage(Storage):
                 self._pending[key] = None  # the outage goes on, or this one object failed: tried again later
                 continue
             if key not in self._pending:
-                await self._tier_write(asyncio.to_thread, self.local.unmark_pending, key)
+                await self._tier("write", asyncio.to_thread, self.local.unmark_pending, key)
         if done:
             logger.info("cargo-cache: caught up %d entries into bucket %s (%d still to go)", done,
                         self.bucket.target, len(self._pending))
 
     async def _queue(self, key: str) -> None:
         self._pending[key] = None
-        await self._tier_write(asyncio.to_thread, self.local.mark_pending, key)
+        await self._tier("write", asyncio.to_thread, self.local.mark_pending, key)
 
     async def _unqueue(self, key: str) -> None:
         if key in self._pending:
             del self._pending[key]
-            await self._tier_write(asyncio.to_thread, self.local.unmark_pending, key)
+            await self._tier("write", asyncio.to_thread, self.local.unmark_pending, key)
 
-    async def _tier_read(self, read, *args):
+    async def _tier(self, action: str, call, *args):
+        """A local tier read or write whose failure (locked, full, damaged) must not fail a request the bucket can
+        answer: logged, None returned (a miss)."""
         try:
-            return await read(*args)
-        except Exception as e:  # a broken local tier (locked, full, damaged) is a miss: the bucket may answer
-            logger.warning("cargo-cache: local tier read failed (%s: %s)", type(e).__name__, e)
-            return None
-
-    async def _tier_write(self, write, *args):
-        try:
-            return await write(*args)
-        except Exception as e:  # a full local disk must not fail a request the bucket can answer
-            logger.warning("cargo-cache: local tier write failed (%s: %s)", type(e).__name__, e)
+            return await call(*args)
+        except Exception as e:
+            logger.warning("cargo-cache: local tier %s failed (%s: %s)", action, type(e).__name__, e)
             return None
 
     def health(self) -> dict[str, Any]:
@@ -419,8 +413,7 @@ class S3Storage(Storage):
 def _meta(raw: bytes, key: str) -> Meta | None:
     """A meta record, if every field has the right type (a damaged one is ignored: a miss)."""
     r = load_record(raw)
-    numbers = all(isinstance(r.get(f), (int, float)) and not isinstance(r.get(f), bool)
-                  for f in ("size", "stored_at", "checked_at"))
+    numbers = all(is_number(r.get(f)) for f in ("size", "stored_at", "checked_at"))
     optional = all(r.get(f) is None or isinstance(r.get(f), str) for f in ("etag", "last_modified"))
     if not (numbers and optional and isinstance(r.get("sha256"), str) and _SHA256.match(r["sha256"])
             and isinstance(r.get("upstream"), str) and isinstance(r.get("size"), int)):
@@ -428,13 +421,3 @@ def _meta(raw: bytes, key: str) -> Meta | None:
         return None
     return Meta(r["sha256"], r["size"], r["upstream"], float(r["stored_at"]), float(r["checked_at"]),
                 r.get("etag"), r.get("last_modified"))
-
-
-def _number(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
-
-
-async def _sha256(body: bytes) -> str:
-    if len(body) < HASH_OFFLOAD_BYTES:
-        return hashlib.sha256(body).hexdigest()
-    return await asyncio.to_thread(lambda: hashlib.sha256(body).hexdigest())
