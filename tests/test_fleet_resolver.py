@@ -4,8 +4,6 @@ what the upstream is asked when gateways miss and revalidate together."""
 from __future__ import annotations
 
 import asyncio
-import itertools
-import time
 
 import pytest
 from cratecache.resolver import NotFound, Resolver
@@ -15,7 +13,6 @@ from tests.fake_registry import A_DL, A, FakeNet, a_download, make_settings, ups
 
 FOO = b"\x1f\x8b foo 1.0.0 from the registry"
 A_FOO = A + "3/f/foo"
-_prefixes = itertools.count()
 
 
 @pytest.fixture
@@ -28,7 +25,7 @@ def net() -> FakeNet:
 @pytest.fixture
 async def gateways(tmp_path, seaweed, net, clock):
     made: list[Resolver] = []
-    prefix = f"resolver-{next(_prefixes)}-{time.time_ns()}"
+    prefix = seaweed.new_prefix("resolver")
 
     def make(name: str) -> Resolver:
         settings = make_settings(tmp_path / name, [upstream("a", A)], 300, backend="s3", s3=seaweed.yaml(prefix))

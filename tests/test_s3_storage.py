@@ -5,7 +5,6 @@ what an operator sees."""
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import tarfile
@@ -17,22 +16,19 @@ from cratecache.config import CacheSettings
 from cratecache.storage import StorageUnavailable, open_storage
 from cratecache.storage.bucket import Bucket, BucketDown, _describe, _is_outage, _s3_store
 
-from tests.fixtures.seaweed import SECRET_KEY
+from tests.fixtures.seaweed import SECRET_KEY, s3_cache
 from tests.fixtures.upstream import dead_url
 
 CRATE = b"\x1f\x8b crate " * 200
-_prefixes = itertools.count()
 
 
 @pytest.fixture
 async def gateways(seaweed, tmp_path):
     opened = []
-    prefix = f"s3-{next(_prefixes)}-{time.time_ns()}"
+    prefix = seaweed.new_prefix("s3")
 
     def open_one(**s3):
-        cache = CacheSettings(directory=tmp_path / f"tier-{len(opened)}", size_limit=10**9, backend="s3",
-                              s3=seaweed.settings(prefix, **s3))
-        storage = open_storage(cache)
+        storage = open_storage(s3_cache(tmp_path / f"tier-{len(opened)}", seaweed.settings(prefix, **s3)))
         opened.append(storage)
         return storage
 
@@ -165,8 +161,7 @@ async def test_what_waits_to_be_uploaded_survives_a_restart(gateways, tmp_path, 
         await a.flush()  # what a command says when it ends with the bucket down
     await a.close()
 
-    restarted = open_storage(CacheSettings(directory=a.directory, size_limit=10**9, backend="s3",
-                                           s3=a.bucket.settings))
+    restarted = open_storage(s3_cache(a.directory, a.bucket.settings))
     try:
         assert restarted.health()["pending"] == 1
         await restarted.maintain()
@@ -235,8 +230,7 @@ async def test_a_meta_with_wrong_field_types_is_a_miss(gateways, caplog):
 async def test_the_proxy_uploads_what_a_command_left_pending_in_its_folder(gateways, caplog):
     caplog.set_level(logging.INFO)
     proxy = gateways()
-    command = open_storage(CacheSettings(directory=proxy.directory, size_limit=10**9, backend="s3",
-                                         s3=proxy.bucket.settings))  # `make stage` on the proxy's folder
+    command = open_storage(s3_cache(proxy.directory, proxy.bucket.settings))  # `make stage` on the proxy's folder
     dead(command)
     await command.put("crate/crates-io/foo/1.0.0", CRATE, "up")
     with pytest.raises(StorageUnavailable):

@@ -6,31 +6,29 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
-import time
 
 import pytest
 from cratecache.config import CacheSettings
 from cratecache.storage import Meta, Storage, open_storage
 
+from tests.fixtures.seaweed import s3_cache
+
 BODY = b"\x1f\x8b the bytes of a crate " * 100
 OTHER = b'{"name":"foo","vers":"1.0.1"}\n'
-_prefixes = itertools.count()
 
 
 @pytest.fixture(params=["disk", "s3"])
 async def make(request, tmp_path):
     opened: list[Storage] = []
     shared = tmp_path / "cache"
-    prefix = f"contract-{next(_prefixes)}-{time.time_ns()}"
     seaweed = request.getfixturevalue("seaweed") if request.param == "s3" else None
+    prefix = seaweed.new_prefix("contract") if seaweed else None
 
     def make() -> Storage:
         if seaweed is None:
             cache = CacheSettings(directory=shared, size_limit=10**9)
         else:
-            cache = CacheSettings(directory=tmp_path / f"tier-{len(opened)}", size_limit=10**9, backend="s3",
-                                  s3=seaweed.settings(prefix))
+            cache = s3_cache(tmp_path / f"tier-{len(opened)}", seaweed.settings(prefix))
         storage = open_storage(cache)
         opened.append(storage)
         return storage
