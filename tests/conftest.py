@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import atexit
+
 import pytest
 import trustme
 
 from tests.fixtures.registry import Registry, build_registry
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The s3 tests load obstore into this process too: leave with pytest's own status, past the interpreter's
+    finalization that its runtime can abort (cratecache.exiting)."""
+    from cratecache import exiting
+
+    if exiting.runtime_started():
+        atexit.register(exiting.leave, int(exitstatus))
+
 
 PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
