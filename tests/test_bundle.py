@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
+import re
+import tarfile
 
 import pytest
 from cratecache.bundle import BundleError, export_bundle, import_bundle
@@ -80,3 +84,128 @@ async def test_an_export_naming_an_entry_not_in_the_cache_fails_and_writes_nothi
     with pytest.raises(BundleError, match="crate/crates-io/foo/9.9.9 is not in the cache"):
         await export_bundle(source, tmp_path / "b.bundle", ["index/crates-io/foo", "crate/crates-io/foo/9.9.9"])
     assert list(tmp_path.glob("b.bundle*")) == [] and list(tmp_path.glob(".export-*")) == []
+
+
+# -- a bundle is untrusted input ------------------------------------------------------------------------------
+
+
+def write_bundle(path, entries: list[dict], blobs: dict[str, bytes], members: list[tarfile.TarInfo | bytes] = ()):
+    """A bundle made by hand: `entries` as the manifest, each blob as blobs/<name>, then raw `members`."""
+    manifest = json.dumps({"format": "cargo-cache-bundle/1", "created": 1000.0, "entries": entries}).encode()
+    with open(path, "wb") as f:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for name, data in [("manifest.json", manifest), *((f"blobs/{k}", v) for k, v in blobs.items())]:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            f.seek(tar.offset)
+            for raw in members:
+                f.write(raw)
+                tar.offset += len(raw)
+    return path
+
+
+def item(key: str, body: bytes, **fields) -> dict:
+    meta = {"sha256": hashlib.sha256(body).hexdigest(), "size": len(body), "upstream": "a", "stored_at": 1000.0,
+            "checked_at": 1000.0, "etag": None, "last_modified": None}
+    return {"key": key, **meta, **fields}
+
+
+async def test_a_manifest_digest_that_names_a_path_outside_the_bundle_imports_nothing(target, tmp_path):
+    secret = tmp_path / "ca.pem"  # beside the cache folder, as certs/mitmproxy-ca.pem is
+    secret.write_bytes(b"-----BEGIN PRIVATE KEY-----\n" + b"k" * 100)
+    relative = os.path.relpath(secret, target.directory / "import-x")  # from inside the staging folder
+    traversal = relative.replace("/", "/" * (65 - len(relative)), 1)  # padded to 64 characters
+    assert len(traversal) == 64
+    bundle = write_bundle(tmp_path / "b.bundle", [item("index/crates-io/foo", secret.read_bytes(), sha256=traversal)], {})
+    with pytest.raises(BundleError, match="sha256 is not 64 lowercase hex digits"):
+        await import_bundle(target, bundle)
+    assert await target.keys() == []
+
+
+@pytest.mark.parametrize(("fields", "problem"), [
+    ({"checked_at": 4102444800.0}, "checked_at is in the future"),  # 2100: pinned fresh forever
+    ({"checked_at": "1000"}, "checked_at is not a time"),
+    ({"stored_at": "yesterday"}, "stored_at is not a time"),
+    ({"stored_at": True}, "stored_at is not a time"),
+    ({"size": -1}, "size is not an integer"),
+    ({"upstream": "a\r\nSet-Cookie: x=1"}, "upstream is not a printable name"),
+    ({"last_modified": "Tue\r\nX-Evil: 1"}, "last_modified is not a printable header value"),
+    ({"etag": 7}, "etag is not a printable header value"),
+])
+async def test_every_manifest_field_is_checked_and_a_bad_one_imports_nothing(target, tmp_path, fields, problem):
+    good = item("index/crates-io/foo", INDEX)
+    bad = item("crate/crates-io/foo/1.0.0", CRATE, **fields)
+    if "size" in fields:
+        bad["size"] = fields["size"]
+    bundle = write_bundle(tmp_path / "b.bundle", [good, bad], {good["sha256"]: INDEX, bad["sha256"]: CRATE})
+    with pytest.raises(BundleError, match=re.escape(problem)):
+        await import_bundle(target, bundle)
+    assert await target.keys() == []  # the valid entry before it was not written either
+
+
+@pytest.mark.parametrize("key", ["crate/crates-io/../../x/1.0.0", "index/crates-io/Foo", "crate/crates-io/foo/1.0.0/x",
+                                 "index/../foo", "negative/crates-io/foo", "crate/crates-io/foo/not a version"])
+async def test_keys_the_proxy_would_never_use_are_rejected(target, tmp_path, key):
+    bundle = write_bundle(tmp_path / "b.bundle", [item(key, CRATE)], {hashlib.sha256(CRATE).hexdigest(): CRATE})
+    with pytest.raises(BundleError, match="unexpected entry"):
+        await import_bundle(target, bundle)
+    assert await target.keys() == []
+
+
+async def test_a_bundle_cannot_replace_a_verified_crate_with_bytes_the_served_index_does_not_list(target, tmp_path):
+    await target.put("index/crates-io/foo", INDEX, "a", now=2000.0)  # the cache's index, newer than the bundle's
+    await target.put("crate/crates-io/foo/1.0.0", CRATE, "a", now=2000.0)
+    evil = b"\x1f\x8b evil bytes" * 40
+    old_index = INDEX.replace(hashlib.sha256(CRATE).hexdigest().encode(), hashlib.sha256(evil).hexdigest().encode())
+    entries = [item("index/crates-io/foo", old_index, checked_at=1500.0), item("crate/crates-io/foo/1.0.0", evil,
+                                                                                 checked_at=3000.0, stored_at=3000.0)]
+    bundle = write_bundle(tmp_path / "b.bundle", entries, {entries[0]["sha256"]: old_index, entries[1]["sha256"]: evil})
+    with pytest.raises(BundleError, match="crate foo 1.0.0 does not match its index checksum"):
+        await import_bundle(target, bundle)
+    assert (await target.get("crate/crates-io/foo/1.0.0")).body == CRATE
+
+
+async def test_an_imported_config_json_is_rebuilt_without_a_planted_api(target, tmp_path):
+    from tests.fake_registry import make_settings
+
+    settings = make_settings(tmp_path, [{"name": "a", "url": "https://mirror.example/"}])
+    planted = json.dumps({"dl": "https://evil.example/dl", "api": "https://evil.example"}).encode()
+    bundle = write_bundle(tmp_path / "b.bundle", [item("config/crates-io", planted)],
+                          {hashlib.sha256(planted).hexdigest(): planted})
+    await import_bundle(target, bundle, settings)
+    served = json.loads((await target.get("config/crates-io")).body)
+    assert served == {"dl": "https://static.crates.io/crates"}
+
+
+def sparse_member(name: str, real_size: int) -> bytes:
+    """An old-GNU sparse member: one stored block of data, `real_size` bytes once expanded (mostly a hole)."""
+    info = tarfile.TarInfo(name)
+    info.size = 512
+    header = bytearray(info.tobuf(tarfile.GNU_FORMAT))
+    header[156:157] = tarfile.GNUTYPE_SPARSE
+    header[386:398] = b"%011o\0" % (real_size - 512)  # the one data region, at the end
+    header[398:410] = b"%011o\0" % 512
+    header[483:495] = b"%011o\0" % real_size
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header) + b"x" * 512
+
+
+async def test_a_sparse_member_is_refused_before_it_is_expanded(target, tmp_path):
+    name = hashlib.sha256(b"x" * 512).hexdigest()
+    bundle = write_bundle(tmp_path / "b.bundle", [item("crate/crates-io/foo/1.0.0", b"x" * 512)], {},
+                          [sparse_member(f"blobs/{name}", 2 << 30), b"\0" * 1024])
+    with pytest.raises(BundleError, match="unexpected member"):
+        await import_bundle(target, bundle)
+    assert await target.keys() == []
+
+
+async def test_a_member_larger_than_its_manifest_entry_is_refused_unread(target, tmp_path):
+    small = item("crate/crates-io/foo/1.0.0", CRATE)
+    info = tarfile.TarInfo(f"blobs/{small['sha256']}")
+    info.size = 1 << 40  # the header claims a terabyte; not a byte of it follows
+    bundle = write_bundle(tmp_path / "b.bundle", [small], {}, [info.tobuf(tarfile.GNU_FORMAT)])
+    with pytest.raises(BundleError, match="size mismatch"):
+        await import_bundle(target, bundle)
+    assert await target.keys() == []

@@ -5,10 +5,12 @@ A bundle is an uncompressed tar (crates are already gzip'd):
   version, SHA-256, size and provenance
 - `blobs/<sha256>`: the bytes, once per distinct content
 
-Import verifies everything before it writes anything: every blob's size and SHA-256 against the
-manifest, every manifest entry's blob present, and every crate's SHA-256 against the `cksum` of its
-version in the index file (from the bundle, else from the cache). A corrupted or truncated bundle
-is rejected with `BundleError` and imports nothing. Importing twice is harmless.
+A bundle is untrusted input. Import verifies everything before it writes anything: every manifest
+field (`records.meta_problem`, and keys the proxy itself would use), every member's size against the
+manifest before it is read, every blob's SHA-256 while it is streamed to disk, every manifest entry's
+blob present, and every crate's SHA-256 against the `cksum` of its version in the index file served
+after the import. A corrupted, truncated or forged bundle is rejected with `BundleError` and imports
+nothing. Importing twice is harmless.
 """
 
 from __future__ import annotations
@@ -17,19 +19,25 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from . import sparse
+from .config import DEFAULT_MAX_CRATE_SIZE, DEFAULT_MAX_INDEX_SIZE, Settings
 from .storage import Meta, Storage
+from .storage.records import meta_problem
 
 FORMAT = "cargo-cache-bundle/1"
 IMPORTED_KINDS = ("config", "index", "crate")
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 256 << 20  # ~1 million entries
+COPY_CHUNK = 1 << 20
+_REGISTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # as config.py allows
 
 
 class BundleError(Exception):
@@ -84,83 +92,175 @@ async def export_bundle(store: Storage, path: Path, keys: list[str]) -> Summary:
         shutil.rmtree(spool, ignore_errors=True)
 
 
-async def import_bundle(store: Storage, path: Path) -> Summary:
-    """Verify the whole bundle, then load it into `store`. Raises BundleError."""
+async def import_bundle(store: Storage, path: Path, settings: Settings | None = None) -> Summary:
+    """Verify the whole bundle, then load it into `store`. Raises BundleError, having written nothing.
+
+    A bundle is untrusted input (it crosses from the less trusted side of an air gap): every manifest
+    field is checked (`records.meta_problem`), every member's size is checked against the manifest before
+    it is read, blobs are streamed to a staging folder while they are hashed, and every crate is verified
+    against the index file that will be served after the import. `settings` gives the size limits and each
+    registry's download host (an imported config.json is rebuilt from its `dl` so that downloads come back
+    to the proxy, and never carries an `api`: a bundle cannot choose where Cargo sends its tokens).
+    """
+    limits = _Limits.of(settings)
     staging = Path(tempfile.mkdtemp(prefix="import-", dir=store.directory))
     try:
-        manifest = _verify_into(path, staging)
-        await _verify_crates(manifest, staging, path, store)
-        for item in manifest["entries"]:
-            meta = Meta(**{f: item[f] for f in Meta.__dataclass_fields__})
-            current = await store.meta(item["key"])
-            if current is not None and current.checked_at >= meta.checked_at:
-                continue  # the cache's copy is as new or newer (an index revalidated since the export)
+        manifest = _verify_into(path, staging, limits)
+        writes = await _plan_writes(manifest, staging, path, store, settings)
+        for item, meta in writes:
             await store.put_entry(item["key"], meta, (staging / meta.sha256).read_bytes())
         return _summary(manifest["entries"], sum(p.stat().st_size for p in staging.iterdir()))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _verify_into(path: Path, staging: Path) -> dict:
+@dataclass(frozen=True)
+class _Limits:
+    index: int = DEFAULT_MAX_INDEX_SIZE
+    crate: int = DEFAULT_MAX_CRATE_SIZE
+    manifest: int = MAX_MANIFEST_BYTES
+
+    @classmethod
+    def of(cls, settings: Settings | None) -> _Limits:
+        if settings is None:
+            return cls()
+        return cls(settings.cache.max_index_size, settings.cache.max_crate_size)
+
+    def entry(self, kind: str) -> int:
+        return self.crate if kind == "crate" else self.index
+
+
+def _verify_into(path: Path, staging: Path, limits: _Limits) -> dict:
     try:
         with tarfile.open(path, "r:") as tar:
             first = tar.next()
-            if first is None or first.name != MANIFEST:
+            if first is None or first.name != MANIFEST or not first.isfile() or first.issparse():
                 raise BundleError(f"{path}: not a cargo-cache bundle (no {MANIFEST} first)")
-            manifest = _manifest(tar.extractfile(first).read(), path)
+            if first.size > limits.manifest:
+                raise BundleError(f"{path}: the manifest is larger than {limits.manifest} bytes")
+            manifest = _manifest(tar.extractfile(first).read(), path, limits)
             expected = {item["sha256"]: item["size"] for item in manifest["entries"]}
+            seen: set[str] = set()
             while (member := tar.next()) is not None:
                 name = member.name.removeprefix("blobs/")
-                if not member.isfile() or name not in expected or member.name != f"blobs/{name}":
+                if (not member.isfile() or member.issparse() or name not in expected or name in seen
+                        or member.name != f"blobs/{name}"):
                     raise BundleError(f"{path}: unexpected member {member.name!r}")
-                data = tar.extractfile(member).read()
-                if len(data) != expected[name] or hashlib.sha256(data).hexdigest() != name:
+                if member.size != expected[name]:  # before reading a byte of it
+                    raise BundleError(f"{path}: {member.name} is corrupted (size mismatch)")
+                if _copy_hashed(tar.extractfile(member), staging / name) != name:
                     raise BundleError(f"{path}: {member.name} is corrupted (checksum or size mismatch)")
-                (staging / name).write_bytes(data)
+                seen.add(name)
     except (tarfile.TarError, EOFError, OSError, ValueError, KeyError) as e:
         raise BundleError(f"{path}: unreadable or truncated bundle ({e})") from e
-    missing = [sha for sha in expected if not (staging / sha).exists()]
+    missing = [sha for sha in expected if sha not in seen]
     if missing:
         raise BundleError(f"{path}: truncated bundle: {len(missing)} of {len(expected)} blobs missing")
     return manifest
 
 
-def _manifest(raw: bytes, path: Path) -> dict:
+def _copy_hashed(source, target: Path) -> str:
+    """Copy a member to `target` in bounded pieces; its SHA-256."""
+    digest = hashlib.sha256()
+    with open(target, "wb") as out:
+        while chunk := source.read(COPY_CHUNK):
+            digest.update(chunk)
+            out.write(chunk)
+    return digest.hexdigest()
+
+
+def _manifest(raw: bytes, path: Path, limits: _Limits) -> dict:
     try:
         manifest = json.loads(raw)
-        valid = manifest.get("format") == FORMAT and all(
-            isinstance(item.get("key"), str) and isinstance(item.get("size"), int)
-            and isinstance(item.get("sha256"), str) and len(item["sha256"]) == 64
-            and all(f in item for f in Meta.__dataclass_fields__)
-            for item in manifest["entries"]
-        )
-    except (ValueError, KeyError, TypeError, AttributeError):
-        valid = False
-    if not valid:
+    except ValueError:
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("entries"), list):
         raise BundleError(f"{path}: invalid manifest (not a {FORMAT} bundle)")
+    now, keys = time.time(), set()
     for item in manifest["entries"]:
+        if not isinstance(item, dict) or not isinstance(item.get("key"), str):
+            raise BundleError(f"{path}: invalid manifest entry (no key)")
+        if problem := _key_problem(item["key"]):
+            raise BundleError(f"{path}: unexpected entry {item['key']!r} in the manifest ({problem})")
         item.update(key_fields(item["key"]))  # what the key says, not what the manifest claims
-        if item["kind"] not in IMPORTED_KINDS or not item["registry"] or (item["kind"] != "config" and not item["name"]):
-            raise BundleError(f"{path}: unexpected entry {item['key']!r} in the manifest")
+        if problem := meta_problem(item, now, limits.entry(item["kind"])):
+            raise BundleError(f"{path}: invalid manifest entry {item['key']!r}: {problem}")
+        if item["key"] in keys:
+            raise BundleError(f"{path}: entry {item['key']!r} appears twice in the manifest")
+        keys.add(item["key"])
     return manifest
 
 
-async def _verify_crates(manifest: dict, staging: Path, path: Path, store: Storage) -> None:
-    """Each crate's bytes must match the cksum of its version in the index (the bundle's, else the cache's)."""
-    index_bodies = {(i["registry"], i["name"]): (staging / i["sha256"]).read_bytes()
-                    for i in manifest["entries"] if i["kind"] == "index"}
+def _key_problem(key: str) -> str | None:
+    """Why `key` is not a config, index or crate key the proxy would itself use."""
+    if len(key) > 512:
+        return "too long"
+    parts = key.split("/")
+    kind, lengths = parts[0], {"config": 2, "index": 3, "crate": 4}
+    if kind not in IMPORTED_KINDS:
+        return "not a config, index or crate entry"
+    if len(parts) != lengths[kind] or not _REGISTRY_NAME.match(parts[1]):
+        return "malformed key"
+    if kind != "config" and (sparse.name_problem(parts[2]) or parts[2] != parts[2].lower()):
+        return "invalid crate name"
+    if kind == "crate" and sparse.version_problem(parts[3]):
+        return "invalid version"
+    return None
+
+
+async def _plan_writes(manifest: dict, staging: Path, path: Path, store: Storage,
+                       settings: Settings | None) -> list[tuple[dict, Meta]]:
+    """What the import writes, each entry checked: index files name their crate, config.json is rebuilt,
+    and each crate's bytes match the cksum of its version in the index file that is served after the
+    import (the bundle's if it replaces the cache's, else the cache's)."""
+    writes: list[tuple[dict, Meta]] = []
+    served: dict[tuple[str, str], bytes | None] = {}
     for item in manifest["entries"]:
+        meta = Meta(**{f: item[f] for f in Meta.__dataclass_fields__})
+        current = await store.meta(item["key"])
+        newer = current is None or current.checked_at < meta.checked_at
+        if item["kind"] == "index":
+            body = (staging / meta.sha256).read_bytes()
+            try:
+                sparse.validate_index(body, item["name"])
+            except ValueError as e:
+                raise BundleError(f"{path}: index file of {item['name']} is invalid ({e})") from None
+            if newer:
+                served[(item["registry"], item["name"])] = body
+        elif item["kind"] == "config":
+            meta = _rebuilt_config(item, meta, staging, path, settings)
+        if newer:  # else the cache's copy is as new or newer (an index revalidated since the export)
+            writes.append((item, meta))
+    for item, meta in writes:
         if item["kind"] != "crate":
             continue
-        body = index_bodies.get((item["registry"], item["name"].lower()))
-        if body is None and (cached := await store.latest(f"index/{item['registry']}/{item['name'].lower()}")):
-            body = cached.body
+        index_key = (item["registry"], item["name"])
+        if index_key not in served:
+            cached = await store.latest(f"index/{item['registry']}/{item['name']}")
+            served[index_key] = cached.body if cached is not None else None
+        body = served[index_key]
         listed = sparse.find_version(body, item["name"], item["version"]) if body else None
         if listed is None:
             raise BundleError(f"{path}: crate {item['name']} {item['version']} cannot be verified: no index "
                               "file lists it (export the index files with the crates)")
-        if listed.cksum != item["sha256"]:
+        if listed.cksum != meta.sha256:
             raise BundleError(f"{path}: crate {item['name']} {item['version']} does not match its index checksum")
+    return writes
+
+
+def _rebuilt_config(item: dict, meta: Meta, staging: Path, path: Path, settings: Settings | None) -> Meta:
+    """config.json as the proxy itself would serve it for this registry: downloads through the proxy, no api."""
+    registry = next((r for r in settings.registries if r.name == item["registry"]), None) if settings else None
+    if registry is None:
+        raise BundleError(f"{path}: config.json of registry {item['registry']!r}, which is not configured here")
+    try:
+        upstream_config = sparse.parse_config((staging / meta.sha256).read_bytes())
+    except ValueError as e:
+        raise BundleError(f"{path}: config.json of registry {item['registry']} is invalid ({e})") from None
+    body = sparse.client_config(upstream_config, registry.download_host, keep_api=False)
+    digest = hashlib.sha256(body).hexdigest()
+    (staging / digest).write_bytes(body)
+    return replace(meta, sha256=digest, size=len(body))
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -161,7 +161,7 @@ async def cmd_export(args, settings: Settings, store: Storage) -> int:
 
 async def cmd_import(args, settings: Settings, store: Storage) -> int:
     try:
-        summary = await import_bundle(store, args.bundle)
+        summary = await import_bundle(store, args.bundle, settings)
     except BundleError as e:
         print(f"cargo-cache: import rejected, nothing imported: {e}", file=sys.stderr)
         return 1

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from dataclasses import asdict, replace
 from typing import Any
@@ -37,7 +36,7 @@ from .disk import DiskStorage
 from .leases import Leases
 from .local import HASH_OFFLOAD_BYTES, Entry, LocalStore, Meta, make_entry, sha256_hex
 from .purges import Purges
-from .records import is_number, load_record, number
+from .records import MAX_ENTRY_BYTES, load_record, meta_problem, number
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +45,6 @@ GC_GRACE_SECONDS = 3600  # a blob younger than this may belong to a meta being w
 LISTING_TTL = 30.0  # seconds a listing of staged versions is reused (offline index pruning)
 LISTINGS_KEPT = 1024
 PENDING_RESCAN_SECONDS = 60.0  # how often the proxy looks for entries a command left pending
-_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 class S3Storage(Storage):
@@ -411,13 +409,10 @@ class S3Storage(Storage):
 
 
 def _meta(raw: bytes, key: str) -> Meta | None:
-    """A meta record, if every field has the right type (a damaged one is ignored: a miss)."""
+    """A meta record, if every field has the right type and range (a damaged one is ignored: a miss)."""
     r = load_record(raw)
-    numbers = all(is_number(r.get(f)) for f in ("size", "stored_at", "checked_at"))
-    optional = all(r.get(f) is None or isinstance(r.get(f), str) for f in ("etag", "last_modified"))
-    if not (numbers and optional and isinstance(r.get("sha256"), str) and _SHA256.match(r["sha256"])
-            and isinstance(r.get("upstream"), str) and isinstance(r.get("size"), int)):
-        logger.warning("cargo-cache: bucket entry %s has an unreadable meta: ignored", key)
+    if problem := meta_problem(r, time.time(), MAX_ENTRY_BYTES):
+        logger.warning("cargo-cache: bucket entry %s has an unreadable meta (%s): ignored", key, problem)
         return None
     return Meta(r["sha256"], r["size"], r["upstream"], float(r["stored_at"]), float(r["checked_at"]),
                 r.get("etag"), r.get("last_modified"))
