@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from cratecache.lockfile import find_lockfiles, plan, read_lockfile
 
@@ -75,4 +77,17 @@ def test_folders_are_searched_and_missing_paths_named(tmp_path):
 def test_an_unreadable_lockfile_is_named(tmp_path, text):
     (tmp_path / "Cargo.lock").write_text(text)
     with pytest.raises(ValueError, match="Cargo.lock"):
+        read_lockfile(tmp_path / "Cargo.lock")
+
+
+@pytest.mark.parametrize(("name", "version", "checksum", "problem"), [
+    ("../../admin/api/delete-all", "1.0.0", None, "invalid crate name"),
+    ("serde", "1.0.0/../../x", None, "version"),
+    ("serde", "1.0.0", "../etc", "checksum is not 64 lowercase hex digits"),
+])
+def test_registry_packages_are_checked_as_the_proxy_checks_requests(tmp_path, name, version, checksum, problem):
+    sum_line = f'checksum = "{checksum}"\n' if checksum else ""
+    (tmp_path / "Cargo.lock").write_text(f'[[package]]\nname = "{name}"\nversion = "{version}"\n'
+                                         f'source = "registry+https://github.com/rust-lang/crates.io-index"\n{sum_line}')
+    with pytest.raises(ValueError, match=re.escape(problem)):
         read_lockfile(tmp_path / "Cargo.lock")

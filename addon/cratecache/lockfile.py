@@ -9,12 +9,14 @@ A package's `source` says where it comes from:
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from . import sparse
 from .config import Registry, Settings
 
 CRATES_IO_SOURCES = ("registry+https://github.com/rust-lang/crates.io-index", "sparse+https://index.crates.io/")
@@ -64,8 +66,21 @@ def read_lockfile(path: Path) -> list[Package]:
     for raw in doc.get("package", []):
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str) or not isinstance(raw.get("version"), str):
             raise ValueError(f"{path}: a [[package]] entry lacks name or version")
-        packages.append(Package(raw["name"], raw["version"], raw.get("source"), raw.get("checksum")))
+        package = Package(raw["name"], raw["version"], raw.get("source"), raw.get("checksum"))
+        if package.source is not None and (problem := _package_problem(package)):
+            # checked as the proxy's routes check requests: a name or version never becomes a path trick
+            raise ValueError(f"{path}: package {package.name!r} {package.version!r}: {problem}")
+        packages.append(package)
     return packages
+
+
+def _package_problem(package: Package) -> str | None:
+    if problem := sparse.name_problem(package.name) or sparse.version_problem(package.version):
+        return problem
+    checksum = package.checksum
+    if checksum is not None and not (isinstance(checksum, str) and re.fullmatch(r"[0-9a-f]{64}", checksum)):
+        return "checksum is not 64 lowercase hex digits"
+    return None
 
 
 def plan(packages: Iterable[Package], settings: Settings) -> Plan:

@@ -162,3 +162,14 @@ def test_stage_reports_failures_with_a_nonzero_exit(secondary, entry, tmp_path):
     assert result.returncode == 1
     assert "FAILED log 0.4.17: crate log not found on any upstream" in result.stdout
     assert "fetched 0, already cached 0, failed" in result.stdout
+
+
+def test_a_lockfile_name_that_is_a_path_trick_is_refused_before_any_upstream_request(secondary, entry, tmp_path):
+    config = write_proxies(tmp_path / "c.yaml", [entry(secondary)], tmp_path / "cache")
+    before = len(secondary.requests)
+
+    result = cli(config, "stage", str(lockfile_of(tmp_path, [("log", "0.4.17"), ("../../admin/api/delete-all", "1.0.0")])))
+
+    assert result.returncode == 2
+    assert "package '../../admin/api/delete-all' '1.0.0': invalid crate name" in result.stderr
+    assert secondary.requests[before:] == []  # not even the valid package: the lockfile is refused whole
