@@ -88,7 +88,7 @@ def test_configure_limits_interception_to_registry_hosts(config):
 
         assert tctx.options.connection_strategy == "lazy"
         assert tctx.options.allow_hosts == [
-            "^git\\.example\\.com:443$", r"^index\.crates\.io(:\d+)?$", r"^static\.crates\.io(:\d+)?$"
+            "^git\\.example\\.com:443$", r"^index\.crates\.io\.?(:\d+)?$", r"^static\.crates\.io\.?(:\d+)?$"
         ]
 
 

@@ -146,3 +146,48 @@ def test_write_methods_are_refused(method):
 )
 def test_single_host_registry_serves_both_kinds(path, expected):
     assert get(path, host="cargo.example", registry=SINGLE_HOST) == expected
+
+
+# -- interception: the connection's target and the Host header together ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory):
+    import yaml
+    from cratecache.config import parse_settings
+
+    tmp = tmp_path_factory.mktemp("intercept")
+    doc = {"cache": {"directory": str(tmp / "cache")}, "registries": [
+        {"name": "crates-io", "index_host": "index.crates.io", "download_host": "static.crates.io",
+         "proxies": [{"name": "a", "url": "https://a.example/"}]},
+        {"name": "corp", "index_host": "corp.example:8443", "proxies": [{"name": "b", "url": "https://b.example/"}]}]}
+    return parse_settings(yaml.safe_dump(doc), tmp / "proxies.yaml", env={})
+
+
+@pytest.mark.parametrize(("host", "port", "header", "expected"), [
+    ("index.crates.io", 443, "index.crates.io", ("crates-io", "index.crates.io")),
+    ("index.crates.io", 443, None, ("crates-io", "index.crates.io")),  # HTTP/1.0: no Host header
+    ("INDEX.crates.io.", 443, "index.crates.io.", ("crates-io", "index.crates.io")),  # case, trailing dot
+    ("index.crates.io", 443, "index.crates.io:443", ("crates-io", "index.crates.io")),
+    ("corp.example", 8443, "corp.example:8443", ("corp", "corp.example:8443")),
+    ("corp.example", 443, "corp.example", None),  # another port of that host is not the registry
+    ("example.org", 443, "example.org", None),  # not ours: passed on
+])
+def test_interception_follows_the_connection_and_the_host_header(settings, host, port, header, expected):
+    from cratecache.routes import Target, intercept
+
+    got = intercept(settings, host, port, header)
+    assert (got.registry.name, got.host) == expected if isinstance(got, Target) else got is expected
+
+
+@pytest.mark.parametrize(("host", "port", "header"), [
+    ("index.crates.io", 443, "example.org"),  # would have gone to the real host with a foreign Host header
+    ("index.crates.io", 443, "static.crates.io"),  # the other host of the same registry: ambiguous
+    ("example.org", 443, "index.crates.io"),
+    ("corp.example", 8443, "corp.example:9999"),
+])
+def test_a_host_header_that_disagrees_with_the_connection_is_a_421(settings, host, port, header):
+    from cratecache.routes import intercept
+
+    got = intercept(settings, host, port, header)
+    assert isinstance(got, Rejection) and got.status == 421 and "does not match the connection's target" in got.reason

@@ -14,8 +14,9 @@ from mitmproxy.addonmanager import Loader
 
 from .activity import Activity, origin
 from .config import ConfigError, Settings, load_settings
-from .handler import Reply, handle
+from .handler import Reply, handle, text_reply
 from .resolver import Resolver
+from .routes import Rejection, Target, intercept
 from .status import StatusServer
 from .storage import open_storage
 
@@ -78,16 +79,31 @@ class CargoCache:
         self._flusher = asyncio.get_running_loop().create_task(self._flush_counts_forever())
         await self._restart_status()
 
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """A body sent to a read-only registry is refused before mitmproxy reads (and buffers) any of it."""
+        if flow.response or flow.error or self.settings is None or not _announces_body(flow.request):
+            return
+        if _target(self.settings, flow) is None:
+            return
+        flow.kill()  # mitmproxy would otherwise buffer the whole body before any hook could answer
+        client = flow.client_conn.peername[0] if flow.client_conn.peername else "-"
+        logger.info("%s %s %s%s refused: a request body on a read-only registry (connection closed unread)",
+                    client, flow.request.method, flow.request.host_header or flow.request.host, flow.request.path)
+
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or self.settings is None or self.resolver is None:
             return
-        host = flow.request.pretty_host
-        registry = self.settings.registry_for_host(host)
-        if registry is None:
+        target = _target(self.settings, flow)
+        if target is None:
             return
         started = time.monotonic()
-        reply = await handle(self.resolver, registry, flow.request.method, host, flow.request.path,
-                             flow.request.headers)
+        if isinstance(target, Rejection):  # answered here, never passed on to a real host
+            name, host = "-", flow.request.pretty_host
+            reply = text_reply(target.status, target.reason, "rejected")
+        else:
+            name, host = target.registry.name, target.host
+            reply = await handle(self.resolver, target.registry, flow.request.method, host, flow.request.path,
+                                 flow.request.headers)
         flow.response = http.Response.make(reply.status, reply.body, reply.headers)
         if reply.status == 304:
             del flow.response.headers["Content-Length"]  # RFC 9110 §8.6: not the length of an empty 304
@@ -96,7 +112,7 @@ class CargoCache:
         flow.metadata["cargo_cache"] = reply.state
         seconds = time.monotonic() - started
         client = flow.client_conn.peername[0] if flow.client_conn.peername else "-"
-        self.activity.request(registry.name, client, flow.request.method, host, flow.request.path, reply.status,
+        self.activity.request(name, client, flow.request.method, host, flow.request.path, reply.status,
                               reply.source, reply.state, reply.kind, len(reply.body), seconds)
         _log_reply(flow, client, host, reply, seconds * 1000)
 
@@ -130,7 +146,7 @@ class CargoCache:
 
     def _limit_interception(self, settings: Settings) -> None:
         """Decrypt only the registry hosts; answer hits even when no upstream is reachable."""
-        ours = [rf"^{re.escape(h)}(:\d+)?$" for h in settings.hosts]
+        ours = [_host_pattern(h) for h in settings.hosts]
         allow = list(dict.fromkeys([*ctx.options.allow_hosts, *ours]))
         wanted = {"allow_hosts": allow, "connection_strategy": "lazy"}
         changes = {k: v for k, v in wanted.items() if k in ctx.options and getattr(ctx.options, k) != v}
@@ -182,10 +198,28 @@ class CargoCache:
             self.resolver = None
 
 
+def _target(settings: Settings, flow: http.HTTPFlow) -> Target | Rejection | None:
+    return intercept(settings, flow.request.host, flow.request.port, flow.request.host_header)
+
+
+def _announces_body(request: http.Request) -> bool:
+    """Whether a body follows the headers (Content-Length above 0, or chunked)."""
+    if "transfer-encoding" in request.headers:
+        return True
+    length = request.headers.get("content-length", "0").strip()
+    return not length.isdigit() or int(length) > 0
+
+
 def _log_reply(flow: http.HTTPFlow, client: str, host: str, reply: Reply, ms: float) -> None:
     level = logging.WARNING if reply.status >= 500 else logging.INFO
     logger.log(level, "%s %s %s%s %d %s %s %dB %.0fms %s", client, flow.request.method, host, flow.request.path,
                reply.status, reply.source, reply.state, reply.size, ms, flow.request.http_version)
+
+
+def _host_pattern(configured: str) -> str:
+    """allow_hosts entry for a configured host (mitmproxy ignores case): a trailing dot too; its own port if it names one."""
+    name, _, port = configured.partition(":")
+    return rf"^{re.escape(name)}\.?" + (rf":{port}$" if port else r"(:\d+)?$")
 
 
 def _close_later(resolver: Resolver) -> None:

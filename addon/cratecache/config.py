@@ -131,12 +131,19 @@ class Settings:
     cache: CacheSettings
     registries: tuple[Registry, ...]
 
-    def registry_for_host(self, host: str) -> Registry | None:
-        host = host.lower()
+    def registry_for_host(self, host: str, port: int | None = None) -> Registry | None:
+        return self.match_host(host, port)[0]
+
+    def match_host(self, host: str, port: int | None = None) -> tuple[Registry | None, str]:
+        """The registry one of whose hosts is `host` (with `port`, when the configured host names one), and that
+        configured host; (None, "") if none is. Case and a trailing dot do not matter."""
+        host = host.lower().removesuffix(".")
         for reg in self.registries:
-            if host in (reg.index_host, reg.download_host):
-                return reg
-        return None
+            for configured in (reg.index_host, reg.download_host):
+                name, _, want = configured.partition(":")
+                if name == host and (not want or port is None or int(want) == port):
+                    return reg, configured
+        return None, ""
 
     @property
     def hosts(self) -> list[str]:

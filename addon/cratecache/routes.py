@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import sparse
-from .config import Registry
+from .config import Registry, Settings
 
 MAX_PATH_LENGTH = 512
 ALLOWED_METHODS = ("GET", "HEAD")
@@ -68,6 +68,37 @@ class Rejection:
 
 
 Route = ConfigRoute | IndexRoute | CrateRoute
+
+
+@dataclass(frozen=True)
+class Target:
+    """An intercepted request's registry and the configured host it is on."""
+    registry: Registry
+    host: str
+
+
+def intercept(settings: Settings, host: str, port: int, host_header: str | None) -> Target | Rejection | None:
+    """Whether a request is the proxy's to answer, from the connection's target (the CONNECT/SNI host, or an
+    absolute URL's) and the Host header together. None: neither names a registry host, so it is not ours.
+    A request on which the two disagree is never passed on to a real host: it gets a 421."""
+    registry, configured = settings.match_host(host, port)
+    if host_header is None:
+        return Target(registry, configured) if registry else None
+    header_host, header_port = _authority(host_header)
+    header_registry, header_configured = settings.match_host(header_host, header_port or port)
+    if registry is None and header_registry is None:
+        return None
+    if registry is None or header_configured != configured:
+        return Rejection(421, f"Host header {host_header!r} does not match the connection's target {host}:{port}")
+    return Target(registry, configured)
+
+
+def _authority(value: str) -> tuple[str, int | None]:
+    """'host', 'host:port' or '[v6]:port' -> (host, port or None); a port that is not a number is part of no host."""
+    host, sep, port = value.rpartition(":") if not value.endswith("]") else ("", "", "")
+    if not sep or not port.isdigit():
+        return value.strip("[]"), None
+    return host.strip("[]"), int(port)
 
 
 def classify(registry: Registry, host: str, method: str, path: str) -> Route | Rejection:
