@@ -215,16 +215,23 @@ async def test_within_ttl_no_upstream_is_asked(resolver, reg, net, clock):
     assert net.asked() == [A_FOO]
 
 
-async def test_after_ttl_revalidates_with_the_upstream_that_served_it(resolver, reg, net, clock):
+async def test_after_ttl_revalidation_returns_to_the_preferred_upstream_once_it_has_the_crate(resolver, reg, net, clock):
     net.serve(A_FOO, b"", 404)
     first = await resolver.index(reg, "foo")
-    net.registry(A, A_DL, a_download, {"foo": {"1.0.0": FOO}})  # a has it now; b's copy is still current
+    assert first.source == "b"
+    clock.advance(301)
+    still = await resolver.index(reg, "foo")  # a still lacks it: b confirms its copy
+    assert (still.state, still.source, still.entry.body) == ("revalidated", "b", first.entry.body)
+    assert net.requests[-1].headers["if-none-match"] == '"b-foo-1"'
+    net.registry(A, A_DL, a_download, {"foo": {"1.0.0": FOO}})  # the preferred upstream has it now
     clock.advance(301)
     again = await resolver.index(reg, "foo")
-    assert (again.state, again.source, again.entry.body) == ("revalidated", "b", first.entry.body)
+    assert (again.state, again.source) == ("updated", "a")  # priority order, not the last one that answered
+    assert "if-none-match" not in net.requests[-1].headers  # b's validator means nothing to a
+    assert net.asked()[-1] == A_FOO and net.asked().count(B_FOO) == 2
+    crate = await resolver.crate(reg, "foo", "1.0.0")
+    assert crate.source == "a"  # downloads follow the index's upstream
     assert again.entry.meta.checked_at == clock.now
-    assert net.asked()[-1] == B_FOO and net.asked().count(A_FOO) == 1
-    assert net.requests[-1].headers["if-none-match"] == '"b-foo-1"'
     assert (await resolver.store.get("index/crates-io/foo")).meta.checked_at == clock.now
 
 

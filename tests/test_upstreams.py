@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import tracemalloc
 from types import SimpleNamespace
 
 import httpx
@@ -169,3 +170,66 @@ async def test_walk_masks_credentials_a_library_put_in_an_error_message():
     attempt, _ = scripted(a=(httpx.ConnectError(f"cannot reach https://ci:{PASSWORD}@a.test/"), None))
     _, attempts = await walk([client], attempt)
     assert PASSWORD not in str(attempts[0]) and "***" in str(attempts[0])
+
+
+async def test_a_full_connection_pool_never_puts_the_upstream_into_back_off():
+    from cratecache.health import Health
+
+    health = Health(backoff=30, threshold=3)
+    pool_full, asked = scripted(a=(httpx.PoolTimeout("no free connection"), None), b=("ok", "from b"))
+    for _ in range(10):  # a burst of misses waiting for a pooled connection to a
+        await walk([fake("a"), fake("b")], pool_full, health, clock=lambda: 100.0)
+    assert health.skip_reason("reg/a", 100.0) is None
+    refused, _ = scripted(a=(httpx.ConnectError("connection refused"), None), b=("ok", "from b"))
+    for _ in range(3):
+        await walk([fake("a"), fake("b")], refused, health, clock=lambda: 100.0)
+    assert health.skip_reason("reg/a", 100.0).startswith("backing off")  # a real outage still does
+
+
+class Streamed(httpx.AsyncByteStream):
+    """A body that arrives as a network one does, 16 KiB at a time (httpx reads a bytes body at once)."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    async def __aiter__(self):
+        for at in range(0, len(self.data), 16384):
+            yield self.data[at:at + 16384]
+
+
+def gzip_bomb(layers: int, size: int) -> bytes:
+    import gzip
+
+    data = b"\0" * size
+    for _ in range(layers):
+        data = gzip.compress(data, 9)
+    return data
+
+
+@pytest.mark.parametrize(("encoding", "layers"), [("gzip", 1), ("gzip, gzip", 2)])
+async def test_a_compressed_answer_is_limited_by_its_decoded_size_while_it_is_decoded(encoding, layers):
+    bomb = gzip_bomb(layers, 256 << 20)  # 256 MiB of zeros, a few hundred KiB (or bytes) on the wire
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, stream=Streamed(bomb),
+                                                                   headers={"Content-Encoding": encoding}))
+    client = UpstreamClient(Upstream(name="a", url="https://a.example/"), transport=transport)
+    tracemalloc.start()
+    try:
+        with pytest.raises(UpstreamError, match=r"answer too large: more than 1048576 bytes|unsupported Content-Encoding"):
+            await client.get("https://a.example/x", max_bytes=1 << 20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    await client.aclose()
+    assert peak < 16 << 20, f"{peak >> 20} MiB allocated while refusing it"  # never inflated whole
+
+
+async def test_a_gzip_answer_within_the_limit_is_decoded():
+    import gzip
+
+    body = b"line of an index file\n" * 1000
+    transport = httpx.MockTransport(lambda r: httpx.Response(200, stream=Streamed(gzip.compress(body)),
+                                                             headers={"Content-Encoding": "gzip"}))
+    client = UpstreamClient(Upstream(name="a", url="https://a.example/"), transport=transport)
+    got = await client.get("https://a.example/x", max_bytes=1 << 20)
+    await client.aclose()
+    assert got.body == body

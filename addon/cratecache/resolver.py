@@ -110,8 +110,7 @@ class Resolver:
             upstream_config = await self._upstream_config(reg, client, force=True)
             return Attempt(client.name, "ok", "HTTP 200"), (client.name, upstream_config)
 
-        preferred = cached.meta.upstream if cached is not None else None  # as for index files
-        result, attempts = await self._walk(self._order(reg, preferred), attempt, key)
+        result, attempts = await self._walk(self._order(reg), attempt, key)  # priority order, as for index files
         if result is None:
             return await self._without_answer(key, cached, attempts, "config.json")
         name, upstream_config = result
@@ -173,8 +172,9 @@ class Resolver:
                 raise UpstreamError(f"invalid index file: {e}") from None
             return Attempt(client.name, "ok", "HTTP 200"), (client.name, got)
 
-        preferred = cached.meta.upstream if cached is not None else None
-        result, attempts = await self._walk(self._order(reg, preferred), attempt, key)
+        # Always in priority order: once a preferred upstream is back, the next revalidation returns to it
+        # (and with it the downloads, which follow the index's upstream).
+        result, attempts = await self._walk(self._order(reg), attempt, key)
         if result is None:
             return await self._without_answer(key, cached, attempts, f"crate {name}")
         upstream, got = result
@@ -241,7 +241,7 @@ class Resolver:
         return freshness.decide(kind, cached.meta.checked_at if cached else None, ttl, self.clock())
 
     def _order(self, reg: Registry, preferred: str | None = None) -> list[UpstreamClient]:
-        """Active upstreams by priority; the one that served this crate's index goes first."""
+        """Active upstreams by priority; `preferred` (for a download: the upstream whose index gave its checksum) first."""
         clients = [self.clients[(reg.name, up.name)] for up in reg.active_upstreams]
         clients.sort(key=lambda c: c.name != preferred)  # stable sort keeps priority order otherwise
         return clients

@@ -16,7 +16,8 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable
+import zlib
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -31,6 +32,7 @@ T = TypeVar("T")
 NOT_FOUND_STATUSES = (404, 410, 451)
 MAX_REDIRECTS = 5
 ERROR_BODY_LIMIT = 64 * 1024
+DECODE_PIECE = 256 * 1024  # at most this many bytes are inflated at once
 TRANSFER_DEADLINE_FACTOR = 12  # a whole answer may take this many read timeouts (60 s by default)
 
 
@@ -51,6 +53,40 @@ class UpstreamError(Exception):
 
 class TransferTimeout(httpx.TimeoutException):
     """The whole answer took longer than its overall deadline (a trickle within the read timeout)."""
+
+
+class Inflater:
+    """The Content-Encoding we ask for (gzip, one layer) or none, decoded in bounded pieces."""
+
+    def __init__(self, encoding: str):
+        codings = [c.strip().lower() for c in encoding.split(",") if c.strip() and c.strip().lower() != "identity"]
+        if codings not in ([], ["gzip"], ["x-gzip"]):
+            raise UpstreamError(f"unsupported Content-Encoding {encoding!r} (cargo-cache asks for gzip only)")
+        self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS) if codings else None
+        self.wire = 0
+
+    def feed(self, raw: bytes) -> Iterator[bytes]:
+        self.wire += len(raw)
+        if self._zlib is None:
+            if raw:
+                yield raw
+            return
+        data = raw
+        while data:
+            try:
+                piece = self._zlib.decompress(data, DECODE_PIECE)
+            except zlib.error as e:
+                raise UpstreamError(f"invalid gzip body: {e}") from None
+            if piece:
+                yield piece
+            data = self._zlib.unconsumed_tail
+            if self._zlib.eof and self._zlib.unused_data:  # another gzip member follows
+                data, self._zlib = self._zlib.unused_data + data, zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    def finish(self) -> list[bytes]:
+        if self._zlib is not None and not self._zlib.eof:
+            raise UpstreamError("truncated gzip body")
+        return []
 
 
 def status_outcome(status: int) -> str:
@@ -141,14 +177,22 @@ class UpstreamClient:
             declared = response.headers.get("content-length", "")
             if response.status_code == 200 and max_bytes and declared.isdigit() and int(declared) > max_bytes:
                 raise UpstreamError(f"answer too large: {declared} bytes (limit {max_bytes})")
+            # Decoded here, not by httpx: httpx inflates each chunk from the wire whole, so a few KiB of
+            # gzip could become gigabytes before any limit is checked. Wire bytes and decoded bytes are both
+            # bounded, and inflating goes in pieces of at most DECODE_PIECE bytes.
+            in_memory = response.is_stream_consumed  # an in-process transport's answer, already read and decoded
+            decoder = Inflater("" if in_memory else response.headers.get("content-encoding", ""))
             chunks, total = [], 0
-            async for chunk in response.aiter_bytes():
-                total += len(chunk)
-                if limit and total > limit:
-                    if response.status_code != 200:
-                        break  # an error page: its start is enough
-                    raise UpstreamError(f"answer too large: more than {max_bytes} bytes (limit {max_bytes})")
-                chunks.append(chunk)
+            async for raw in (_just(response.content) if in_memory else response.aiter_raw()):
+                wire_over = limit and decoder.wire + len(raw) > limit
+                for piece in decoder.feed(raw) if not wire_over else (b"\0" * (limit + 1 - total),):
+                    total += len(piece)
+                    if limit and total > limit:
+                        if response.status_code != 200:
+                            return Fetched(response.status_code, b"".join(chunks), response.headers)  # its start is enough
+                        raise UpstreamError(f"answer too large: more than {max_bytes} bytes (limit {max_bytes})")
+                    chunks.append(piece)
+            chunks.extend(decoder.finish())
             return Fetched(response.status_code, b"".join(chunks), response.headers)
 
     async def aclose(self) -> None:
@@ -180,7 +224,9 @@ async def walk(
         try:
             outcome, result = await attempt(client)
         except Exception as exc:  # any transport or validation failure moves on to the next upstream
-            transport_error = isinstance(exc, httpx.TransportError)
+            # Waiting for one of our own pooled connections is not the upstream failing: a burst of misses
+            # from clients must not switch a healthy upstream off for everyone.
+            transport_error = isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.PoolTimeout)
             detail = _mask(describe_error(exc, client.upstream.timeout_ms), client.upstream)
             outcome, result = Attempt(client.name, "failed", detail), None
         ms = (time.monotonic() - started) * 1000
@@ -196,6 +242,10 @@ async def walk(
         if result is not None:
             return result, attempts
     return None, attempts
+
+
+async def _just(data: bytes):
+    yield data
 
 
 def summary(attempts: list[Attempt]) -> str:
