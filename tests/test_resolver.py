@@ -181,7 +181,21 @@ async def test_version_missing_from_fresh_index_forces_one_refresh(resolver, reg
     assert net.asked().count(A_FOO) == 2
     with pytest.raises(NotFound, match="not listed"):
         await resolver.crate(reg, "foo", "9.9.9")
-    assert net.asked().count(A_FOO) == 3  # one refresh per request, no retry loop
+    assert net.asked().count(A_FOO) == 2  # that index was refreshed for 1.1.0 just now
+
+
+async def test_made_up_versions_force_at_most_one_revalidation_per_index_per_ten_seconds(resolver, reg, net, clock):
+    await resolver.index(reg, "foo")
+    for n in range(20):
+        with pytest.raises(NotFound, match="not listed"):
+            await resolver.crate(reg, "foo", f"0.0.{n}")
+    assert net.asked().count(A_FOO) == 2  # the first fetch, and one forced revalidation
+    net.registry(A, A_DL, a_download, {"foo": {"1.0.0": FOO, "1.1.0": FOO_NEW}}, etag='"a-foo-2"')
+    with pytest.raises(NotFound, match="checked less than 10 s ago"):
+        await resolver.crate(reg, "foo", "1.1.0")  # published meanwhile: not remembered as missing...
+    clock.advance(10)
+    served = await resolver.crate(reg, "foo", "1.1.0")  # ...so found once the window has passed
+    assert served.entry.body == FOO_NEW and net.asked().count(A_FOO) == 3
 
 
 # -- credentials and config.json -----------------------------------------------------------------

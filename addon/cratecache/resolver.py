@@ -26,6 +26,8 @@ from .upstreams import Attempt, UpstreamClient, UpstreamError, status_outcome, s
 
 logger = logging.getLogger(__name__)
 
+FORCED_REVALIDATION_SECONDS = 10.0  # a download of an unlisted version revalidates its index at most this often
+FORCED_KEPT = 10_000
 CRATE_DEADLINE = 600.0  # seconds for a whole .crate download (up to max_crate_size at ~100 kB/s)
 
 
@@ -66,6 +68,7 @@ class Resolver:
             for up in reg.active_upstreams
         }
         self._inflight: dict[str, asyncio.Task] = {}
+        self._forced: dict[str, float] = {}  # index key -> when a download last forced its revalidation
         cache = settings.cache
         self.health = Health(backoff=cache.upstream_backoff, threshold=cache.backoff_after)
         self.on_attempt: Callable[[UpstreamClient, Attempt], None] | None = None  # e.g. metrics
@@ -196,7 +199,13 @@ class Resolver:
         index = await self.index(reg, name.lower())
         listed = sparse.find_version(index.entry.body, name, version)
         if listed is None and index.state == "hit":
-            # A lockfile may name a version published after our copy of the index was checked.
+            # A lockfile may name a version published after our copy of the index was checked: revalidate,
+            # at most once per index per FORCED_REVALIDATION_SECONDS, so that made-up versions cannot each
+            # cost an authenticated upstream request.
+            if not self._may_force(index_key := IndexRoute(reg, name.lower()).key):  # not remembered as missing
+                raise NotFound(f"{name} {version} is not listed in the index (checked less than "
+                               f"{FORCED_REVALIDATION_SECONDS:.0f} s ago)")
+            self._forced[index_key] = self.clock()
             index = await self.index(reg, name.lower(), force=True)
             listed = sparse.find_version(index.entry.body, name, version)
         if listed is None and index.state == "stale":
@@ -239,6 +248,12 @@ class Resolver:
     def _decide(self, kind: str, cached: Entry | None, reg: Registry, force: bool) -> str:
         ttl = 0 if force else reg.index_ttl
         return freshness.decide(kind, cached.meta.checked_at if cached else None, ttl, self.clock())
+
+    def _may_force(self, key: str) -> bool:
+        now = self.clock()
+        if len(self._forced) > FORCED_KEPT:
+            self._forced = {k: t for k, t in self._forced.items() if now - t < FORCED_REVALIDATION_SECONDS}
+        return now - self._forced.get(key, float("-inf")) >= FORCED_REVALIDATION_SECONDS
 
     def _order(self, reg: Registry, preferred: str | None = None) -> list[UpstreamClient]:
         """Active upstreams by priority; `preferred` (for a download: the upstream whose index gave its checksum) first."""
