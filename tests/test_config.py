@@ -324,3 +324,12 @@ def test_s3_secret_never_echoed_in_errors():
     error = parse_error(with_cache(backend="s3", s3={"bucket": "abc", "endpoint_url": "http://key:hunter22@h/",
                                                      "secret_access_key": "hunter22", "access_key_id": "key"}))
     assert "hunter22" not in str(error)
+
+
+def test_download_hosts_are_host_names(tmp_path):
+    from tests.fake_registry import make_settings
+
+    settings = make_settings(tmp_path, [{"name": "a", "url": "https://a.example/", "download_hosts": ["CDN.example", "b.example:8443"]}])
+    assert settings.registries[0].upstreams[0].download_hosts == ("cdn.example", "b.example:8443")
+    with pytest.raises(ConfigError, match=r"download_hosts\[0\]: 'http://x' is not a host name"):
+        make_settings(tmp_path, [{"name": "a", "url": "https://a.example/", "download_hosts": ["http://x"]}])

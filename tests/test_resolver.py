@@ -201,7 +201,7 @@ async def test_made_up_versions_force_at_most_one_revalidation_per_index_per_ten
 # -- credentials and config.json -----------------------------------------------------------------
 
 async def test_credentials_go_to_the_upstream_origin_only(make, net):
-    resolver = make([upstream("a", A, username="ci", password="s3cret")])
+    resolver = make([upstream("a", A, username="ci", password="s3cret", download_hosts=["cdn.test"])])
     net.registry(A, "http://cdn.test/dl", lambda n, v: f"http://cdn.test/dl/{n}/{v}/download",
                  {"foo": {"1.0.0": FOO}})
     served = await resolver.crate(resolver.settings.registries[0], "foo", "1.0.0")
@@ -418,3 +418,14 @@ async def test_a_trickle_within_the_read_timeout_is_cut_by_the_overall_deadline(
     served = await resolver.index(resolver.settings.registries[0], "foo")
     assert served.source == "b"
     assert served.attempts[0].detail == "transfer not finished within 1 s"
+
+
+async def test_a_dl_that_names_another_host_is_never_asked(make, net):
+    """A compromised mirror's config.json cannot make the proxy fetch an internal address (blind SSRF)."""
+    net.registry(A, "http://127.0.0.1:18091/dl", lambda n, v: f"http://127.0.0.1:18091/dl/{n}/{v}", {"foo": {"1.0.0": FOO}})
+    resolver = make()
+    served = await resolver.crate(resolver.settings.registries[0], "foo", "1.0.0")
+    assert (served.source, served.entry.body) == ("b", FOO)
+    assert [a.detail for a in served.attempts][0] == ("its config.json's dl names 127.0.0.1, which is neither its own "
+                                                      "host nor in its download_hosts: not asked")
+    assert not [url for url in net.asked() if "127.0.0.1" in url]

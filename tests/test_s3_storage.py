@@ -133,7 +133,7 @@ async def test_secrets_never_reach_logs_errors_or_health(gateways, seaweed, capl
 
 async def test_a_revalidation_by_one_gateway_refreshes_the_others_without_new_bytes(gateways):
     a, b = gateways(), gateways()
-    body = b'{"name":"foo","vers":"1.0.0"}\n'
+    body = b'{"name":"foo","vers":"1.0.0","cksum":"' + b'0' * 64 + b'"}\n'
     await a.put("index/crates-io/foo", body, "up", '"v1"', None, 1000.0)
     await b.get("index/crates-io/foo")
     await a.mark_checked("index/crates-io/foo", 5000.0, hashlib.sha256(body).hexdigest())
@@ -188,18 +188,18 @@ async def test_export_reads_the_buckets_newest_copy_not_a_stale_local_one(gatewa
     from cratecache.bundle import export_bundle, import_bundle
 
     a, b = gateways(), gateways()
-    await a.put("index/crates-io/foo", b'{"v":1}\n', "up", None, None, 1000.0)
+    await a.put("index/crates-io/foo", b'{"name":"foo","vers":"1.0.0","cksum":"' + b'0' * 64 + b'"}\n', "up", None, None, 1000.0)
     await b.get("index/crates-io/foo")  # b's local tier now holds the first version
-    await a.put("index/crates-io/foo", b'{"v":2}\n', "up", None, None, 2000.0)
+    await a.put("index/crates-io/foo", b'{"name":"foo","vers":"2.0.0","cksum":"' + b'0' * 64 + b'"}\n', "up", None, None, 2000.0)
     await export_bundle(b, tmp_path / "x.bundle", ["index/crates-io/foo"])
     with tarfile.open(tmp_path / "x.bundle") as tar:
         manifest = json.loads(tar.extractfile("manifest.json").read())
         blob = tar.extractfile(f"blobs/{manifest['entries'][0]['sha256']}").read()
-    assert blob == b'{"v":2}\n' and manifest["entries"][0]["checked_at"] == 2000.0
+    assert blob == b'{"name":"foo","vers":"2.0.0","cksum":"' + b'0' * 64 + b'"}\n' and manifest["entries"][0]["checked_at"] == 2000.0
     disk = open_storage(CacheSettings(directory=tmp_path / "plain", size_limit=10**9))  # the air-gapped side
     try:
         await import_bundle(disk, tmp_path / "x.bundle")
-        assert (await disk.get("index/crates-io/foo")).body == b'{"v":2}\n'
+        assert (await disk.get("index/crates-io/foo")).body == b'{"name":"foo","vers":"2.0.0","cksum":"' + b'0' * 64 + b'"}\n'
     finally:
         await disk.close()
 
@@ -224,7 +224,7 @@ async def test_a_meta_with_wrong_field_types_is_a_miss(gateways, caplog):
     record = json.dumps({**asdict(entry.meta), "size": str(entry.meta.size)}).encode()
     await a.bucket.put("meta/crate/crates-io/foo/1.0.0", record)
     assert await gateways().get("crate/crates-io/foo/1.0.0") is None
-    assert "has an unreadable meta: ignored" in caplog.text
+    assert "has an unreadable meta (size is not an integer from 0 to 4294967296): ignored" in caplog.text
 
 
 async def test_the_proxy_uploads_what_a_command_left_pending_in_its_folder(gateways, caplog):

@@ -233,3 +233,23 @@ async def test_a_gzip_answer_within_the_limit_is_decoded():
     got = await client.get("https://a.example/x", max_bytes=1 << 20)
     await client.aclose()
     assert got.body == body
+
+
+@pytest.mark.parametrize(("index", "download_hosts", "url", "allowed"), [
+    ("https://index.crates.io/", (), "https://static.crates.io/crates/serde/1.0.0/download", True),  # a sibling
+    ("https://corp.example/artifactory/api/cargo/x/index/", (), "https://corp.example/artifactory/dl/serde", True),
+    ("http://127.0.0.1:9000/index/", (), "http://127.0.0.1:9000/crates/serde/1.0.0/download", True),  # same origin
+    ("http://127.0.0.1:9000/index/", (), "http://127.0.0.1:18091/status.json", False),  # another port
+    ("https://mirror.example/", (), "http://127.0.0.1:18091/status.json", False),
+    ("https://mirror.example/", (), "http://169.254.169.254/latest/meta-data/", False),
+    ("https://index.crates.io/", (), "https://evil.crates.io.attacker.example/x", False),
+    ("https://index.crates.io/", (), "https://a.b.crates.io/x", False),  # not a sibling: deeper
+    ("https://mirror.example/", ("cdn.example",), "https://cdn.example/serde.crate", True),
+    ("https://mirror.example/", ("cdn.example:8443",), "https://cdn.example:8443/serde.crate", True),
+    ("https://mirror.example/", ("cdn.example",), "https://cdn.example:8443/serde.crate", False),
+    ("https://mirror.example/", (), "file:///etc/passwd", False),
+])
+def test_downloads_go_only_to_hosts_the_operator_configured(index, download_hosts, url, allowed):
+    from cratecache.upstreams import download_allowed
+
+    assert download_allowed(url, Upstream(name="a", url=index, download_hosts=download_hosts)) is allowed

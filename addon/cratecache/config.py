@@ -60,6 +60,7 @@ class Upstream:
     timeout_ms: int = DEFAULT_TIMEOUT_MS
     active: bool = True
     ca_bundle: str | None = None
+    download_hosts: tuple[str, ...] = ()  # hosts (host or host:port) its config.json's dl may name, besides its own
 
     @property
     def auth(self) -> tuple[str, str] | None:
@@ -372,7 +373,7 @@ class _Parser:
 
     def upstream(self, raw: Any, where: str) -> Upstream:
         raw = self.mapping(raw, where, ("name", "url", "username", "password", "priority", "ssl_validation",
-                                        "timeout_ms", "active", "ca_bundle"), required=("name", "url"))
+                                        "timeout_ms", "active", "ca_bundle", "download_hosts"), required=("name", "url"))
         name = self.name(raw["name"], f"{where}.name")
         url = self.url(raw["url"], f"{where}.url")
         username = self.string(raw["username"], f"{where}.username") if raw.get("username") is not None else None
@@ -385,7 +386,15 @@ class _Parser:
             timeout_ms=self.integer(raw.get("timeout_ms"), f"{where}.timeout_ms", DEFAULT_TIMEOUT_MS, 1),
             active=self.boolean(raw.get("active"), f"{where}.active", True),
             ca_bundle=ca_bundle,
+            download_hosts=self.download_hosts(raw.get("download_hosts"), f"{where}.download_hosts"),
         )
+
+    def download_hosts(self, value: Any, where: str) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise self.fail(where, "expected a list of host names")
+        return tuple(self.host(v, f"{where}[{i}]") for i, v in enumerate(value))
 
     def name(self, value: Any, where: str) -> str:
         value = self.string(value, where)

@@ -22,7 +22,7 @@ from .config import Registry, Settings
 from .health import Health
 from .routes import ConfigRoute, CrateRoute, IndexRoute, Route
 from .storage import Entry, Storage, make_entry, sha256_hex
-from .upstreams import Attempt, UpstreamClient, UpstreamError, status_outcome, summary, walk
+from .upstreams import Attempt, UpstreamClient, UpstreamError, download_allowed, status_outcome, summary, walk
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +219,9 @@ class Resolver:
         async def attempt(client: UpstreamClient):
             dl = (await self._upstream_config(reg, client))["dl"]
             url = sparse.download_url(dl, listed.name, version, listed.cksum)
+            if not download_allowed(url, client.upstream):
+                raise UpstreamError(f"its config.json's dl names {httpx.URL(url).host}, which is neither its own host "
+                                    "nor in its download_hosts: not asked")
             got = await client.get(url, None, self.settings.cache.max_crate_size, CRATE_DEADLINE)
             outcome = status_outcome(got.status)
             if outcome != "ok":

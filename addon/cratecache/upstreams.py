@@ -278,6 +278,25 @@ def _root_message(exc: BaseException) -> str:
     return "no details"
 
 
+def download_allowed(url: str, upstream: Upstream) -> bool:
+    """Whether a download URL (from the upstream's config.json `dl`) may be fetched: on the upstream's own host
+    and port, on a sibling of its host under the same parent domain with the default port (index.crates.io ->
+    static.crates.io), or on a host listed in its `download_hosts`. Anything else (a loopback or internal
+    address that a compromised mirror names) is never asked."""
+    target, own = httpx.URL(url), httpx.URL(upstream.url)
+    if target.scheme not in ("http", "https") or not target.host:
+        return False
+    if (target.host, target.port) == (own.host, own.port):
+        return True
+    named = f"{target.host}:{target.port}" if target.port else target.host
+    if named in upstream.download_hosts or (target.port is None and target.host in upstream.download_hosts):
+        return True
+    labels = own.host.split(".")
+    parent = ".".join(labels[1:])
+    return (target.port is None and len(labels) >= 3 and not own.host.replace(".", "").isdigit()
+            and target.host.endswith("." + parent) and target.host.count(".") == own.host.count("."))
+
+
 def _same_origin(a: str, b: str) -> bool:
     pa, pb = httpx.URL(a), httpx.URL(b)  # normalised: lowercase host, default port as None
     return (pa.scheme, pa.host, pa.port) == (pb.scheme, pb.host, pb.port)
