@@ -329,7 +329,8 @@ def test_s3_secret_never_echoed_in_errors():
 def test_download_hosts_are_host_names(tmp_path):
     from tests.fake_registry import make_settings
 
-    settings = make_settings(tmp_path, [{"name": "a", "url": "https://a.example/", "download_hosts": ["CDN.example", "b.example:8443"]}])
+    hosts = ["CDN.example", "b.example:8443"]
+    settings = make_settings(tmp_path, [{"name": "a", "url": "https://a.example/", "download_hosts": hosts}])
     assert settings.registries[0].upstreams[0].download_hosts == ("cdn.example", "b.example:8443")
     with pytest.raises(ConfigError, match=r"download_hosts\[0\]: 'http://x' is not a host name"):
         make_settings(tmp_path, [{"name": "a", "url": "https://a.example/", "download_hosts": ["http://x"]}])

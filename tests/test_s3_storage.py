@@ -188,18 +188,19 @@ async def test_export_reads_the_buckets_newest_copy_not_a_stale_local_one(gatewa
     from cratecache.bundle import export_bundle, import_bundle
 
     a, b = gateways(), gateways()
-    await a.put("index/crates-io/foo", b'{"name":"foo","vers":"1.0.0","cksum":"' + b'0' * 64 + b'"}\n', "up", None, None, 1000.0)
+    first, second = (b'{"name":"foo","vers":"%s","cksum":"%s"}\n' % (v, b"0" * 64) for v in (b"1.0.0", b"2.0.0"))
+    await a.put("index/crates-io/foo", first, "up", None, None, 1000.0)
     await b.get("index/crates-io/foo")  # b's local tier now holds the first version
-    await a.put("index/crates-io/foo", b'{"name":"foo","vers":"2.0.0","cksum":"' + b'0' * 64 + b'"}\n', "up", None, None, 2000.0)
+    await a.put("index/crates-io/foo", second, "up", None, None, 2000.0)
     await export_bundle(b, tmp_path / "x.bundle", ["index/crates-io/foo"])
     with tarfile.open(tmp_path / "x.bundle") as tar:
         manifest = json.loads(tar.extractfile("manifest.json").read())
         blob = tar.extractfile(f"blobs/{manifest['entries'][0]['sha256']}").read()
-    assert blob == b'{"name":"foo","vers":"2.0.0","cksum":"' + b'0' * 64 + b'"}\n' and manifest["entries"][0]["checked_at"] == 2000.0
+    assert blob == second and manifest["entries"][0]["checked_at"] == 2000.0
     disk = open_storage(CacheSettings(directory=tmp_path / "plain", size_limit=10**9))  # the air-gapped side
     try:
         await import_bundle(disk, tmp_path / "x.bundle")
-        assert (await disk.get("index/crates-io/foo")).body == b'{"name":"foo","vers":"2.0.0","cksum":"' + b'0' * 64 + b'"}\n'
+        assert (await disk.get("index/crates-io/foo")).body == second
     finally:
         await disk.close()
 
