@@ -429,3 +429,36 @@ async def test_a_dl_that_names_another_host_is_never_asked(make, net):
     assert [a.detail for a in served.attempts][0] == ("its config.json's dl names 127.0.0.1, which is neither its own "
                                                       "host nor in its download_hosts: not asked")
     assert not [url for url in net.asked() if "127.0.0.1" in url]
+
+
+async def test_a_waiter_gives_a_holder_that_took_over_a_dead_lease_a_whole_lease_period(make, net, clock):
+    """Gateway a dies holding the lease; b takes it over when it expires and fetches; c, which had waited for a,
+    must wait for b's result rather than count b's time against a's lease (that was a third upstream fetch)."""
+    import time as real_time
+
+    resolver = make(lease_seconds=1)
+    store, started = resolver.store, real_time.monotonic()
+    other = FOO.replace(b"foo", b"bar")  # what b stores: c must serve it without asking an upstream
+
+    def phase() -> str:
+        elapsed = real_time.monotonic() - started
+        return "a" if elapsed < 0.8 else "b" if elapsed < 1.5 else "done"
+
+    real_claim = store.claim
+
+    async def claim(key, ttl):
+        if phase() != "done":
+            return False, None, None
+        await store.put(key, other, "b", now=clock.now)  # b's result, stored before it released
+        return await real_claim(key, ttl)
+
+    async def lease_holder(key):
+        return {"a": "gateway-a@100", "b": "gateway-b@101", "done": None}[phase()]
+
+    async def lease_held(key):  # what the waiter looked at before: whether anyone holds it
+        return await lease_holder(key) is not None
+
+    store.claim, store.lease_holder, store.lease_held = claim, lease_holder, lease_held
+    served = await resolver.index(resolver.settings.registries[0], "foo")
+    assert (served.state, served.entry.body) == ("hit", other)
+    assert net.asked() == []  # no fetch of c's own while b held the lease

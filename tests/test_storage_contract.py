@@ -85,9 +85,9 @@ async def test_one_lease_holder_at_a_time_and_release_frees_it(make):
     first, second = make(), make()
     assert (await first.claim("crate/crates-io/foo/1.0.0", 30))[0]
     assert (await second.claim("crate/crates-io/foo/1.0.0", 30))[0] is False
-    assert await second.lease_held("crate/crates-io/foo/1.0.0")
+    assert await second.lease_holder("crate/crates-io/foo/1.0.0")
     await first.release_lease("crate/crates-io/foo/1.0.0")
-    assert not await second.lease_held("crate/crates-io/foo/1.0.0")
+    assert not await second.lease_holder("crate/crates-io/foo/1.0.0")
     assert (await second.claim("crate/crates-io/foo/1.0.0", 30))[0]
     await second.release_lease("crate/crates-io/foo/1.0.0")
 
@@ -97,7 +97,7 @@ async def test_a_lease_whose_holder_never_releases_it_expires(make):
     assert (await holder.claim("index/crates-io/foo", 1))[0]
     assert not (await waiter.claim("index/crates-io/foo", 1))[0]
     await asyncio.sleep(1.2)
-    assert not await waiter.lease_held("index/crates-io/foo")
+    assert not await waiter.lease_holder("index/crates-io/foo")
     assert (await waiter.claim("index/crates-io/foo", 1))[0]
 
 
@@ -181,5 +181,5 @@ async def test_releasing_an_expired_lease_never_ends_its_new_holders(make):
     await asyncio.sleep(1.2)  # first overran its lease (a slow download)
     assert (await second.claim("index/crates-io/foo", 30))[0]
     await first.release_lease("index/crates-io/foo")
-    assert await third.lease_held("index/crates-io/foo")
+    assert await third.lease_holder("index/crates-io/foo")
     assert not (await third.claim("index/crates-io/foo", 30))[0]

@@ -323,12 +323,18 @@ class Resolver:
     ) -> Served:
         """Fetch under a lease in the shared store; while another process holds it, wait for its result."""
         lease = self.settings.cache.lease_seconds
-        deadline = time.monotonic() + lease
+        deadline, waiting_on = time.monotonic() + lease, None
         while True:
             # Read under the lease: a fetch that finished meanwhile (here or in another process) may answer.
             owned, cached, negative = await self.store.claim(key, lease)
-            overdue = not owned and time.monotonic() >= deadline  # the holder hangs: fetch without the lease
+            if not owned and (holder := await self.store.lease_holder(key)) != waiting_on:
+                # Another holder than the one we waited for (it took over a dead holder's lease just now, or the
+                # first one we see): it gets a whole lease period before we fetch without the lease.
+                deadline, waiting_on = time.monotonic() + lease, holder
+            overdue = not owned and time.monotonic() >= deadline  # that holder hangs: fetch without the lease
             if overdue:
+                logger.warning("cargo-cache: %s: its lease holder (%s) has not finished within %d s; fetching "
+                               "without the lease", key, waiting_on, lease)
                 cached, negative = await self.store.get(key), None
             if owned or overdue:
                 try:
@@ -339,12 +345,9 @@ class Resolver:
                     if owned:
                         await self._best_effort(self.store.release_lease, key)
             await asyncio.sleep(self.store.poll_seconds)  # never a busy loop, even if the lease ends at once
-            while time.monotonic() < deadline and await self.store.lease_held(key):
+            while time.monotonic() < deadline and waiting_on is not None \
+                    and await self.store.lease_holder(key) == waiting_on:
                 await asyncio.sleep(self.store.poll_seconds)
-            if time.monotonic() < deadline:
-                # The holder finished (or its lease ran out and another took it over): whoever holds it next
-                # gets a whole lease period before we fetch without one.
-                deadline = time.monotonic() + lease
 
     def _answered_meanwhile(
         self, cached: Entry | None, negative: str | None, since: float, kind: str, reg: Registry, force: bool

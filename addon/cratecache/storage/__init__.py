@@ -84,8 +84,9 @@ class Storage(ABC):
         """Take the lease on `key`; if taken, also return its current entry and negative record."""
 
     @abstractmethod
-    async def lease_held(self, key: str) -> bool:
-        """Whether someone holds a live lease on `key`. A dead holder's lease ends within its ttl."""
+    async def lease_holder(self, key: str) -> str | None:
+        """Who holds a live lease on `key` (an opaque token that changes when another holder takes it over), or
+        None. A dead holder's lease ends within its ttl."""
 
     @abstractmethod
     async def release_lease(self, key: str) -> None: ...

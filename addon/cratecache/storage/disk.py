@@ -51,8 +51,8 @@ class DiskStorage(Storage):
     async def claim(self, key: str, ttl: float) -> tuple[bool, Entry | None, str | None]:
         return await asyncio.to_thread(self.local.claim, key, ttl)
 
-    async def lease_held(self, key: str) -> bool:
-        return await asyncio.to_thread(self.local.lease_held, key)
+    async def lease_holder(self, key: str) -> str | None:
+        return await asyncio.to_thread(self.local.lease_holder, key)
 
     async def release_lease(self, key: str) -> None:
         await asyncio.to_thread(self.local.release_lease, key)

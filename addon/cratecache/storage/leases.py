@@ -47,15 +47,20 @@ class Leases:
             return True, False
         return False, False
 
-    async def held(self, key: str) -> bool:
-        """Whether someone holds a live lease on `key` (in the bucket; this host's while it is down)."""
+    async def current(self, key: str) -> str | None:
+        """Who holds a live lease on `key` (in the bucket; this host's while it is down): the holder and its
+        expiry, so a takeover reads as another holder; None if no one does."""
         if self.bucket.available():
             try:
                 got = await self.bucket.get(f"lease/{key}")
-                return got is not None and _live(got[0])
             except BucketDown:
                 pass
-        return await self.tier.lease_held(key)
+            else:
+                if got is None or not _live(got[0]):
+                    return None
+                record = load_record(got[0])
+                return f"{record.get('holder')}@{number(record, 'expires_at')}"
+        return await self.tier.lease_holder(key)
 
     async def release(self, key: str) -> None:
         if key not in self._held:

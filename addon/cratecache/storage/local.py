@@ -227,19 +227,23 @@ class LocalStore:
         """
         if self._cache.add(f"lease:{key}", self._holder, expire=ttl):
             return True
-        return not self.lease_held(key) and self._cache.add(f"lease:{key}", self._holder, expire=ttl)
+        return self.lease_holder(key) is None and self._cache.add(f"lease:{key}", self._holder, expire=ttl)
 
     def lease_held(self, key: str) -> bool:
+        return self.lease_holder(key) is not None
+
+    def lease_holder(self, key: str) -> str | None:
+        """The live lease's holder (its PID and a per-process id), or None."""
         holder = self._cache.get(f"lease:{key}")
         if holder is None:
-            return False
+            return None
         pid = holder[0] if isinstance(holder, tuple) else holder
         if pid == os.getpid() or _alive(pid):
-            return True
+            return repr(holder)
         with self._cache.transact():  # its process was killed mid-fetch: free it, unless retaken meanwhile
             if self._cache.get(f"lease:{key}") == holder:
                 self._cache.delete(f"lease:{key}")
-        return False
+        return None
 
     def release_lease(self, key: str) -> None:
         """Give the lease back, only if it is still ours (it may have expired and been taken since)."""

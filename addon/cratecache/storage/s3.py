@@ -167,8 +167,8 @@ class S3Storage(Storage):
             await self.leases.release(key)
             raise
 
-    async def lease_held(self, key: str) -> bool:
-        return await self.leases.held(key)
+    async def lease_holder(self, key: str) -> str | None:
+        return await self.leases.current(key)
 
     async def release_lease(self, key: str) -> None:
         await self.leases.release(key)
