@@ -27,6 +27,7 @@ DEFAULT_PROXIES = PROJECT_DIR / "proxies.yaml"
 DEFAULT_CONFDIR = PROJECT_DIR / "certs"
 MITMPROXY_DEFAULT_CONFDIR = "~/.mitmproxy"
 TALLY_FLUSH_SECONDS = 5
+MAX_REQUEST_BODY = 64 * 1024  # a larger (or chunked) request body on a registry host is refused unread
 
 
 class CargoCache:
@@ -80,7 +81,7 @@ class CargoCache:
         await self._restart_status()
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        """A body sent to a read-only registry is refused before mitmproxy reads (and buffers) any of it."""
+        """A large body sent to a read-only registry is refused before mitmproxy reads (and buffers) any of it."""
         if flow.response or flow.error or self.settings is None or not _announces_body(flow.request):
             return
         if _target(self.settings, flow) is None:
@@ -203,11 +204,12 @@ def _target(settings: Settings, flow: http.HTTPFlow) -> Target | Rejection | Non
 
 
 def _announces_body(request: http.Request) -> bool:
-    """Whether a body follows the headers (Content-Length above 0, or chunked)."""
+    """Whether more than a small body follows the headers (chunked, or a Content-Length above 64 KiB): a small
+    one is read, and the request then gets its 405 like any other."""
     if "transfer-encoding" in request.headers:
         return True
     length = request.headers.get("content-length", "0").strip()
-    return not length.isdigit() or int(length) > 0
+    return not length.isdigit() or int(length) > MAX_REQUEST_BODY
 
 
 def _log_reply(flow: http.HTTPFlow, client: str, host: str, reply: Reply, ms: float) -> None:
