@@ -49,7 +49,7 @@ def settings(tmp_path):
     return make_settings(tmp_path, [upstream("a", "http://a.test/index/")])
 
 
-def test_registry_packages_are_planned_and_the_rest_skipped_with_a_reason(tmp_path, settings):
+def test_registry_packages_are_planned_git_and_path_skipped_and_unservable_ones_named(tmp_path, settings):
     (tmp_path / "Cargo.lock").write_text(LOCK)
     wanted = plan(read_lockfile(tmp_path / "Cargo.lock"), settings)
 
@@ -59,9 +59,22 @@ def test_registry_packages_are_planned_and_the_rest_skipped_with_a_reason(tmp_pa
     assert [(p.name, reason) for p, reason in wanted.skipped] == [
         ("app", "path dependency or workspace member"),
         ("tool", "git source"),
-        ("inhouse", "registry not configured (sparse+https://cargo.corp.example/index/)"),
-        ("other", "registry not configured (registry+https://example.com/git-index)"),
     ]
+    assert [(p.name, reason) for p, reason in wanted.unservable] == [  # they would break the offline build
+        ("inhouse", "registry not configured (sparse+https://cargo.corp.example/index/)"),
+        ("other", "a git-protocol registry index (registry+https://example.com/git-index); the proxy serves sparse "
+                  "registries: use its sparse+ index URL in Cargo's configuration"),
+    ]
+
+
+def test_only_target_folders_inside_the_tree_are_skipped_and_finding_none_is_an_error(tmp_path):
+    tree = tmp_path / "target" / "work"  # a checkout below a folder named target (a CI workspace)
+    (tree / "app").mkdir(parents=True)
+    (tree / "app" / "Cargo.lock").write_text(LOCK)
+    assert find_lockfiles([tree]) == [tree / "app" / "Cargo.lock"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no Cargo.lock in .*/empty"):
+        find_lockfiles([tmp_path / "empty"])
 
 
 def test_folders_are_searched_and_missing_paths_named(tmp_path):

@@ -114,10 +114,17 @@ def parser() -> argparse.ArgumentParser:
                                     "--all empties the cache.")
     group = pu.add_mutually_exclusive_group(required=True)
     group.add_argument("--crate", metavar="NAME")
-    group.add_argument("--older-than", metavar="AGE", type=catalog.parse_age)
+    group.add_argument("--older-than", metavar="AGE", type=_age_argument)
     group.add_argument("--all", action="store_true")
     pu.set_defaults(run=cmd_purge)
     return p
+
+
+def _age_argument(text: str) -> float:
+    try:
+        return catalog.parse_age(text)
+    except ValueError as e:  # argparse would print only "invalid parse_age value"
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 async def cmd_stage(args, settings: Settings, store: Storage) -> int:
@@ -127,17 +134,19 @@ async def cmd_stage(args, settings: Settings, store: Storage) -> int:
     print(f"staging {wanted.count()} crates from {len(lockfiles)} lockfile(s) into {store.health()['target']}")
     for package, reason in sorted(set(wanted.skipped), key=lambda s: (s[0].name, s[0].version)):
         print(f"skipped {package.name} {package.version}: {reason}")
+    unservable = sorted(set(wanted.unservable), key=lambda s: (s[0].name, s[0].version))
 
     resolver = Resolver(settings, store)
     try:
         result = await stage(resolver, wanted, Progress(wanted.count()), args.concurrency)
     finally:
         await resolver.aclose()
-    for what, reason in result.failed:
+    failed = [(f"{p.name} {p.version}", reason) for p, reason in unservable] + list(result.failed)
+    for what, reason in failed:
         print(f"FAILED {what}: {reason}")
-    print(f"fetched {result.fetched}, already cached {result.cached}, failed {len(result.failed)}, "
+    print(f"fetched {result.fetched}, already cached {result.cached}, failed {len(failed)}, "
           f"skipped {len(set(wanted.skipped))}, {result.bytes} bytes downloaded")
-    return 1 if result.failed else 0
+    return 1 if failed else 0
 
 
 async def cmd_export(args, settings: Settings, store: Storage) -> int:

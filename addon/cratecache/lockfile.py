@@ -36,7 +36,8 @@ class Plan:
     """What to stage: per registry name, crate name -> {version: lockfile checksum}."""
 
     crates: dict[str, dict[str, dict[str, str | None]]] = field(default_factory=dict)
-    skipped: list[tuple[Package, str]] = field(default_factory=list)
+    skipped: list[tuple[Package, str]] = field(default_factory=list)  # git and path packages: not registry crates
+    unservable: list[tuple[Package, str]] = field(default_factory=list)  # registry crates no configured registry serves
 
     def count(self) -> int:
         return sum(len(versions) for names in self.crates.values() for versions in names.values())
@@ -48,7 +49,10 @@ def find_lockfiles(paths: Iterable[str | Path]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("Cargo.lock") if "target" not in p.parts))
+            inside = sorted(p for p in path.rglob("Cargo.lock") if "target" not in p.relative_to(path).parts)
+            if not inside:
+                raise FileNotFoundError(f"no Cargo.lock in {path} (build output folders named target are skipped)")
+            found.extend(inside)
         elif path.is_file():
             found.append(path)
         else:
@@ -89,7 +93,10 @@ def plan(packages: Iterable[Package], settings: Settings) -> Plan:
     for package in packages:
         registry, reason = registry_for_source(package.source, settings)
         if registry is None:
-            result.skipped.append((package, reason))
+            # git and path packages are built from their sources; a registry crate nobody serves would break the
+            # offline build, so it is a failure of the staging
+            is_registry = package.source is not None and not package.source.startswith("git+")
+            (result.unservable if is_registry else result.skipped).append((package, reason))
             continue
         versions = result.crates.setdefault(registry.name, {}).setdefault(package.name, {})
         versions[package.version] = package.checksum
@@ -105,6 +112,9 @@ def registry_for_source(source: str | None, settings: Settings) -> tuple[Registr
         host = CRATES_IO_INDEX_HOST
     elif source.startswith("sparse+"):
         host = (urlsplit(source.removeprefix("sparse+")).hostname or "").lower()
+    elif source.startswith("registry+"):
+        return None, (f"a git-protocol registry index ({source}); the proxy serves sparse registries: use its "
+                      "sparse+ index URL in Cargo's configuration")
     else:
         return None, f"registry not configured ({source})"
     for registry in settings.registries:

@@ -173,3 +173,23 @@ def test_a_lockfile_name_that_is_a_path_trick_is_refused_before_any_upstream_req
     assert result.returncode == 2
     assert "package '../../admin/api/delete-all' '1.0.0': invalid crate name" in result.stderr
     assert secondary.requests[before:] == []  # not even the valid package: the lockfile is refused whole
+
+
+def test_stage_fails_for_registry_crates_no_configured_registry_serves(secondary, entry, tmp_path):
+    config = write_proxies(tmp_path / "c.yaml", [entry(secondary)], tmp_path / "cache")
+    lockfile = lockfile_of(tmp_path, [("log", "0.4.17")])
+    lockfile.write_text(lockfile.read_text() + '\n[[package]]\nname = "inhouse"\nversion = "1.0.0"\n'
+                        'source = "sparse+https://cargo.corp.example/index/"\n')
+
+    result = cli(config, "stage", str(lockfile))
+
+    assert result.returncode == 1  # the offline build would fail on it
+    assert "FAILED inhouse 1.0.0: registry not configured (sparse+https://cargo.corp.example/index/)" in result.stdout
+    assert "fetched 1, already cached 0, failed 1, skipped 0" in result.stdout
+
+
+def test_purge_names_a_bad_age_in_its_own_words(secondary, entry, tmp_path):
+    config = write_proxies(tmp_path / "c.yaml", [entry(secondary)], tmp_path / "cache")
+    result = cli(config, "purge", "--older-than", "30days")
+    assert result.returncode == 2
+    assert "expected an age such as 30d, 12h or 90m, got '30days'" in result.stderr
