@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 import ssl
+import time
 
 import httpx
+import pytest
 
 from tests.fixtures.registry import Registry
 from tests.fixtures.upstream import UpstreamServer
@@ -193,3 +195,18 @@ def test_purge_names_a_bad_age_in_its_own_words(secondary, entry, tmp_path):
     result = cli(config, "purge", "--older-than", "30days")
     assert result.returncode == 2
     assert "expected an age such as 30d, 12h or 90m, got '30days'" in result.stderr
+
+
+@pytest.mark.parametrize("how", [("--crate", "anyhow"), ("--older-than", "1s"), ("--all",)])
+def test_a_purge_takes_entries_out_of_a_running_proxys_memory_too(secondary, entry, start_proxy, how):
+    proxy = start_proxy([entry(secondary)])
+    url = "https://static.crates.io/crates/anyhow/1.0.69/download"
+    with httpx.Client(proxy=proxy.url, verify=ssl.create_default_context(cafile=str(proxy.ca_cert))) as c:
+        assert c.get(url).headers["x-cache"] == "MISS"
+        assert c.get(url).headers["x-cache"] == "HIT"  # from the memory tier
+        time.sleep(6)  # an upkeep passes: the hit is no longer "recently served" (the case that was missed)
+        assert cli(proxy.config, "purge", *how).returncode == 0
+        time.sleep(6)  # the README's promise: within 5 s
+        again = c.get(url)
+    assert again.status_code == 200 and again.headers["x-cache"] == "MISS"
+    assert [p for p in secondary.paths() if p.endswith("/download")] == ["/crates/anyhow/1.0.69/download"] * 2

@@ -39,6 +39,7 @@ KINDS = ("config", "index", "crate")
 HOT_ITEM_LIMIT = 1024 * 1024
 HASH_OFFLOAD_BYTES = 1024 * 1024
 DEFAULT_HOT_BYTES = 64 * 1024 * 1024
+PURGE_GENERATION = "purge-generation"  # bumped by every delete, so other processes know to drop their memory tier
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class LocalStore:
         self._lock = threading.Lock()
         self._holder = (os.getpid(), uuid.uuid4().hex)  # this store's identity in leases
         self._marks: diskcache.Cache | None = None
+        self._generation = self._cache.get(PURGE_GENERATION, 0)  # what this process's memory tier has caught up with
 
     def close(self) -> None:
         self._cache.close()
@@ -258,8 +260,14 @@ class LocalStore:
 
     def touch_hits(self) -> int:
         """Refresh the disk's recency of entries served from memory, and drop any purged meanwhile."""
+        generation = self._cache.get(PURGE_GENERATION, 0)
         with self._lock:
             keys, self._hits = self._hits, set()
+            if generation != self._generation:  # another process purged: nothing in memory may outlive it
+                self._generation = generation
+                self._hot.clear()
+                self._hot_bytes = 0
+                self._shared.clear()
         for key in keys:
             raw = self._cache.get(f"meta:{key}")  # with least-recently-used, a read is the touch
             if raw is None:
@@ -287,7 +295,10 @@ class LocalStore:
 
     def delete(self, key: str) -> bool:
         self._forget(key)
-        return bool(self._cache.delete(f"meta:{key}"))
+        removed = bool(self._cache.delete(f"meta:{key}"))
+        if removed:
+            self._cache.incr(PURGE_GENERATION)  # the other processes on this folder drop their memory copies
+        return removed
 
     def count(self, prefix: str = "") -> int:
         """How many entries have keys starting with `prefix`, without reading them."""
@@ -308,7 +319,9 @@ class LocalStore:
             self._shared.clear()
         if self._marks is not None or (self.directory / "pending").exists():
             self._pending.clear()
-        return self._cache.clear()
+        removed = self._cache.clear()
+        self._cache.incr(PURGE_GENERATION, default=self._generation)
+        return removed
 
     def collect_garbage(self) -> int:
         """Delete blobs no entry names any more; returns how many."""
