@@ -96,7 +96,7 @@ def test_full_example(tmp_path: Path):
     assert corp.auth == ("alice", "t0ken")
     assert (corp.priority, corp.ssl_validation, corp.timeout_ms) == (5, False, 2000)
     assert corp.ca_bundle == str(tmp_path / "certs" / "corp.pem")
-    assert settings.registry_for_host("STATIC.crates.io") is reg
+    assert settings.match_host("STATIC.crates.io") == (reg, "static.crates.io")
     assert settings.hosts == ["index.crates.io", "static.crates.io"]
     assert "t0ken" not in repr(settings)
 

@@ -455,10 +455,7 @@ async def test_a_waiter_gives_a_holder_that_took_over_a_dead_lease_a_whole_lease
     async def lease_holder(key):
         return {"a": "gateway-a@100", "b": "gateway-b@101", "done": None}[phase()]
 
-    async def lease_held(key):  # what the waiter looked at before: whether anyone holds it
-        return await lease_holder(key) is not None
-
-    store.claim, store.lease_holder, store.lease_held = claim, lease_holder, lease_held
+    store.claim, store.lease_holder = claim, lease_holder
     served = await resolver.index(resolver.settings.registries[0], "foo")
     assert (served.state, served.entry.body) == ("hit", other)
     assert net.asked() == []  # no fetch of c's own while b held the lease

@@ -135,15 +135,15 @@ def test_a_lease_is_released_only_by_its_holder(store):
     assert store.acquire_lease("crate/crates-io/foo/1.0.0", 60)
     assert not other.acquire_lease("crate/crates-io/foo/1.0.0", 60)
     other.release_lease("crate/crates-io/foo/1.0.0")  # not its lease: nothing happens
-    assert other.lease_held("crate/crates-io/foo/1.0.0")
+    assert other.lease_holder("crate/crates-io/foo/1.0.0")
     store.release_lease("crate/crates-io/foo/1.0.0")
-    assert not other.lease_held("crate/crates-io/foo/1.0.0")
+    assert not other.lease_holder("crate/crates-io/foo/1.0.0")
     other.close()
 
 
 def test_a_lease_of_a_dead_process_is_free(store):
     store._cache.set("lease:crate/crates-io/foo/1.0.0", (2**22 + 12345, "gone"), expire=60)  # no such PID
-    assert not store.lease_held("crate/crates-io/foo/1.0.0")
+    assert not store.lease_holder("crate/crates-io/foo/1.0.0")
     assert store.acquire_lease("crate/crates-io/foo/1.0.0", 60)
 
 

@@ -132,9 +132,6 @@ class Settings:
     cache: CacheSettings
     registries: tuple[Registry, ...]
 
-    def registry_for_host(self, host: str, port: int | None = None) -> Registry | None:
-        return self.match_host(host, port)[0]
-
     def match_host(self, host: str, port: int | None = None) -> tuple[Registry | None, str]:
         """The registry one of whose hosts is `host` (with `port`, when the configured host names one), and that
         configured host; (None, "") if none is. Case and a trailing dot do not matter."""

@@ -83,10 +83,10 @@ class Inflater:
             if self._zlib.eof and self._zlib.unused_data:  # another gzip member follows
                 data, self._zlib = self._zlib.unused_data + data, zlib.decompressobj(16 + zlib.MAX_WBITS)
 
-    def finish(self) -> list[bytes]:
+    def finish(self) -> None:
+        """Raise if the body ended inside a gzip stream."""
         if self._zlib is not None and not self._zlib.eof:
             raise UpstreamError("truncated gzip body")
-        return []
 
 
 def status_outcome(status: int) -> str:
@@ -183,16 +183,21 @@ class UpstreamClient:
             in_memory = response.is_stream_consumed  # an in-process transport's answer, already read and decoded
             decoder = Inflater("" if in_memory else response.headers.get("content-encoding", ""))
             chunks, total = [], 0
+
+            def too_large() -> Fetched:
+                if response.status_code != 200:
+                    return Fetched(response.status_code, b"".join(chunks), response.headers)  # its start is enough
+                raise UpstreamError(f"answer too large: more than {max_bytes} bytes (limit {max_bytes})")
+
             async for raw in (_just(response.content) if in_memory else response.aiter_raw()):
-                wire_over = limit and decoder.wire + len(raw) > limit
-                for piece in decoder.feed(raw) if not wire_over else (b"\0" * (limit + 1 - total),):
+                if limit and decoder.wire + len(raw) > limit:
+                    return too_large()
+                for piece in decoder.feed(raw):
                     total += len(piece)
                     if limit and total > limit:
-                        if response.status_code != 200:
-                            return Fetched(response.status_code, b"".join(chunks), response.headers)  # its start is enough
-                        raise UpstreamError(f"answer too large: more than {max_bytes} bytes (limit {max_bytes})")
+                        return too_large()
                     chunks.append(piece)
-            chunks.extend(decoder.finish())
+            decoder.finish()
             return Fetched(response.status_code, b"".join(chunks), response.headers)
 
     async def aclose(self) -> None:

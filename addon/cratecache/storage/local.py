@@ -231,9 +231,6 @@ class LocalStore:
             return True
         return self.lease_holder(key) is None and self._cache.add(f"lease:{key}", self._holder, expire=ttl)
 
-    def lease_held(self, key: str) -> bool:
-        return self.lease_holder(key) is not None
-
     def lease_holder(self, key: str) -> str | None:
         """The live lease's holder (its PID and a per-process id), or None."""
         holder = self._cache.get(f"lease:{key}")
