@@ -114,7 +114,7 @@ class CargoCache:
         seconds = time.monotonic() - started
         client = flow.client_conn.peername[0] if flow.client_conn.peername else "-"
         self.activity.request(name, client, flow.request.method, host, flow.request.path, reply.status,
-                              reply.source, reply.state, reply.kind, len(reply.body), seconds)
+                              reply.source, reply.state, reply.kind, len(reply.body), seconds, reply.reason)
         _log_reply(flow, client, host, reply, seconds * 1000)
 
     async def done(self) -> None:
@@ -214,8 +214,9 @@ def _announces_body(request: http.Request) -> bool:
 
 def _log_reply(flow: http.HTTPFlow, client: str, host: str, reply: Reply, ms: float) -> None:
     level = logging.WARNING if reply.status >= 500 else logging.INFO
-    logger.log(level, "%s %s %s%s %d %s %s %dB %.0fms %s", client, flow.request.method, host, flow.request.path,
-               reply.status, reply.source, reply.state, reply.size, ms, flow.request.http_version)
+    logger.log(level, "%s %s %s%s %d %s %s %dB %.0fms %s%s", client, flow.request.method, host, flow.request.path,
+               reply.status, reply.source, reply.state, reply.size, ms, flow.request.http_version,
+               f": {reply.reason}" if reply.reason else "")
 
 
 def _host_pattern(configured: str) -> str:

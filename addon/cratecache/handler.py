@@ -33,6 +33,7 @@ class Reply:
     state: str = "rejected"  # hit | miss | revalidated | updated | stale | not_found | error | rejected
     kind: str = "-"
     size: int = 0  # bytes of the entity (also for HEAD and 304)
+    reason: str = ""  # why nothing was served (4xx/5xx), for the log line and the status page
 
 
 async def handle(
@@ -87,5 +88,6 @@ def entry_reply(kind: str, served: Served, request_headers: Mapping[str, str]) -
 
 
 def text_reply(status: int, reason: str, state: str, kind: str = "-") -> Reply:
-    body = (reason.replace("\n", " ") + "\n").encode()
-    return Reply(status, body, {"Content-Type": "text/plain; charset=utf-8"}, "-", state, kind, len(body))
+    line = reason.replace("\n", " ")
+    body = (line + "\n").encode()
+    return Reply(status, body, {"Content-Type": "text/plain; charset=utf-8"}, "-", state, kind, len(body), line)

@@ -79,7 +79,9 @@ def test_stage_export_import_and_serve_offline(secondary, entry, start_proxy, ne
 
 
 def test_an_offline_miss_says_it_was_not_staged(secondary, entry, start_proxy, new_cargo, small_project, tmp_path):
-    proxy = start_proxy([entry(secondary)], offline=True)
+    from tests.e2e.test_operations import status_proxy
+
+    proxy = status_proxy(start_proxy, [entry(secondary)], offline=True)
 
     result = new_cargo(proxy, CARGO_NET_RETRY="0").fetch(small_project)
     with httpx.Client(proxy=proxy.url, verify=ssl.create_default_context(cafile=str(proxy.ca_cert))) as c:
@@ -90,6 +92,16 @@ def test_an_offline_miss_says_it_was_not_staged(secondary, entry, start_proxy, n
     assert index.status_code == 404 and "the index file of crate anyhow was not staged" in index.text
     assert crate.status_code == 404 and "crate anyhow 1.0.69 was not staged" in crate.text
     assert secondary.requests == []
+    # Where an operator looks: the proxy's log line and the status page's recent requests give the reason.
+    assert re.search(r"GET static\.crates\.io/crates/anyhow/1\.0\.69/download 404 - not_found \d+B \d+ms HTTP/\S+: "
+                     r"crate anyhow 1\.0\.69 was not staged \(offline mode", proxy.log())
+    assert re.search(r"GET index\.crates\.io/\S+ 404 - not_found .*: the index file of crate \S+ was not staged",
+                     proxy.log())  # cargo's own request
+    recent = httpx.get(proxy.status_url + "/status.json").json()["recent"]
+    reasons = {r["path"]: r["reason"] for r in recent}
+    assert reasons["/crates/anyhow/1.0.69/download"].startswith("crate anyhow 1.0.69 was not staged (offline mode")
+    from tests.e2e.test_fleet import status_page_dom
+    assert "crate anyhow 1.0.69 was not staged (offline mode" in status_page_dom(proxy, tmp_path)
 
 
 def test_offline_index_lists_only_staged_versions_when_pruning(
