@@ -212,6 +212,17 @@ def _second_registry(**overrides):
         (_set("registries", None), "registries", "required field is missing"),
         (_set("registries.0.index_host", None), f"{REG}.index_host", "required field is missing"),
         (_set("registries.0.proxies.1.url", None), f"{UP1}.url", "required field is missing"),
+        (_set("registries.0.index_url", "https://index.crates.io/"), f"{REG}.index_host", "not both"),
+        (_second_registry(index_host=None, index_url="http://corp.example/index/"), "registries[1].index_url",
+         "expected an https:// index URL"),
+        (_second_registry(index_host=None, index_url="https://corp.example/a%2F/"), "registries[1].index_url",
+         "not a usable index path"),
+        (_second_registry(index_host=None, index_url="https://corp.example/a/../b/"), "registries[1].index_url",
+         "not a usable index path"),
+        (_second_registry(index_host=None, index_url="https://corp.example/i/?x=1"), "registries[1].index_url",
+         "must not have a query"),
+        (_second_registry(index_host=None, index_url="https://index.crates.io"), "registries[1].index_url",
+         "duplicate host 'index.crates.io'"),
     ],
 )
 def test_errors_name_file_and_field(mutate, field, problem):
@@ -334,3 +345,23 @@ def test_download_hosts_are_host_names(tmp_path):
     assert settings.registries[0].upstreams[0].download_hosts == ("cdn.example", "b.example:8443")
     with pytest.raises(ConfigError, match=r"download_hosts\[0\]: 'http://x' is not a host name"):
         make_settings(tmp_path, [{"name": "a", "url": "https://a.example/", "download_hosts": ["http://x"]}])
+
+
+def test_index_url_gives_the_host_port_and_index_path():
+    doc = copy.deepcopy(MINIMAL)
+    _second_registry(index_host=None, download_host=None,
+                     index_url="sparse+https://Corp.Example:8443/artifactory/api/cargo/corp/index")(doc)
+    doc["registries"][1] = {k: v for k, v in doc["registries"][1].items() if v is not None}
+    reg = parse(doc).registries[1]
+    assert (reg.index_host, reg.download_host, reg.index_path) == (
+        "corp.example:8443", "corp.example:8443", "/artifactory/api/cargo/corp/index/")
+    assert reg.index_url == "https://corp.example:8443/artifactory/api/cargo/corp/index/"
+
+
+def test_registries_may_share_a_host_under_different_index_paths():
+    doc = copy.deepcopy(MINIMAL)
+    for repo in ("a", "b"):
+        _second_registry(name=repo, index_host=None, download_host=None,
+                         index_url=f"https://corp.example/api/cargo/{repo}/index/")(doc)
+        doc["registries"][-1] = {k: v for k, v in doc["registries"][-1].items() if v is not None}
+    assert [r.index_path for r in parse(doc).registries[1:]] == ["/api/cargo/a/index/", "/api/cargo/b/index/"]

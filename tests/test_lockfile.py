@@ -104,3 +104,25 @@ def test_registry_packages_are_checked_as_the_proxy_checks_requests(tmp_path, na
                                          f'source = "registry+https://github.com/rust-lang/crates.io-index"\n{sum_line}')
     with pytest.raises(ValueError, match=re.escape(problem)):
         read_lockfile(tmp_path / "Cargo.lock")
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ("sparse+https://corp.example/artifactory/api/cargo/corp/index/", "corp"),
+    ("sparse+https://corp.example:443/artifactory/api/cargo/corp/index/", "corp"),
+    ("sparse+https://corp.example/artifactory/api/cargo/corp/index", "corp"),
+    ("sparse+https://corp.example/", None),  # the host, but not that registry's index: Cargo's requests would 404
+    ("sparse+https://corp.example/artifactory/api/cargo/other/index/", None),
+    ("sparse+https://index.crates.io/sub/", None),
+    ("sparse+https://index.crates.io/", "crates-io"),
+])
+def test_a_sparse_source_belongs_to_the_registry_whose_index_is_exactly_there(tmp_path, source, expected):
+    from dataclasses import replace
+
+    from cratecache.lockfile import registry_for_source
+
+    settings = make_settings(tmp_path, [upstream("a", "http://a.test/index/")])
+    corp = replace(settings.registries[0], name="corp", index_host="corp.example", download_host="corp.example",
+                   index_path="/artifactory/api/cargo/corp/index/")
+    settings = replace(settings, registries=(*settings.registries, corp))
+    registry, _ = registry_for_source(source, settings)
+    assert (registry.name if registry else None) == expected

@@ -191,3 +191,59 @@ def test_a_host_header_that_disagrees_with_the_connection_is_a_421(settings, hos
 
     got = intercept(settings, host, port, header)
     assert isinstance(got, Rejection) and got.status == 421 and "does not match the connection's target" in got.reason
+
+
+# -- registries whose index is under a path (index_url) ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared_host(tmp_path_factory):
+    """Two Artifactory repositories on one host, and a registry at the root of another host."""
+    import yaml
+    from cratecache.config import parse_settings
+
+    tmp = tmp_path_factory.mktemp("paths")
+    up = [{"name": "u", "url": "https://u.example/"}]
+    doc = {"cache": {"directory": str(tmp / "cache")}, "registries": [
+        {"name": "a", "index_url": "sparse+https://corp.example/artifactory/api/cargo/a/index/", "proxies": up},
+        {"name": "b", "index_url": "https://corp.example/artifactory/api/cargo/b/index", "proxies": up},
+        {"name": "root", "index_host": "root.example", "proxies": up},
+        {"name": "nested", "index_url": "https://root.example/team/index/", "proxies": up}]}
+    return parse_settings(yaml.safe_dump(doc), tmp / "proxies.yaml", env={})
+
+
+@pytest.mark.parametrize(("host", "path", "expected"), [
+    ("corp.example", "/artifactory/api/cargo/a/index/config.json", "a"),
+    ("corp.example", "/artifactory/api/cargo/b/index/se/rd/serde", "b"),
+    ("corp.example", "/artifactory/api/cargo/b/index/crates/serde/1.0.0/download", "b"),
+    ("corp.example", "/artifactory/webapp/", None),  # the rest of that host is not ours: passed on untouched
+    ("corp.example", "/artifactory/api/cargo/a/indexes/config.json", None),
+    ("root.example", "/team/index/config.json", "nested"),  # the longest index path wins
+    ("root.example", "/team/other", "root"),
+])
+def test_a_path_registry_owns_only_the_paths_under_its_index(shared_host, host, path, expected):
+    from cratecache.routes import Target, intercept
+
+    got = intercept(shared_host, host, 443, host, path)
+    assert (got.registry.name if isinstance(got, Target) else got) == expected
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    ("/artifactory/api/cargo/a/index/config.json", "config/a"),
+    ("/artifactory/api/cargo/a/index/3/l/log", "index/a/log"),
+    ("/artifactory/api/cargo/a/index/crates/log/0.4.17/download", "crate/a/log/0.4.17"),
+    ("/artifactory/api/cargo/a/index/crates/log/log-0.4.17.crate", "crate/a/log/0.4.17"),
+])
+def test_a_path_registry_classifies_below_its_index_path(shared_host, path, expected):
+    reg = shared_host.registries[0]
+    assert classify(reg, "corp.example", "GET", path).key == expected
+
+
+def test_a_path_registry_refuses_what_is_not_below_its_index_path(shared_host):
+    got = classify(shared_host.registries[0], "corp.example", "GET", "/config.json")
+    assert got == Rejection(404, "not under the registry's index path /artifactory/api/cargo/a/index/: /config.json")
+
+
+def test_a_path_registry_sends_downloads_back_under_its_index_path(shared_host):
+    assert shared_host.registries[1].download_root == "https://corp.example/artifactory/api/cargo/b/index/crates"
+    assert shared_host.registries[2].download_root == "https://root.example/crates"

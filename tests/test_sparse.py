@@ -155,7 +155,7 @@ def test_parse_config_rejects(body, message):
 
 def test_client_config_points_downloads_at_the_proxy_and_drops_auth():
     upstream = {"dl": "https://static.crates.io/crates", "api": "https://crates.io", "auth-required": True}
-    body = sparse.client_config(upstream, "static.crates.io", keep_api=True)
+    body = sparse.client_config(upstream, "https://static.crates.io/crates", keep_api=True)
     assert body.endswith(b"\n")
     assert json.loads(body) == {"dl": "https://static.crates.io/crates", "api": "https://crates.io"}
 
@@ -163,10 +163,10 @@ def test_client_config_points_downloads_at_the_proxy_and_drops_auth():
 def test_client_config_never_passes_on_a_mirrors_api():
     """Cargo would send its crates.io token to the mirror's API on `cargo publish`."""
     upstream = {"dl": "https://cargo.corp.example/dl/{crate}/{version}", "api": "https://cargo.corp.example"}
-    assert json.loads(sparse.client_config(upstream, "static.crates.io", keep_api=False)) == {
+    assert json.loads(sparse.client_config(upstream, "https://static.crates.io/crates", keep_api=False)) == {
         "dl": "https://static.crates.io/crates"}
 
 
 def test_client_config_without_api():
-    body = sparse.client_config({"dl": "https://static.crates.io/crates"}, "dl.example", keep_api=True)
+    body = sparse.client_config({"dl": "https://static.crates.io/crates"}, "https://dl.example/crates", keep_api=True)
     assert json.loads(body) == {"dl": "https://dl.example/crates"}

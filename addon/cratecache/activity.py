@@ -55,6 +55,7 @@ class Activity:
             "offline": settings.cache.offline,
             "registries": [
                 {"name": reg.name, "index_host": reg.index_host, "download_host": reg.download_host,
+                 "index_url": reg.index_url,
                  "upstreams": [_upstream(up, health.of(f"{reg.name}/{up.name}"), now) for up in reg.upstreams]}
                 for reg in settings.registries
             ],

@@ -131,7 +131,8 @@ class CargoCache:
         store.on_call = self.activity.metrics.storage_call
         self.settings, self.resolver = settings, Resolver(settings, store)
         self.resolver.on_attempt = self.activity.upstream_attempt
-        hosts = ", ".join(settings.hosts)
+        hosts = ", ".join(dict.fromkeys(host + reg.index_path.rstrip("/") for reg in settings.registries
+                                        for host in (reg.index_host, reg.download_host)))
         where = store.health()
         tier = f" (local tier {where['local_tier']})" if "local_tier" in where else ""
         logger.info("cargo-cache: %s: intercepting %s; cache %s %s%s", settings.source, hosts, where["backend"],
@@ -200,7 +201,7 @@ class CargoCache:
 
 
 def _target(settings: Settings, flow: http.HTTPFlow) -> Target | Rejection | None:
-    return intercept(settings, flow.request.host, flow.request.port, flow.request.host_header)
+    return intercept(settings, flow.request.host, flow.request.port, flow.request.host_header, flow.request.path)
 
 
 def _announces_body(request: http.Request) -> bool:

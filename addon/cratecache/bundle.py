@@ -257,7 +257,7 @@ def _rebuilt_config(item: dict, meta: Meta, staging: Path, path: Path, settings:
         upstream_config = sparse.parse_config((staging / meta.sha256).read_bytes())
     except ValueError as e:
         raise BundleError(f"{path}: config.json of registry {item['registry']} is invalid ({e})") from None
-    body = sparse.client_config(upstream_config, registry.download_host, keep_api=False)
+    body = sparse.client_config(upstream_config, registry.download_root, keep_api=False)
     digest = hashlib.sha256(body).hexdigest()
     (staging / digest).write_bytes(body)
     return replace(meta, sha256=digest, size=len(body))

@@ -33,6 +33,7 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::\d{1,5})?$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+_INDEX_PATH = re.compile(r"^/(?:[A-Za-z0-9._~-]+/){0,16}\Z")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G": 1000**3,
           "GB": 1000**3, "T": 1000**4, "TB": 1000**4, "KIB": 1024, "MIB": 1024**2,
@@ -78,6 +79,17 @@ class Registry:
     download_host: str
     upstreams: tuple[Upstream, ...]
     index_ttl: int = DEFAULT_INDEX_TTL
+    index_path: str = "/"  # where the index is on index_host (from index_url); downloads live under it too
+
+    @property
+    def index_url(self) -> str:
+        """The index URL as Cargo has it in its configuration (without `sparse+`)."""
+        return f"https://{self.index_host}{self.index_path}"
+
+    @property
+    def download_root(self) -> str:
+        """The `dl` the proxy gives Cargo: downloads come back to the download host, under the index path."""
+        return f"https://{self.download_host}{self.index_path}crates"
 
     @property
     def active_upstreams(self) -> tuple[Upstream, ...]:
@@ -132,16 +144,35 @@ class Settings:
     cache: CacheSettings
     registries: tuple[Registry, ...]
 
-    def match_host(self, host: str, port: int | None = None) -> tuple[Registry | None, str]:
-        """The registry one of whose hosts is `host` (with `port`, when the configured host names one), and that
-        configured host; (None, "") if none is. Case and a trailing dot do not matter."""
+    def match_host(self, host: str, port: int | None = None, path: str = "/") -> tuple[Registry | None, str]:
+        """The registry one of whose hosts is `host` (with `port`, when the configured host names one) and whose
+        index path `path` is under (the longest such path when several registries share a host), and that
+        configured host; (None, "") if none is. Case and a trailing dot of the host do not matter."""
         host = host.lower().removesuffix(".")
+        found: tuple[Registry | None, str] = (None, "")
         for reg in self.registries:
+            if not path.startswith(reg.index_path) or (found[0] and len(found[0].index_path) >= len(reg.index_path)):
+                continue
             for configured in (reg.index_host, reg.download_host):
                 name, _, want = configured.partition(":")
                 if name == host and (not want or port is None or int(want) == port):
-                    return reg, configured
-        return None, ""
+                    found = (reg, configured)
+                    break
+        return found
+
+    def registry_at(self, index_url: str) -> Registry | None:
+        """The registry whose index is exactly at `index_url` (as a lockfile's `sparse+` source names it)."""
+        try:
+            parts = urlsplit(index_url)
+            port = parts.port
+        except ValueError:
+            return None
+        path = parts.path if parts.path.endswith("/") else parts.path + "/"
+        registry, configured = self.match_host(parts.hostname or "", port or {"https": 443, "http": 80}.get(parts.scheme),
+                                               path)
+        if registry is None or registry.index_path != path or configured != registry.index_host:
+            return None
+        return registry
 
     @property
     def hosts(self) -> list[str]:
@@ -260,9 +291,11 @@ class _Parser:
         _unique(self, [(f"registries[{i}].name", r.name) for i, r in enumerate(registries)], "registry name")
         hosts = []
         for i, r in enumerate(registries):
-            hosts.append((f"registries[{i}].index_host", r.index_host))
+            field = "index_url" if "index_url" in regs[i] else "index_host"
+            under = r.index_path.rstrip("/")  # registries may share a host under different index paths
+            hosts.append((f"registries[{i}].{field}", r.index_host + under))
             if r.download_host != r.index_host:
-                hosts.append((f"registries[{i}].download_host", r.download_host))
+                hosts.append((f"registries[{i}].download_host", r.download_host + under))
         _unique(self, hosts, "host")
         return Settings(source=str(self.path), cache=cache, registries=registries)
 
@@ -353,10 +386,17 @@ class _Parser:
         return str(path)
 
     def registry(self, raw: Any, where: str, default_ttl: int) -> Registry:
-        raw = self.mapping(raw, where, ("name", "index_host", "download_host", "proxies", "index_ttl"),
-                           required=("name", "index_host", "proxies"))
+        raw = self.mapping(raw, where, ("name", "index_host", "index_url", "download_host", "proxies", "index_ttl"),
+                           required=("name", "proxies"))
         name = self.name(raw["name"], f"{where}.name")
-        index_host = self.host(raw["index_host"], f"{where}.index_host")
+        if (raw.get("index_host") is None) == (raw.get("index_url") is None):
+            raise self.fail(f"{where}.index_host", "set either index_host (an index at the host's root) or index_url "
+                                                   "(the index URL as Cargo has it), not both" if "index_url" in raw
+                            else "required field is missing (or give index_url)")
+        if raw.get("index_url") is not None:
+            index_host, index_path = self.index_url(raw["index_url"], f"{where}.index_url")
+        else:
+            index_host, index_path = self.host(raw["index_host"], f"{where}.index_host"), "/"
         download_host = self.host(raw.get("download_host", index_host), f"{where}.download_host")
         ups = raw["proxies"]
         if not isinstance(ups, list) or not ups:
@@ -366,7 +406,19 @@ class _Parser:
         ordered = tuple(sorted(parsed, key=lambda u: u.priority))  # stable: list order breaks ties
         ttl = self.integer(raw.get("index_ttl"), f"{where}.index_ttl", default_ttl, 0)
         return Registry(name=name, index_host=index_host, download_host=download_host,
-                        upstreams=ordered, index_ttl=ttl)
+                        upstreams=ordered, index_ttl=ttl, index_path=index_path)
+
+    def index_url(self, value: Any, where: str) -> tuple[str, str]:
+        """'[sparse+]https://host[:port]/path/' -> ('host[:port]', '/path/')."""
+        url = self.url(self.string(value, where).strip().removeprefix("sparse+"), where)
+        parts = urlsplit(url)
+        if parts.scheme != "https":
+            raise self.fail(where, "expected an https:// index URL (Cargo reaches the proxy's registries over TLS)")
+        if not _INDEX_PATH.match(parts.path) or any(s in (".", "..") for s in parts.path.split("/")):
+            raise self.fail(where, f"{parts.path!r} is not a usable index path (letters, digits and -._~ between "
+                                   "slashes; no '.' or '..' segments)")
+        host = parts.hostname + (f":{parts.port}" if parts.port else "")
+        return self.host(host, where), parts.path
 
     def upstream(self, raw: Any, where: str) -> Upstream:
         raw = self.mapping(raw, where, ("name", "url", "username", "password", "priority", "ssl_validation",

@@ -2,7 +2,8 @@
 
 A package's `source` says where it comes from:
 - `registry+https://github.com/rust-lang/crates.io-index` or `sparse+https://index.crates.io/`: crates.io
-- `sparse+https://{host}/...`: the configured registry whose index_host is `host`
+- `sparse+https://{host}/{path}`: the configured registry whose index is exactly there (index_host: path `/`,
+  or its index_url)
 - `git+...`: a git dependency, skipped (not a registry crate)
 - no source: a path dependency or a workspace member, skipped
 """
@@ -14,7 +15,6 @@ import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from . import sparse
 from .config import Registry, Settings
@@ -109,15 +109,15 @@ def registry_for_source(source: str | None, settings: Settings) -> tuple[Registr
     if source.startswith("git+"):
         return None, "git source"
     if source in CRATES_IO_SOURCES:
-        host = CRATES_IO_INDEX_HOST
+        index_url = f"https://{CRATES_IO_INDEX_HOST}/"
     elif source.startswith("sparse+"):
-        host = (urlsplit(source.removeprefix("sparse+")).hostname or "").lower()
+        index_url = source.removeprefix("sparse+")
     elif source.startswith("registry+"):
         return None, (f"a git-protocol registry index ({source}); the proxy serves sparse registries: use its "
                       "sparse+ index URL in Cargo's configuration")
     else:
         return None, f"registry not configured ({source})"
-    for registry in settings.registries:
-        if registry.index_host.split(":")[0] == host:
-            return registry, ""
-    return None, f"registry not configured ({source})"
+    registry = settings.registry_at(index_url)
+    if registry is None:
+        return None, f"registry not configured ({source})"
+    return registry, ""

@@ -117,8 +117,9 @@ class Resolver:
         if result is None:
             return await self._without_answer(key, cached, attempts, "config.json")
         name, upstream_config = result
-        own_host = urlsplit(reg.upstream(name).url).netloc.lower() == reg.index_host
-        body = sparse.client_config(upstream_config, reg.download_host, keep_api=own_host)
+        answered = urlsplit(reg.upstream(name).url)
+        own_index = (answered.netloc.lower(), answered.path) == (reg.index_host, reg.index_path)
+        body = sparse.client_config(upstream_config, reg.download_root, keep_api=own_index)
         if cached is not None and cached.body == body:
             return Served(await self._touch(key, cached), name, "revalidated", tuple(attempts))
         return Served(await self._save(key, body, name), name, "miss", tuple(attempts))

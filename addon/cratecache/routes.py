@@ -1,10 +1,11 @@
 """A request on a registry host -> what it asks for, or why it is refused (pure).
 
 Routes:
-- `ConfigRoute`   GET /config.json on the index host
-- `IndexRoute`    GET /{sparse path} on the index host, the path matching the crate name
-- `CrateRoute`    GET /crates/{name}/{version}/download or /crates/{name}/{name}-{version}.crate
+- `ConfigRoute`   GET {index path}config.json on the index host
+- `IndexRoute`    GET {index path}{sparse path} on the index host, the path matching the crate name
+- `CrateRoute`    GET {index path}crates/{name}/{version}/download or .../crates/{name}/{name}-{version}.crate
                   on the download host
+The index path is `/` for a registry configured by `index_host`, the path of its `index_url` otherwise.
 - `Rejection`     anything else, with a 4xx status and a one-line reason
 """
 
@@ -77,18 +78,19 @@ class Target:
     host: str
 
 
-def intercept(settings: Settings, host: str, port: int, host_header: str | None) -> Target | Rejection | None:
+def intercept(settings: Settings, host: str, port: int, host_header: str | None, path: str = "/") -> Target | Rejection | None:
     """Whether a request is the proxy's to answer, from the connection's target (the CONNECT/SNI host, or an
-    absolute URL's) and the Host header together. None: neither names a registry host, so it is not ours.
-    A request on which the two disagree is never passed on to a real host: it gets a 421."""
-    registry, configured = settings.match_host(host, port)
+    absolute URL's) and the Host header together, and the path (a registry configured by `index_url` owns only
+    the paths under its index). None: neither names a registry, so it is not ours. A request on which the two
+    disagree is never passed on to a real host: it gets a 421."""
+    registry, configured = settings.match_host(host, port, path)
     if host_header is None:
         return Target(registry, configured) if registry else None
     header_host, header_port = _authority(host_header)
-    header_registry, header_configured = settings.match_host(header_host, header_port or port)
+    header_registry, header_configured = settings.match_host(header_host, header_port or port, path)
     if registry is None and header_registry is None:
         return None
-    if registry is None or header_configured != configured:
+    if registry is None or header_configured != configured or header_registry is not registry:
         return Rejection(421, f"Host header {host_header!r} does not match the connection's target {host}:{port}")
     return Target(registry, configured)
 
@@ -118,7 +120,9 @@ def classify(registry: Registry, host: str, method: str, path: str) -> Route | R
             return Rejection(400, "percent-encoded characters are not allowed in registry paths")
     if not path.startswith("/") or "//" in path:
         return Rejection(400, "malformed path")
-    segments = path[1:].split("/")
+    if not path.startswith(registry.index_path):
+        return Rejection(404, f"not under the registry's index path {registry.index_path}: {path}")
+    segments = path[len(registry.index_path):].split("/")
     if any(s in (".", "..") for s in segments):
         return Rejection(400, "path traversal is not allowed")
 

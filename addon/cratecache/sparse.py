@@ -142,14 +142,14 @@ def parse_config(body: bytes) -> dict:
     return obj
 
 
-def client_config(upstream_config: dict, download_host: str, keep_api: bool) -> bytes:
+def client_config(upstream_config: dict, download_root: str, keep_api: bool) -> bytes:
     """The config.json served to Cargo: downloads come back to the intercepted host.
 
     `api` (publish, yank, owner, search) is kept only from the registry's own index host
     (`keep_api`): a mirror's API must not receive the tokens Cargo has for the real registry.
     `auth-required` is dropped because the proxy authenticates to upstreams itself.
     """
-    out = {"dl": f"https://{download_host}/crates"}
+    out = {"dl": download_root}
     if keep_api and isinstance(upstream_config.get("api"), str):
         out["api"] = upstream_config["api"]
     return json.dumps(out, separators=(",", ":")).encode() + b"\n"

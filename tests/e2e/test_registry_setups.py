@@ -1,0 +1,80 @@
+"""Registries as teams configure them: indexes under a path (Artifactory, Kellnr, Cloudsmith, Nexus), several
+registries on one host. Real cargo through a real mitmdump; upstreams are local servers."""
+
+from __future__ import annotations
+
+import yaml
+
+from tests.harness import Cargo, Proxy, cli, locked_packages, make_project
+
+CORP = "https://corp.example/artifactory/api/cargo/{repo}/index/"
+
+
+def registries_config(path, cache_dir, registries: list[dict], **cache) -> object:
+    path.write_text(yaml.safe_dump({"cache": {"directory": str(cache_dir), **cache}, "registries": registries}))
+    return path
+
+
+def corp_cargo(home, proxy: Proxy, **repos: str) -> Cargo:
+    """Cargo knowing the corp registries by their index URLs, as its configuration would name them."""
+    home.mkdir()
+    env = {f"CARGO_REGISTRIES_{name.upper().replace('-', '_')}_INDEX": f"sparse+{CORP.format(repo=repo)}"
+           for name, repo in repos.items()}
+    return Cargo(home, proxy, env)
+
+
+def test_a_registry_whose_index_is_under_a_path_is_served_staged_and_served_offline(
+    secondary, entry, confdir, tmp_path
+):
+    registries = [{"name": "corp", "index_url": CORP.format(repo="corp"), "proxies": [entry(secondary)]}]
+    config = registries_config(tmp_path / "proxies.yaml", tmp_path / "cache", registries)
+    project = make_project(tmp_path / "app", 'anyhow = { version = "1", registry = "corp" }\n'
+                                             'log = { version = "0.4", registry = "corp" }\n')
+
+    with Proxy(config, confdir, tmp_path / "online.log") as proxy:
+        fetched = corp_cargo(tmp_path / "home-1", proxy, corp="corp").fetch(project)
+        log = proxy.log()
+    assert fetched.returncode == 0, fetched.stderr
+    assert "GET corp.example/artifactory/api/cargo/corp/index/config.json 200 secondary miss" in log
+    assert "GET corp.example/artifactory/api/cargo/corp/index/an/yh/anyhow 200 secondary miss" in log
+    assert "GET corp.example/artifactory/api/cargo/corp/index/crates/anyhow/1.0.69/download 200 secondary miss" in log
+    packages = locked_packages(project)
+    assert ("anyhow", "1.0.69") in packages and ("cfg-if", "1.0.0") in packages  # log's dependency, same registry
+    assert 'source = "sparse+https://corp.example/artifactory/api/cargo/corp/index/"' in (project / "Cargo.lock").read_text()
+
+    # The gateway stages that lockfile into its own cache, and serves it with no upstream at all.
+    staging = registries_config(tmp_path / "staging.yaml", tmp_path / "staged", registries)
+    staged = cli(staging, "stage", str(project / "Cargo.lock"))
+    assert staged.returncode == 0, staged.stdout + staged.stderr
+    assert f"fetched {len(packages)}, already cached 0, failed 0, skipped 1" in staged.stdout  # the app itself
+
+    secondary.stop()
+    offline = registries_config(tmp_path / "offline.yaml", tmp_path / "staged", registries, offline=True)
+    with Proxy(offline, confdir, tmp_path / "offline.log") as proxy:
+        built = corp_cargo(tmp_path / "home-2", proxy, corp="corp").run(project, "fetch", "--locked")
+        log = proxy.log()
+    assert built.returncode == 0, built.stderr
+    assert "GET corp.example/artifactory/api/cargo/corp/index/crates/log/0.4.17/download 200 cache hit" in log
+
+
+def test_two_registries_on_one_host_under_different_paths_each_reach_their_own_upstream(
+    primary, secondary, registry, entry, confdir, tmp_path
+):
+    registries = [
+        {"name": "team-a", "index_url": CORP.format(repo="team-a"), "proxies": [entry(secondary)]},
+        {"name": "team-b", "index_url": CORP.format(repo="team-b"), "proxies": [entry(primary)]},
+    ]
+    config = registries_config(tmp_path / "proxies.yaml", tmp_path / "cache", registries)
+    project = make_project(tmp_path / "app", 'anyhow = { version = "1", registry = "team-a" }\n'
+                                             'log = { version = "0.4", registry = "team-b" }\n')
+
+    with Proxy(config, confdir, tmp_path / "mitmdump.log") as proxy:
+        fetched = corp_cargo(tmp_path / "home", proxy, team_a="team-a", team_b="team-b").fetch(project)
+        log = proxy.log()
+
+    assert fetched.returncode == 0, fetched.stderr
+    assert "/crates/anyhow/1.0.69/download" in secondary.paths()
+    assert not any("anyhow" in p for p in primary.paths())
+    assert any("log-0.4.17" in p or "/log/0.4.17" in p for p in primary.paths())
+    assert not any("/log/" in p for p in secondary.paths())
+    assert "GET corp.example/artifactory/api/cargo/team-b/index/3/l/log 200 primary miss" in log
