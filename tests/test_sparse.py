@@ -91,22 +91,33 @@ def test_parse_index_empty():
 
 
 @pytest.mark.parametrize(
-    "bad_line, message",
+    "bad_line",
     [
-        (b"{not json", "line 2 is not JSON"),
-        (b"[1, 2]", "line 2 is not a JSON object"),
-        (b'"serde"', "line 2 is not a JSON object"),
-        (json.dumps({"name": "serde", "cksum": CKSUM}).encode(), "line 2 lacks name or vers"),
-        (json.dumps({"name": "serde", "vers": 1, "cksum": CKSUM}).encode(), "line 2 lacks name or vers"),
-        (line(cksum=None), "line 2 has no valid cksum"),
-        (line(cksum="abc123"), "line 2 has no valid cksum"),
-        (line(cksum=CKSUM + "00"), "line 2 has no valid cksum"),
-        (line(cksum=CKSUM + "\n"), "line 2 has no valid cksum"),
+        b"{not json",
+        b"[1, 2]",
+        b'"serde"',
+        json.dumps({"name": "serde", "cksum": CKSUM}).encode(),
+        json.dumps({"name": "serde", "vers": 1, "cksum": CKSUM}).encode(),
+        line(cksum=None),
+        line(cksum="abc123"),
+        line(cksum=CKSUM + "00"),
+        line(cksum=CKSUM + "\n"),
+        line(vers="2.0.0", cksum=None)[:-1] + b',"v":3}',  # a newer format's line without cksum
+        line(yanked="no"),
     ],
 )
-def test_parse_index_malformed(bad_line, message):
-    with pytest.raises(ValueError, match=message):
-        sparse.parse_index(line() + b"\n" + bad_line + b"\n")
+def test_lines_that_cannot_be_served_are_skipped_as_cargo_skips_them(bad_line):
+    body = line() + b"\n" + bad_line + b"\n" + line(vers="1.0.1", cksum=CKSUM2) + b"\n"
+    assert sparse.parse_index(body) == [IndexEntry("serde", "1.0.0", CKSUM, False), IndexEntry("serde", "1.0.1", CKSUM2, False)]
+    sparse.validate_index(body, "serde")  # still an index file
+    assert sparse.prune_index(body, lambda e: True) == line() + b"\n" + line(vers="1.0.1", cksum=CKSUM2) + b"\n"
+
+
+def test_a_version_without_a_valid_checksum_is_never_found_for_download():
+    body = line() + b"\n" + line(vers="2.0.0", cksum="not-hex") + b"\n"
+    assert sparse.find_version(body, "serde", "2.0.0") is None
+    assert sparse.listed_unverifiable(body, "serde", "2.0.0")
+    assert not sparse.listed_unverifiable(body, "serde", "1.0.0") and not sparse.listed_unverifiable(body, "serde", "3.0.0")
 
 
 @pytest.mark.parametrize("name", ["serde", "Serde", "SERDE"])
@@ -126,16 +137,19 @@ def test_validate_index_accepts_any_case():
 @pytest.mark.parametrize(
     "body, message",
     [
-        (b"<!DOCTYPE html>\n<html><body>Not Found</body></html>\n", "line 1 is not JSON"),
-        (b"", "lists no versions"),
-        (b"\n\n", "lists no versions"),
+        (b"<!DOCTYPE html>\n<html><body>Not Found</body></html>\n", "not an index file: line 1 is not a JSON object"),
+        (b'{"error": "not found"}\n', "not an index file: line 1 is not a JSON object naming a crate"),
         (line() + b"\n" + line(name="serde_json") + b"\n", "index file is for 'serde_json', not 'serde'"),
-        (line(cksum="0" * 63), "no valid cksum"),
     ],
 )
 def test_validate_index_rejects(body, message):
     with pytest.raises(ValueError, match=message):
         sparse.validate_index(body, "serde")
+
+
+@pytest.mark.parametrize("body", [b"", b"\n\n", line(cksum="0" * 63)])
+def test_validate_index_accepts_what_cargo_reads_as_an_index_file(body):
+    sparse.validate_index(body, "serde")  # an empty file lists no versions; Cargo says "no matching package"
 
 
 def test_parse_config():

@@ -212,6 +212,9 @@ class Resolver:
         if listed is None and index.state == "stale":
             raise Unavailable(f"{name} {version}: not in the cached index, and no upstream could be asked "
                               f"({summary(index.attempts)})", index.attempts)
+        if listed is None and sparse.listed_unverifiable(index.entry.body, name, version):
+            raise NotFound(f"{name} {version}: its index line has no valid cksum, so its download cannot be verified "
+                           "and is not served")
         if listed is None:
             reason = f"{name} {version} is not listed in the index"
             await self._best_effort(self.store.set_negative, key, reason, self.settings.cache.negative_ttl)

@@ -79,40 +79,46 @@ class IndexEntry:
 
 
 def parse_index(body: bytes) -> list[IndexEntry]:
-    """The versions listed in an index file. Raises ValueError on a malformed file."""
-    entries = []
-    for number, line in enumerate(body.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError as e:
-            raise ValueError(f"line {number} is not JSON") from e
-        if not isinstance(obj, dict):
-            raise ValueError(f"line {number} is not a JSON object")
-        name, vers, cksum = obj.get("name"), obj.get("vers"), obj.get("cksum")
-        if not isinstance(name, str) or not isinstance(vers, str):
-            raise ValueError(f"line {number} lacks name or vers")
-        if not isinstance(cksum, str) or not _SHA256.match(cksum):
-            raise ValueError(f"line {number} has no valid cksum")
-        entries.append(IndexEntry(name, vers, cksum, bool(obj.get("yanked", False))))
-    return entries
+    """The versions of an index file that can be served: lines with a string name and vers and a valid cksum.
+    Any other line is skipped, as Cargo skips an index line it cannot parse (a newer format's line, one with a
+    malformed checksum): such a version is never downloaded through the proxy, since it cannot be verified."""
+    return [entry for line in body.splitlines() if (entry := _entry(_line_object(line))) is not None]
+
+
+def _line_object(line: bytes) -> dict | None:
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _entry(obj: dict | None) -> IndexEntry | None:
+    if obj is None:
+        return None
+    name, vers, cksum, yanked = obj.get("name"), obj.get("vers"), obj.get("cksum"), obj.get("yanked", False)
+    if not isinstance(name, str) or not isinstance(vers, str) or not isinstance(cksum, str):
+        return None
+    if not _SHA256.match(cksum) or yanked not in (None, True, False):
+        return None
+    return IndexEntry(name, vers, cksum, yanked is True)
 
 
 def prune_index(body: bytes, keep: Callable[[IndexEntry], bool]) -> bytes:
-    """The index file with only the version lines for which `keep` is true (lines kept verbatim)."""
+    """The index file with only the version lines for which `keep` is true (lines kept verbatim; lines that
+    cannot be served are dropped)."""
     kept = []
     for line in body.splitlines(keepends=True):
-        if not line.strip():
-            continue
-        (entry,) = parse_index(line)
-        if keep(entry):
+        entry = _entry(_line_object(line))
+        if entry is not None and keep(entry):
             kept.append(line if line.endswith(b"\n") else line + b"\n")
     return b"".join(kept)
 
 
 def find_version(body: bytes, name: str, version: str) -> IndexEntry | None:
-    """The index line for `name` `version`, matching the name case-insensitively."""
+    """The index line for `name` `version` that can be served, matching the name case-insensitively."""
     lower = name.lower()
     for entry in parse_index(body):
         if entry.version == version and entry.name.lower() == lower:
@@ -120,15 +126,33 @@ def find_version(body: bytes, name: str, version: str) -> IndexEntry | None:
     return None
 
 
-def validate_index(body: bytes, name: str) -> None:
-    """Raise ValueError unless `body` is an index file for crate `name`."""
-    entries = parse_index(body)
-    if not entries:
-        raise ValueError("index file lists no versions")
+def listed_unverifiable(body: bytes, name: str, version: str) -> bool:
+    """Whether `version` has a line that names it but cannot be served (no valid cksum, say)."""
     lower = name.lower()
-    for entry in entries:
-        if entry.name.lower() != lower:
-            raise ValueError(f"index file is for {entry.name!r}, not {name!r}")
+    for line in body.splitlines():
+        obj = _line_object(line)
+        if obj and obj.get("vers") == version and str(obj.get("name", "")).lower() == lower and _entry(obj) is None:
+            return True
+    return False
+
+
+def validate_index(body: bytes, name: str) -> None:
+    """Raise ValueError unless `body` is an index file for crate `name`: empty (no versions), or with lines that
+    are JSON objects naming that crate. Lines Cargo would skip are accepted; what is not an index file at all
+    (an HTML portal page) and a file for another crate are not."""
+    lower, named, first_other = name.lower(), 0, None
+    for number, line in enumerate(body.splitlines(), 1):
+        if not line.strip():
+            continue
+        obj = _line_object(line)
+        if obj is None or not isinstance(obj.get("name"), str):
+            first_other = first_other or number
+            continue
+        if obj["name"].lower() != lower:
+            raise ValueError(f"index file is for {obj['name']!r}, not {name!r}")
+        named += 1
+    if first_other is not None and not named:
+        raise ValueError(f"not an index file: line {first_other} is not a JSON object naming a crate")
 
 
 def parse_config(body: bytes) -> dict:

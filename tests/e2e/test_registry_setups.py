@@ -78,3 +78,39 @@ def test_two_registries_on_one_host_under_different_paths_each_reach_their_own_u
     assert any("log-0.4.17" in p or "/log/0.4.17" in p for p in primary.paths())
     assert not any("/log/" in p for p in secondary.paths())
     assert "GET corp.example/artifactory/api/cargo/team-b/index/3/l/log 200 primary miss" in log
+
+
+def test_index_lines_cargo_skips_are_accepted_and_a_version_without_a_valid_checksum_is_never_served(
+    registry, entry, start_proxy, new_cargo, small_project, tmp_path
+):
+    import json
+    import ssl
+
+    import httpx
+
+    from tests.fixtures.registry import Registry
+    from tests.fixtures.upstream import UpstreamServer
+
+    newer_format = {"name": "log", "vers": "0.4.99", "deps": [], "features": {}, "v": 3}  # no cksum
+    not_hex = {"name": "log", "vers": "0.3.99", "deps": [], "features": {}, "cksum": "Z" * 64, "yanked": False}
+    own = Registry(index_files=dict(registry.index_files), crates=dict(registry.crates))
+    own.index_files["log"] += b"".join(json.dumps(x).encode() + b"\n" for x in (newer_format, not_hex))
+    own.index_files["nothing"] = b""  # an index file that lists no versions
+    empty_project = make_project(tmp_path / "empty", 'nothing = "1"\n')
+
+    with UpstreamServer(own, name="origin") as origin:
+        proxy = start_proxy([entry(origin)])
+        fetched = new_cargo(proxy).fetch(small_project)
+        missing = new_cargo(proxy, CARGO_NET_RETRY="0").run(empty_project, "generate-lockfile")
+        with httpx.Client(proxy=proxy.url, verify=ssl.create_default_context(cafile=str(proxy.ca_cert))) as c:
+            unverifiable = c.get("https://static.crates.io/crates/log/0.3.99/download")
+        log = proxy.log()
+
+    assert fetched.returncode == 0, fetched.stderr  # the file was not refused over lines Cargo skips
+    assert ("log", "0.4.17") in locked_packages(small_project)
+    assert missing.returncode != 0 and "no matching package named `nothing` found" in missing.stderr
+    assert "GET index.crates.io/no/th/nothing 200 origin miss 0B" in log  # not a 502 (and four retries)
+    assert unverifiable.status_code == 404
+    assert unverifiable.text == ("log 0.3.99: its index line has no valid cksum, so its download cannot be verified "
+                                 "and is not served\n")
+    assert "/crates/log/0.3.99/download" not in origin.paths()
