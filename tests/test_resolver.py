@@ -184,6 +184,25 @@ async def test_version_missing_from_fresh_index_forces_one_refresh(resolver, reg
     assert net.asked().count(A_FOO) == 2  # that index was refreshed for 1.1.0 just now
 
 
+async def test_a_client_asking_again_for_an_index_file_revalidates_it_at_most_once_per_ten_seconds(
+    resolver, reg, net, clock
+):
+    from cratecache.routes import IndexRoute
+
+    route = IndexRoute(reg, "foo")
+    await resolver.resolve(route)
+    net.registry(A, A_DL, a_download, {"foo": {"1.0.0": FOO, "1.1.0": FOO_NEW}}, etag='"a-foo-2"')  # published
+    assert b"1.1.0" not in (await resolver.resolve(route)).entry.body  # asked once: fresh for index_ttl
+    served = await resolver.resolve(route, reasked=True)  # Cargo's re-ask: the new version is there at once
+    assert b"1.1.0" in served.entry.body and served.state == "updated"
+    for _ in range(20):
+        assert (await resolver.resolve(route, reasked=True)).state == "hit"
+    assert net.asked().count(A_FOO) == 2
+    clock.advance(10)
+    assert (await resolver.resolve(route, reasked=True)).state == "revalidated"
+    assert net.asked().count(A_FOO) == 3
+
+
 async def test_made_up_versions_force_at_most_one_revalidation_per_index_per_ten_seconds(resolver, reg, net, clock):
     await resolver.index(reg, "foo")
     for n in range(20):

@@ -9,12 +9,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from mitmproxy import ctx, http
+from mitmproxy import connection, ctx, http
 from mitmproxy.addonmanager import Loader
 
 from .activity import Activity, origin
 from .config import ConfigError, Settings, load_settings
 from .handler import Reply, handle, text_reply
+from .reasks import Reasks
 from .resolver import Resolver
 from .routes import Rejection, Target, intercept
 from .status import StatusServer
@@ -35,6 +36,7 @@ class CargoCache:
         self.settings: Settings | None = None
         self.resolver: Resolver | None = None
         self.activity = Activity()
+        self.reasks = Reasks()  # index files each client connection was given: a second ask is Cargo's re-ask
         self.status: StatusServer | None = None
         self._flusher: asyncio.Task | None = None
 
@@ -103,8 +105,9 @@ class CargoCache:
             reply = text_reply(target.status, target.reason, "rejected")
         else:
             name, host = target.registry.name, target.host
+            connection, peer = flow.client_conn.id, flow.client_conn.peername[0] if flow.client_conn.peername else "-"
             reply = await handle(self.resolver, target.registry, flow.request.method, host, flow.request.path,
-                                 flow.request.headers)
+                                 flow.request.headers, lambda key: self.reasks.asked_again(connection, peer, key))
         flow.response = http.Response.make(reply.status, reply.body, reply.headers)
         if reply.status == 304:
             del flow.response.headers["Content-Length"]  # RFC 9110 §8.6: not the length of an empty 304
@@ -116,6 +119,9 @@ class CargoCache:
         self.activity.request(name, client, flow.request.method, host, flow.request.path, reply.status,
                               reply.source, reply.state, reply.kind, len(reply.body), seconds, reply.reason)
         _log_reply(flow, client, host, reply, seconds * 1000)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self.reasks.forget(client.id)
 
     async def done(self) -> None:
         if self._flusher is not None:

@@ -7,13 +7,13 @@ Domain outcomes become statuses here and nowhere else: a refused path is its rou
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from . import freshness
 from .config import Registry
 from .resolver import NotFound, Resolver, Served, Unavailable
-from .routes import Rejection, classify
+from .routes import IndexRoute, Rejection, classify
 
 logger = logging.getLogger(__name__)
 
@@ -37,20 +37,23 @@ class Reply:
 
 
 async def handle(
-    resolver: Resolver, registry: Registry, method: str, host: str, path: str, headers: Mapping[str, str]
+    resolver: Resolver, registry: Registry, method: str, host: str, path: str, headers: Mapping[str, str],
+    asked_again: Callable[[str], bool] = lambda key: False,
 ) -> Reply:
-    reply = await _answer(resolver, registry, method, host, path, headers)
+    """`asked_again(key)`: whether this client connection was already given that index file (see reasks.py)."""
+    reply = await _answer(resolver, registry, method, host, path, headers, asked_again)
     return _without_body(reply) if method == "HEAD" and reply.status != 304 else reply
 
 
 async def _answer(
-    resolver: Resolver, registry: Registry, method: str, host: str, path: str, headers: Mapping[str, str]
+    resolver: Resolver, registry: Registry, method: str, host: str, path: str, headers: Mapping[str, str],
+    asked_again: Callable[[str], bool],
 ) -> Reply:
     route = classify(registry, host, method, path)
     if isinstance(route, Rejection):
         return text_reply(route.status, route.reason, "rejected")
     try:
-        served = await resolver.resolve(route)
+        served = await resolver.resolve(route, reasked=isinstance(route, IndexRoute) and asked_again(route.key))
     except NotFound as e:
         return text_reply(404, str(e), "not_found", route.kind)
     except Unavailable as e:

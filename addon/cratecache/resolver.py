@@ -26,7 +26,7 @@ from .upstreams import Attempt, UpstreamClient, UpstreamError, download_allowed,
 
 logger = logging.getLogger(__name__)
 
-FORCED_REVALIDATION_SECONDS = 10.0  # a download of an unlisted version revalidates its index at most this often
+FORCED_REVALIDATION_SECONDS = 10.0  # a re-ask or an unlisted version revalidates an index file at most this often
 FORCED_KEPT = 10_000
 CRATE_DEADLINE = 600.0  # seconds for a whole .crate download (up to max_crate_size at ~100 kB/s)
 
@@ -76,13 +76,19 @@ class Resolver:
     async def aclose(self) -> None:
         await asyncio.gather(*(c.aclose() for c in self.clients.values()), return_exceptions=True)
 
-    async def resolve(self, route: Route) -> Served:
+    async def resolve(self, route: Route, reasked: bool = False) -> Served:
+        """`reasked`: the client asks again for an index file it was given on this connection (Cargo does so when
+        a locked version is missing from it): revalidated with the upstreams at once, at most once per
+        FORCED_REVALIDATION_SECONDS per index file, so that a just-published version is found."""
         if self.settings.cache.offline:
             return await self._offline(route)
         if isinstance(route, CrateRoute):
             return await self.crate(route.registry, route.name, route.version)
         if isinstance(route, IndexRoute):
-            return await self.index(route.registry, route.name)
+            force = reasked and self._may_force(route.key)
+            if force:
+                self._forced[route.key] = self.clock()
+            return await self.index(route.registry, route.name, force=force)
         if isinstance(route, ConfigRoute):
             return await self.config(route.registry)
         raise TypeError(f"not a route: {route!r}")

@@ -3,8 +3,12 @@ registries on one host. Real cargo through a real mitmdump; upstreams are local 
 
 from __future__ import annotations
 
+import re
+
+import pytest
 import yaml
 
+from tests.e2e.test_faults import proxy_client
 from tests.harness import Cargo, Proxy, cli, locked_packages, make_project
 
 CORP = "https://corp.example/artifactory/api/cargo/{repo}/index/"
@@ -114,3 +118,40 @@ def test_index_lines_cargo_skips_are_accepted_and_a_version_without_a_valid_chec
     assert unverifiable.text == ("log 0.3.99: its index line has no valid cksum, so its download cannot be verified "
                                  "and is not served\n")
     assert "/crates/log/0.3.99/download" not in origin.paths()
+
+
+@pytest.mark.parametrize("multiplexing", ["true", "false"])  # HTTP/2, and HTTP/1.1 with its pool of connections
+def test_a_locked_build_finds_a_version_published_after_the_proxy_cached_the_index(
+    registry, entry, start_proxy, new_cargo, small_project, tmp_path, multiplexing
+):
+    from tests.fixtures.registry import Registry
+    from tests.fixtures.upstream import UpstreamServer
+
+    own = Registry(index_files=dict(registry.index_files), crates=dict(registry.crates))
+    published = own.index_files["log"]
+    with UpstreamServer(own, name="origin") as origin:
+        locker = start_proxy([entry(origin)], cache_dir=tmp_path / "lock-cache")
+        assert new_cargo(locker).run(small_project, "generate-lockfile").returncode == 0  # pins log 0.4.17
+        locker.stop()
+
+        # The proxy caches log's index file before 0.4.17 is published (an older version only).
+        older = published.replace(b'"vers":"0.4.17"', b'"vers":"0.4.16"')
+        assert older != published
+        own.index_files["log"] = older
+        proxy = start_proxy([entry(origin)])  # index_ttl 300: the cached file stays fresh for the whole test
+        with proxy_client(proxy) as c:
+            assert b'"vers":"0.4.16"' in c.get("https://index.crates.io/3/l/log").content
+        own.index_files["log"] = published  # published upstream
+        origin.clear()
+
+        built = new_cargo(proxy, CARGO_HTTP_MULTIPLEXING=multiplexing).run(small_project, "fetch", "--locked")
+        log = proxy.log()
+        asked = origin.paths().count("/index/3/l/log")
+        again = [new_cargo(proxy).run(small_project, "fetch", "--locked") for _ in range(2)]
+
+    assert built.returncode == 0, built.stderr
+    # Cargo asked again for the file it had been given; that re-ask was revalidated upstream, once.
+    assert asked == 1
+    assert "/crates/log/0.4.17/download" in origin.paths()
+    assert re.search(r"GET index\.crates\.io/3/l/log 200 origin updated", log)
+    assert all(r.returncode == 0 for r in again)  # later builds find 0.4.17 in the cache
