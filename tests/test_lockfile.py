@@ -126,3 +126,38 @@ def test_a_sparse_source_belongs_to_the_registry_whose_index_is_exactly_there(tm
     settings = replace(settings, registries=(*settings.registries, corp))
     registry, _ = registry_for_source(source, settings)
     assert (registry.name if registry else None) == expected
+
+
+V1_LOCK = """[[package]]
+name = "app"
+version = "0.1.0"
+dependencies = [
+ "serde 1.0.152 (registry+https://github.com/rust-lang/crates.io-index)",
+]
+
+[[package]]
+name = "serde"
+version = "1.0.152"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+
+[[package]]
+name = "tool"
+version = "0.3.0"
+source = "git+https://git.example.com/tool#0123abcd"
+
+[metadata]
+"checksum serde 1.0.152 (registry+https://github.com/rust-lang/crates.io-index)" = "{serde}"
+"checksum tool 0.3.0 (git+https://git.example.com/tool#0123abcd)" = "<none>"
+"""
+
+
+def test_a_version_1_lockfile_gives_its_checksums_from_its_metadata_table(tmp_path, settings):
+    (tmp_path / "Cargo.lock").write_text(V1_LOCK.format(serde="bb" * 32))
+    wanted = plan(read_lockfile(tmp_path / "Cargo.lock"), settings)
+    assert wanted.crates == {"crates-io": {"serde": {"1.0.152": "bb" * 32}}}
+
+
+def test_a_version_1_lockfile_with_a_malformed_checksum_is_refused(tmp_path):
+    (tmp_path / "Cargo.lock").write_text(V1_LOCK.format(serde="../../etc/passwd"))
+    with pytest.raises(ValueError, match="package 'serde' '1.0.152': checksum is not 64 lowercase hex digits"):
+        read_lockfile(tmp_path / "Cargo.lock")

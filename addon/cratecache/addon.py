@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -105,9 +106,8 @@ class CargoCache:
             reply = text_reply(target.status, target.reason, "rejected")
         else:
             name, host = target.registry.name, target.host
-            connection, peer = flow.client_conn.id, flow.client_conn.peername[0] if flow.client_conn.peername else "-"
             reply = await handle(self.resolver, target.registry, flow.request.method, host, flow.request.path,
-                                 flow.request.headers, lambda key: self.reasks.asked_again(connection, peer, key))
+                                 flow.request.headers, self._asked_again(flow))
         flow.response = http.Response.make(reply.status, reply.body, reply.headers)
         if reply.status == 304:
             del flow.response.headers["Content-Length"]  # RFC 9110 §8.6: not the length of an empty 304
@@ -119,6 +119,12 @@ class CargoCache:
         self.activity.request(name, client, flow.request.method, host, flow.request.path, reply.status,
                               reply.source, reply.state, reply.kind, len(reply.body), seconds, reply.reason)
         _log_reply(flow, client, host, reply, seconds * 1000)
+
+    def _asked_again(self, flow: http.HTTPFlow) -> Callable[[str], bool]:
+        conn, headers = flow.client_conn, flow.request.headers
+        peer = conn.peername[0] if conn.peername else "-"
+        conditional = "if-none-match" in headers or "if-modified-since" in headers
+        return lambda key: self.reasks.asked_again(conn.id, peer, key, conditional)
 
     def client_disconnected(self, client: connection.Client) -> None:
         self.reasks.forget(client.id)

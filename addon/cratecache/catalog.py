@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from . import sparse
 from .bundle import key_fields
 from .storage import Storage
 
@@ -33,14 +34,32 @@ def parse_age(text: str) -> float:
     return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
 
 
-async def rows(store: Storage, now: float, kinds: tuple[str, ...] = KINDS) -> list[Row]:
+async def rows(store: Storage, now: float, kinds: tuple[str, ...] = KINDS, real_names: bool = False) -> list[Row]:
+    """Every cached entry of `kinds`. Keys hold crate names in lowercase; with `real_names`, names are given as
+    the crate's index file spells them (`Inflector`), which costs reading each crate's index file."""
     out = []
     for key, meta in await store.entries():
         fields = key_fields(key)
         if fields["kind"] in kinds:
             out.append(Row(key, fields["kind"], fields["registry"], fields["name"], fields["version"],
                            meta.size, meta.upstream, max(0.0, now - meta.stored_at)))
+    if real_names:
+        spelled = {}
+        for registry, name in dict.fromkeys((r.registry, r.name) for r in out if r.name):
+            index = await store.latest(f"index/{registry}/{name}")
+            spelled[(registry, name)] = spelling(index.body, name) if index is not None else name
+        out = [replace(r, name=spelled.get((r.registry, r.name), r.name)) for r in out]
     return out
+
+
+def spelling(index_body: bytes, name: str) -> str:
+    """How an index file spells crate `name` (any case), or `name` itself."""
+    return next((entry.name for entry in sparse.parse_index(index_body) if entry.name.lower() == name.lower()), name)
+
+
+def same_crate(a: str, b: str) -> bool:
+    """Cargo treats names that differ only in case or in '-' against '_' as one crate."""
+    return a.lower().replace("_", "-") == b.lower().replace("_", "-")
 
 
 async def totals(store: Storage, now: float) -> dict:
@@ -68,7 +87,7 @@ async def purge(store: Storage, now: float, crate: str | None = None, older_than
         return removed
     removed = []
     for row in await rows(store, now):
-        by_name = crate is not None and row.name == crate.lower()
+        by_name = crate is not None and row.name is not None and same_crate(row.name, crate)
         by_age = older_than is not None and row.age > older_than
         if by_name or by_age:
             await store.delete(row.key)

@@ -110,7 +110,9 @@ def parser() -> argparse.ArgumentParser:
 
     pu = sub.add_parser("purge", help="remove entries by crate name, by age, or all",
                         description="Remove cached entries. --crate NAME removes its index file and every "
-                                    "version; --older-than AGE removes entries stored longer ago (30d, 12h, 90m); "
+                                    "version (the name matched as Cargo does: case and '-'/'_' do not matter; "
+                                    "exit 1 if nothing is cached for it); --older-than AGE removes entries stored "
+                                    "longer ago (30d, 12h, 90m); "
                                     "--all empties the cache.")
     group = pu.add_mutually_exclusive_group(required=True)
     group.add_argument("--crate", metavar="NAME")
@@ -179,7 +181,7 @@ async def cmd_import(args, settings: Settings, store: Storage) -> int:
 
 
 async def cmd_ls(args, settings: Settings, store: Storage) -> int:
-    found = await catalog.rows(store, time.time(), tuple(args.kind or catalog.KINDS))
+    found = await catalog.rows(store, time.time(), tuple(args.kind or catalog.KINDS), real_names=True)
     if args.json:
         for row in found:
             print(json.dumps(row.__dict__))
@@ -209,6 +211,10 @@ async def cmd_stats(args, settings: Settings, store: Storage) -> int:
 
 async def cmd_purge(args, settings: Settings, store: Storage) -> int:
     removed = await catalog.purge(store, time.time(), crate=args.crate, older_than=args.older_than, everything=args.all)
+    if args.crate is not None and not removed:
+        print(f"cargo-cache: nothing cached for crate {args.crate} (names are matched ignoring case and '-'/'_')",
+              file=sys.stderr)
+        return 1
     print(f"removed {len(removed)} entries")
     return 0
 

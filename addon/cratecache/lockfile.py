@@ -67,15 +67,28 @@ def read_lockfile(path: Path) -> list[Package]:
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ValueError(f"{path}: not a readable Cargo.lock ({e})") from e
     packages = []
+    v1_checksums = _metadata_checksums(doc.get("metadata"))
     for raw in doc.get("package", []):
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str) or not isinstance(raw.get("version"), str):
             raise ValueError(f"{path}: a [[package]] entry lacks name or version")
-        package = Package(raw["name"], raw["version"], raw.get("source"), raw.get("checksum"))
+        checksum = raw.get("checksum", v1_checksums.get((raw["name"], raw["version"], raw.get("source"))))
+        package = Package(raw["name"], raw["version"], raw.get("source"), checksum)
         if package.source is not None and (problem := _package_problem(package)):
             # checked as the proxy's routes check requests: a name or version never becomes a path trick
             raise ValueError(f"{path}: package {package.name!r} {package.version!r}: {problem}")
         packages.append(package)
     return packages
+
+
+def _metadata_checksums(metadata: object) -> dict[tuple[str, str, str], object]:
+    """A version 1 lockfile's checksums: `"checksum NAME VERSION (SOURCE)" = "hex"` under [metadata]
+    ("<none>" for a package without one)."""
+    found: dict[tuple[str, str, str], object] = {}
+    for key, value in (metadata.items() if isinstance(metadata, dict) else ()):
+        m = re.fullmatch(r"checksum (\S+) (\S+) \((.+)\)", key)
+        if m:
+            found[(m.group(1), m.group(2), m.group(3))] = None if value == "<none>" else value
+    return found
 
 
 def _package_problem(package: Package) -> str | None:

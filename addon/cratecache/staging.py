@@ -57,6 +57,11 @@ async def stage(resolver: Resolver, wanted: Plan, progress: Progress, concurrenc
 
     async def one(reg: Registry, name: str, version: str, checksum: str | None) -> None:
         what = f"{name} {version}"
+        if name in unindexed:  # one failure per crate: its versions fail for the index's reason
+            reason = unindexed[name]
+            result.failed.append((what, reason))
+            progress.step(what, f"FAILED: {reason}")
+            return
         async with limit:
             try:
                 served = await resolver.crate(reg, name, version)
@@ -83,18 +88,19 @@ async def stage(resolver: Resolver, wanted: Plan, progress: Progress, concurrenc
             await resolver.config(reg)
         except ResolveError as e:
             result.failed.append((f"{reg_name} config.json", str(e)))
-        await asyncio.gather(*(_index(resolver, reg, name, limit, result) for name in crates))
+        unindexed: dict[str, str] = {}
+        await asyncio.gather(*(_index(resolver, reg, name, limit, unindexed) for name in crates))
         await asyncio.gather(*(one(reg, name, version, checksum)
                                for name, versions in crates.items() for version, checksum in versions.items()))
     return result
 
 
-async def _index(resolver: Resolver, reg: Registry, name: str, limit: asyncio.Semaphore, result: StageResult):
+async def _index(resolver: Resolver, reg: Registry, name: str, limit: asyncio.Semaphore, unindexed: dict[str, str]):
     async with limit:
         try:
             await resolver.index(reg, name.lower())
         except ResolveError as e:
-            result.failed.append((f"index of {name}", str(e)))
+            unindexed[name] = str(e)
 
 
 def _human(size: float) -> str:

@@ -167,6 +167,37 @@ def test_inspect_and_purge(secondary, entry, tmp_path):
     assert emptied.startswith("removed ") and cli(config, "ls").stdout.strip().count("\n") == 0
 
 
+def test_listing_keeps_a_crates_own_spelling_and_purge_matches_names_as_cargo_does(registry, entry, tmp_path):
+    import hashlib
+
+    from tests.fixtures.registry import CrateFile, encode_index, index_entry, pack_crate
+
+    source = tmp_path / "Inflector"
+    (source / "src").mkdir(parents=True)
+    (source / "src" / "lib.rs").write_text("")
+    manifest = {"package": {"name": "Inflector", "version": "0.11.4", "edition": "2015"}}
+    (source / "Cargo.toml").write_text('[package]\nname = "Inflector"\nversion = "0.11.4"\nedition = "2015"\n')
+    data = pack_crate(source, "Inflector", "0.11.4")
+    cksum = hashlib.sha256(data).hexdigest()
+    own = Registry(index_files={**registry.index_files, "inflector": encode_index([index_entry(manifest, cksum)])},
+                   crates={**registry.crates, ("Inflector", "0.11.4"): CrateFile("Inflector", "0.11.4", data, cksum)})
+
+    with UpstreamServer(own, name="origin") as origin:
+        config = write_proxies(tmp_path / "c.yaml", [entry(origin)], tmp_path / "cache")
+        staged = cli(config, "stage", str(lockfile_of(tmp_path, [("Inflector", "0.11.4"), ("cfg-if", "1.0.0")])))
+    listed = cli(config, "ls").stdout
+    underscore = cli(config, "purge", "--crate", "cfg_if")
+    absent = cli(config, "purge", "--crate", "not-cached")
+
+    assert staged.returncode == 0, staged.stdout
+    assert re.search(r"crate\s+crates-io\s+Inflector\s+0\.11\.4", listed)
+    assert re.search(r"index\s+crates-io\s+Inflector\s+-", listed)
+    assert underscore.returncode == 0 and underscore.stdout == "removed 2 entries\n"  # cfg-if's index and crate
+    assert " cfg-if " not in cli(config, "ls").stdout
+    assert absent.returncode == 1
+    assert "nothing cached for crate not-cached (names are matched ignoring case and '-'/'_')" in absent.stderr
+
+
 def test_stage_reports_failures_with_a_nonzero_exit(secondary, entry, tmp_path):
     secondary.missing.add("log")
     config = write_proxies(tmp_path / "c.yaml", [entry(secondary)], tmp_path / "cache")
@@ -174,8 +205,26 @@ def test_stage_reports_failures_with_a_nonzero_exit(secondary, entry, tmp_path):
     result = cli(config, "stage", str(lockfile_of(tmp_path, [("log", "0.4.17")])))
 
     assert result.returncode == 1
+    assert result.stdout.count("FAILED") == 1  # one missing crate is one failure, not its index and itself
     assert "FAILED log 0.4.17: crate log not found on any upstream" in result.stdout
-    assert "fetched 0, already cached 0, failed" in result.stdout
+    assert "fetched 0, already cached 0, failed 1, skipped 0" in result.stdout
+    assert "/index/3/l/log" in secondary.paths() and not any("/crates/" in p for p in secondary.paths())
+
+
+def test_a_version_1_lockfile_has_its_metadata_checksums_checked(secondary, entry, registry, tmp_path):
+    config = write_proxies(tmp_path / "c.yaml", [entry(secondary)], tmp_path / "cache")
+    source = "registry+https://github.com/rust-lang/crates.io-index"
+    good, wrong = registry.crate("log", "0.4.17").cksum, "0" * 64
+    lockfile = tmp_path / "Cargo.lock"  # the format Cargo wrote before 1.41: checksums under [metadata]
+    results = []
+    for checksum in (wrong, good):
+        lockfile.write_text(f'[[package]]\nname = "log"\nversion = "0.4.17"\nsource = "{source}"\n\n'
+                            f'[metadata]\n"checksum log 0.4.17 ({source})" = "{checksum}"\n')
+        results.append(cli(config, "stage", str(lockfile)))
+
+    assert results[0].returncode == 1
+    assert "FAILED log 0.4.17: lockfile checksum 0000000000000000… differs from the registry's" in results[0].stdout
+    assert results[1].returncode == 0, results[1].stdout
 
 
 def test_a_lockfile_name_that_is_a_path_trick_is_refused_before_any_upstream_request(secondary, entry, tmp_path):
