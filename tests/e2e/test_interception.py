@@ -42,7 +42,9 @@ async def test_registry_hosts_are_answered_by_the_proxy(secondary, entry, start_
     assert head.status_code == 200 and head.content == b""
     assert head.headers["content-length"] == str(len(index.content))
     assert again.status_code == 304 and again.content == b""
-    assert secondary.paths().count("/index/an/yh/anyhow") == 1
+    # A conditional second ask on one connection is what Cargo sends when a locked version is missing: it is
+    # revalidated upstream (a 304 there too), and the HEAD before it was answered from the cache.
+    assert secondary.paths().count("/index/an/yh/anyhow") == 2
 
 
 async def test_bad_requests_get_a_one_line_reason(secondary, entry, start_proxy):
