@@ -65,6 +65,7 @@ async def test_index_reply_headers(resolver):
         "Last-Modified": NOW_HTTP,  # the upstream sent none: when the bytes were stored
         "X-Cache": "MISS",
         "X-Cache-Upstream": "a",
+        "Accept-Ranges": "bytes",
     }
     again = await get(resolver, "/3/f/foo")
     assert (again.status, again.body, again.headers["X-Cache"], again.source) == (200, FOO_INDEX, "HIT", "cache")

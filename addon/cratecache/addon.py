@@ -14,6 +14,7 @@ from mitmproxy import connection, ctx, http
 from mitmproxy.addonmanager import Loader
 
 from .activity import Activity, origin
+from .blobs import BlobServer
 from .config import ConfigError, Settings, load_settings
 from .handler import Reply, handle, text_reply
 from .reasks import Reasks
@@ -38,6 +39,7 @@ class CargoCache:
         self.resolver: Resolver | None = None
         self.activity = Activity()
         self.reasks = Reasks()  # index files each client connection was given: a second ask is Cargo's re-ask
+        self.blobs = BlobServer()  # large cached files, streamed through mitmproxy
         self.status: StatusServer | None = None
         self._flusher: asyncio.Task | None = None
 
@@ -80,6 +82,7 @@ class CargoCache:
             asyncio.get_running_loop().create_task(self._restart_status())
 
     async def running(self) -> None:
+        await self.blobs.start()
         self._flusher = asyncio.get_running_loop().create_task(self._flush_counts_forever())
         await self._restart_status()
 
@@ -100,7 +103,7 @@ class CargoCache:
         target = _target(self.settings, flow)
         if target is None:
             return
-        started = time.monotonic()
+        started, path = time.monotonic(), flow.request.path
         if isinstance(target, Rejection):  # answered here, never passed on to a real host
             name, host = "-", flow.request.pretty_host
             reply = text_reply(target.status, target.reason, "rejected")
@@ -108,17 +111,45 @@ class CargoCache:
             name, host = target.registry.name, target.host
             reply = await handle(self.resolver, target.registry, flow.request.method, host, flow.request.path,
                                  flow.request.headers, self._asked_again(flow))
+        if reply.file is not None and not self.blobs.running:  # before `running` (mitmproxy's test harness)
+            reply = replace(reply, body=await asyncio.to_thread(_read_part, reply.file, reply.offset, reply.size),
+                            file=None)
+        if reply.file is not None:
+            reply = self._stream_from_file(flow, reply)
+        if reply.file is None:
+            self._answer(flow, reply)
+        flow.metadata["cargo_cache"] = reply.state
+        seconds = time.monotonic() - started
+        client = flow.client_conn.peername[0] if flow.client_conn.peername else "-"
+        self.activity.request(name, client, flow.request.method, host, path, reply.status,
+                              reply.source, reply.state, reply.kind, reply.size if reply.file else len(reply.body),
+                              seconds, reply.reason)
+        _log_reply(flow, client, host, path, reply, seconds * 1000)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get("cargo_cache_streamed"):
+            flow.response.stream = True  # our blob server's answer: passed on chunk by chunk, never buffered
+
+    def _stream_from_file(self, flow: http.HTTPFlow, reply: Reply) -> Reply:
+        """Point the flow at the blob server, which mitmproxy streams from (see blobs.py)."""
+        try:
+            token = self.blobs.register(reply.file, reply.offset, reply.size, reply.status, reply.headers)
+        except OSError as e:
+            logger.warning("cargo-cache: cached file %s cannot be opened (%s); answering 503", reply.file, e)
+            return text_reply(503, "the cached file was removed while being served; retry", "error", reply.kind)
+        request = flow.request
+        request.scheme, request.host, request.port, request.path = "http", "127.0.0.1", self.blobs.port, f"/{token}"
+        request.headers["host"] = f"127.0.0.1:{self.blobs.port}"
+        flow.metadata["cargo_cache_streamed"] = True
+        return reply
+
+    @staticmethod
+    def _answer(flow: http.HTTPFlow, reply: Reply) -> None:
         flow.response = http.Response.make(reply.status, reply.body, reply.headers)
         if reply.status == 304:
             del flow.response.headers["Content-Length"]  # RFC 9110 §8.6: not the length of an empty 304
         elif "Content-Length" in reply.headers:  # HEAD: make() counted the empty body
             flow.response.headers["Content-Length"] = reply.headers["Content-Length"]
-        flow.metadata["cargo_cache"] = reply.state
-        seconds = time.monotonic() - started
-        client = flow.client_conn.peername[0] if flow.client_conn.peername else "-"
-        self.activity.request(name, client, flow.request.method, host, flow.request.path, reply.status,
-                              reply.source, reply.state, reply.kind, len(reply.body), seconds, reply.reason)
-        _log_reply(flow, client, host, reply, seconds * 1000)
 
     def _asked_again(self, flow: http.HTTPFlow) -> Callable[[str], bool]:
         conn, headers = flow.client_conn, flow.request.headers
@@ -134,6 +165,7 @@ class CargoCache:
             self._flusher.cancel()
         if self.status is not None:
             await self.status.stop()
+        await self.blobs.stop()
         await self._flush_counts()
         await self._close()
 
@@ -216,6 +248,12 @@ def _target(settings: Settings, flow: http.HTTPFlow) -> Target | Rejection | Non
     return intercept(settings, flow.request.host, flow.request.port, flow.request.host_header, flow.request.path)
 
 
+def _read_part(path: str, offset: int, size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
 def _announces_body(request: http.Request) -> bool:
     """Whether more than a small body follows the headers (chunked, or a Content-Length above 64 KiB): a small
     one is read, and the request then gets its 405 like any other."""
@@ -225,9 +263,9 @@ def _announces_body(request: http.Request) -> bool:
     return not length.isdigit() or int(length) > MAX_REQUEST_BODY
 
 
-def _log_reply(flow: http.HTTPFlow, client: str, host: str, reply: Reply, ms: float) -> None:
+def _log_reply(flow: http.HTTPFlow, client: str, host: str, path: str, reply: Reply, ms: float) -> None:
     level = logging.WARNING if reply.status >= 500 else logging.INFO
-    logger.log(level, "%s %s %s%s %d %s %s %dB %.0fms %s%s", client, flow.request.method, host, flow.request.path,
+    logger.log(level, "%s %s %s%s %d %s %s %dB %.0fms %s%s", client, flow.request.method, host, path,
                reply.status, reply.source, reply.state, reply.size, ms, flow.request.http_version,
                f": {reply.reason}" if reply.reason else "")
 

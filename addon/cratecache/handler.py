@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from . import freshness
+from . import freshness, ranges
 from .config import Registry
 from .resolver import NotFound, Resolver, Served, Unavailable
 from .routes import IndexRoute, Rejection, classify
@@ -34,6 +34,8 @@ class Reply:
     kind: str = "-"
     size: int = 0  # bytes of the entity (also for HEAD and 304)
     reason: str = ""  # why nothing was served (4xx/5xx), for the log line and the status page
+    file: str | None = None  # a large entry: `size` bytes from `offset` of this file are the body (streamed)
+    offset: int = 0
 
 
 async def handle(
@@ -66,7 +68,7 @@ async def _answer(
 
 def _without_body(reply: Reply) -> Reply:
     """HEAD: the same status and headers, the entity's length, no body (errors included)."""
-    return replace(reply, body=b"", headers={**reply.headers, "Content-Length": str(reply.size)})
+    return replace(reply, body=b"", file=None, headers={**reply.headers, "Content-Length": str(reply.size)})
 
 
 def entry_reply(kind: str, served: Served, request_headers: Mapping[str, str]) -> Reply:
@@ -87,7 +89,21 @@ def entry_reply(kind: str, served: Served, request_headers: Mapping[str, str]) -
     )
     if not_modified:
         return Reply(304, b"", headers, served.source, served.state, kind, meta.size)
-    return Reply(200, served.entry.body, headers, served.source, served.state, kind, meta.size)
+    headers["Accept-Ranges"] = "bytes"
+    wanted = ranges.requested(request_headers.get("range"), request_headers.get("if-range"), meta.size, etag,
+                              last_modified)
+    if wanted == ranges.UNSATISFIABLE:
+        return Reply(416, b"", {**headers, "Content-Range": f"bytes */{meta.size}"}, served.source, served.state,
+                     kind, 0, f"range not satisfiable: {request_headers.get('range')} of {meta.size} bytes")
+    status, start, size = 200, 0, meta.size
+    if isinstance(wanted, ranges.Slice):
+        status, start, size = 206, wanted.start, wanted.length
+        headers["Content-Range"] = wanted.content_range(meta.size)
+    entry = served.entry
+    if entry.body is None:  # a large entry: streamed from its file
+        return Reply(status, b"", headers, served.source, served.state, kind, size, file=entry.file, offset=start)
+    body = entry.body if status == 200 else entry.body[start:start + size]
+    return Reply(status, body, headers, served.source, served.state, kind, size)
 
 
 def text_reply(status: int, reason: str, state: str, kind: str = "-") -> Reply:

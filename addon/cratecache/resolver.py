@@ -21,7 +21,7 @@ from . import freshness, sparse
 from .config import Registry, Settings
 from .health import Health
 from .routes import ConfigRoute, CrateRoute, IndexRoute, Route
-from .storage import Entry, Storage, make_entry, sha256_hex
+from .storage import Entry, Spooled, Storage, make_entry
 from .upstreams import Attempt, UpstreamClient, UpstreamError, download_allowed, status_outcome, summary, walk
 
 logger = logging.getLogger(__name__)
@@ -232,21 +232,30 @@ class Resolver:
             if not download_allowed(url, client.upstream):
                 raise UpstreamError(f"its config.json's dl names {httpx.URL(url).host}, which is neither its own host "
                                     "nor in its download_hosts: not asked")
-            got = await client.get(url, None, self.settings.cache.max_crate_size, CRATE_DEADLINE)
-            outcome = status_outcome(got.status)
-            if outcome != "ok":
-                return Attempt(client.name, outcome, f"HTTP {got.status}"), None
-            digest = await sha256_hex(got.body)
-            if digest != listed.cksum:
+            spool = self.store.spool()  # a large crate goes to a partial file as it arrives, hashed on the way
+            try:
+                got = await client.get(url, None, self.settings.cache.max_crate_size, CRATE_DEADLINE, spool)
+                outcome = status_outcome(got.status)
+                if outcome != "ok":
+                    spool.discard()
+                    return Attempt(client.name, outcome, f"HTTP {got.status}"), None
+                spooled = spool.finish()
+            except BaseException:
+                spool.discard()  # cut short, too large, timed out: nothing is left behind
+                raise
+            if spooled.sha256 != listed.cksum:
+                spooled.discard()
                 raise UpstreamError(f"checksum mismatch for {name} {version}: index says {listed.cksum[:16]}…, "
-                                    f"got {digest[:16]}…")
-            return Attempt(client.name, "ok", "HTTP 200"), (client.name, got.body)
+                                    f"got {spooled.sha256[:16]}…")
+            return Attempt(client.name, "ok", "HTTP 200"), (client.name, spooled)
 
         result, attempts = await self._walk(self._order(reg, index.entry.meta.upstream), attempt, key)
         if result is None:
             return await self._without_answer(key, None, attempts, f"{name} {version}")
-        upstream, body = result
-        return Served(await self._save(key, body, upstream), upstream, "miss", tuple(attempts))
+        upstream, spooled = result
+        if spooled.body is not None:
+            return Served(await self._save(key, spooled.body, upstream), upstream, "miss", tuple(attempts))
+        return Served(await self._save_file(key, spooled, upstream), upstream, "miss", tuple(attempts))
 
     # -- shared ------------------------------------------------------------------------------
 
@@ -282,6 +291,14 @@ class Resolver:
         """Store an answer; if the cache cannot be written (disk full), still answer."""
         stored = await self._best_effort(self.store.put, key, body, upstream, etag, last_modified, self.clock())
         return stored or make_entry(body, upstream, etag, last_modified, self.clock())
+
+    async def _save_file(self, key: str, spooled: Spooled, upstream: str) -> Entry:
+        """Store a verified spooled file; if the cache cannot take it, the request still fails cleanly."""
+        stored = await self._best_effort(self.store.put_file, key, spooled, upstream, None, None, self.clock())
+        if stored is None or stored.file is None:
+            spooled.discard()
+            raise Unavailable(f"{key}: fetched and verified, but the cache could not store it (see the log)")
+        return stored
 
     async def _touch(self, key: str, cached: Entry) -> Entry:
         """Record an upstream's 304 for the bytes we hold; a failed write only costs an earlier revalidation."""

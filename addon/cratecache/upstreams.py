@@ -19,7 +19,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import httpx
 
@@ -120,6 +120,10 @@ def describe_error(exc: Exception, timeout_ms: int) -> str:
     return f"{type(exc).__name__}: {_short(str(exc))}"
 
 
+class Sink(Protocol):
+    def write(self, data: bytes) -> object: ...
+
+
 @dataclass(frozen=True)
 class Fetched:
     status: int
@@ -157,20 +161,21 @@ class UpstreamClient:
         return self.upstream.url + path
 
     async def get(self, url: str, headers: dict[str, str] | None = None, max_bytes: int | None = None,
-                  deadline: float | None = None) -> Fetched:
+                  deadline: float | None = None, sink: Sink | None = None) -> Fetched:
         """GET `url`, refusing a 200 body above `max_bytes` without buffering it all, and giving up
-        after `deadline` seconds in all (default: `TRANSFER_DEADLINE_FACTOR` × the timeout).
+        after `deadline` seconds in all (default: `TRANSFER_DEADLINE_FACTOR` × the timeout). With `sink`, a 200
+        body goes to `sink.write` piece by piece as it arrives (the answer's `body` is then empty).
 
         The upstream's credentials go only to the origin of its index URL.
         """
         deadline = deadline or self.upstream.timeout_ms / 1000 * TRANSFER_DEADLINE_FACTOR
         try:
             async with asyncio.timeout(deadline):
-                return await self._get(url, headers, max_bytes)
+                return await self._get(url, headers, max_bytes, sink)
         except TimeoutError:
             raise TransferTimeout(f"transfer not finished within {deadline:.0f} s") from None
 
-    async def _get(self, url: str, headers: dict[str, str] | None, max_bytes: int | None) -> Fetched:
+    async def _get(self, url: str, headers: dict[str, str] | None, max_bytes: int | None, sink: Sink | None) -> Fetched:
         auth = httpx.USE_CLIENT_DEFAULT if _same_origin(url, self.upstream.url) else None
         async with self.client.stream("GET", url, headers=headers, auth=auth) as response:
             limit = max_bytes if response.status_code == 200 else ERROR_BODY_LIMIT
@@ -196,7 +201,10 @@ class UpstreamClient:
                     total += len(piece)
                     if limit and total > limit:
                         return too_large()
-                    chunks.append(piece)
+                    if sink is not None and response.status_code == 200:
+                        sink.write(piece)
+                    else:
+                        chunks.append(piece)
             decoder.finish()
             return Fetched(response.status_code, b"".join(chunks), response.headers)
 

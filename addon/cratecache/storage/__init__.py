@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import CacheSettings
-from .local import Entry, LocalStore, Meta, make_entry, sha256_hex
+from .local import FILE_THRESHOLD, Entry, LocalStore, Meta, make_entry, sha256_hex
+from .spool import Spool, Spooled
 
-__all__ = ["Entry", "Meta", "Storage", "StorageUnavailable", "make_entry", "open_storage", "sha256_hex"]
+__all__ = ["FILE_THRESHOLD", "Entry", "Meta", "Spool", "Spooled", "Storage", "StorageUnavailable", "make_entry",
+           "open_storage", "sha256_hex"]
 
 
 class StorageUnavailable(RuntimeError):
@@ -62,6 +64,15 @@ class Storage(ABC):
     async def put(self, key: str, body: bytes, upstream: str, etag: str | None = None,
                   last_modified: str | None = None, now: float | None = None) -> Entry:
         """Store verified bytes; the entry becomes visible complete or not at all."""
+
+    def spool(self) -> Spool:
+        """Where an answer that may be large is written while it arrives (memory, then a partial file)."""
+        return Spool(self.directory, FILE_THRESHOLD)
+
+    @abstractmethod
+    async def put_file(self, key: str, spooled: Spooled, upstream: str, etag: str | None = None,
+                       last_modified: str | None = None, now: float | None = None) -> Entry:
+        """Store verified bytes that were spooled to a file: moved into the cache, visible complete or not at all."""
 
     @abstractmethod
     async def put_entry(self, key: str, meta: Meta, body: bytes) -> None:

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 RETRY_SECONDS = 5.0
 LIST_CHUNK = 1000
 COPY_OFFLOAD_BYTES = 1024 * 1024
+BLOB_PART = 8 * 1024 * 1024  # a large blob moves in parts of this size (obstore's multipart upload, streamed reads)
 UNCONDITIONAL = object()
 MIN_SECRET_LENGTH = 6
 _STATUS = re.compile(r"status code: (\d{3})")
@@ -114,6 +115,36 @@ class Bucket:
             return result.get("e_tag") or ""
 
         return await self._call("put", call)
+
+    async def put_file(self, path: str, file: str) -> bool:
+        """Upload a large blob from a file in parts (never whole in memory); False if the object exists already
+        (blobs are content-addressed: the same path holds the same bytes)."""
+        async def call():
+            try:
+                await obstore.head_async(self.blob_store, path)
+                return False
+            except FileNotFoundError:
+                pass
+            await obstore.put_async(self.blob_store, path, Path(file), use_multipart=True, chunk_size=BLOB_PART,
+                                    max_concurrency=2)
+            return True
+
+        return await self._call("put", call)
+
+    async def get_into(self, path: str, sink) -> bool:
+        """Stream an object into `sink.write` in pieces of about BLOB_PART bytes; False if there is none."""
+        async def call():
+            try:
+                got = await obstore.get_async(self.blob_store, path)
+            except FileNotFoundError as e:
+                if "NoSuchBucket" in str(e):
+                    raise
+                return False
+            async for chunk in got.stream(min_chunk_size=BLOB_PART):
+                await asyncio.to_thread(sink.write, bytes(chunk))
+            return True
+
+        return await self._call("get", call)
 
     def _store(self, path: str) -> S3Store:
         return self.blob_store if path.startswith("blob/") else self.store

@@ -7,6 +7,7 @@ from typing import Any
 
 from . import Storage
 from .local import KINDS, Entry, LocalStore, Meta
+from .spool import Spooled
 
 
 class DiskStorage(Storage):
@@ -35,6 +36,10 @@ class DiskStorage(Storage):
     async def put(self, key: str, body: bytes, upstream: str, etag: str | None = None,
                   last_modified: str | None = None, now: float | None = None) -> Entry:
         return await asyncio.to_thread(self.local.put, key, body, upstream, etag, last_modified, now)
+
+    async def put_file(self, key: str, spooled: Spooled, upstream: str, etag: str | None = None,
+                       last_modified: str | None = None, now: float | None = None) -> Entry:
+        return await asyncio.to_thread(self.local.put_file, key, spooled, upstream, etag, last_modified, now)
 
     async def put_entry(self, key: str, meta: Meta, body: bytes, remember: bool = False) -> None:
         await asyncio.to_thread(self.local.put_entry, key, meta, body, remember)

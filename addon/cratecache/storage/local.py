@@ -33,10 +33,13 @@ from pathlib import Path
 
 import diskcache
 
+from . import spool
+
 logger = logging.getLogger(__name__)
 
 KINDS = ("config", "index", "crate")
 HOT_ITEM_LIMIT = 1024 * 1024
+FILE_THRESHOLD = 2 * 1024 * 1024  # larger entries are streamed from their file (BENCHMARKS.md section 5)
 HASH_OFFLOAD_BYTES = 1024 * 1024
 DEFAULT_HOT_BYTES = 64 * 1024 * 1024
 PURGE_GENERATION = "purge-generation"  # bumped by every delete, so other processes know to drop their memory tier
@@ -55,8 +58,36 @@ class Meta:
 
 @dataclass(frozen=True)
 class Entry:
+    """Stored bytes and their provenance. A large entry (above FILE_THRESHOLD) is never read into memory: its
+    `body` is None and `file` is the stored file, which the proxy streams to clients."""
+
     meta: Meta
-    body: bytes
+    body: bytes | None
+    file: str | None = None
+
+    def read(self) -> bytes:
+        """The bytes, from memory or from the file (for the few callers that need them whole)."""
+        if self.body is not None:
+            return self.body
+        with open(self.file, "rb") as f:
+            return f.read()
+
+
+class _Adopt:
+    """A verified partial file to move into diskcache's folder as a value's file (no copy)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+
+class _AdoptingDisk(diskcache.Disk):
+    def store(self, value, read, key=diskcache.core.UNKNOWN):
+        if isinstance(value, _Adopt):
+            filename, full_path = self.filename(key, value)
+            os.makedirs(os.path.dirname(full_path), exist_ok=True)
+            os.rename(value.path, full_path)
+            return os.path.getsize(full_path), diskcache.core.MODE_BINARY, filename, None
+        return super().store(value, read, key)
 
 
 async def sha256_hex(body: bytes) -> str:
@@ -78,8 +109,10 @@ class LocalStore:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self._cache = diskcache.Cache(
-            str(directory), size_limit=size_limit, eviction_policy=eviction_policy, statistics=False
+            str(directory), size_limit=size_limit, eviction_policy=eviction_policy, statistics=False,
+            disk=_AdoptingDisk,
         )
+        spool.sweep(directory)
         self._hot: OrderedDict[str, Entry] = OrderedDict()
         self._hot_bytes, self._hot_limit = 0, hot_bytes
         self._shared: weakref.WeakValueDictionary[str, Entry] = weakref.WeakValueDictionary()
@@ -118,7 +151,12 @@ class LocalStore:
             return None
         meta = Meta(**raw)
         known = self.peek(key)
-        if known is not None and known.meta.sha256 == meta.sha256 and f"blob:{meta.sha256}" in self._cache:
+        if meta.size > FILE_THRESHOLD:
+            path = self._blob_file(meta)
+            if path is None:
+                return None
+            entry = Entry(meta, None, path)
+        elif known is not None and known.meta.sha256 == meta.sha256 and f"blob:{meta.sha256}" in self._cache:
             entry = Entry(meta, known.body)  # same bytes still stored: skip reading them again
         else:
             body = self._cache.get(f"blob:{meta.sha256}")
@@ -127,6 +165,19 @@ class LocalStore:
             entry = Entry(meta, body)
         self._remember(key, entry)
         return entry
+
+    def _blob_file(self, meta: Meta) -> str | None:
+        """The file holding a large blob, if it is stored complete."""
+        handle = self._cache.get(f"blob:{meta.sha256}", read=True)
+        if handle is None:
+            return None
+        try:
+            path = getattr(handle, "name", None)
+            if not isinstance(path, str) or os.fstat(handle.fileno()).st_size != meta.size:
+                return None  # kept inline (cannot be, above FILE_THRESHOLD) or damaged: a miss
+            return path
+        finally:
+            handle.close()
 
     def claim(self, key: str, ttl: float) -> tuple[bool, Entry | None, str | None]:
         """In one call: take the lease on `key`, and if taken, read its entry and negative record."""
@@ -173,6 +224,23 @@ class LocalStore:
         self._cache.set(f"meta:{key}", asdict(entry.meta))
         self._remember(key, entry)
         return entry
+
+    def put_file(self, key: str, spooled: spool.Spooled, upstream: str, etag: str | None = None,
+                 last_modified: str | None = None, now: float | None = None) -> Entry:
+        """Store a verified spooled file by moving it into the cache (the spool's file is gone afterwards)."""
+        now = time.time() if now is None else now
+        meta = Meta(spooled.sha256, spooled.size, upstream, now, now, etag, last_modified)
+        self.put_entry_file(key, meta, spooled.path)
+        return self.get(key) or Entry(meta, None, None)
+
+    def put_entry_file(self, key: str, meta: Meta, path: Path) -> None:
+        """Like put_entry, for bytes in a file of this cache folder's file system, which is moved in."""
+        if self._blob_file(meta) is None:
+            self._cache.set(f"blob:{meta.sha256}", _Adopt(path))
+        else:
+            path.unlink(missing_ok=True)  # the same bytes are stored already
+        self._cache.set(f"meta:{key}", asdict(meta))
+        self._forget(key)
 
     def put_entry(self, key: str, meta: Meta, body: bytes, remember: bool = False) -> None:
         """Store bytes with their recorded provenance (import, the shared tier). The caller verified `meta.sha256`."""

@@ -34,9 +34,10 @@ from . import Storage, StorageUnavailable
 from .bucket import Bucket, BucketDown
 from .disk import DiskStorage
 from .leases import Leases
-from .local import HASH_OFFLOAD_BYTES, Entry, LocalStore, Meta, make_entry, sha256_hex
+from .local import FILE_THRESHOLD, HASH_OFFLOAD_BYTES, Entry, LocalStore, Meta, make_entry, sha256_hex
 from .purges import Purges
 from .records import MAX_ENTRY_BYTES, load_record, meta_problem, number
+from .spool import Spooled
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,15 @@ class S3Storage(Storage):
             logger.warning("cargo-cache: local tier write failed for %s (%s: %s); stored in the bucket only",
                            key, type(e).__name__, e)
             return entry
+        try:
+            await self._publish(key, entry)
+        except BucketDown:
+            await self._queue(key)
+        return entry
+
+    async def put_file(self, key: str, spooled: Spooled, upstream: str, etag: str | None = None,
+                       last_modified: str | None = None, now: float | None = None) -> Entry:
+        entry = await self.tier.put_file(key, spooled, upstream, etag, last_modified, now)
         try:
             await self._publish(key, entry)
         except BucketDown:
@@ -186,6 +196,8 @@ class S3Storage(Storage):
         if known is not None and known.meta.sha256 == meta.sha256:  # refreshed elsewhere: same bytes
             await self._tier("write", self.tier.mark_checked, key, meta.checked_at, meta.sha256)
             return Entry(replace(known.meta, checked_at=meta.checked_at), known.body)
+        if meta.size > FILE_THRESHOLD:
+            return await self._pull_file(key, meta, known)
         got = await self.bucket.get(f"blob/{meta.sha256}")
         damaged = got is not None and await sha256_hex(got[0]) != meta.sha256
         if got is None or damaged or len(got[0]) != meta.size:
@@ -199,6 +211,28 @@ class S3Storage(Storage):
         await self._tier("write", self.tier.put_entry, key, meta, entry.body, True)
         return entry
 
+    async def _pull_file(self, key: str, meta: Meta, known: Entry | None) -> Entry | None:
+        """A large blob, streamed from the bucket into the local tier through a spool (verified first)."""
+        spool = self.spool()
+        try:
+            found = await self.bucket.get_into(f"blob/{meta.sha256}", spool)
+            spooled = spool.finish()
+        except BaseException:
+            spool.discard()
+            raise
+        if not found or spooled.sha256 != meta.sha256 or spooled.size != meta.size:
+            spooled.discard()
+            logger.warning("cargo-cache: bucket entry %s is incomplete or damaged (%s): ignored", key,
+                           "blob missing" if not found else "blob does not match its meta")
+            if found and spooled.sha256 != meta.sha256:
+                await self.bucket.delete(f"blob/{meta.sha256}")
+            return known
+        if spooled.path is None:  # cannot be above FILE_THRESHOLD; kept for safety
+            await self._tier("write", self.tier.put_entry, key, meta, spooled.body, True)
+            return Entry(meta, spooled.body)
+        await asyncio.to_thread(self.local.put_entry_file, key, meta, spooled.path)
+        return await self._tier("read", self.tier.get, key) or known
+
     async def _publish(self, key: str, entry: Entry, newer_only: bool = False) -> None:
         """Blob first, then the meta that names it (the commit point).
 
@@ -206,7 +240,10 @@ class S3Storage(Storage):
         was stored while the bucket was down, importing) only if the bucket's is older, with If-Match so a
         newer one written meanwhile by another gateway stays.
         """
-        await self.bucket.put(f"blob/{entry.meta.sha256}", entry.body, create=True)  # None: already there
+        if entry.body is not None:
+            await self.bucket.put(f"blob/{entry.meta.sha256}", entry.body, create=True)  # None: already there
+        else:  # a large entry: streamed from its file
+            await self.bucket.put_file(f"blob/{entry.meta.sha256}", entry.file, create=True)
         record = json.dumps(asdict(entry.meta)).encode()
         if key.startswith("crate/"):
             await self.bucket.put(f"meta/{key}", record, create=True)

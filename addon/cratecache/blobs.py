@@ -1,0 +1,111 @@
+"""Large cached files to clients without holding them in memory: a loopback HTTP server owned by the addon.
+
+mitmproxy sends a body an addon sets in one piece (and for HTTP/2 copies it into frames first); it streams
+only bodies it receives from a server. So for a large cached file the addon answers nothing itself: it
+registers the file (opened at once, so an eviction meanwhile cannot take it away) under a random one-time
+token and points the flow at this server, which mitmproxy then streams from, chunk by chunk, to the client
+over HTTP/1.1 or HTTP/2. The answer (status, headers, which bytes) was decided by the handler already; this
+server only copies those bytes with `sendfile`.
+
+It listens on 127.0.0.1 only, on a port of its own choosing, and answers nothing but registered tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import BinaryIO
+
+logger = logging.getLogger(__name__)
+
+UNCLAIMED_SECONDS = 120.0  # a registration mitmproxy never fetched (the client went away) is closed after this
+MAX_HEADER_BYTES = 16 * 1024
+
+
+@dataclass
+class _Blob:
+    file: BinaryIO
+    offset: int
+    length: int
+    status: int
+    headers: dict[str, str]
+    registered: float = field(default_factory=time.monotonic)
+
+
+class BlobServer:
+    def __init__(self) -> None:
+        self._blobs: dict[str, _Blob] = {}
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1)
+            self._server = None
+        for blob in self._blobs.values():
+            blob.file.close()
+        self._blobs.clear()
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def register(self, path: str, offset: int, length: int, status: int, headers: dict[str, str]) -> str:
+        """Open `path` now and return the one-time token under which `length` bytes from `offset` are served.
+        Raises OSError if the file cannot be opened (evicted since it was looked up)."""
+        self._expire()
+        file = open(path, "rb")  # noqa: SIM115 - closed when served or expired
+        token = secrets.token_urlsafe(24)
+        self._blobs[token] = _Blob(file, offset, length, status, headers)
+        return token
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for token in [t for t, b in self._blobs.items() if now - b.registered > UNCLAIMED_SECONDS]:
+            self._blobs.pop(token).file.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                    return
+                if len(head) > MAX_HEADER_BYTES:
+                    return
+                parts = head.split(b"\r\n", 1)[0].split()
+                token = parts[1].decode("ascii", "replace").lstrip("/") if len(parts) == 3 else ""
+                blob = self._blobs.pop(token, None)
+                if blob is None:
+                    writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                    await writer.drain()
+                    continue
+                try:
+                    await self._send(writer, blob)
+                finally:
+                    blob.file.close()
+        except (ConnectionError, OSError) as e:
+            logger.debug("cargo-cache: a streamed download ended early: %s", e)
+        finally:
+            writer.close()
+
+    async def _send(self, writer: asyncio.StreamWriter, blob: _Blob) -> None:
+        reason = HTTPStatus(blob.status).phrase
+        lines = [f"HTTP/1.1 {blob.status} {reason}", *(f"{k}: {v}" for k, v in blob.headers.items()),
+                 f"Content-Length: {blob.length}"]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        await writer.drain()
+        if blob.length:
+            loop = asyncio.get_running_loop()
+            await loop.sendfile(writer.transport, blob.file, blob.offset, blob.length)
