@@ -49,6 +49,29 @@ async def test_a_stored_entry_reads_back_whole_with_its_provenance(make):
     assert await make().get("crate/crates-io/foo/2.0.0") is None
 
 
+async def test_a_large_entry_is_stored_from_its_spool_and_read_back_as_a_file_by_every_instance(make):
+    import os
+
+    from cratecache.storage import FILE_THRESHOLD
+
+    big = os.urandom(FILE_THRESHOLD * 3 + 12345)
+    store = make()
+    spool = store.spool()
+    for start in range(0, len(big), 256 * 1024):
+        spool.write(big[start:start + 256 * 1024])
+    spooled = spool.finish()
+    assert spooled.body is None and spooled.path.exists()  # it went to a partial file beyond the threshold
+    put = await store.put_file("crate/crates-io/big/1.0.0", spooled, "a", None, None, 1000.0)
+    assert not spooled.path.exists()  # moved into the cache, not copied
+    assert put.meta.sha256 == hashlib.sha256(big).hexdigest() and put.meta.size == len(big)
+
+    other = make()  # another worker, or another gateway pulling it from the bucket into its own tier
+    got = await other.get("crate/crates-io/big/1.0.0")
+    assert got.body is None and got.file is not None  # served from its file, never read into memory
+    assert got.read() == big and got.meta == put.meta
+    assert not list((other.directory / "partial").glob("*"))
+
+
 async def test_concurrent_writers_of_one_key_leave_one_whole_entry(make):
     bodies = [BODY + bytes([i]) * 1000 for i in range(6)]
     stores = [make() for _ in bodies]

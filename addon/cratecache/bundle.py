@@ -15,6 +15,7 @@ nothing. Importing twice is harmless.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from . import sparse
 from .config import DEFAULT_MAX_CRATE_SIZE, DEFAULT_MAX_INDEX_SIZE, Settings
-from .storage import Meta, Storage
+from .storage import FILE_THRESHOLD, Meta, Storage
 from .storage.records import meta_problem
 
 FORMAT = "cargo-cache-bundle/1"
@@ -78,7 +79,10 @@ async def export_bundle(store: Storage, path: Path, keys: list[str]) -> Summary:
             if entry is None:
                 raise BundleError(f"{key} is not in the cache (evicted or purged during the export?)")
             if not (spool / entry.meta.sha256).exists():
-                (spool / entry.meta.sha256).write_bytes(entry.body)
+                if entry.body is None:  # a large entry: copied from its file, never read whole
+                    await asyncio.to_thread(shutil.copyfile, entry.file, spool / entry.meta.sha256)
+                else:
+                    (spool / entry.meta.sha256).write_bytes(entry.body)
             entries.append({"key": key, **key_fields(key), **asdict(entry.meta)})
         manifest = {"format": FORMAT, "created": time.time(), "entries": entries}
         partial = path.with_name(path.name + ".partial")
@@ -108,8 +112,12 @@ async def import_bundle(store: Storage, path: Path, settings: Settings | None = 
         manifest = _verify_into(path, staging, limits)
         writes = await _plan_writes(manifest, staging, path, store, settings)
         for item, meta in writes:
-            await store.put_entry(item["key"], meta, (staging / meta.sha256).read_bytes())
-        return _summary(manifest["entries"], sum(p.stat().st_size for p in staging.iterdir()))
+            blob = staging / meta.sha256
+            if meta.size > FILE_THRESHOLD and blob.exists():  # moved into the cache, never read whole
+                await store.put_entry_file(item["key"], meta, blob)
+            else:
+                await store.put_entry(item["key"], meta, blob.read_bytes())
+        return _summary(manifest["entries"], sum(m["size"] for m in {i["sha256"]: i for i in manifest["entries"]}.values()))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -185,3 +185,31 @@ def test_a_proxy_killed_in_the_middle_of_a_large_fill_leaves_nothing_partial(
     assert "removed 1 partial download(s) left by stopped processes" in log
     listing = cli(config, "ls", "--kind", "crate")
     assert BIG not in listing.stdout
+
+
+@pytest.mark.parametrize("backend", ["disk", "s3"])
+def test_a_large_crate_is_staged_exported_imported_and_served_offline(
+    big_registry, big_data, entry, start_proxy, tmp_path, backend, request
+):
+    from tests.e2e.test_airgap import lockfile_of
+
+    extra = {}
+    if backend == "s3":  # the connected gateway's cache is a bucket: blobs go up in parts and come down streamed
+        seaweed = request.getfixturevalue("seaweed")
+        extra = {"backend": "s3", "s3": seaweed.yaml(seaweed.new_prefix("large"))}
+    with UpstreamServer(big_registry, name="origin") as origin:
+        upstream = entry(origin)
+        connected = write_proxies(tmp_path / "connected.yaml", [upstream], tmp_path / "connected", **extra)
+        staged = cli(connected, "stage", str(lockfile_of(tmp_path, [(BIG, BIG_VERSION)])))
+    bundle = tmp_path / "site.bundle"
+    exported = cli(connected, "export", str(bundle))
+    isolated = write_proxies(tmp_path / "isolated.yaml", [upstream], tmp_path / "isolated", offline=True)
+    imported = cli(isolated, "import", str(bundle))
+
+    assert staged.returncode == 0, staged.stdout + staged.stderr
+    assert exported.returncode == 0 and imported.returncode == 0, exported.stderr + imported.stderr
+    assert partial_files(tmp_path / "connected") == [] and not list((tmp_path / "isolated").glob("import-*"))
+    proxy = start_proxy([upstream], cache_dir=tmp_path / "isolated", offline=True)
+    with httpx.Client(proxy=proxy.url, verify=verify(proxy), trust_env=False, timeout=60) as c:
+        served = c.get(URL)
+    assert served.status_code == 200 and served.content == big_data

@@ -75,6 +75,10 @@ class Storage(ABC):
         """Store verified bytes that were spooled to a file: moved into the cache, visible complete or not at all."""
 
     @abstractmethod
+    async def put_entry_file(self, key: str, meta: Meta, path: Path) -> None:
+        """Like put_entry, for bytes in a file in this host's cache folder, which is moved into the cache."""
+
+    @abstractmethod
     async def put_entry(self, key: str, meta: Meta, body: bytes) -> None:
         """Store bytes with recorded provenance (import). The caller has verified `meta.sha256`."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from . import Storage
@@ -40,6 +41,9 @@ class DiskStorage(Storage):
     async def put_file(self, key: str, spooled: Spooled, upstream: str, etag: str | None = None,
                        last_modified: str | None = None, now: float | None = None) -> Entry:
         return await asyncio.to_thread(self.local.put_file, key, spooled, upstream, etag, last_modified, now)
+
+    async def put_entry_file(self, key: str, meta: Meta, path: Path) -> None:
+        await asyncio.to_thread(self.local.put_entry_file, key, meta, path)
 
     async def put_entry(self, key: str, meta: Meta, body: bytes, remember: bool = False) -> None:
         await asyncio.to_thread(self.local.put_entry, key, meta, body, remember)

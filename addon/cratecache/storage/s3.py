@@ -124,6 +124,16 @@ class S3Storage(Storage):
             await self._queue(key)
         return entry
 
+    async def put_entry_file(self, key: str, meta: Meta, path) -> None:
+        await self.tier.put_entry_file(key, meta, path)
+        entry = await self.tier.get(key)
+        if entry is None:
+            raise StorageUnavailable(f"{key}: the local tier could not keep it")
+        try:
+            await self._publish(key, entry, newer_only=True)
+        except BucketDown as e:
+            raise StorageUnavailable(str(e)) from None
+
     async def put_entry(self, key: str, meta: Meta, body: bytes) -> None:
         await self.tier.put_entry(key, meta, body)
         try:
@@ -243,7 +253,7 @@ class S3Storage(Storage):
         if entry.body is not None:
             await self.bucket.put(f"blob/{entry.meta.sha256}", entry.body, create=True)  # None: already there
         else:  # a large entry: streamed from its file
-            await self.bucket.put_file(f"blob/{entry.meta.sha256}", entry.file, create=True)
+            await self.bucket.put_file(f"blob/{entry.meta.sha256}", entry.file)
         record = json.dumps(asdict(entry.meta)).encode()
         if key.startswith("crate/"):
             await self.bucket.put(f"meta/{key}", record, create=True)
