@@ -1,4 +1,4 @@
-"""A real 30 MB `.crate` (incompressible data file) added to the benchmark registry with its cksum."""
+"""Real large `.crate`s (an incompressible data file: 30 MB, and 200 MB) added to the benchmark registry."""
 
 from __future__ import annotations
 
@@ -23,14 +23,14 @@ include = ["src/lib.rs", "data.bin"]
 LIB_RS = 'pub static DATA: &[u8] = include_bytes!("../data.bin");\n'
 
 
-def pack(size: int, seed: int = 6) -> bytes:
+def pack(size: int, seed: int = 6, name: str = NAME) -> bytes:
     """A deterministic .crate whose data.bin holds `size` random bytes (so the archive is ~`size`)."""
-    files = {"Cargo.toml": MANIFEST.encode(), "src/lib.rs": LIB_RS.encode(),
+    files = {"Cargo.toml": MANIFEST.replace(NAME, name).encode(), "src/lib.rs": LIB_RS.encode(),
              "data.bin": random.Random(seed).randbytes(size)}
     tar_bytes = io.BytesIO()
     with tarfile.open(fileobj=tar_bytes, mode="w", format=tarfile.GNU_FORMAT) as tar:
         for path, data in sorted(files.items()):
-            info = tarfile.TarInfo(f"{NAME}-{VERSION}/{path}")
+            info = tarfile.TarInfo(f"{name}-{VERSION}/{path}")
             info.size, info.mtime, info.mode = len(data), TAR_MTIME, 0o644
             tar.addfile(info, io.BytesIO(data))
     out = io.BytesIO()
@@ -39,11 +39,11 @@ def pack(size: int, seed: int = 6) -> bytes:
     return out.getvalue()
 
 
-def add_big_crate(reg: Registry, size: int = 30 * 1024 * 1024) -> CrateFile:
-    data = pack(size)
-    crate = CrateFile(NAME, VERSION, data, hashlib.sha256(data).hexdigest())
-    reg.crates[(NAME, VERSION)] = crate
-    entry = {"name": NAME, "vers": VERSION, "deps": [], "cksum": crate.cksum, "features": {},
+def add_big_crate(reg: Registry, size: int = 30 * 1024 * 1024, name: str = NAME) -> CrateFile:
+    data = pack(size, name=name)
+    crate = CrateFile(name, VERSION, data, hashlib.sha256(data).hexdigest())
+    reg.crates[(name, VERSION)] = crate
+    entry = {"name": name, "vers": VERSION, "deps": [], "cksum": crate.cksum, "features": {},
              "yanked": False, "links": None, "v": 1}
-    reg.index_files[NAME] = encode_index([entry])
+    reg.index_files[name] = encode_index([entry])
     return crate

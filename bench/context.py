@@ -21,6 +21,7 @@ from .upstream import Nginx, write_tree
 #: Index files stay fresh for the whole run: hits never ask the upstream.
 LONG_TTL = 10 * 24 * 3600
 UPSTREAM_NAME = "nginx"
+HUGE_BYTES = 200 * 1024 * 1024  # scenario 5: a file the size of a large toolchain component
 
 
 def index_url(name: str) -> str:
@@ -39,6 +40,7 @@ class Bench:
     quick: bool
     registry: Registry = field(init=False)
     big: CrateFile = field(init=False)
+    huge: CrateFile = field(init=False)
     nginx: Nginx = field(init=False)
     confdir: Path = field(init=False)
     problems: Counter = field(default_factory=Counter)  # proxy log lines that signal trouble
@@ -56,6 +58,7 @@ class Bench:
         self.registry = build_registry()
         self.real_crates = list(self.registry.crates.values())
         self.big = bigcrate.add_big_crate(self.registry)
+        self.huge = bigcrate.add_big_crate(self.registry, HUGE_BYTES, "bench-hugecrate")  # scenario 5's 200 MB case
         port = free_port()
         write_tree(self.registry, self.work / "upstream", port)
         self.nginx = Nginx(self.work / "upstream", port).start()

@@ -57,9 +57,10 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 async def _client(proxy: str, ctx: ssl.SSLContext, urls: list[tuple[str, int]], warmup: list[str], counter,
-                  total: int, start: asyncio.Event, ready: list, out: dict, timeout: float) -> None:
+                  total: int, start: asyncio.Event, ready: list, out: dict, timeout: float, http1: bool = False,
+                  discard: bool = False) -> None:
     limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
-    async with httpx.AsyncClient(http2=True, proxy=proxy, verify=ctx, timeout=timeout, limits=limits,
+    async with httpx.AsyncClient(http2=not http1, proxy=proxy, verify=ctx, timeout=timeout, limits=limits,
                                  trust_env=False) as client:
         for url in warmup:
             (await client.get(url)).raise_for_status()
@@ -69,29 +70,37 @@ async def _client(proxy: str, ctx: ssl.SSLContext, urls: list[tuple[str, int]], 
             url, size = urls[n % len(urls)]
             began = time.perf_counter()
             try:
-                response = await client.get(url)
-                body = response.content
+                if discard:  # large bodies: counted as they arrive, never held (the client's memory is not measured)
+                    length = 0
+                    async with client.stream("GET", url) as response:
+                        async for chunk in response.aiter_raw():
+                            length += len(chunk)
+                else:
+                    response = await client.get(url)
+                    length = len(response.content)
             except httpx.HTTPError as e:
                 out["errors"][type(e).__name__] += 1
                 continue
             out["latencies"].append(time.perf_counter() - began)
             out["versions"][response.http_version] += 1
             out["cache"][response.headers.get("x-cache", "-")] += 1
-            if response.status_code != 200 or (size >= 0 and len(body) != size):
-                out["errors"][f"HTTP {response.status_code}, {len(body)} B"] += 1
-            out["bytes"] += len(body)
+            if response.status_code != 200 or (size >= 0 and length != size):
+                out["errors"][f"HTTP {response.status_code}, {length} B"] += 1
+            out["bytes"] += length
 
 
 async def _run(args: argparse.Namespace) -> dict:
     urls = [tuple(u) for u in json.loads(Path(args.urls).read_text())]
     random.Random(args.seed).shuffle(urls)
     ctx = client_context(args.ca)
+    if args.http1:
+        ctx.set_alpn_protocols(["http/1.1"])
     counter, start, ready = itertools.count(), asyncio.Event(), []
     out = {"latencies": [], "errors": Counter(), "versions": Counter(), "cache": Counter(), "bytes": 0}
     # One untimed request per host by default (the first URL of each); --warmup chooses others.
     warmup = args.warmup or list({urlsplit(u).netloc: u for u, _ in urls}.values())
     tasks = [asyncio.create_task(_client(args.proxy, ctx, urls, warmup, counter, args.requests, start, ready, out,
-                                         args.timeout))
+                                         args.timeout, args.http1, args.discard))
              for _ in range(args.clients)]
     while len(ready) < args.clients:
         for t in tasks:
@@ -123,15 +132,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=6)
     parser.add_argument("--warmup", action="append", help="untimed URL each client gets first (repeatable)")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--http1", action="store_true", help="HTTP/1.1 to the proxy (default: HTTP/2)")
+    parser.add_argument("--discard", action="store_true", help="count large bodies as they arrive, keep none")
     args = parser.parse_args()
     Path(args.out).write_text(json.dumps(asyncio.run(_run(args))))
 
 
 def start(proxy_url: str, ca: Path, urls_file: Path, clients: int, requests: int, out: Path,
-          timeout: float = 60, warmup: list[str] = ()) -> subprocess.Popen:
+          timeout: float = 60, warmup: list[str] = (), http1: bool = False, discard: bool = False) -> subprocess.Popen:
     """Start a load run in its own process; `finish()` waits for it and reads the result."""
     cmd = [sys.executable, "-m", "bench.loadgen", "--proxy", proxy_url, "--ca", str(ca), "--urls", str(urls_file),
            "--clients", str(clients), "--requests", str(requests), "--out", str(out), "--timeout", str(timeout)]
+    cmd += ["--http1"] if http1 else []
+    cmd += ["--discard"] if discard else []
     for url in warmup:
         cmd += ["--warmup", url]
     out.unlink(missing_ok=True)
