@@ -72,6 +72,16 @@ async def test_a_large_entry_is_stored_from_its_spool_and_read_back_as_a_file_by
     assert not list((other.directory / "partial").glob("*"))
 
 
+async def test_a_large_index_file_is_always_read_whole(make):
+    """Index files are parsed by the proxy (versions, checksums): only crates are kept as files."""
+    from cratecache.storage import FILE_THRESHOLD
+
+    body = b'{"name":"foo","vers":"1.0.0"}\n' * (FILE_THRESHOLD // 30 + 1000)
+    await make().put("index/crates-io/foo", body, "a")
+    got = await make().get("index/crates-io/foo")
+    assert got.body == body and got.file is None
+
+
 async def test_concurrent_writers_of_one_key_leave_one_whole_entry(make):
     bodies = [BODY + bytes([i]) * 1000 for i in range(6)]
     stores = [make() for _ in bodies]

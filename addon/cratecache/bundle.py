@@ -30,7 +30,8 @@ from pathlib import Path
 
 from . import sparse
 from .config import DEFAULT_MAX_CRATE_SIZE, DEFAULT_MAX_INDEX_SIZE, Settings
-from .storage import FILE_THRESHOLD, Meta, Storage
+from .storage import Meta, Storage
+from .storage.local import as_file
 from .storage.records import meta_problem
 
 FORMAT = "cargo-cache-bundle/1"
@@ -113,7 +114,7 @@ async def import_bundle(store: Storage, path: Path, settings: Settings | None = 
         writes = await _plan_writes(manifest, staging, path, store, settings)
         for item, meta in writes:
             blob = staging / meta.sha256
-            if meta.size > FILE_THRESHOLD and blob.exists():  # moved into the cache, never read whole
+            if as_file(item["key"], meta.size) and blob.exists():  # moved into the cache, never read whole
                 await store.put_entry_file(item["key"], meta, blob)
             else:
                 await store.put_entry(item["key"], meta, blob.read_bytes())

@@ -76,7 +76,7 @@ file per client). Fresh processes for each measurement; {bench.reps} ({HUGE_REPE
         finally:
             bench.stop(proxy)
 
-    for rep in range(bench.repeat):
+    for _ in range(bench.repeat):
         for proto, http1 in (("HTTP/2", False), ("HTTP/1.1", True)):
             cache = bench.fresh_dir("caches", "memory")
             measure(f"disk, {proto}, cold", bench.addon("memory-addon", cache), urls, http1=http1)
@@ -90,7 +90,7 @@ file per client). Fresh processes for each measurement; {bench.reps} ({HUGE_REPE
             tier = bench.fresh_dir("caches", "memory-tier")
             measure("s3, HTTP/2, cold", bench.addon("memory-s3", tier, **s3), urls)
             measure("s3, HTTP/2, warm", bench.addon("memory-s3", tier, **s3), urls)
-    for rep in range(min(bench.repeat, HUGE_REPEAT)):
+    for _ in range(min(bench.repeat, HUGE_REPEAT)):
         cache = bench.fresh_dir("caches", "memory-huge")
         big_limit = {"max_crate_size": "512MiB"}
         measure("200 MB, disk, HTTP/2, cold", bench.addon("memory-huge", cache, **big_limit), huge)

@@ -39,7 +39,8 @@ logger = logging.getLogger(__name__)
 
 KINDS = ("config", "index", "crate")
 HOT_ITEM_LIMIT = 1024 * 1024
-FILE_THRESHOLD = 2 * 1024 * 1024  # larger entries are streamed from their file (BENCHMARKS.md section 5)
+FILE_THRESHOLD = int(os.environ.get("CARGO_CACHE_FILE_THRESHOLD", 2 * 1024 * 1024))  # BENCHMARKS.md section 5
+FILE_KINDS = ("crate/",)  # what may be kept as a file: index files and config.json are always read whole
 HASH_OFFLOAD_BYTES = 1024 * 1024
 DEFAULT_HOT_BYTES = 64 * 1024 * 1024
 PURGE_GENERATION = "purge-generation"  # bumped by every delete, so other processes know to drop their memory tier
@@ -97,6 +98,11 @@ async def sha256_hex(body: bytes) -> str:
     return await asyncio.to_thread(lambda: hashlib.sha256(body).hexdigest())
 
 
+def as_file(key: str, size: int) -> bool:
+    """Whether the entry is served from its file (large crates) rather than from memory."""
+    return size > FILE_THRESHOLD and key.startswith(FILE_KINDS)
+
+
 def make_entry(body: bytes, upstream: str, etag: str | None = None, last_modified: str | None = None,
                now: float | None = None) -> Entry:
     now = time.time() if now is None else now
@@ -151,7 +157,7 @@ class LocalStore:
             return None
         meta = Meta(**raw)
         known = self.peek(key)
-        if meta.size > FILE_THRESHOLD:
+        if as_file(key, meta.size):
             path = self._blob_file(meta)
             if path is None:
                 return None

@@ -34,7 +34,7 @@ from . import Storage, StorageUnavailable
 from .bucket import Bucket, BucketDown
 from .disk import DiskStorage
 from .leases import Leases
-from .local import FILE_THRESHOLD, HASH_OFFLOAD_BYTES, Entry, LocalStore, Meta, make_entry, sha256_hex
+from .local import HASH_OFFLOAD_BYTES, Entry, LocalStore, Meta, as_file, make_entry, sha256_hex
 from .purges import Purges
 from .records import MAX_ENTRY_BYTES, load_record, meta_problem, number
 from .spool import Spooled
@@ -206,7 +206,7 @@ class S3Storage(Storage):
         if known is not None and known.meta.sha256 == meta.sha256:  # refreshed elsewhere: same bytes
             await self._tier("write", self.tier.mark_checked, key, meta.checked_at, meta.sha256)
             return Entry(replace(known.meta, checked_at=meta.checked_at), known.body)
-        if meta.size > FILE_THRESHOLD:
+        if as_file(key, meta.size):
             return await self._pull_file(key, meta, known)
         got = await self.bucket.get(f"blob/{meta.sha256}")
         damaged = got is not None and await sha256_hex(got[0]) != meta.sha256
