@@ -54,7 +54,7 @@ class Bench:
         snapshot = self.work / "addon"
         shutil.copytree(addon_dir, snapshot, ignore=shutil.ignore_patterns("__pycache__"))
         self.addon_script = snapshot / "cargo_cache.py"
-        sys.path.insert(0, str(snapshot))  # the scenarios fill caches with its cratecache.store
+        sys.path.insert(0, str(snapshot))  # the scenarios fill caches with its cratecache.storage
         self.registry = build_registry()
         self.real_crates = list(self.registry.crates.values())
         self.big = bigcrate.add_big_crate(self.registry)

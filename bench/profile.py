@@ -35,8 +35,8 @@ GROUPS = [  # (group, substrings of a frame's "(file)" part); the first frame fr
 ]
 FUNCTIONS = [  # inclusive: samples with this function anywhere on the stack
     ("CargoCache.request (the addon's request hook, all of it)", "CargoCache.request (cratecache/addon.py)"),
-    ("Store.get (in the worker thread)", "Store.get (cratecache/store.py)"),
-    ("Store.put (in the worker thread)", "Store.put (cratecache/store.py)"),
+    ("LocalStore.get (in the worker thread)", "LocalStore.get (cratecache/storage/local.py)"),
+    ("LocalStore.put (in the worker thread)", "LocalStore.put (cratecache/storage/local.py)"),
     ("UpstreamClient.get (httpx request to the upstream)", "UpstreamClient.get (cratecache/upstreams.py)"),
     ("asyncio.to_thread (hand-off on the event loop)", "to_thread (asyncio/threads.py)"),
     ("_log_reply (the per-request log line)", "_log_reply (cratecache/addon.py)"),

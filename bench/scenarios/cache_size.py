@@ -41,7 +41,7 @@ def index_body(name: str, rng: random.Random) -> bytes:
 
 def fill(bench: Bench, label: str, count: int) -> tuple[object, list[str], float, list[int]]:
     """A cache folder with `count` fresh index entries: (path, names, seconds it took, body sizes)."""
-    from cratecache.store import Store
+    from cratecache.storage.local import LocalStore as Store
 
     path = bench.fresh_dir("caches", label)
     names, rng, sizes = crate_names(count, seed=count), random.Random(count), []

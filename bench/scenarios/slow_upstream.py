@@ -65,7 +65,7 @@ class SlowClient:
 
 
 def _template(bench: Bench, upstream: UpstreamServer, held_back: set) -> object:
-    from cratecache.store import Store
+    from cratecache.storage.local import LocalStore as Store
 
     path = bench.fresh_dir("caches", "slow-template")
     store = Store(path, 50 * 2**30)
