@@ -213,3 +213,19 @@ def test_a_large_crate_is_staged_exported_imported_and_served_offline(
     with httpx.Client(proxy=proxy.url, verify=verify(proxy), trust_env=False, timeout=60) as c:
         served = c.get(URL)
     assert served.status_code == 200 and served.content == big_data
+
+
+@pytest.mark.parametrize("fault", ["truncate", "reset"])
+def test_a_large_download_cut_short_by_the_upstream_leaves_nothing_behind_and_the_next_upstream_serves_it(
+    big_registry, big_data, entry, start_proxy, tmp_path, fault
+):
+    with UpstreamServer(big_registry, name="first") as first, UpstreamServer(big_registry, name="second") as second:
+        first.faults[f"{BIG}/crate"] = fault  # half the body, then a clean close or a reset
+        proxy = start_proxy([entry(first, priority=1), entry(second, priority=2)], cache_dir=tmp_path / "cache")
+        with httpx.Client(proxy=proxy.url, verify=verify(proxy), trust_env=False, timeout=60) as c:
+            served = c.get(URL)
+        log = proxy.log()
+
+    assert served.status_code == 200 and served.content == big_data
+    assert f"/crates/{BIG}/{BIG_VERSION}/download" in first.paths() and "upstream first failed" in log
+    assert partial_files(tmp_path / "cache") == []  # the half-written partial file was deleted
