@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from pathlib import Path
 
 import pytest
 from cratecache.config import CacheSettings
@@ -68,7 +69,7 @@ async def test_a_large_entry_is_stored_from_its_spool_and_read_back_as_a_file_by
     other = make()  # another worker, or another gateway pulling it from the bucket into its own tier
     got = await other.get("crate/crates-io/big/1.0.0")
     assert got.body is None and got.file is not None  # served from its file, never read into memory
-    assert got.read() == big and got.meta == put.meta
+    assert Path(got.file).read_bytes() == big and got.meta == put.meta
     assert not list((other.directory / "partial").glob("*"))
 
 

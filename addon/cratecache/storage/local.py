@@ -66,13 +66,6 @@ class Entry:
     body: bytes | None
     file: str | None = None
 
-    def read(self) -> bytes:
-        """The bytes, from memory or from the file (for the few callers that need them whole)."""
-        if self.body is not None:
-            return self.body
-        with open(self.file, "rb") as f:
-            return f.read()
-
 
 class _Adopt:
     """A verified partial file to move into diskcache's folder as a value's file (no copy)."""

@@ -237,10 +237,7 @@ class S3Storage(Storage):
             if found and spooled.sha256 != meta.sha256:
                 await self.bucket.delete(f"blob/{meta.sha256}")
             return known
-        if spooled.path is None:  # cannot be above FILE_THRESHOLD; kept for safety
-            await self._tier("write", self.tier.put_entry, key, meta, spooled.body, True)
-            return Entry(meta, spooled.body)
-        await asyncio.to_thread(self.local.put_entry_file, key, meta, spooled.path)
+        await self.tier.put_entry_file(key, meta, spooled.path)  # above FILE_THRESHOLD: always spooled to a file
         return await self._tier("read", self.tier.get, key) or known
 
     async def _publish(self, key: str, entry: Entry, newer_only: bool = False) -> None:
