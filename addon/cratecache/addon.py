@@ -82,7 +82,6 @@ class CargoCache:
             asyncio.get_running_loop().create_task(self._restart_status())
 
     async def running(self) -> None:
-        await self.blobs.start()
         self._flusher = asyncio.get_running_loop().create_task(self._flush_counts_forever())
         await self._restart_status()
 
@@ -111,10 +110,8 @@ class CargoCache:
             name, host = target.registry.name, target.host
             reply = await handle(self.resolver, target.registry, flow.request.method, host, flow.request.path,
                                  flow.request.headers, self._asked_again(flow))
-        if reply.file is not None and not self.blobs.running:  # before `running` (mitmproxy's test harness)
-            reply = replace(reply, body=await asyncio.to_thread(_read_part, reply.file, reply.offset, reply.size),
-                            file=None)
         if reply.file is not None:
+            await self.blobs.start()  # listens from the first large file on, not at start-up
             reply = self._stream_from_file(flow, reply)
         if reply.file is None:
             self._answer(flow, reply)
@@ -246,12 +243,6 @@ class CargoCache:
 
 def _target(settings: Settings, flow: http.HTTPFlow) -> Target | Rejection | None:
     return intercept(settings, flow.request.host, flow.request.port, flow.request.host_header, flow.request.path)
-
-
-def _read_part(path: str, offset: int, size: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(size)
 
 
 def _announces_body(request: http.Request) -> bool:

@@ -41,11 +41,17 @@ class BlobServer:
     def __init__(self) -> None:
         self._blobs: dict[str, _Blob] = {}
         self._server: asyncio.Server | None = None
+        self._starting = asyncio.Lock()
         self.port = 0
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+        """Listen, once: concurrent callers (the first large downloads arriving together) share one server."""
+        if self._server is not None:
+            return
+        async with self._starting:
+            if self._server is None:
+                self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+                self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -56,10 +62,6 @@ class BlobServer:
         for blob in self._blobs.values():
             blob.file.close()
         self._blobs.clear()
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
 
     def register(self, path: str, offset: int, length: int, status: int, headers: dict[str, str]) -> str:
         """Open `path` now and return the one-time token under which `length` bytes from `offset` are served.
