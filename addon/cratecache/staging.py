@@ -55,24 +55,21 @@ async def stage(resolver: Resolver, wanted: Plan, progress: Progress, concurrenc
     limit = asyncio.Semaphore(concurrency)
     registries = {r.name: r for r in resolver.settings.registries}
 
+    def fail(what: str, reason: str) -> None:
+        result.failed.append((what, reason))
+        progress.step(what, f"FAILED: {reason}")
+
     async def one(reg: Registry, name: str, version: str, checksum: str | None) -> None:
         what = f"{name} {version}"
         if name in unindexed:  # one failure per crate: its versions fail for the index's reason
-            reason = unindexed[name]
-            result.failed.append((what, reason))
-            progress.step(what, f"FAILED: {reason}")
-            return
+            return fail(what, unindexed[name])
         async with limit:
             try:
                 served = await resolver.crate(reg, name, version)
             except ResolveError as e:
-                result.failed.append((what, str(e)))
-                progress.step(what, f"FAILED: {e}")
-                return
+                return fail(what, str(e))
         if checksum and served.entry.meta.sha256 != checksum:
-            reason = f"lockfile checksum {checksum[:16]}… differs from the registry's {served.entry.meta.sha256[:16]}…"
-            result.failed.append((what, reason))
-            progress.step(what, f"FAILED: {reason}")
+            fail(what, f"lockfile checksum {checksum[:16]}… differs from the registry's {served.entry.meta.sha256[:16]}…")
         elif served.state == "hit":
             result.cached += 1
             progress.step(what, "already cached")
