@@ -58,7 +58,9 @@ class Activity:
                  "index_url": reg.index_url,
                  "upstreams": [_upstream(up, health.of(f"{reg.name}/{up.name}"), now) for up in reg.upstreams]}
                 for reg in settings.registries
-            ],
+            ] + ([{"name": t.name, "index_host": t.host, "download_host": t.host, "index_url": f"https://{t.host}/",
+                   "ttl": t.ttl, "upstreams": [_upstream(up, health.of(f"{t.name}/{up.name}"), now) for up in t.upstreams]}]
+                 if (t := settings.toolchains) else []),
             "cache": {
                 "directory": str(settings.cache.directory),
                 "size_limit": settings.cache.size_limit,

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +15,8 @@ from mitmproxy.addonmanager import Loader
 from .activity import Activity, origin
 from .blobs import BlobServer
 from .config import ConfigError, Settings, load_settings
-from .handler import Reply, handle, text_reply
+from .handler import Client, Reply, handle, text_reply
+from .pairs import Pairs
 from .reasks import Reasks
 from .resolver import Resolver
 from .routes import Rejection, Target, intercept
@@ -39,6 +39,7 @@ class CargoCache:
         self.resolver: Resolver | None = None
         self.activity = Activity()
         self.reasks = Reasks()  # index files each client connection was given: a second ask is Cargo's re-ask
+        self.pairs = Pairs()  # the manifest hash each client was given in a .sha256: it gets that manifest
         self.blobs = BlobServer()  # large cached files, streamed through mitmproxy
         self.status: StatusServer | None = None
         self._flusher: asyncio.Task | None = None
@@ -109,7 +110,7 @@ class CargoCache:
         else:
             name, host = target.registry.name, target.host
             reply = await handle(self.resolver, target.registry, flow.request.method, host, flow.request.path,
-                                 flow.request.headers, self._asked_again(flow))
+                                 flow.request.headers, self._client(flow))
         if reply.file is not None:
             await self.blobs.start()  # listens from the first large file on, not at start-up
             reply = self._stream_from_file(flow, reply)
@@ -148,14 +149,17 @@ class CargoCache:
         elif "Content-Length" in reply.headers:  # HEAD: make() counted the empty body
             flow.response.headers["Content-Length"] = reply.headers["Content-Length"]
 
-    def _asked_again(self, flow: http.HTTPFlow) -> Callable[[str], bool]:
+    def _client(self, flow: http.HTTPFlow) -> Client:
         conn, headers = flow.client_conn, flow.request.headers
         peer = conn.peername[0] if conn.peername else "-"
         conditional = "if-none-match" in headers or "if-modified-since" in headers
-        return lambda key: self.reasks.asked_again(conn.id, peer, key, conditional)
+        return Client(asked_again=lambda key: self.reasks.asked_again(conn.id, peer, key, conditional),
+                      pinned=lambda path: self.pairs.pinned(conn.id, peer, path),
+                      gave=lambda path, sha256: self.pairs.gave(conn.id, peer, path, sha256))
 
     def client_disconnected(self, client: connection.Client) -> None:
         self.reasks.forget(client.id)
+        self.pairs.forget(client.id)
 
     async def done(self) -> None:
         if self._flusher is not None:
@@ -172,8 +176,9 @@ class CargoCache:
         store.on_call = self.activity.metrics.storage_call
         self.settings, self.resolver = settings, Resolver(settings, store)
         self.resolver.on_attempt = self.activity.upstream_attempt
-        hosts = ", ".join(dict.fromkeys(host + reg.index_path.rstrip("/") for reg in settings.registries
-                                        for host in (reg.index_host, reg.download_host)))
+        hosts = ", ".join(dict.fromkeys([*(host + reg.index_path.rstrip("/") for reg in settings.registries
+                                           for host in (reg.index_host, reg.download_host)),
+                                         *([settings.toolchains.host] if settings.toolchains else [])]))
         where = store.health()
         tier = f" (local tier {where['local_tier']})" if "local_tier" in where else ""
         logger.info("cargo-cache: %s: intercepting %s; cache %s %s%s", settings.source, hosts, where["backend"],
@@ -181,9 +186,10 @@ class CargoCache:
         if settings.cache.offline:
             logger.info("cargo-cache: offline mode: serving only what is cached; no upstream is contacted%s",
                         " (index files list staged versions only)" if settings.cache.offline_prune_index else "")
-        for reg in settings.registries:
+        for reg in settings.sources:
             order = ", ".join(f"{u.name} ({origin(u.url)}{'' if u.active else ', inactive'})" for u in reg.upstreams)
-            logger.info("cargo-cache: registry %s upstreams in order: %s", reg.name, order)
+            what = "toolchains (rustup dist)" if reg is settings.toolchains else f"registry {reg.name}"
+            logger.info("cargo-cache: %s upstreams in order: %s", what, order)
         if old is not None:
             _close_later(old)
 

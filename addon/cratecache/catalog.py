@@ -8,8 +8,8 @@ from dataclasses import dataclass, replace
 from . import sparse
 from .bundle import key_fields
 from .storage import Storage
+from .storage.local import KINDS
 
-KINDS = ("config", "index", "crate")
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 

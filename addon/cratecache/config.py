@@ -26,6 +26,10 @@ DEFAULT_BACKOFF_AFTER = 3
 DEFAULT_LEASE = 20  # below Cargo's 30 s timeout
 DEFAULT_MAX_CRATE_SIZE = 64 * 1024**2
 DEFAULT_MAX_INDEX_SIZE = 16 * 1024**2
+DEFAULT_DIST_HOST = "static.rust-lang.org"
+DEFAULT_DIST_TTL = 3600
+DEFAULT_MAX_DIST_FILE_SIZE = 2 * 1024**3  # rustc is ~70 MB, rust-docs ~20 MB; a whole toolchain well below this
+TOOLCHAINS = "toolchains"  # the name of the dist source in logs, metrics and upstream health (not a registry name)
 EVICTION_POLICIES = ("least-recently-used", "least-recently-stored", "least-frequently-used", "none")
 BACKENDS = ("disk", "s3")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
@@ -100,6 +104,33 @@ class Registry:
 
 
 @dataclass(frozen=True)
+class Toolchains:
+    """rustup's dist server (`toolchains:`): the intercepted host and its upstream dist roots by priority.
+    Each upstream's `url` is a dist root that serves `dist/` and `rustup/` and ends with '/'."""
+
+    host: str
+    upstreams: tuple[Upstream, ...]
+    ttl: int = DEFAULT_DIST_TTL  # seconds a moving name (channel manifest, release-stable.toml) is served unasked
+    max_file_size: int = DEFAULT_MAX_DIST_FILE_SIZE
+    name: str = TOOLCHAINS
+
+    @property
+    def index_ttl(self) -> int:
+        """The engine's name for how long a moving entry stays fresh (as for a registry's index files)."""
+        return self.ttl
+
+    @property
+    def active_upstreams(self) -> tuple[Upstream, ...]:
+        return tuple(u for u in self.upstreams if u.active)
+
+    def upstream(self, name: str) -> Upstream | None:
+        return next((u for u in self.upstreams if u.name == name), None)
+
+
+Source = Registry | Toolchains  # what the proxy answers for on an intercepted host
+
+
+@dataclass(frozen=True)
 class S3Settings:
     """The shared bucket of a fleet (cache.backend: s3). Keys live under `prefix`."""
 
@@ -143,19 +174,26 @@ class Settings:
     source: str
     cache: CacheSettings
     registries: tuple[Registry, ...]
+    toolchains: Toolchains | None = None
 
-    def match_host(self, host: str, port: int | None = None, path: str = "/") -> tuple[Registry | None, str]:
+    @property
+    def sources(self) -> tuple[Source, ...]:
+        """Every registry, then the toolchains' dist source if configured."""
+        return self.registries + ((self.toolchains,) if self.toolchains else ())
+
+    def match_host(self, host: str, port: int | None = None, path: str = "/") -> tuple[Source | None, str]:
         """The registry one of whose hosts is `host` (with `port`, when the configured host names one) and whose
         index path `path` is under (the longest such path when several registries share a host), and that
         configured host; (None, "") if none is. Case and a trailing dot of the host do not matter."""
         host = host.lower().removesuffix(".")
-        found: tuple[Registry | None, str] = (None, "")
+        if self.toolchains is not None and _same_host(self.toolchains.host, host, port):
+            return self.toolchains, self.toolchains.host
+        found: tuple[Source | None, str] = (None, "")
         for reg in self.registries:
             if not path.startswith(reg.index_path) or (found[0] and len(found[0].index_path) >= len(reg.index_path)):
                 continue
             for configured in (reg.index_host, reg.download_host):
-                name, _, want = configured.partition(":")
-                if name == host and (not want or port is None or int(want) == port):
+                if _same_host(configured, host, port):
                     found = (reg, configured)
                     break
         return found
@@ -170,7 +208,7 @@ class Settings:
         path = parts.path if parts.path.endswith("/") else parts.path + "/"
         registry, configured = self.match_host(parts.hostname or "", port or {"https": 443, "http": 80}.get(parts.scheme),
                                                path)
-        if registry is None or registry.index_path != path or configured != registry.index_host:
+        if not isinstance(registry, Registry) or registry.index_path != path or configured != registry.index_host:
             return None
         return registry
 
@@ -180,7 +218,15 @@ class Settings:
         for reg in self.registries:
             seen[reg.index_host] = None
             seen[reg.download_host] = None
+        if self.toolchains is not None:
+            seen[self.toolchains.host] = None
         return list(seen)
+
+
+def _same_host(configured: str, host: str, port: int | None) -> bool:
+    """`host` (lowercase) with `port` is the configured 'host[:port]' (any port when it names none)."""
+    name, _, want = configured.partition(":")
+    return name == host and (not want or port is None or int(want) == port)
 
 
 def load_settings(path: str | os.PathLike, env: Mapping[str, str] | None = None) -> Settings:
@@ -282,7 +328,7 @@ class _Parser:
         return value
 
     def settings(self, doc: Any) -> Settings:
-        doc = self.mapping(doc, "", ("cache", "registries"), required=("registries",))
+        doc = self.mapping(doc, "", ("cache", "registries", "toolchains"), required=("registries",))
         cache = self.cache({} if doc.get("cache") is None else doc["cache"])
         regs = doc["registries"]
         if not isinstance(regs, list) or not regs:
@@ -296,8 +342,32 @@ class _Parser:
             hosts.append((f"registries[{i}].{field}", r.index_host + under))
             if r.download_host != r.index_host:
                 hosts.append((f"registries[{i}].download_host", r.download_host + under))
+        toolchains = self.toolchains(doc["toolchains"]) if doc.get("toolchains") is not None else None
+        if toolchains is not None:
+            hosts.append(("toolchains.host", toolchains.host))
+            for i, r in enumerate(registries):
+                if r.name == TOOLCHAINS:
+                    raise self.fail(f"registries[{i}].name", f"{TOOLCHAINS!r} is the name of the toolchains section")
         _unique(self, hosts, "host")
-        return Settings(source=str(self.path), cache=cache, registries=registries)
+        return Settings(source=str(self.path), cache=cache, registries=registries, toolchains=toolchains)
+
+    def toolchains(self, raw: Any) -> Toolchains:
+        where = "toolchains"
+        raw = self.mapping(raw, where, ("host", "ttl", "proxies", "max_file_size"), required=("proxies",))
+        host = self.host(raw.get("host", DEFAULT_DIST_HOST), f"{where}.host")
+        ups = raw["proxies"]
+        if not isinstance(ups, list) or not ups:
+            raise self.fail(f"{where}.proxies", "expected a non-empty list of upstream dist roots")
+        parsed = [self.upstream(u, f"{where}.proxies[{i}]", dist=True) for i, u in enumerate(ups)]
+        _unique(self, [(f"{where}.proxies[{i}].name", u.name) for i, u in enumerate(parsed)], "upstream name")
+        try:
+            max_size = parse_size(raw.get("max_file_size", DEFAULT_MAX_DIST_FILE_SIZE))
+        except ValueError as e:
+            raise self.fail(f"{where}.max_file_size", str(e)) from None
+        if max_size < 1024**2:
+            raise self.fail(f"{where}.max_file_size", "must be at least 1MiB")
+        return Toolchains(host=host, upstreams=tuple(sorted(parsed, key=lambda u: u.priority)),
+                          ttl=self.integer(raw.get("ttl"), f"{where}.ttl", DEFAULT_DIST_TTL, 0), max_file_size=max_size)
 
     def cache(self, raw: Any) -> CacheSettings:
         raw = self.mapping(raw, "cache", ("directory", "size_limit", "index_ttl", "eviction_policy", "negative_ttl",
@@ -420,9 +490,11 @@ class _Parser:
         host = parts.hostname + (f":{parts.port}" if parts.port else "")
         return self.host(host, where), parts.path
 
-    def upstream(self, raw: Any, where: str) -> Upstream:
-        raw = self.mapping(raw, where, ("name", "url", "username", "password", "priority", "ssl_validation",
-                                        "timeout_ms", "active", "ca_bundle", "download_hosts"), required=("name", "url"))
+    def upstream(self, raw: Any, where: str, dist: bool = False) -> Upstream:
+        """One upstream; a dist root (`dist`) has no config.json, so no download_hosts."""
+        fields = ("name", "url", "username", "password", "priority", "ssl_validation", "timeout_ms", "active",
+                  "ca_bundle") + (() if dist else ("download_hosts",))
+        raw = self.mapping(raw, where, fields, required=("name", "url"))
         name = self.name(raw["name"], f"{where}.name")
         url = self.url(raw["url"], f"{where}.url")
         username = self.string(raw["username"], f"{where}.username") if raw.get("username") is not None else None

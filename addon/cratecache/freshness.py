@@ -1,7 +1,8 @@
 """Freshness decisions over plain data; the clock is passed in (pure).
 
 Rules:
-- A .crate never changes once published: a cached one is always served.
+- A .crate never changes once published, nor does a file of a dated dist folder: a cached one is always served
+  (kind "crate" or "immutable").
 - An index file or config.json is served from cache for `ttl` seconds after an upstream last
   confirmed it; after that it is revalidated (conditionally) before being served.
 - If revalidation fails on every upstream, the stale copy is served (stale-if-error); if every
@@ -14,6 +15,7 @@ from __future__ import annotations
 from email.utils import formatdate, parsedate_to_datetime
 
 FRESH, REVALIDATE, MISS = "fresh", "revalidate", "miss"
+IMMUTABLE_KINDS = ("crate", "immutable")
 SERVE_STALE, NOT_FOUND, UNAVAILABLE = "serve_stale", "not_found", "unavailable"
 
 
@@ -21,8 +23,8 @@ def decide(kind: str, checked_at: float | None, ttl: int, now: float) -> str:
     """What to do with a request for an entry last confirmed at `checked_at` (None: not cached)."""
     if checked_at is None:
         return MISS
-    if kind == "crate":
-        return FRESH  # rule: published crates are immutable
+    if kind in IMMUTABLE_KINDS:
+        return FRESH  # rule: published crates and dated dist files are immutable
     if now - checked_at < ttl:
         return FRESH  # rule: within the TTL no upstream is contacted
     return REVALIDATE  # rule: after the TTL, ask the upstream that served it

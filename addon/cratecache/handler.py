@@ -10,10 +10,10 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from . import freshness, ranges
-from .config import Registry
+from . import dist, freshness, ranges
+from .config import Source
 from .resolver import NotFound, Resolver, Served, Unavailable
-from .routes import IndexRoute, Rejection, classify
+from .routes import DistRoute, IndexRoute, Rejection, Route, classify
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +22,16 @@ CONTENT_TYPES = {
     "index": "text/plain; charset=utf-8",
     "crate": "application/gzip",
 }
+DIST_CONTENT_TYPES = {".sha256": "text/plain; charset=utf-8", ".toml": "application/toml", ".asc": "application/pgp-signature",
+                      ".gz": "application/gzip", ".xz": "application/x-xz", ".zst": "application/zstd"}
+
+
+@dataclass(frozen=True)
+class Client:
+    """What the proxy remembers about the client connection a request came on (see reasks.py and pairs.py)."""
+    asked_again: Callable[[str], bool] = lambda key: False  # given this index file already: Cargo's re-ask
+    pinned: Callable[[str], str | None] = lambda path: None  # the hash of a manifest's .sha256 it was just given
+    gave: Callable[[str, str], None] = lambda path, sha256: None  # record that it was given one
 
 
 @dataclass(frozen=True)
@@ -39,23 +49,22 @@ class Reply:
 
 
 async def handle(
-    resolver: Resolver, registry: Registry, method: str, host: str, path: str, headers: Mapping[str, str],
-    asked_again: Callable[[str], bool] = lambda key: False,
+    resolver: Resolver, registry: Source, method: str, host: str, path: str, headers: Mapping[str, str],
+    client: Client = Client(),
 ) -> Reply:
-    """`asked_again(key)`: whether this client connection was already given that index file (see reasks.py)."""
-    reply = await _answer(resolver, registry, method, host, path, headers, asked_again)
+    reply = await _answer(resolver, registry, method, host, path, headers, client)
     return _without_body(reply) if method == "HEAD" and reply.status != 304 else reply
 
 
 async def _answer(
-    resolver: Resolver, registry: Registry, method: str, host: str, path: str, headers: Mapping[str, str],
-    asked_again: Callable[[str], bool],
+    resolver: Resolver, registry: Source, method: str, host: str, path: str, headers: Mapping[str, str],
+    client: Client,
 ) -> Reply:
     route = classify(registry, host, method, path)
     if isinstance(route, Rejection):
         return text_reply(route.status, route.reason, "rejected")
     try:
-        served = await resolver.resolve(route, reasked=isinstance(route, IndexRoute) and asked_again(route.key))
+        served = await _resolve(resolver, route, client)
     except NotFound as e:
         return text_reply(404, str(e), "not_found", route.kind)
     except Unavailable as e:
@@ -63,7 +72,26 @@ async def _answer(
     except Exception as e:  # never let a request fall through to the real registry host
         logger.exception("cargo-cache: internal error on %s %s%s", method, host, path)
         return text_reply(500, f"cargo-cache internal error: {type(e).__name__}", "error", route.kind)
-    return entry_reply(route.kind, served, headers)
+    return entry_reply(route.kind, served, headers, _content_type(route))
+
+
+async def _resolve(resolver: Resolver, route: Route, client: Client) -> Served:
+    if isinstance(route, IndexRoute):
+        return await resolver.resolve(route, reasked=client.asked_again(route.key))
+    if not isinstance(route, DistRoute) or route.kind != "manifest":
+        return await resolver.resolve(route)
+    if not route.file.checksum:  # the manifest whose .sha256 this client was just given, even if it moved since
+        return await resolver.resolve(route, pinned=client.pinned(route.file.path))
+    served = await resolver.resolve(route)
+    client.gave(route.file.path, dist.parse_checksum(served.entry.body))
+    return served
+
+
+def _content_type(route: Route) -> str:
+    if isinstance(route, DistRoute):
+        name = route.file.name + (".sha256" if route.file.checksum else "")
+        return next((t for suffix, t in DIST_CONTENT_TYPES.items() if name.endswith(suffix)), "application/octet-stream")
+    return CONTENT_TYPES[route.kind]
 
 
 def _without_body(reply: Reply) -> Reply:
@@ -71,12 +99,12 @@ def _without_body(reply: Reply) -> Reply:
     return replace(reply, body=b"", file=None, headers={**reply.headers, "Content-Length": str(reply.size)})
 
 
-def entry_reply(kind: str, served: Served, request_headers: Mapping[str, str]) -> Reply:
+def entry_reply(kind: str, served: Served, request_headers: Mapping[str, str], content_type: str | None = None) -> Reply:
     meta = served.entry.meta
     etag = freshness.etag_for(meta.sha256)
     last_modified = meta.last_modified or freshness.http_date(meta.stored_at)
     headers = {
-        "Content-Type": CONTENT_TYPES[kind],
+        "Content-Type": content_type or CONTENT_TYPES[kind],
         "ETag": etag,
         "Last-Modified": last_modified,
         "X-Cache": served.state.upper(),
@@ -84,7 +112,7 @@ def entry_reply(kind: str, served: Served, request_headers: Mapping[str, str]) -
     }
     if served.state == "stale":
         headers["Warning"] = '110 cargo-cache "Response is stale: every upstream failed"'
-    not_modified = kind != "crate" and freshness.client_not_modified(
+    not_modified = kind not in ("crate", "component") and freshness.client_not_modified(
         request_headers.get("if-none-match"), request_headers.get("if-modified-since"), etag, last_modified
     )
     if not_modified:

@@ -1,4 +1,6 @@
-"""Resolution of config.json, index files and crates: cache -> upstreams in priority order -> cache.
+"""Resolution of config.json, index files, crates and rustup's dist files: cache -> upstreams in priority
+order -> verify -> cache. One engine for both protocols: what differs per protocol (paths, what verifies a
+file, which names move) is in `sparse.py` and `dist.py`; the lease, the walk, the spool and the store are here.
 
 The resolver knows nothing about mitmproxy; the addon (and the command-line tools) call it.
 Failures are raised as `NotFound` (every upstream said "not here") or `Unavailable`
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,10 +20,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from . import freshness, sparse
-from .config import Registry, Settings
+from . import dist, freshness, sparse
+from .config import Registry, Settings, Source, Toolchains
 from .health import Health
-from .routes import ConfigRoute, CrateRoute, IndexRoute, Route
+from .routes import ConfigRoute, CrateRoute, DistRoute, IndexRoute, Route
 from .storage import Entry, Spooled, Storage, make_entry
 from .upstreams import Attempt, UpstreamClient, UpstreamError, download_allowed, status_outcome, summary, walk
 
@@ -29,6 +32,9 @@ logger = logging.getLogger(__name__)
 FORCED_REVALIDATION_SECONDS = 10.0  # a re-ask or an unlisted version revalidates an index file at most this often
 FORCED_KEPT = 10_000
 CRATE_DEADLINE = 600.0  # seconds for a whole .crate download (up to max_crate_size at ~100 kB/s)
+DIST_DEADLINE = 1800.0  # seconds for a whole toolchain component (rustc is ~70 MB)
+CHECKSUM_LIMIT = 4096  # a .sha256 file is one line
+MANIFEST_RETRIES = 2  # an upstream whose manifest and .sha256 disagree is asked this many more times (it moved)
 
 
 @dataclass(frozen=True)
@@ -64,9 +70,10 @@ class Resolver:
         self.settings, self.store, self.clock = settings, store, clock
         self.clients: dict[tuple[str, str], UpstreamClient] = {
             (reg.name, up.name): UpstreamClient(up, transport, reg.name)
-            for reg in settings.registries
+            for reg in settings.sources
             for up in reg.active_upstreams
         }
+        self._tables: dict[tuple[str, str], dict[str, str]] = {}  # (key, sha256) -> a manifest's file hashes
         self._inflight: dict[str, asyncio.Task] = {}
         self._forced: dict[str, float] = {}  # index key -> when a download last forced its revalidation
         cache = settings.cache
@@ -76,10 +83,13 @@ class Resolver:
     async def aclose(self) -> None:
         await asyncio.gather(*(c.aclose() for c in self.clients.values()), return_exceptions=True)
 
-    async def resolve(self, route: Route, reasked: bool = False) -> Served:
+    async def resolve(self, route: Route, reasked: bool = False, pinned: str | None = None) -> Served:
         """`reasked`: the client asks again for an index file it was given on this connection (Cargo does so when
         a locked version is missing from it): revalidated with the upstreams at once, at most once per
-        FORCED_REVALIDATION_SECONDS per index file, so that a just-published version is found."""
+        FORCED_REVALIDATION_SECONDS per index file, so that a just-published version is found.
+        `pinned`: the SHA-256 this client was just given in a manifest's `.sha256`; it gets that manifest."""
+        if isinstance(route, DistRoute):
+            return await self.dist_file(route.registry, route.file, pinned)
         if self.settings.cache.offline:
             return await self._offline(route)
         if isinstance(route, CrateRoute):
@@ -232,17 +242,10 @@ class Resolver:
             if not download_allowed(url, client.upstream):
                 raise UpstreamError(f"its config.json's dl names {httpx.URL(url).host}, which is neither its own host "
                                     "nor in its download_hosts: not asked")
-            spool = self.store.spool()  # a large crate goes to a partial file as it arrives, hashed on the way
-            try:
-                got = await client.get(url, None, self.settings.cache.max_crate_size, CRATE_DEADLINE, spool)
-                outcome = status_outcome(got.status)
-                if outcome != "ok":
-                    spool.discard()
-                    return Attempt(client.name, outcome, f"HTTP {got.status}"), None
-                spooled = spool.finish()
-            except BaseException:
-                spool.discard()  # cut short, too large, timed out: nothing is left behind
-                raise
+            # A large crate goes to a partial file as it arrives, hashed on the way.
+            status, spooled = await self._download(client, url, self.settings.cache.max_crate_size, CRATE_DEADLINE)
+            if spooled is None:
+                return Attempt(client.name, status_outcome(status), f"HTTP {status}"), None
             if spooled.sha256 != listed.cksum:
                 spooled.discard()
                 raise UpstreamError(f"checksum mismatch for {name} {version}: index says {listed.cksum[:16]}…, "
@@ -253,11 +256,211 @@ class Resolver:
         if result is None:
             return await self._without_answer(key, None, attempts, f"{name} {version}")
         upstream, spooled = result
-        if spooled.body is not None:
-            return Served(await self._save(key, spooled.body, upstream), upstream, "miss", tuple(attempts))
-        return Served(await self._save_file(key, spooled, upstream), upstream, "miss", tuple(attempts))
+        return Served(await self._store_spooled(key, spooled, upstream), upstream, "miss", tuple(attempts))
+
+    # -- rustup's dist files -----------------------------------------------------------------
+
+    async def dist_file(self, src: Toolchains, f: dist.DistFile, pinned: str | None = None) -> Served:
+        """A file of the dist layout. A `.sha256` is made from the file it checks (the manifest, rustup-init) or
+        from the manifest hash of a component, so a manifest and its `.sha256` are always one pair."""
+        if f.checksum:
+            return await self._dist_checksum(src, f)
+        key = f"{f.kind}/{f.path}"
+        if f.kind == "manifest" and pinned and (held := await self._pinned(f, pinned)) is not None:
+            return held
+        if self.settings.cache.offline:
+            cached = await self.store.get(key)
+            if cached is None:
+                raise NotFound(f"{f.path} was not staged (offline mode: no upstream is contacted)")
+            return Served(cached, "cache", "hit")
+        kind, since = "immutable" if f.immutable else "moving", self.clock()
+        cached = await self._read(key, kind, src, False)
+        if self._decide(kind, cached, src, False) == freshness.FRESH:
+            return Served(cached, "cache", "hit")
+        fetch = {"pair": self._fetch_paired, "manifest": self._fetch_component, "none": self._fetch_plain}[f.checked_by]
+        return await self._once(key, since, kind, src, False, lambda c: fetch(src, f, key, c))
+
+    async def _dist_checksum(self, src: Toolchains, f: dist.DistFile) -> Served:
+        if f.checked_by == "manifest":
+            body = dist.checksum_body(await self._component_hash(src, f), f.name)
+            return Served(make_entry(body, "manifest", now=self.clock()), "cache", "hit")
+        served = await self.dist_file(src, replace(f, checksum=False))
+        meta = served.entry.meta
+        body = dist.checksum_body(meta.sha256, f.name)
+        return Served(make_entry(body, meta.upstream, now=meta.stored_at), served.source, served.state, served.attempts)
+
+    async def _pinned(self, f: dist.DistFile, sha256: str) -> Served | None:
+        """The manifest (current or the one before) whose hash this client was just given."""
+        for key in (f"manifest/{f.path}", f"dist-previous/{f.path}"):
+            entry = self.store.peek(key) or await self.store.get(key)
+            if entry is not None and entry.meta.sha256 == sha256:
+                return Served(entry, "cache", "hit")
+        return None
+
+    async def _fetch_paired(self, src: Toolchains, f: dist.DistFile, key: str, cached: Entry | None) -> Served:
+        """A file with its own upstream `.sha256` (a channel manifest, rustup-init): the `.sha256` first (all a
+        revalidation costs when it is unchanged), then the file, which must match it."""
+        manifest = f.kind == "manifest"
+        limit = self.settings.cache.max_index_size if manifest else src.max_file_size
+
+        async def attempt(client: UpstreamClient):
+            got = await client.get(client.url(f.path + ".sha256"), None, CHECKSUM_LIMIT)
+            if status_outcome(got.status) != "ok":
+                return Attempt(client.name, status_outcome(got.status), f"HTTP {got.status} for {f.name}.sha256"), None
+            expected = _checksum(got.body, f.name)
+            if cached is not None and cached.meta.sha256 == expected:
+                return Attempt(client.name, "not_modified", "unchanged (.sha256)"), (client.name, None)
+            for retry in range(MANIFEST_RETRIES + 1):
+                status, spooled = await self._download(client, client.url(f.path), limit)
+                if spooled is None:
+                    return Attempt(client.name, status_outcome(status), f"HTTP {status}"), None
+                if spooled.sha256 == expected:
+                    break
+                spooled.discard()
+                moved = _checksum((await client.get(client.url(f.path + ".sha256"), None, CHECKSUM_LIMIT)).body, f.name)
+                if moved == expected or retry == MANIFEST_RETRIES:  # not moving: the bytes are bad
+                    raise UpstreamError(f"checksum mismatch for {f.path}: its .sha256 says {expected[:16]}…, "
+                                        f"got {spooled.sha256[:16]}…")
+                expected = moved  # the upstream published a new one between the two requests: ask again
+            if manifest:  # a manifest is read whole (it is parsed for its hashes): below max_index_size
+                body = spooled.body if spooled.body is not None else spooled.path.read_bytes()
+                spooled.discard()
+                try:
+                    dist.parse_manifest(body)
+                except ValueError as e:
+                    raise UpstreamError(f"invalid channel manifest {f.path}: {e}") from None
+                return Attempt(client.name, "ok", "HTTP 200"), (client.name, body)
+            return Attempt(client.name, "ok", "HTTP 200"), (client.name, spooled)
+
+        result, attempts = await self._walk(self._order(src), attempt, key)
+        if result is None:
+            return await self._without_answer(key, cached, attempts, f.path)
+        upstream, got = result
+        if got is None:
+            return Served(await self._touch(key, cached), upstream, "revalidated", tuple(attempts))
+        if not manifest:
+            entry = await self._store_spooled(key, got, upstream)
+        else:
+            if cached is not None:  # a client that was given the old one's .sha256 may still ask for it
+                await self._best_effort(self.store.put_entry, f"dist-previous/{f.path}", cached.meta, cached.body)
+            await self._save_hashes(f, got, upstream)
+            entry = await self._save(key, got, upstream)
+        return Served(entry, upstream, "miss" if cached is None else "updated", tuple(attempts))
+
+    async def _fetch_plain(self, src: Toolchains, f: dist.DistFile, key: str, cached: Entry | None) -> Served:
+        """A file nothing verifies (release-stable.toml, a signature): revalidated conditionally."""
+        async def attempt(client: UpstreamClient):
+            headers = {}
+            if cached is not None and client.name == cached.meta.upstream:
+                headers = freshness.conditional_headers(cached.meta.etag, cached.meta.last_modified)
+            got = await client.get(client.url(f.path), headers, self.settings.cache.max_index_size)
+            outcome = status_outcome(got.status)
+            if outcome == "not_modified" and headers:
+                return Attempt(client.name, outcome, "HTTP 304"), (client.name, None)
+            if outcome != "ok":
+                return Attempt(client.name, "failed" if outcome == "not_modified" else outcome, f"HTTP {got.status}"), None
+            return Attempt(client.name, "ok", "HTTP 200"), (client.name, got)
+
+        result, attempts = await self._walk(self._order(src), attempt, key)
+        if result is None:
+            return await self._without_answer(key, cached, attempts, f.path)
+        upstream, got = result
+        if got is None:
+            return Served(await self._touch(key, cached), upstream, "revalidated", tuple(attempts))
+        entry = await self._save(key, got.body, upstream, got.headers.get("etag"), got.headers.get("last-modified"))
+        return Served(entry, upstream, "miss" if cached is None else "updated", tuple(attempts))
+
+    async def _fetch_component(self, src: Toolchains, f: dist.DistFile, key: str, cached: Entry | None) -> Served:
+        """A component, verified against the hash of a manifest the proxy holds (fetched first if need be)."""
+        expected = await self._component_hash(src, f)
+
+        async def attempt(client: UpstreamClient):
+            status, spooled = await self._download(client, client.url(f.path), src.max_file_size, DIST_DEADLINE)
+            if spooled is None:
+                return Attempt(client.name, status_outcome(status), f"HTTP {status}"), None
+            if spooled.sha256 != expected:
+                spooled.discard()
+                raise UpstreamError(f"checksum mismatch for {f.name}: the manifest says {expected[:16]}…, "
+                                    f"got {spooled.sha256[:16]}…")
+            return Attempt(client.name, "ok", "HTTP 200"), (client.name, spooled)
+
+        result, attempts = await self._walk(self._order(src), attempt, key)
+        if result is None:
+            return await self._without_answer(key, None, attempts, f.path)
+        upstream, spooled = result
+        return Served(await self._store_spooled(key, spooled, upstream), upstream, "miss", tuple(attempts))
+
+    async def _component_hash(self, src: Toolchains, f: dist.DistFile) -> str:
+        """The SHA-256 a held manifest lists for a component; else the dated manifests of its day are fetched."""
+        if digest := await self._listed_hash(f):
+            return digest
+        problems = []
+        if not self.settings.cache.offline:
+            for channel in dist.channel_guesses(f.name):
+                manifest = dist.DistFile("manifest", f"dist/{f.date}/channel-rust-{channel}.toml", True, "pair")
+                try:
+                    await self.dist_file(src, manifest)
+                except NotFound:
+                    continue
+                except Unavailable as e:
+                    problems.append(str(e))
+                    continue
+                if digest := await self._listed_hash(f):
+                    return digest
+        if problems:
+            raise Unavailable(f"{f.name}: no manifest of {f.date} could be fetched to verify it ({'; '.join(problems)})")
+        raise NotFound(f"{f.name} is not listed in any channel manifest of {f.date}, so it cannot be verified "
+                       "and is not served")
+
+    async def _listed_hash(self, f: dist.DistFile) -> str | None:
+        for key in await self.store.keys(f"dist-hashes/{f.date}/"):
+            if digest := (await self._hash_table(key)).get(f.path):
+                return digest
+        return None
+
+    async def _hash_table(self, key: str) -> dict[str, str]:
+        entry = self.store.peek(key) or await self.store.get(key)
+        if entry is None:
+            return {}
+        table = self._tables.get((key, entry.meta.sha256))
+        if table is None:
+            if len(self._tables) > 256:
+                self._tables.clear()
+            table = self._tables[(key, entry.meta.sha256)] = json.loads(entry.body)
+        return table
+
+    async def _save_hashes(self, f: dist.DistFile, body: bytes, upstream: str) -> None:
+        """What a new manifest lists, by dated folder, so its components can be verified (kept with the cache)."""
+        manifest = await asyncio.to_thread(dist.parse_manifest, body)
+        for date, table in dist.hashes_by_date(manifest).items():
+            await self._save(f"dist-hashes/{date}/{f.path}", json.dumps(table, sort_keys=True).encode(), upstream)
+
+    async def store_manifest(self, path: str, entry: Entry) -> None:
+        """Keep a manifest under another name (staging's aliases), with what it lists."""
+        await self.store.put_entry(f"manifest/{path}", entry.meta, entry.body)
+        await self._save_hashes(dist.DistFile("manifest", path, True, "pair"), entry.body, entry.meta.upstream)
 
     # -- shared ------------------------------------------------------------------------------
+
+    async def _download(self, client: UpstreamClient, url: str, limit: int,
+                        deadline: float | None = None) -> tuple[int, Spooled | None]:
+        """GET a file that may be large into a spool (hashed on the way): (status, the spooled 200) or
+        (status, None). Cut short, too large or timed out: nothing is left behind, and the error is raised."""
+        spool = self.store.spool()
+        try:
+            got = await client.get(url, None, limit, deadline, spool)
+            if status_outcome(got.status) != "ok":
+                spool.discard()
+                return got.status, None
+            return got.status, spool.finish()
+        except BaseException:
+            spool.discard()
+            raise
+
+    async def _store_spooled(self, key: str, spooled: Spooled, upstream: str) -> Entry:
+        if spooled.body is not None:
+            return await self._save(key, spooled.body, upstream)
+        return await self._save_file(key, spooled, upstream)
 
     async def _read(self, key: str, kind: str, reg: Registry, force: bool) -> Entry | None:
         """Memory first; the store only when memory has nothing fresh (another worker may have refreshed it)."""
@@ -267,7 +470,7 @@ class Resolver:
             return hot
         return await self.store.get(key)
 
-    def _decide(self, kind: str, cached: Entry | None, reg: Registry, force: bool) -> str:
+    def _decide(self, kind: str, cached: Entry | None, reg: Source, force: bool) -> str:
         ttl = 0 if force else reg.index_ttl
         return freshness.decide(kind, cached.meta.checked_at if cached else None, ttl, self.clock())
 
@@ -277,7 +480,7 @@ class Resolver:
             self._forced = {k: t for k, t in self._forced.items() if now - t < FORCED_REVALIDATION_SECONDS}
         return now - self._forced.get(key, float("-inf")) >= FORCED_REVALIDATION_SECONDS
 
-    def _order(self, reg: Registry, preferred: str | None = None) -> list[UpstreamClient]:
+    def _order(self, reg: Source, preferred: str | None = None) -> list[UpstreamClient]:
         """Active upstreams by priority; `preferred` (for a download: the upstream whose index gave its checksum) first."""
         clients = [self.clients[(reg.name, up.name)] for up in reg.active_upstreams]
         clients.sort(key=lambda c: c.name != preferred)  # stable sort keeps priority order otherwise
@@ -386,6 +589,13 @@ class Resolver:
         if negative:
             raise NotFound(f"{negative} (remembered)")
         return None
+
+
+def _checksum(body: bytes, name: str) -> str:
+    try:
+        return dist.parse_checksum(body)
+    except ValueError as e:
+        raise UpstreamError(f"{name}.sha256: {e}") from None
 
 
 def _describe(route: Route) -> str:

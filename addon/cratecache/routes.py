@@ -6,6 +6,7 @@ Routes:
 - `CrateRoute`    GET {index path}crates/{name}/{version}/download or .../crates/{name}/{name}-{version}.crate
                   on the download host
 The index path is `/` for a registry configured by `index_host`, the path of its `index_url` otherwise.
+- `DistRoute`     GET of a file of rustup's dist layout on the toolchains host (what it is: `dist.py`)
 - `Rejection`     anything else, with a 4xx status and a one-line reason
 """
 
@@ -13,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import sparse
-from .config import Registry, Settings
+from . import dist, sparse
+from .config import Registry, Settings, Source, Toolchains
 
 MAX_PATH_LENGTH = 512
 ALLOWED_METHODS = ("GET", "HEAD")
@@ -63,18 +64,33 @@ class CrateRoute:
 
 
 @dataclass(frozen=True)
+class DistRoute:
+    registry: Toolchains
+    file: dist.DistFile
+
+    @property
+    def key(self) -> str:
+        """The stored file's key: 'manifest/dist/channel-rust-stable.toml', 'component/dist/2026-04-16/…'."""
+        return f"{self.file.kind}/{self.file.path}"
+
+    @property
+    def kind(self) -> str:
+        return self.file.kind
+
+
+@dataclass(frozen=True)
 class Rejection:
     status: int
     reason: str
 
 
-Route = ConfigRoute | IndexRoute | CrateRoute
+Route = ConfigRoute | IndexRoute | CrateRoute | DistRoute
 
 
 @dataclass(frozen=True)
 class Target:
-    """An intercepted request's registry and the configured host it is on."""
-    registry: Registry
+    """An intercepted request's registry (or the toolchains' dist source) and the configured host it is on."""
+    registry: Source
     host: str
 
 
@@ -103,8 +119,28 @@ def _authority(value: str) -> tuple[str, int | None]:
     return host.strip("[]"), int(port)
 
 
-def classify(registry: Registry, host: str, method: str, path: str) -> Route | Rejection:
-    """Decide what a request on one of `registry`'s hosts asks for."""
+def classify(registry: Source, host: str, method: str, path: str) -> Route | Rejection:
+    """Decide what a request on one of `registry`'s hosts (or the toolchains host) asks for."""
+    if problem := _request_problem(method, path):
+        return problem
+    if "%" in path:
+        path = path.replace("%2B", "+").replace("%2b", "+")
+    if isinstance(registry, Toolchains):
+        found = dist.classify(path)
+        return DistRoute(registry, found) if isinstance(found, dist.DistFile) else Rejection(found.status, found.reason)
+    if not path.startswith(registry.index_path):
+        return Rejection(404, f"not under the registry's index path {registry.index_path}: {path}")
+    segments = path[len(registry.index_path):].split("/")
+    host = host.lower()
+    if host == registry.index_host:
+        route = _index_route(registry, segments)
+        if route is not None or host != registry.download_host:
+            return route or Rejection(404, f"not a sparse index path: {path}")
+    return _download_route(registry, segments) or Rejection(404, f"not a registry path: {path}")
+
+
+def _request_problem(method: str, path: str) -> Rejection | None:
+    """What every intercepted host refuses: writes, odd or encoded characters, traversal."""
     if method not in ALLOWED_METHODS:
         return Rejection(405, f"method {method} not allowed; the registry is read-only (GET, HEAD)")
     if len(path) > MAX_PATH_LENGTH:
@@ -113,25 +149,14 @@ def classify(registry: Registry, host: str, method: str, path: str) -> Route | R
         return Rejection(400, "query strings are not part of the registry protocol")
     if not path.isascii() or not path.isprintable() or "\\" in path:
         return Rejection(400, "invalid character in path (control, non-ASCII or backslash)")
-    if "%" in path:
-        # Only an encoded '+' (semver build metadata) is meaningful; anything else hides a path trick.
-        path = path.replace("%2B", "+").replace("%2b", "+")
-        if "%" in path:
-            return Rejection(400, "percent-encoded characters are not allowed in registry paths")
+    # Only an encoded '+' (semver build metadata) is meaningful; anything else hides a path trick.
+    if "%" in path.replace("%2B", "+").replace("%2b", "+"):
+        return Rejection(400, "percent-encoded characters are not allowed in registry paths")
     if not path.startswith("/") or "//" in path:
         return Rejection(400, "malformed path")
-    if not path.startswith(registry.index_path):
-        return Rejection(404, f"not under the registry's index path {registry.index_path}: {path}")
-    segments = path[len(registry.index_path):].split("/")
-    if any(s in (".", "..") for s in segments):
+    if any(s in (".", "..") for s in path.split("/")):
         return Rejection(400, "path traversal is not allowed")
-
-    host = host.lower()
-    if host == registry.index_host:
-        route = _index_route(registry, segments)
-        if route is not None or host != registry.download_host:
-            return route or Rejection(404, f"not a sparse index path: {path}")
-    return _download_route(registry, segments) or Rejection(404, f"not a registry path: {path}")
+    return None
 
 
 def _index_route(registry: Registry, segments: list[str]) -> Route | Rejection | None:

@@ -37,10 +37,11 @@ from . import spool
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("config", "index", "crate")
+KINDS = ("config", "index", "crate", "manifest", "component", "rustup")  # the last three: toolchains
 HOT_ITEM_LIMIT = 1024 * 1024
 FILE_THRESHOLD = int(os.environ.get("CARGO_CACHE_FILE_THRESHOLD", 2 * 1024 * 1024))  # BENCHMARKS.md section 5
-FILE_KINDS = ("crate/",)  # what may be kept as a file: index files and config.json are always read whole
+FILE_KINDS = ("crate/", "component/", "rustup/")  # what may be kept as a file; index files, config.json and
+# channel manifests are always read whole
 HASH_OFFLOAD_BYTES = 1024 * 1024
 DEFAULT_HOT_BYTES = 64 * 1024 * 1024
 PURGE_GENERATION = "purge-generation"  # bumped by every delete, so other processes know to drop their memory tier
