@@ -13,6 +13,11 @@ STAMP   := $(VENV)/.installed
 
 LOCKFILE ?=
 BUNDLE  ?=
+TOOLCHAIN ?=
+TOOLCHAIN_FILE ?=
+TARGETS ?=
+PROFILE ?=
+COMPONENTS ?=
 CLI     := PYTHONPATH=addon $(PY) -m cratecache --proxies $(abspath $(PROXIES))
 
 .PHONY: run test test-deps ca clean help stage export import cache-ls cache-stats cache-purge seaweedfs
@@ -23,6 +28,8 @@ help:
 	@echo "make bench [BENCH_ARGS=--quick]                                       benchmarks -> BENCHMARKS.md (~12 min)"
 	@echo "make ca                                                               create the CA and Cargo's CA bundle"
 	@echo "make stage LOCKFILE='a/Cargo.lock dir/'  fetch what the lockfiles need into the cache"
+	@echo "make stage TOOLCHAIN='stable 1.94.0' [TARGETS='x86_64-unknown-linux-gnu wasm32-unknown-unknown'] [PROFILE=minimal]"
+	@echo "           [COMPONENTS='clippy rust-src'] | TOOLCHAIN_FILE=rust-toolchain.toml   stage rustup toolchains"
 	@echo "make export BUNDLE=file [LOCKFILE=...]   write the cache (or a lockfile's subset) to a bundle"
 	@echo "make import BUNDLE=file                  verify a bundle and load it into the cache"
 	@echo "make cache-ls | cache-stats | cache-purge ARGS='--crate NAME | --older-than 30d | --all'"
@@ -59,8 +66,9 @@ bench: $(STAMP) test-deps
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 stage: $(STAMP)
-	@test -n "$(LOCKFILE)" || { echo "usage: make stage LOCKFILE=path/to/Cargo.lock [LOCKFILE='a b dir/']"; exit 2; }
-	$(CLI) stage $(LOCKFILE) $(ARGS)
+	@test -n "$(LOCKFILE)$(TOOLCHAIN)$(TOOLCHAIN_FILE)" || { echo "usage: make stage LOCKFILE=path/to/Cargo.lock [LOCKFILE='a b dir/'] | TOOLCHAIN='stable 1.94.0' [TARGETS=...] [PROFILE=minimal] [COMPONENTS=...] | TOOLCHAIN_FILE=rust-toolchain.toml"; exit 2; }
+	$(CLI) stage $(LOCKFILE) $(foreach t,$(TOOLCHAIN),--toolchain $(t)) $(foreach f,$(TOOLCHAIN_FILE),--toolchain-file $(f)) \
+	  $(foreach t,$(TARGETS),--target $(t)) $(if $(PROFILE),--profile $(PROFILE)) $(foreach c,$(COMPONENTS),--component $(c)) $(ARGS)
 
 export: $(STAMP)
 	@test -n "$(BUNDLE)" || { echo "usage: make export BUNDLE=file [LOCKFILE=...]"; exit 2; }

@@ -28,14 +28,14 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from . import sparse
-from .config import DEFAULT_MAX_CRATE_SIZE, DEFAULT_MAX_INDEX_SIZE, Settings
+from . import dist, sparse
+from .config import DEFAULT_MAX_CRATE_SIZE, DEFAULT_MAX_DIST_FILE_SIZE, DEFAULT_MAX_INDEX_SIZE, TOOLCHAINS, Settings
 from .storage import Meta, Storage
 from .storage.local import as_file
 from .storage.records import meta_problem
 
 FORMAT = "cargo-cache-bundle/1"
-IMPORTED_KINDS = ("config", "index", "crate")
+IMPORTED_KINDS = ("config", "index", "crate", *dist.KINDS)
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 256 << 20  # ~1 million entries
 COPY_CHUNK = 1 << 20
@@ -52,11 +52,16 @@ class Summary:
     crates: int
     index_files: int
     bytes: int
+    toolchain_files: int = 0
 
 
 def key_fields(key: str) -> dict:
-    """'crate/crates-io/serde/1.0.0' -> kind, registry, name, version."""
+    """'crate/crates-io/serde/1.0.0' -> kind, registry, name, version. A toolchain entry's registry is
+    'toolchains'; a manifest's name is its toolchain's ('stable', 'nightly-2026-11-30'), a component's its file
+    name with its dated folder as the version."""
     parts = key.split("/")
+    if parts[0] in dist.KINDS:
+        return {"kind": parts[0], "registry": TOOLCHAINS, **dist.describe("/".join(parts[1:]))}
     fields = {"kind": parts[0], "registry": parts[1] if len(parts) > 1 else None, "name": None, "version": None}
     if parts[0] in ("index", "crate") and len(parts) > 2:
         fields["name"] = parts[2]
@@ -118,6 +123,7 @@ async def import_bundle(store: Storage, path: Path, settings: Settings | None = 
                 await store.put_entry_file(item["key"], meta, blob)
             else:
                 await store.put_entry(item["key"], meta, blob.read_bytes())
+        await _store_hashes(store, writes, staging)
         return _summary(manifest["entries"], sum(m["size"] for m in {i["sha256"]: i for i in manifest["entries"]}.values()))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -128,15 +134,17 @@ class _Limits:
     index: int = DEFAULT_MAX_INDEX_SIZE
     crate: int = DEFAULT_MAX_CRATE_SIZE
     manifest: int = MAX_MANIFEST_BYTES
+    dist_file: int = DEFAULT_MAX_DIST_FILE_SIZE
 
     @classmethod
     def of(cls, settings: Settings | None) -> _Limits:
         if settings is None:
             return cls()
-        return cls(settings.cache.max_index_size, settings.cache.max_crate_size)
+        dist_file = settings.toolchains.max_file_size if settings.toolchains else DEFAULT_MAX_DIST_FILE_SIZE
+        return cls(settings.cache.max_index_size, settings.cache.max_crate_size, dist_file=dist_file)
 
     def entry(self, kind: str) -> int:
-        return self.crate if kind == "crate" else self.index
+        return {"crate": self.crate, "component": self.dist_file, "rustup": self.dist_file}.get(kind, self.index)
 
 
 def _verify_into(path: Path, staging: Path, limits: _Limits) -> dict:
@@ -207,7 +215,12 @@ def _key_problem(key: str) -> str | None:
     parts = key.split("/")
     kind, lengths = parts[0], {"config": 2, "index": 3, "crate": 4}
     if kind not in IMPORTED_KINDS:
-        return "not a config, index or crate entry"
+        return "not a config, index, crate or toolchain entry"
+    if kind in dist.KINDS:
+        found = dist.classify("/".join(parts[1:]))
+        if not isinstance(found, dist.DistFile) or found.checksum or f"{found.kind}/{found.path}" != key:
+            return "not a file of rustup's dist layout"
+        return None
     if len(parts) != lengths[kind] or not _REGISTRY_NAME.match(parts[1]):
         return "malformed key"
     if kind != "config" and (sparse.name_problem(parts[2]) or parts[2] != parts[2].lower()):
@@ -224,10 +237,16 @@ async def _plan_writes(manifest: dict, staging: Path, path: Path, store: Storage
     import (the bundle's if it replaces the cache's, else the cache's)."""
     writes: list[tuple[dict, Meta]] = []
     served: dict[tuple[str, str], bytes | None] = {}
+    listed: dict[str, str] = {}  # toolchain file -> the SHA-256 a bundled manifest gives it
     for item in manifest["entries"]:
         meta = Meta(**{f: item[f] for f in Meta.__dataclass_fields__})
         current = await store.meta(item["key"])
         newer = current is None or current.checked_at < meta.checked_at
+        if item["kind"] == "manifest" and not item["key"].endswith(".asc"):
+            try:
+                listed |= dist.file_hashes(dist.parse_manifest((staging / meta.sha256).read_bytes()))
+            except ValueError as e:
+                raise BundleError(f"{path}: channel manifest {item['key']} is invalid ({e})") from None
         if item["kind"] == "index":
             body = (staging / meta.sha256).read_bytes()
             try:
@@ -241,6 +260,8 @@ async def _plan_writes(manifest: dict, staging: Path, path: Path, store: Storage
         if newer:  # else the cache's copy is as new or newer (an index revalidated since the export)
             writes.append((item, meta))
     for item, meta in writes:
+        if item["kind"] == "component":
+            await _verify_component(item, meta, listed, store, path)
         if item["kind"] != "crate":
             continue
         index_key = (item["registry"], item["name"])
@@ -255,6 +276,33 @@ async def _plan_writes(manifest: dict, staging: Path, path: Path, store: Storage
         if listed.cksum != meta.sha256:
             raise BundleError(f"{path}: crate {item['name']} {item['version']} does not match its index checksum")
     return writes
+
+
+async def _verify_component(item: dict, meta: Meta, listed: dict[str, str], store: Storage, path: Path) -> None:
+    """A toolchain component must match the hash of a manifest in the bundle, or of one the cache holds."""
+    file = item["key"].split("/", 1)[1]
+    expected = listed.get(file)
+    if expected is None:
+        date = file.split("/")[1]
+        for key in await store.keys(f"dist-hashes/{date}/"):
+            table = await store.get(key)
+            if table is not None and (expected := json.loads(table.body).get(file)):
+                break
+    if expected is None:
+        raise BundleError(f"{path}: toolchain file {file} cannot be verified: no channel manifest lists it "
+                          "(export the manifests with the components)")
+    if expected != meta.sha256:
+        raise BundleError(f"{path}: toolchain file {file} does not match the hash its channel manifest lists")
+
+
+async def _store_hashes(store: Storage, writes: list[tuple[dict, Meta]], staging: Path) -> None:
+    """What each imported manifest lists, kept as the resolver keeps it, so its components verify when served."""
+    for item, meta in writes:
+        if item["kind"] == "manifest" and not item["key"].endswith(".asc"):
+            found = dist.parse_manifest((staging / meta.sha256).read_bytes())
+            for date, table in dist.hashes_by_date(found).items():
+                await store.put(f"dist-hashes/{date}/{item['key'].split('/', 1)[1]}",
+                                json.dumps(table, sort_keys=True).encode(), meta.upstream)
 
 
 def _rebuilt_config(item: dict, meta: Meta, staging: Path, path: Path, settings: Settings | None) -> Meta:
@@ -280,4 +328,5 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def _summary(entries: list[dict], total: int) -> Summary:
     kinds = [e["kind"] for e in entries]
-    return Summary(len(entries), kinds.count("crate"), kinds.count("index"), total)
+    return Summary(len(entries), kinds.count("crate"), kinds.count("index"), total,
+                   sum(kinds.count(k) for k in dist.KINDS))

@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from . import sparse
+from . import dist, sparse
 from .bundle import key_fields
 from .storage import Storage
 from .storage.local import KINDS
+
+CRATE_KINDS = ("config", "index", "crate")
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -45,7 +47,7 @@ async def rows(store: Storage, now: float, kinds: tuple[str, ...] = KINDS, real_
                            meta.size, meta.upstream, max(0.0, now - meta.stored_at)))
     if real_names:
         spelled = {}
-        for registry, name in dict.fromkeys((r.registry, r.name) for r in out if r.name):
+        for registry, name in dict.fromkeys((r.registry, r.name) for r in out if r.name and r.kind in CRATE_KINDS):
             index = await store.latest(f"index/{registry}/{name}")
             spelled[(registry, name)] = spelling(index.body, name) if index is not None else name
         out = [replace(r, name=spelled.get((r.registry, r.name), r.name)) for r in out]
@@ -79,18 +81,45 @@ async def totals(store: Storage, now: float) -> dict:
 
 
 async def purge(store: Storage, now: float, crate: str | None = None, older_than: float | None = None,
-          everything: bool = False) -> list[str]:
-    """Remove entries by crate name (its index file and every version), by age, or all. Returns the keys."""
+          everything: bool = False, toolchain: str | None = None) -> list[str]:
+    """Remove entries by crate name (its index file and every version), by toolchain, by age, or all. Returns
+    the keys."""
     if everything:
         removed = [row.key for row in await rows(store, now)]
         await store.clear()
         return removed
+    if toolchain is not None:
+        return await _purge_toolchain(store, toolchain)
     removed = []
     for row in await rows(store, now):
-        by_name = crate is not None and row.name is not None and same_crate(row.name, crate)
+        by_name = crate is not None and row.kind in CRATE_KINDS and row.name is not None and same_crate(row.name, crate)
         by_age = older_than is not None and row.age > older_than
         if by_name or by_age:
             await store.delete(row.key)
             removed.append(row.key)
     await store.collect_garbage()
     return removed
+
+
+async def _purge_toolchain(store: Storage, toolchain: str) -> list[str]:
+    """A toolchain's manifest, the other names it is held under (same bytes: staging's aliases), and each of its
+    components that no other held manifest lists."""
+    path = dist.manifest_path(toolchain)  # ValueError for a name rustup would not take
+    target = await store.latest(f"manifest/{path}")
+    if target is None:
+        return []
+    manifests = [(key, meta) for key, meta in await store.entries()
+                 if key.startswith("manifest/") and not key.endswith(".asc")]
+    gone = [key for key, meta in manifests if meta.sha256 == target.meta.sha256]
+    kept: set[str] = set()
+    for key, _meta in manifests:
+        if key not in gone and (entry := await store.latest(key)) is not None:
+            kept |= set(dist.file_hashes(dist.parse_manifest(entry.body)))
+    listed = set(dist.file_hashes(dist.parse_manifest(target.body)))
+    gone += [f"component/{file}" for file in sorted(listed - kept) if await store.meta(f"component/{file}")]
+    internal = [key for key in await store.keys("dist-") for name in gone
+                if name.startswith("manifest/") and key.endswith("/" + name.split("/", 1)[1])]
+    for key in gone + internal:
+        await store.delete(key)
+    await store.collect_garbage()
+    return gone

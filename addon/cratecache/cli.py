@@ -14,18 +14,19 @@ import asyncio
 import json
 import logging
 import os
+import platform
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from . import catalog
+from . import catalog, dist
 from .bundle import BundleError, export_bundle, import_bundle
 from .config import ConfigError, Settings, load_settings
 from .lockfile import find_lockfiles, plan, read_lockfile
 from .resolver import Resolver
 from .routes import ConfigRoute, CrateRoute, IndexRoute
-from .staging import Progress, stage
+from .staging import Progress, ToolchainPlan, stage, stage_toolchains
 from .storage import Storage, StorageUnavailable, open_storage
 
 DEFAULT_PROXIES = Path(__file__).resolve().parents[2] / "proxies.yaml"
@@ -76,8 +77,18 @@ def parser() -> argparse.ArgumentParser:
                                    "lockfiles name, through the proxy's resolution path (priority order, auth, "
                                    "timeouts, checksum verification). Already cached objects are skipped; git "
                                    "and path packages are listed as skipped. Exits 1 if anything failed.")
-    s.add_argument("lockfiles", nargs="+", metavar="LOCKFILE", help="a Cargo.lock, or a folder searched for them")
+    s.add_argument("lockfiles", nargs="*", metavar="LOCKFILE", help="a Cargo.lock, or a folder searched for them")
     s.add_argument("--concurrency", type=int, default=8, help="parallel downloads (default 8)")
+    s.add_argument("--toolchain", action="append", default=[], metavar="NAME",
+                   help="a Rust toolchain as rustup names it (stable, 1.95.0, 1.95, nightly-2026-11-30); repeatable")
+    s.add_argument("--toolchain-file", action="append", default=[], metavar="FILE",
+                   help="a project's rust-toolchain.toml (its channel, profile, components and targets); repeatable")
+    s.add_argument("--target", action="append", default=[], metavar="TRIPLE",
+                   help="a platform to stage toolchains for: a host such as x86_64-unknown-linux-gnu gets the whole "
+                        "toolchain, another target (wasm32-unknown-unknown) its rust-std (default: this machine's host)")
+    s.add_argument("--profile", choices=dist.PROFILES, help="rustup profile for --toolchain (default minimal)")
+    s.add_argument("--component", action="append", default=[], metavar="NAME",
+                   help="an extra component for every toolchain (clippy, rust-src, …); repeatable")
     s.set_defaults(run=cmd_stage)
 
     e = sub.add_parser("export", help="write the cache (or a lockfile's subset) to one bundle file",
@@ -116,6 +127,8 @@ def parser() -> argparse.ArgumentParser:
                                     "--all empties the cache.")
     group = pu.add_mutually_exclusive_group(required=True)
     group.add_argument("--crate", metavar="NAME")
+    group.add_argument("--toolchain", metavar="NAME", help="a toolchain (stable, 1.94.0, nightly-2026-11-30): its "
+                       "manifest, the names staging gave it, and its components no other cached toolchain uses")
     group.add_argument("--older-than", metavar="AGE", type=_age_argument)
     group.add_argument("--all", action="store_true")
     pu.set_defaults(run=cmd_purge)
@@ -131,6 +144,62 @@ def _age_argument(text: str) -> float:
 
 async def cmd_stage(args, settings: Settings, store: Storage) -> int:
     settings = replace(settings, cache=replace(settings.cache, offline=False))  # staging is the connected side
+    toolchains = toolchain_plan(args)
+    if not args.lockfiles and toolchains is None:
+        raise ValueError("nothing to stage: give lockfiles, --toolchain or --toolchain-file")
+    if toolchains is not None and settings.toolchains is None:
+        raise ValueError(f"{settings.source} has no toolchains: section, so toolchains are not served")
+    failed = 0
+    if args.lockfiles:
+        failed += await _stage_lockfiles(args, settings, store)
+    if toolchains is not None:
+        failed += await _stage_toolchains(toolchains, settings, store, args.concurrency)
+    return 1 if failed else 0
+
+
+def toolchain_plan(args) -> ToolchainPlan | None:
+    requests = [dist.ToolchainRequest(name, args.profile or "minimal", tuple(args.component))
+                for names in args.toolchain for name in names.split()]
+    for name in requests:
+        dist.manifest_path(name.channel)  # a ValueError (exit 2) before anything is fetched
+    for path in args.toolchain_file:
+        found = dist.parse_toolchain_file(Path(path).read_text(encoding="utf-8"))
+        requests.append(replace(found, profile=args.profile or found.profile,
+                                components=tuple(dict.fromkeys(found.components + tuple(args.component)))))
+    if not requests:
+        return None
+    triples = tuple(dict.fromkeys(t for names in args.target for t in names.split()))
+    return ToolchainPlan(tuple(requests), triples, host_triple())
+
+
+def host_triple() -> str:
+    """This machine's rustup host triple (where staging runs, for a site like it)."""
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
+    system = platform.system()
+    if system == "Darwin":
+        return f"{machine}-apple-darwin"
+    if system == "Windows":
+        return f"{machine}-pc-windows-msvc"
+    return f"{machine}-unknown-linux-gnu"
+
+
+async def _stage_toolchains(wanted: ToolchainPlan, settings: Settings, store: Storage, concurrency: int) -> int:
+    names = ", ".join(r.channel for r in wanted.requests)
+    print(f"staging toolchains {names} for {', '.join(wanted.triples) or wanted.default_host} into "
+          f"{store.health()['target']}")
+    resolver = Resolver(settings, store)
+    try:
+        result = await stage_toolchains(resolver, wanted, Progress(len(wanted.requests)), min(concurrency, 4))
+    finally:
+        await resolver.aclose()
+    for what, reason in result.failed:
+        print(f"FAILED {what}: {reason}")
+    print(f"toolchains: fetched {result.fetched}, already cached {result.cached}, failed {len(result.failed)}, "
+          f"{result.bytes} bytes downloaded")
+    return len(result.failed)
+
+
+async def _stage_lockfiles(args, settings: Settings, store: Storage) -> int:
     lockfiles = find_lockfiles(args.lockfiles)
     wanted = plan([pkg for path in lockfiles for pkg in read_lockfile(path)], settings)
     print(f"staging {wanted.count()} crates from {len(lockfiles)} lockfile(s) into {store.health()['target']}")
@@ -148,7 +217,7 @@ async def cmd_stage(args, settings: Settings, store: Storage) -> int:
         print(f"FAILED {what}: {reason}")
     print(f"fetched {result.fetched}, already cached {result.cached}, failed {len(failed)}, "
           f"skipped {len(set(wanted.skipped))}, {result.bytes} bytes downloaded")
-    return 1 if failed else 0
+    return len(failed)
 
 
 async def cmd_export(args, settings: Settings, store: Storage) -> int:
@@ -186,9 +255,9 @@ async def cmd_ls(args, settings: Settings, store: Storage) -> int:
         for row in found:
             print(json.dumps(row.__dict__))
         return 0
-    print(f"{'KIND':<7} {'REGISTRY':<12} {'NAME':<28} {'VERSION':<14} {'SIZE':>10} {'UPSTREAM':<14} AGE")
+    print(f"{'KIND':<9} {'REGISTRY':<12} {'NAME':<28} {'VERSION':<14} {'SIZE':>10} {'UPSTREAM':<14} AGE")
     for row in found:
-        print(f"{row.kind:<7} {row.registry or '-':<12} {row.name or '-':<28} {row.version or '-':<14} "
+        print(f"{row.kind:<9} {row.registry or '-':<12} {row.name or '-':<28} {row.version or '-':<14} "
               f"{row.size:>10} {row.upstream:<14} {_age(row.age)}")
     return 0
 
@@ -204,16 +273,20 @@ async def cmd_stats(args, settings: Settings, store: Storage) -> int:
         r = totals["requests"][kind]
         ratio = f"{r['hit_ratio']:.1%}" if r["hit_ratio"] is not None else "-"
         states = ", ".join(f"{k} {n}" for k, n in sorted(r["by_state"].items())) or "none"
-        print(f"{kind:<7} {t['entries']:>7} entries {t['bytes']:>12} bytes   requests {r['requests']:>7} "
+        print(f"{kind:<9} {t['entries']:>7} entries {t['bytes']:>12} bytes   requests {r['requests']:>7} "
               f"hit ratio {ratio:>6} ({states})")
     return 0
 
 
 async def cmd_purge(args, settings: Settings, store: Storage) -> int:
-    removed = await catalog.purge(store, time.time(), crate=args.crate, older_than=args.older_than, everything=args.all)
+    removed = await catalog.purge(store, time.time(), crate=args.crate, older_than=args.older_than, everything=args.all,
+                                  toolchain=args.toolchain)
     if args.crate is not None and not removed:
         print(f"cargo-cache: nothing cached for crate {args.crate} (names are matched ignoring case and '-'/'_')",
               file=sys.stderr)
+        return 1
+    if args.toolchain is not None and not removed:
+        print(f"cargo-cache: toolchain {args.toolchain} is not cached", file=sys.stderr)
         return 1
     print(f"removed {len(removed)} entries")
     return 0
@@ -233,7 +306,8 @@ def lockfile_keys(paths: list[str], settings: Settings) -> list[str]:
 
 
 def _amounts(summary) -> str:
-    return (f"{summary.entries} entries ({summary.crates} crates, {summary.index_files} index files, "
+    toolchains = f", {summary.toolchain_files} toolchain files" if summary.toolchain_files else ""
+    return (f"{summary.entries} entries ({summary.crates} crates, {summary.index_files} index files{toolchains}, "
             f"{summary.bytes} bytes)")
 
 

@@ -20,6 +20,7 @@ import tomllib
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+KINDS = ("manifest", "component", "rustup")  # how toolchain entries are stored and listed: '{kind}/{path}'
 CHANNELS = ("stable", "beta", "nightly")
 FORMATS = ("zst", "xz", "gz")  # rustup's preference when a manifest offers several
 PROFILES = ("minimal", "default", "complete")
@@ -94,6 +95,19 @@ def classify(path: str) -> DistFile | Refused:
             if len(parts) == 5 and parts[1] == "archive" and _SEMVER.match(parts[2]) and _TRIPLE.match(parts[3]):
                 return DistFile("rustup", f"rustup/archive/{parts[2]}/{parts[3]}/{base}", True, "pair", checksum)
     return Refused(404, f"not a rustup dist path: /{path.lstrip('/')}")
+
+
+def describe(path: str) -> dict:
+    """A stored dist file's name and version for listings: a manifest by its toolchain's name, a component by
+    its file name and dated folder, a rustup file by its path under rustup/."""
+    parts = path.split("/")
+    m = _MANIFEST.match(parts[-1].removesuffix(".asc"))
+    if parts[0] == "dist" and m:
+        name = m.group(1) if len(parts) == 2 else f"{m.group(1)}-{parts[1]}"
+        return {"name": name + (" (signature)" if parts[-1].endswith(".asc") else ""), "version": None}
+    if parts[0] == "dist" and len(parts) == 3:
+        return {"name": parts[2], "version": parts[1]}
+    return {"name": "/".join(parts[1:]) or path, "version": None}
 
 
 def checksum_body(sha256: str, name: str) -> bytes:

@@ -1,7 +1,10 @@
-"""Fill the cache with exactly what lockfiles need, through the proxy's own resolution path.
+"""Fill the cache with exactly what lockfiles and toolchains need, through the proxy's own resolution path.
 
 Every object goes through `Resolver` (priority order, auth, timeouts, checksum verification,
-leases shared with running proxies); a crate whose bytes differ from its lockfile checksum fails.
+leases shared with running proxies); a crate whose bytes differ from its lockfile checksum fails, and a
+toolchain component is verified against its manifest. A staged toolchain's manifest is also kept under the
+other names a pinned client asks for (`channel-rust-1.95.0.toml`, `-1.95.toml`, the dated one), so that
+`rustup toolchain install 1.95` works offline.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from . import dist
 from .config import Registry
 from .lockfile import Plan
 from .resolver import ResolveError, Resolver
+from .storage import Entry
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +46,7 @@ class Progress:
         if self.tty:
             width = 30
             filled = int(width * self.done / max(self.total, 1))
-            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} crates "
+            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} files "
                               f"{_human(self.bytes)} fetched  {what[:40]:<40}")
             if self.done == self.total:
                 self.stream.write("\n")
@@ -98,6 +103,78 @@ async def _index(resolver: Resolver, reg: Registry, name: str, limit: asyncio.Se
             await resolver.index(reg, name.lower())
         except ResolveError as e:
             unindexed[name] = str(e)
+
+
+@dataclass(frozen=True)
+class ToolchainPlan:
+    """What to stage: toolchains (rustup's names) with a profile, extra components and targets, for the listed
+    target triples (hosts among them get the whole toolchain; the others a rust-std for each host)."""
+    requests: tuple[dist.ToolchainRequest, ...]
+    triples: tuple[str, ...]
+    default_host: str  # when no listed triple is a host
+
+
+async def stage_toolchains(resolver: Resolver, wanted: ToolchainPlan, progress: Progress,
+                           concurrency: int = 4) -> StageResult:
+    """Each toolchain's manifest, then every file rustup downloads for it on each host, then the aliases."""
+    result, src = StageResult(), resolver.settings.toolchains
+    limit = asyncio.Semaphore(concurrency)
+    staged: dict[str, Entry] = {}  # manifest path -> what was staged under it
+    aliases: dict[str, tuple[tuple[int, ...], Entry]] = {}
+
+    def fail(what: str, reason: str) -> None:
+        result.failed.append((what, reason))
+        progress.step(what, f"FAILED: {reason}")
+
+    def count(what: str, served) -> None:
+        if served.state == "hit":
+            result.cached += 1
+            progress.step(what, "already cached")
+        else:
+            result.fetched += 1
+            result.bytes += served.entry.meta.size
+            progress.step(what, f"fetched from {served.source} ({_human(served.entry.meta.size)})", served.entry.meta.size)
+
+    async def file(path: str) -> None:
+        async with limit:
+            try:
+                count(path, await resolver.dist_file(src, dist.classify(path)))
+            except ResolveError as e:
+                fail(path, str(e))
+
+    for request in wanted.requests:
+        path = dist.manifest_path(request.channel)
+        try:
+            served = await resolver.dist_file(src, dist.classify(path))
+            manifest = dist.parse_manifest(served.entry.body)
+        except (ResolveError, ValueError) as e:
+            fail(f"toolchain {request.channel}", str(e))
+            continue
+        count(path, served)
+        staged[path] = served.entry
+        # Listed triples the toolchain runs on are hosts; the others (wasm32, embedded) are extra targets.
+        hosts = [t for t in wanted.triples if _is_host(manifest, t)] or [wanted.default_host]
+        cross = tuple(dict.fromkeys([t for t in wanted.triples if t not in hosts] + list(request.targets)))
+        files: dict[str, None] = {}
+        for host in hosts:
+            try:
+                files |= dict.fromkeys(dist.component_files(manifest, host, cross, request.profile, request.components))
+            except ValueError as e:
+                fail(f"toolchain {request.channel} for {host}", str(e))
+        progress.total += len(files)
+        await asyncio.gather(*(file(p) for p in files))
+        for alias in dist.alias_paths(manifest):
+            if alias not in aliases or aliases[alias][0] < dist.release_key(manifest):
+                aliases[alias] = (dist.release_key(manifest), served.entry)
+    for alias, (_, entry) in aliases.items():
+        if alias not in staged:  # a name staged itself keeps what its upstream gave
+            await resolver.store_manifest(alias, entry)
+    return result
+
+
+def _is_host(manifest: dist.Manifest, triple: str) -> bool:
+    entry = (manifest.pkg["rust"].get("target") or {}).get(triple)
+    return isinstance(entry, dict) and bool(entry.get("available"))
 
 
 def _human(size: float) -> str:
