@@ -45,14 +45,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_proxies(path: Path, upstreams: list[dict], cache_dir: Path, **cache: object) -> Path:
-    """A proxies.yaml intercepting crates.io's hosts, with the given upstream entries."""
+def write_proxies(path: Path, upstreams: list[dict], cache_dir: Path, toolchains: dict | None = None,
+                  **cache: object) -> Path:
+    """A proxies.yaml intercepting crates.io's hosts, with the given upstream entries (and a `toolchains:`
+    section, if given)."""
     doc = {
         "cache": {"directory": str(cache_dir), "size_limit": "1GB", **cache},
         "registries": [
             {"name": "crates-io", "index_host": INDEX_HOST, "download_host": DOWNLOAD_HOST, "proxies": upstreams}
         ],
     }
+    if toolchains is not None:
+        doc["toolchains"] = toolchains
+        if not upstreams:
+            del doc["registries"]  # a proxy for toolchains only
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 

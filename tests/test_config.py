@@ -365,3 +365,65 @@ def test_registries_may_share_a_host_under_different_index_paths():
                          index_url=f"https://corp.example/api/cargo/{repo}/index/")(doc)
         doc["registries"][-1] = {k: v for k, v in doc["registries"][-1].items() if v is not None}
     assert [r.index_path for r in parse(doc).registries[1:]] == ["/api/cargo/a/index/", "/api/cargo/b/index/"]
+
+
+# -- toolchains: -------------------------------------------------------------------------------
+
+def with_toolchains(**section) -> dict:
+    doc = copy.deepcopy(MINIMAL)
+    doc["toolchains"] = {"proxies": [{"name": "rust-lang", "url": "https://static.rust-lang.org/"}], **section}
+    return doc
+
+
+def test_shipped_file_serves_toolchains_from_static_rust_lang_org():
+    settings = load_settings(SHIPPED, env={})
+    tc = settings.toolchains
+    assert (tc.host, tc.ttl, [u.url for u in tc.upstreams]) == ("static.rust-lang.org", 3600, ["https://static.rust-lang.org/"])
+    assert "static.rust-lang.org" in settings.hosts
+    assert settings.match_host("static.rust-lang.org", 443, "/dist/channel-rust-stable.toml") == (tc, "static.rust-lang.org")
+
+
+def test_without_the_section_nothing_about_toolchains_is_intercepted():
+    settings = parse(MINIMAL)
+    assert settings.toolchains is None and "static.rust-lang.org" not in settings.hosts
+    assert settings.match_host("static.rust-lang.org", 443, "/dist/channel-rust-stable.toml") == (None, "")
+
+
+def test_toolchain_upstreams_take_the_registry_fields_and_defaults():
+    doc = with_toolchains(host="dist.corp.example", ttl=60, max_file_size="512MiB")
+    doc["toolchains"]["proxies"] = [
+        {"name": "rust-lang", "url": "https://static.rust-lang.org", "priority": 2},
+        {"name": "corp", "url": "https://dist.corp.example/rust/", "username": "u", "password": "${TOKEN}",
+         "priority": 1, "timeout_ms": 900, "ssl_validation": False, "active": False},
+    ]
+    tc = parse(doc, env={"TOKEN": "t0ken"}).toolchains
+    assert (tc.host, tc.ttl, tc.max_file_size) == ("dist.corp.example", 60, 512 * 1024**2)
+    corp, rust = tc.upstreams
+    assert (corp.name, corp.auth, corp.timeout_ms, corp.ssl_validation, corp.active) == ("corp", ("u", "t0ken"), 900, False, False)
+    assert (rust.url, rust.timeout_ms, rust.active) == ("https://static.rust-lang.org/", 5000, True)
+    assert tc.active_upstreams == (rust,)
+
+
+@pytest.mark.parametrize("section, field, problem", [
+    ({"ttl": -1}, "toolchains.ttl", "must be at least 0"),
+    ({"mirror": True}, "toolchains.mirror", "unknown field"),
+    ({"proxies": []}, "toolchains.proxies", "non-empty list"),
+    ({"proxies": [{"name": "x", "url": "ftp://x/"}]}, "toolchains.proxies[0].url", "http:// or https://"),
+    ({"proxies": [{"name": "x", "url": "https://x/", "download_hosts": ["y"]}]}, "toolchains.proxies[0].download_hosts",
+     "unknown field"),
+    ({"proxies": [{"name": "x", "url": "https://x/", "timeout_ms": 0}]}, "toolchains.proxies[0].timeout_ms",
+     "at least 1"),
+    ({"proxies": [{"name": "x", "url": "https://x/"}, {"name": "x", "url": "https://y/"}]},
+     "toolchains.proxies[1].name", "duplicate upstream name"),
+    ({"host": "index.crates.io"}, "toolchains.host", "duplicate host"),
+    ({"max_file_size": "1KB"}, "toolchains.max_file_size", "at least 1MiB"),
+])
+def test_toolchain_errors_name_the_field(section, field, problem):
+    error = parse_error(with_toolchains(**section))
+    assert error.field == field and problem in error.problem
+
+
+def test_a_registry_cannot_take_the_toolchains_name():
+    doc = with_toolchains()
+    doc["registries"][0]["name"] = "toolchains"
+    assert parse_error(doc).field == "registries[0].name"

@@ -182,3 +182,19 @@ def test_checksum_files_are_written_and_read_as_upstream_does():
     for bad in (b"", b"<html>", b"abc  file", "é".encode()):
         with pytest.raises(ValueError):
             dist.parse_checksum(bad)
+
+
+def test_the_toolchains_host_is_classified_by_the_dist_layout_with_the_common_request_checks():
+    from cratecache.config import Toolchains, Upstream
+    from cratecache.routes import DistRoute, Rejection, classify
+
+    src = Toolchains("static.rust-lang.org", (Upstream("rust-lang", "https://static.rust-lang.org/"),))
+    route = classify(src, "static.rust-lang.org", "GET", f"/dist/{DATE}/rustc-1.95.0-{HOST}.tar.xz")
+    assert isinstance(route, DistRoute) and route.key == f"component/dist/{DATE}/rustc-1.95.0-{HOST}.tar.xz"
+    for method, path, status in (("PUT", "/dist/channel-rust-stable.toml", 405),
+                                 ("GET", "/dist/channel-rust-stable.toml?x=1", 400),
+                                 ("GET", "/dist/../rustup/release-stable.toml", 400),
+                                 ("GET", "/dist/%2e%2e/x", 400),
+                                 ("GET", "/index.html", 404)):
+        refused = classify(src, "static.rust-lang.org", method, path)
+        assert isinstance(refused, Rejection) and refused.status == status, (method, path)

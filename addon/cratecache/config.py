@@ -328,10 +328,14 @@ class _Parser:
         return value
 
     def settings(self, doc: Any) -> Settings:
-        doc = self.mapping(doc, "", ("cache", "registries", "toolchains"), required=("registries",))
+        doc = self.mapping(doc, "", ("cache", "registries", "toolchains"))
         cache = self.cache({} if doc.get("cache") is None else doc["cache"])
-        regs = doc["registries"]
-        if not isinstance(regs, list) or not regs:
+        regs = doc.get("registries")
+        if regs is None and doc.get("toolchains") is not None:
+            regs = []  # a proxy for toolchains only
+        elif regs is None:
+            raise self.fail("registries", "required field is missing")
+        elif not isinstance(regs, list) or not regs:
             raise self.fail("registries", "expected a non-empty list of registries")
         registries = tuple(self.registry(r, f"registries[{i}]", cache.index_ttl) for i, r in enumerate(regs))
         _unique(self, [(f"registries[{i}].name", r.name) for i, r in enumerate(registries)], "registry name")

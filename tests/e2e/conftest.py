@@ -64,9 +64,11 @@ def start_proxy(tmp_path: Path, confdir: Path) -> Iterator[Callable[..., Proxy]]
     started: list[Proxy] = []
     counter = itertools.count()
 
-    def start(upstreams: list[dict], cache_dir: Path | None = None, args: tuple[str, ...] = (), **cache) -> Proxy:
+    def start(upstreams: list[dict], cache_dir: Path | None = None, args: tuple[str, ...] = (),
+              toolchains: dict | None = None, **cache) -> Proxy:
         n = next(counter)
-        config = write_proxies(tmp_path / f"proxies-{n}.yaml", upstreams, cache_dir or tmp_path / "cache", **cache)
+        config = write_proxies(tmp_path / f"proxies-{n}.yaml", upstreams, cache_dir or tmp_path / "cache", toolchains,
+                               **cache)
         proxy = Proxy(config, confdir, tmp_path / f"mitmdump-{n}.log", tuple(args)).start()
         started.append(proxy)
         return proxy

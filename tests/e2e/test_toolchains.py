@@ -1,0 +1,215 @@
+"""Rust toolchains through the proxy: the real rustup 1.29, with only HTTPS_PROXY and SSL_CERT_FILE, against
+local dist servers serving toolchains the suite builds (tests.fixtures.dist), through a real mitmdump."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.dist import ToolchainSpec, write_toolchain
+from tests.fixtures.dist_server import DistServer
+from tests.fixtures.rustup import Rustup
+from tests.harness import cli, write_proxies
+
+pytestmark = pytest.mark.timeout(180)
+
+WASM = "wasm32-unknown-unknown"
+DIST_HOST = "static.rust-lang.org"
+STABLE = ToolchainSpec(targets=(WASM,), big={"rustc": 3_000_000})  # rustc above FILE_THRESHOLD: the streamed path
+NEXT = ToolchainSpec(version="1.96.0", date="2026-05-28", targets=(WASM,))
+
+
+def toolchains(*servers: DistServer, ttl: int = 3600) -> dict:
+    return {"host": DIST_HOST, "ttl": ttl,
+            "proxies": [{"name": s.name, "url": s.url, "priority": i} for i, s in enumerate(servers)]}
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    (tmp_path / "tree").mkdir()
+    write_toolchain(tmp_path / "tree", STABLE)
+    return tmp_path / "tree"
+
+
+@pytest.fixture
+def origin(tree: Path):
+    with DistServer(tree, name="origin") as server:
+        yield server
+
+
+@pytest.fixture
+def new_rustup(tmp_path: Path):
+    made = iter(range(100))
+
+    def make(proxy) -> Rustup:
+        return Rustup(tmp_path / f"rustup-{next(made)}", {"HTTPS_PROXY": proxy.url, "SSL_CERT_FILE": str(proxy.ca_cert)})
+
+    return make
+
+
+def test_cold_warm_and_upstream_down_installs_are_verified_and_served_from_the_cache(start_proxy, origin, new_rustup):
+    proxy = start_proxy([], toolchains=toolchains(origin))
+    first = new_rustup(proxy)
+    first.install("stable")
+    assert first.rustc_version("stable") == STABLE.rustc_output
+    components = [p.lstrip("/") for p in origin.paths() if p.endswith(".tar.xz")]
+    assert sorted(components) == sorted(write_toolchain(origin.root, STABLE).minimal_paths)
+    assert all(origin.count(p) == 1 for p in components)
+    assert origin.count("dist/channel-rust-stable.toml") == 1
+
+    asked = len(origin.requests)
+    second = new_rustup(proxy)
+    second.install("stable")
+    assert second.rustc_version("stable") == STABLE.rustc_output
+    assert len(origin.requests) == asked  # within the TTL nothing at all goes upstream
+
+    origin.stop()
+    third = new_rustup(proxy)
+    third.install("stable")
+    assert third.rustc_version("stable") == STABLE.rustc_output
+    log = proxy.log()
+    assert f"GET {DIST_HOST}/{STABLE.component_path('rustc')} 200 origin miss" in log
+    assert f"GET {DIST_HOST}/{STABLE.component_path('rustc')} 200 cache hit" in log
+    assert "HTTP/2.0" in log  # rustup talks HTTP/2 to the proxy
+
+
+def test_a_pinned_version_with_the_default_profile_and_an_extra_target(start_proxy, origin, new_rustup):
+    proxy = start_proxy([], toolchains=toolchains(origin))
+    rustup = new_rustup(proxy)
+    rustup.install("1.95.0", profile="default", targets=(WASM,))
+    assert rustup.rustc_version("1.95.0") == STABLE.rustc_output
+    built = write_toolchain(origin.root, STABLE)
+    assert origin.count(built.target_std_path(WASM)) == 1
+    assert all(origin.count(p) == 1 for p in built.default_paths)
+    assert origin.count("dist/channel-rust-1.95.0.toml") == 1
+
+
+def test_a_corrupted_component_from_the_first_upstream_is_rejected_and_the_seconds_served(
+        start_proxy, tree, origin, new_rustup):
+    rustc = STABLE.component_path("rustc")
+    with DistServer(tree, name="broken") as broken:
+        broken.corrupt.add(rustc)
+        proxy = start_proxy([], toolchains=toolchains(broken, origin))
+        rustup = new_rustup(proxy)
+        rustup.install("stable")
+        assert rustup.rustc_version("stable") == STABLE.rustc_output
+        assert (broken.count(rustc), origin.count(rustc)) == (1, 1)
+        assert "upstream broken failed: checksum mismatch for rustc-1.95.0" in proxy.log()
+        again = new_rustup(proxy)
+        again.install("stable")  # the good copy was kept; the bad one never was
+        assert (broken.count(rustc), origin.count(rustc)) == (1, 1)
+
+
+def test_an_upstream_moving_between_its_sha256_and_its_manifest_still_installs(start_proxy, tree, origin, new_rustup):
+    moved = []
+
+    def publish_next(path: str) -> None:  # the release lands right after the proxy read the old .sha256
+        if path == "dist/channel-rust-stable.toml" and not moved:
+            moved.append(write_toolchain(tree, NEXT))
+
+    origin.before_serve.append(publish_next)
+    proxy = start_proxy([], toolchains=toolchains(origin))
+    rustup = new_rustup(proxy)
+    rustup.install("stable")
+    assert moved and rustup.rustc_version("stable") == NEXT.rustc_output
+    assert origin.count("dist/channel-rust-stable.toml.sha256") == 2  # asked again when the pair disagreed
+
+
+def test_rustup_update_gets_the_moved_channel_once_the_ttl_has_passed(start_proxy, tree, origin, new_rustup):
+    proxy = start_proxy([], toolchains=toolchains(origin, ttl=2))
+    rustup = new_rustup(proxy)
+    rustup.install("stable")
+    write_toolchain(tree, NEXT)
+    rustup.run("update", "stable", "--no-self-update", check=True)
+    assert rustup.rustc_version("stable") == STABLE.rustc_output  # within the TTL: the proxy's copy stands
+    time.sleep(2.2)
+    rustup.run("update", "stable", "--no-self-update", check=True)
+    assert rustup.rustc_version("stable") == NEXT.rustc_output
+    log = proxy.log()
+    assert "dist/channel-rust-stable.toml.sha256 200 origin updated" in log  # the .sha256 revalidates
+    assert "dist/channel-rust-stable.toml 200 cache hit" in log  # and its manifest comes with it
+
+
+def test_the_dist_host_answers_only_its_layout_and_ranges_on_cached_components(start_proxy, origin, new_rustup):
+    proxy = start_proxy([], toolchains=toolchains(origin))
+    new_rustup(proxy).install("stable")
+    rustc = STABLE.component_path("rustc")
+    whole = (origin.root / rustc).read_bytes()
+
+    def curl(path: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["curl", "-sS", "--proxy", proxy.url, "--cacert", str(proxy.ca_cert), *args,
+                               f"https://{DIST_HOST}/{path}"], capture_output=True, timeout=30)
+
+    part = curl(rustc, "-H", "Range: bytes=1000-1999", "-w", "\n%{http_code}")
+    body, status = part.stdout.rsplit(b"\n", 1)
+    assert (status, body) == (b"206", whole[1000:2000])
+    asked = len(origin.requests)
+    refused = curl("index.html", "-w", "\n%{http_code}")
+    assert refused.stdout.endswith(b"\n404") and b"not a rustup dist path: /index.html" in refused.stdout
+    assert len(origin.requests) == asked  # never passed on
+
+
+def tamper(bundle: Path, out: Path, name: str) -> None:
+    """A copy of `bundle` whose blob for the component `name` is other bytes, the bundle's own manifest updated
+    to match them: only the channel manifest's hash can tell."""
+    import hashlib
+    with tarfile.open(bundle) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    manifest = json.loads(members[0][1])
+    entry = next(e for e in manifest["entries"] if e["key"].endswith(name))
+    bad = b"tampered" * 100
+    old_blob, entry["sha256"], entry["size"] = entry["sha256"], hashlib.sha256(bad).hexdigest(), len(bad)
+    with tarfile.open(out, "w") as tar:
+        for member, data in members:
+            if member.name == "manifest.json":
+                data = json.dumps(manifest).encode()
+            elif member.name == f"blobs/{old_blob}":
+                member.name, data = f"blobs/{entry['sha256']}", bad
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+
+
+def test_stage_from_a_toolchain_file_export_import_and_install_offline(tmp_path, origin, start_proxy, new_rustup):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "rust-toolchain.toml").write_text(
+        f'[toolchain]\nchannel = "1.95.0"\nprofile = "minimal"\ntargets = ["{WASM}"]\n')
+    section = toolchains(origin)
+    connected = write_proxies(tmp_path / "connected.yaml", [], tmp_path / "connected-cache", section)
+    staged = cli(connected, "stage", "--toolchain-file", str(project / "rust-toolchain.toml"))
+    assert staged.returncode == 0, staged.stdout + staged.stderr
+    assert "toolchains: fetched 5, already cached 0, failed 0" in staged.stdout  # the manifest and 4 components
+    exported = cli(connected, "export", str(tmp_path / "site.bundle"))
+    assert exported.returncode == 0, exported.stderr
+    assert "7 toolchain files" in exported.stdout  # the manifest under its 3 names, and the components
+    origin.stop()
+
+    tampered = tmp_path / "tampered.bundle"
+    tamper(tmp_path / "site.bundle", tampered, STABLE.component_filename("rust-std", WASM))
+    site = write_proxies(tmp_path / "site.yaml", [], tmp_path / "site-cache", section, offline=True)
+    refused = cli(site, "import", str(tampered))
+    assert refused.returncode == 1 and "does not match the hash its channel manifest lists" in refused.stderr
+    assert "toolchain" not in cli(site, "ls").stdout.split("\n", 1)[1]  # nothing imported
+
+    imported = cli(site, "import", str(tmp_path / "site.bundle"))
+    assert imported.returncode == 0, imported.stderr
+    listing = cli(site, "ls", "--kind", "manifest").stdout
+    for name in ("1.95.0", "1.95", "stable-2026-04-16"):  # staged, and the names a pinned client may use
+        assert f" {name} " in listing
+    proxy = start_proxy([], cache_dir=tmp_path / "site-cache", toolchains=section, offline=True)
+    rustup = new_rustup(proxy)
+    rustup.install("1.95", targets=(WASM,))
+    assert rustup.rustc_version("1.95") == STABLE.rustc_output
+    missing = new_rustup(proxy).install("nightly", check=False)
+    assert missing.returncode != 0
+    assert "dist/channel-rust-nightly.toml.sha256 404" in proxy.log() and "was not staged" in proxy.log()
+
+    purged = cli(site, "purge", "--toolchain", "1.95.0")
+    assert purged.returncode == 0 and "removed 7 entries" in purged.stdout, purged.stdout  # 3 names, 4 components
+    assert cli(site, "ls").stdout.strip().count("\n") == 0
