@@ -213,3 +213,15 @@ def test_stage_from_a_toolchain_file_export_import_and_install_offline(tmp_path,
     purged = cli(site, "purge", "--toolchain", "1.95.0")
     assert purged.returncode == 0 and "removed 7 entries" in purged.stdout, purged.stdout  # 3 names, 4 components
     assert cli(site, "ls").stdout.strip().count("\n") == 0
+
+
+def test_without_the_ca_rustup_dist_server_over_plain_http_through_the_proxy(start_proxy, origin, tmp_path):
+    """RUSTUP_DIST_SERVER=http://static.rust-lang.org with http_proxy (lowercase: rustup ignores HTTP_PROXY, as
+    curl does): rustup rewrites the manifest's URLs to it and sends every request as plain HTTP to the proxy,
+    which answers them like the HTTPS ones: no CA to trust."""
+    proxy = start_proxy([], toolchains=toolchains(origin))
+    rustup = Rustup(tmp_path / "plain", {"http_proxy": proxy.url, "RUSTUP_DIST_SERVER": f"http://{DIST_HOST}",
+                                         "SSL_CERT_FILE": None})
+    rustup.install("stable")
+    assert rustup.rustc_version("stable") == STABLE.rustc_output
+    assert f"GET {DIST_HOST}/{STABLE.component_path('rustc')} 200 origin miss" in proxy.log()
