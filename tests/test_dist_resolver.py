@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 import httpx
@@ -235,3 +236,13 @@ async def test_offline_serves_what_is_held_and_names_what_is_not(make, up):
     assert (await get(offline, RUSTC + ".sha256")).state == "hit"
     with pytest.raises(NotFound, match="not staged"):
         await get(offline, "dist/channel-rust-nightly.toml")
+
+
+async def test_concurrent_misses_for_one_component_share_one_upstream_request(make, up, net):
+    up.manifest(A, f"dist/{DATE}/channel-rust-stable.toml", manifest_text().encode())
+    up.components(A)
+    net.delay = 0.2
+    resolver = make()
+    served = await asyncio.gather(*(get(resolver, RUSTC) for _ in range(8)))
+    assert {s.entry.body for s in served} == {component(RUSTC.rsplit("/", 1)[1])}
+    assert up.asked(RUSTC) == 1 and up.asked(f"dist/{DATE}/channel-rust-stable.toml") == 1  # fetched to verify it

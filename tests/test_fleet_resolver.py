@@ -72,3 +72,47 @@ async def test_a_crate_no_upstream_has_is_asked_for_once_across_gateways(gateway
     with pytest.raises(NotFound, match="remembered"):
         await b.index(reg, "nope")
     assert net.asked() == [A + "no/pe/nope"]
+
+
+async def test_three_gateways_missing_one_large_toolchain_component_ask_the_upstream_once(tmp_path, seaweed, net, clock):
+    """A component above the large-file threshold: one gateway downloads it (verified against the manifest) and
+    uploads it in parts; the others wait on its lease and get it from the bucket. (A gateway that takes the lease
+    before the first one's manifest reached the bucket verifies against that day's dated manifest, fetched.)"""
+    import hashlib
+    from pathlib import Path
+
+    import yaml
+    from cratecache import dist
+    from cratecache.config import parse_settings
+    from cratecache.routes import DistRoute
+
+    from tests.test_dist import DATE, HOST, digest, manifest_text
+
+    name = f"rustc-1.95.0-{HOST}.tar.xz"
+    big = hashlib.sha256(b"seed").digest() * (5 * 1024 * 1024 // 32)  # 5 MiB: the streamed path
+    manifest = manifest_text().replace(digest(name), hashlib.sha256(big).hexdigest()).encode()
+    root = "https://dist.test/"
+    for path in ("dist/channel-rust-stable.toml", f"dist/{DATE}/channel-rust-stable.toml"):  # as static.rust-lang.org
+        net.serve(root + path, manifest)
+        net.serve(root + path + ".sha256", dist.checksum_body(hashlib.sha256(manifest).hexdigest(), "x"))
+    net.serve(f"{root}dist/{DATE}/{name}", big)
+    net.delay = 0.2
+    prefix = seaweed.new_prefix("toolchain")
+    fleet = []
+    for gateway in "abc":
+        doc = {"cache": {"directory": str(tmp_path / gateway), "backend": "s3", "s3": seaweed.yaml(prefix)},
+               "toolchains": {"proxies": [{"name": "origin", "url": root}]}}
+        settings = parse_settings(yaml.safe_dump(doc), tmp_path / "proxies.yaml", env={})
+        fleet.append(Resolver(settings, open_storage(settings.cache), clock=clock, transport=net.transport()))
+    try:
+        await fleet[0].resolve(DistRoute(fleet[0].settings.toolchains, dist.classify("dist/channel-rust-stable.toml")))
+        route = DistRoute(fleet[0].settings.toolchains, dist.classify(f"dist/{DATE}/{name}"))
+        served = await asyncio.gather(*(g.resolve(route) for g in fleet))
+        assert sorted(s.state for s in served) == ["hit", "hit", "miss"]
+        for s in served:
+            assert s.entry.file is not None and Path(s.entry.file).read_bytes() == big
+        assert net.asked().count(f"{root}dist/{DATE}/{name}") == 1
+    finally:
+        for g in fleet:
+            await g.aclose()
+            await g.store.close()
