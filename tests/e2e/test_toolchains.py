@@ -10,12 +10,13 @@ import tarfile
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.fixtures.dist import ToolchainSpec, write_toolchain
 from tests.fixtures.dist_server import DistServer
 from tests.fixtures.rustup import Rustup
-from tests.harness import cli, write_proxies
+from tests.harness import ROOT, cli, free_port, write_proxies
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -54,7 +55,8 @@ def new_rustup(tmp_path: Path):
 
 
 def test_cold_warm_and_upstream_down_installs_are_verified_and_served_from_the_cache(start_proxy, origin, new_rustup):
-    proxy = start_proxy([], toolchains=toolchains(origin))
+    status_port = free_port()
+    proxy = start_proxy([], toolchains=toolchains(origin), args=("--set", f"cargo_status_port={status_port}"))
     first = new_rustup(proxy)
     first.install("stable")
     assert first.rustc_version("stable") == STABLE.rustc_output
@@ -77,6 +79,15 @@ def test_cold_warm_and_upstream_down_installs_are_verified_and_served_from_the_c
     assert f"GET {DIST_HOST}/{STABLE.component_path('rustc')} 200 origin miss" in log
     assert f"GET {DIST_HOST}/{STABLE.component_path('rustc')} 200 cache hit" in log
     assert "HTTP/2.0" in log  # rustup talks HTTP/2 to the proxy
+
+    status = f"http://127.0.0.1:{status_port}"
+    metrics = httpx.get(status + "/metrics", timeout=10).text
+    assert 'cargo_cache_requests_total{kind="component",outcome="miss",registry="toolchains"} 3.0' in metrics
+    assert 'cargo_cache_requests_total{kind="component",outcome="hit",registry="toolchains"} 6.0' in metrics
+    assert 'cargo_cache_entries{kind="component"} 3.0' in metrics
+    listed = httpx.get(status + "/status.json", timeout=10).json()["registries"]
+    assert [(r["name"], r["index_host"], [u["name"] for u in r["upstreams"]]) for r in listed] == \
+        [("toolchains", DIST_HOST, ["origin"])]
 
 
 def test_a_pinned_version_with_the_default_profile_and_an_extra_target(start_proxy, origin, new_rustup):
@@ -185,9 +196,14 @@ def test_stage_from_a_toolchain_file_export_import_and_install_offline(tmp_path,
     staged = cli(connected, "stage", "--toolchain-file", str(project / "rust-toolchain.toml"))
     assert staged.returncode == 0, staged.stdout + staged.stderr
     assert "toolchains: fetched 5, already cached 0, failed 0" in staged.stdout  # the manifest and 4 components
+    by_make = subprocess.run(["make", "-s", "stage", f"PROXIES={connected}", "TOOLCHAIN=stable",
+                              f"TARGETS={STABLE.host} {WASM}", "PROFILE=minimal", "COMPONENTS=rust-src"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+    # stable is 1.95.0 too: its manifest is one more name, rust-src the one more file; the rest is cached
+    assert "toolchains: fetched 2, already cached 4, failed 0" in by_make.stdout, by_make.stdout + by_make.stderr
     exported = cli(connected, "export", str(tmp_path / "site.bundle"))
     assert exported.returncode == 0, exported.stderr
-    assert "7 toolchain files" in exported.stdout  # the manifest under its 3 names, and the components
+    assert "9 toolchain files" in exported.stdout  # the manifest under 4 names, and 5 components
     origin.stop()
 
     tampered = tmp_path / "tampered.bundle"
@@ -200,7 +216,7 @@ def test_stage_from_a_toolchain_file_export_import_and_install_offline(tmp_path,
     imported = cli(site, "import", str(tmp_path / "site.bundle"))
     assert imported.returncode == 0, imported.stderr
     listing = cli(site, "ls", "--kind", "manifest").stdout
-    for name in ("1.95.0", "1.95", "stable-2026-04-16"):  # staged, and the names a pinned client may use
+    for name in ("1.95.0", "stable", "1.95", "stable-2026-04-16"):  # staged, and the names a pinned client may use
         assert f" {name} " in listing
     proxy = start_proxy([], cache_dir=tmp_path / "site-cache", toolchains=section, offline=True)
     rustup = new_rustup(proxy)
@@ -211,7 +227,7 @@ def test_stage_from_a_toolchain_file_export_import_and_install_offline(tmp_path,
     assert "dist/channel-rust-nightly.toml.sha256 404" in proxy.log() and "was not staged" in proxy.log()
 
     purged = cli(site, "purge", "--toolchain", "1.95.0")
-    assert purged.returncode == 0 and "removed 7 entries" in purged.stdout, purged.stdout  # 3 names, 4 components
+    assert purged.returncode == 0 and "removed 9 entries" in purged.stdout, purged.stdout  # 4 names, 5 components
     assert cli(site, "ls").stdout.strip().count("\n") == 0
 
 
