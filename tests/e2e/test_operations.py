@@ -41,7 +41,7 @@ def test_status_json_metrics_and_healthz(primary, secondary, entry, start_proxy,
     assert upstreams["dead"]["failures"] >= 1 and upstreams["dead"]["last_error"].startswith("connection failed")
     assert upstreams["secondary"]["requests"] >= 5 and upstreams["secondary"]["p95_ms"] is not None
     assert upstreams["primary"]["active"] is False and upstreams["primary"]["requests"] == 0
-    assert status["cache"]["entries"] == {"config": 1, "index": 3, "crate": 3}
+    assert status["cache"]["entries"] == {"config": 1, "index": 3, "crate": 3, "manifest": 0, "component": 0, "rustup": 0}
     assert any(r["path"] == "/crates/anyhow/1.0.69/download" and r["source"] == "secondary"
                for r in status["recent"])
     assert 'cargo_cache_requests_total{kind="crate",outcome="miss",registry="crates-io"} 3.0' in metrics
