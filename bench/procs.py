@@ -101,6 +101,19 @@ def plain_args(nginx_root_url: str) -> list[str]:
     ]
 
 
+def plain_dist_args(dist_origin: str, host: str = "static.rust-lang.org") -> list[str]:
+    """mitmproxy's own map_remote sending rustup's dist host to a local dist server; no addon.
+
+    `dist_origin` is e.g. http://127.0.0.1:PORT (no slash): every https://HOST/... becomes ORIGIN/...
+    """
+    escaped = host.replace(".", r"\.")
+    return [
+        "--set", f"map_remote=|^https://{escaped}/|{dist_origin}/",
+        "--set", f"allow_hosts=^{escaped}(:\\d+)?$",  # as the addon does for its hosts
+        "--set", "connection_strategy=lazy",  # static.rust-lang.org is not resolvable here
+    ]
+
+
 @dataclass
 class Mitmdump:
     """One mitmdump process listening on 127.0.0.1 (`args` choose the addon or map_remote)."""

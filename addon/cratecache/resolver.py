@@ -311,7 +311,7 @@ class Resolver:
             if cached is not None and cached.meta.sha256 == expected:
                 return Attempt(client.name, "not_modified", "unchanged (.sha256)"), (client.name, None)
             for retry in range(MANIFEST_RETRIES + 1):
-                status, spooled = await self._download(client, client.url(f.path), limit)
+                status, spooled = await self._download(client, client.url(f.path), limit, None if manifest else DIST_DEADLINE)
                 if spooled is None:
                     return Attempt(client.name, status_outcome(status), f"HTTP {status}"), None
                 if spooled.sha256 == expected:

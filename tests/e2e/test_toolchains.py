@@ -241,3 +241,24 @@ def test_without_the_ca_rustup_dist_server_over_plain_http_through_the_proxy(sta
     rustup.install("stable")
     assert rustup.rustc_version("stable") == STABLE.rustc_output
     assert f"GET {DIST_HOST}/{STABLE.component_path('rustc')} 200 origin miss" in proxy.log()
+
+
+def test_rustups_self_update_check_and_rustup_init_go_through_the_proxy(start_proxy, tree, origin, tmp_path):
+    proxy = start_proxy([], toolchains=toolchains(origin))
+    rustup = Rustup(tmp_path / "installed", {"HTTPS_PROXY": proxy.url, "SSL_CERT_FILE": str(proxy.ca_cert)},
+                    installed=True)
+    rustup.run("toolchain", "install", "stable", "--profile", "minimal", check=True)  # with its self-update check
+    assert origin.count("rustup/release-stable.toml") == 1
+    assert f"GET {DIST_HOST}/rustup/release-stable.toml 200 origin miss" in proxy.log()
+
+    init = f"rustup/dist/{STABLE.host}/rustup-init"
+    got = subprocess.run(["curl", "-sS", "--fail", "--proxy", proxy.url, "--cacert", str(proxy.ca_cert),
+                          f"https://{DIST_HOST}/{init}", f"https://{DIST_HOST}/{init}.sha256"],
+                         capture_output=True, timeout=30)
+    body = (tree / init).read_bytes()
+    assert got.returncode == 0 and got.stdout == body + (tree / f"{init}.sha256").read_bytes()
+    archived = next(p for p in origin.root.glob("rustup/archive/*/*/rustup-init")).relative_to(origin.root)
+    (tree / archived).write_bytes(b"#!/bin/sh\necho tampered\n")  # no longer matches its .sha256 upstream
+    refused = subprocess.run(["curl", "-sS", "--proxy", proxy.url, "--cacert", str(proxy.ca_cert), "-w", "\n%{http_code}",
+                              f"https://{DIST_HOST}/{archived}"], capture_output=True, timeout=30)
+    assert refused.stdout.endswith(b"\n502") and b"origin: checksum mismatch for rustup/archive/" in refused.stdout
