@@ -70,6 +70,7 @@ def test_status_page_renders_on_a_phone_in_chromium(secondary, entry, start_prox
     assert "<td>disk</td>" in dom.stdout  # the storage table names the backend
     assert "GET static.crates.io/crates/anyhow/1.0.69/download" in dom.stdout
     assert "3 · 100%" not in dom.stdout and "3 · 0%" in dom.stdout  # crate entries · hit ratio after 3 misses
+    assert "component entries" in dom.stdout  # each kind the cache counts has its card, toolchain kinds too
     width, height, distinct = png_summary(shot.read_bytes())
     assert (width, height) == (390, 844)
     assert distinct > 50  # text and tables, not a blank or error page
