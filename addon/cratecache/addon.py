@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import signal
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -12,15 +13,17 @@ from pathlib import Path
 from mitmproxy import connection, ctx, http
 from mitmproxy.addonmanager import Loader
 
+from . import reload
 from .activity import Activity, origin
 from .blobs import BlobServer
 from .config import ConfigError, Settings, load_settings
 from .handler import Client, Reply, handle, text_reply
 from .pairs import Pairs
 from .reasks import Reasks
+from .reload import ConfigState
 from .resolver import Resolver
 from .routes import Rejection, Target, intercept
-from .status import StatusServer
+from .status import StatusAuth, StatusServer
 from .storage import open_storage
 
 logger = logging.getLogger(__name__)
@@ -42,7 +45,10 @@ class CargoCache:
         self.pairs = Pairs()  # the manifest hash each client was given in a .sha256: it gets that manifest
         self.blobs = BlobServer()  # large cached files, streamed through mitmproxy
         self.status: StatusServer | None = None
+        self.config = ConfigState()  # when the configuration was last loaded, and the last reload error
         self._flusher: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None
+        self._watched: tuple = ()
 
     def load(self, loader: Loader) -> None:
         # Our own line per request says it all; mitmdump's root logger is at DEBUG, and httpcore's ~10
@@ -60,30 +66,87 @@ class CargoCache:
         )
         loader.add_option(
             "cargo_status_port", int, 8081,
-            "Port of the status page (/), Prometheus metrics (/metrics) and /healthz, on the proxy's "
-            "listen host. 0 disables it.",
+            "Port of the status page (/), Prometheus metrics (/metrics) and /healthz. 0 disables it.",
+        )
+        loader.add_option(
+            "cargo_status_host", str, "127.0.0.1",
+            "Address the status server listens on (its page lists clients and crate names): loopback unless "
+            "told otherwise, also when the proxy listens on 0.0.0.0.",
+        )
+        loader.add_option(
+            "cargo_status_auth", str, "",
+            "HTTP Basic auth for the status server: 'user:pass' or '@path/to/htpasswd'. Empty: none.",
+        )
+        loader.add_option(
+            "cargo_status_open", str, "/healthz",
+            "Comma-separated paths of the status server answered without its auth (e.g. '/healthz,/metrics'; "
+            "'' protects all).",
+        )
+        loader.add_option(
+            "cargo_reload_seconds", float, 2.0,
+            "How often proxies.yaml and its secret files are checked for changes (a change is applied live). "
+            "0: only on SIGHUP.",
         )
 
     def configure(self, updated: set[str]) -> None:
         if "confdir" in updated and ctx.options.confdir == MITMPROXY_DEFAULT_CONFDIR:
             ctx.options.update(confdir=str(DEFAULT_CONFDIR))  # the CA lives in the project's certs/
         if {"cargo_proxies", "cargo_offline"} & updated:
-            try:
-                settings = load_settings(ctx.options.cargo_proxies)
-            except ConfigError as e:
-                # One clear line; at start-up mitmproxy exits on a logged error, later the old settings stay.
-                logger.error("cargo-cache: invalid configuration: %s", e)
-                return
-            if ctx.options.cargo_offline and not settings.cache.offline:
-                settings = replace(settings, cache=replace(settings.cache, offline=True))
-            self._install(settings)
+            self.reload("options" if self.settings is not None else "start")
         if self.settings is not None and {"cargo_proxies", "allow_hosts", "connection_strategy"} & updated:
             self._limit_interception(self.settings)
-        if "cargo_status_port" in updated and self._flusher is not None:  # changed while running
+        status = {"cargo_status_port", "cargo_status_host", "cargo_status_auth", "cargo_status_open"}
+        if status & updated and self._flusher is not None:  # changed while running
             asyncio.get_running_loop().create_task(self._restart_status())
 
+    def reload(self, why: str) -> bool:
+        """(Re-)read proxies.yaml and apply it: at start, install it; later, apply what may change live (see
+        reload.py) without dropping a request. An invalid file changes nothing. True if it was applied."""
+        path = ctx.options.cargo_proxies
+        try:
+            settings = load_settings(path)
+        except ConfigError as e:
+            # One clear line; at start-up mitmproxy exits on a logged error, later the old settings stay.
+            logger.error("cargo-cache: invalid configuration: %s", e)
+            self.config.failed(str(e), time.time())
+            return False
+        if ctx.options.cargo_offline and not settings.cache.offline:
+            settings = replace(settings, cache=replace(settings.cache, offline=True))
+        self._watched = reload.fingerprint([path, *settings.secret_files])
+        if self.settings is None or self.resolver is None:
+            self._install(settings)
+            self.config.loaded(time.time(), ())
+            return True
+        planned = reload.plan(self.settings, settings)
+        self.resolver.reconfigure(planned.settings)
+        self.settings = planned.settings
+        self._limit_interception(planned.settings)
+        self.config.loaded(time.time(), planned.needs_restart)
+        logger.info("cargo-cache: configuration reloaded (%s): %s", why, "; ".join(planned.changes) or "no changes")
+        for field in planned.needs_restart:
+            logger.warning("cargo-cache: %s changed in %s: takes effect at the next start (still running with the "
+                           "old value)", field, path)
+        return True
+
+    async def _watch_forever(self) -> None:
+        """Apply a changed proxies.yaml (or secret file) within a few seconds of the change."""
+        while True:
+            seconds = ctx.options.cargo_reload_seconds
+            await asyncio.sleep(seconds if seconds > 0 else 5)
+            if seconds <= 0 or self.settings is None:
+                continue
+            watched = [ctx.options.cargo_proxies, *self.settings.secret_files]
+            if await asyncio.to_thread(reload.fingerprint, watched) != self._watched:
+                self.reload("file changed")
+
     async def running(self) -> None:
-        self._flusher = asyncio.get_running_loop().create_task(self._flush_counts_forever())
+        loop = asyncio.get_running_loop()
+        self._flusher = loop.create_task(self._flush_counts_forever())
+        self._watcher = loop.create_task(self._watch_forever())
+        try:
+            loop.add_signal_handler(signal.SIGHUP, lambda: self.reload("SIGHUP"))
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
+            logger.info("cargo-cache: SIGHUP not available here; proxies.yaml is still re-read when it changes")
         await self._restart_status()
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -162,8 +225,9 @@ class CargoCache:
         self.pairs.forget(client.id)
 
     async def done(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
+        for task in (self._flusher, self._watcher):
+            if task is not None:
+                task.cancel()
         if self.status is not None:
             await self.status.stop()
         await self.blobs.stop()
@@ -207,14 +271,20 @@ class CargoCache:
             await self.status.stop()
             self.status = None
         if ctx.options.cargo_status_port:
-            host = ctx.options.listen_host if "listen_host" in ctx.options else "127.0.0.1"
-            self.status = StatusServer(host, ctx.options.cargo_status_port, self._snapshot, self._metrics)
+            try:
+                guard = StatusAuth.parse(ctx.options.cargo_status_auth, ctx.options.cargo_status_open)
+            except ValueError as e:
+                logger.error("cargo-cache: cargo_status_auth: %s; the status server is not started", e)
+                return
+            self.status = StatusServer(ctx.options.cargo_status_host, ctx.options.cargo_status_port, self._snapshot,
+                                       self._metrics, guard)
             await self.status.start()
 
     async def _snapshot(self) -> dict:
         store = self.resolver.store
         figures = await store.figures()
-        return self.activity.snapshot(self.settings, self.resolver.health, figures, store.health())
+        return self.activity.snapshot(self.settings, self.resolver.health, figures, store.health()) | {
+            "config": self.config.snapshot(self.settings.source)}
 
     async def _metrics(self) -> bytes:
         store = self.resolver.store

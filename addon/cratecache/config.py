@@ -2,14 +2,15 @@
 
 Every problem is reported as one `ConfigError` whose message names the file, the
 field (as a path such as `registries[0].proxies[1].timeout_ms`) and the problem.
-Parsing is pure: the text, the file's location and the environment are passed in.
+Parsing is pure: the text, the file's location, the environment and the reader of secret files
+(`password_file:` and the like) are passed in.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,7 @@ class Settings:
     cache: CacheSettings
     registries: tuple[Registry, ...]
     toolchains: Toolchains | None = None
+    secret_files: tuple[str, ...] = ()  # the files secrets were read from (watched, like the file itself)
 
     @property
     def sources(self) -> tuple[Source, ...]:
@@ -230,23 +232,29 @@ def _same_host(configured: str, host: str, port: int | None) -> bool:
 
 
 def load_settings(path: str | os.PathLike, env: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate a proxies.yaml file."""
+    """Read and validate a proxies.yaml file (and the secret files it names)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(path, "", f"cannot read file ({e.strerror or e})") from e
-    return parse_settings(text, path, os.environ if env is None else env)
+    return parse_settings(text, path, os.environ if env is None else env, read_secret)
 
 
-def parse_settings(text: str, path: Path, env: Mapping[str, str]) -> Settings:
+def read_secret(path: Path) -> str:
+    """A mounted secret (Kubernetes, Vault agent): the file's text without its trailing newline."""
+    return path.read_text(encoding="utf-8").rstrip("\r\n")
+
+
+def parse_settings(text: str, path: Path, env: Mapping[str, str],
+                   read_file: Callable[[Path], str] = read_secret) -> Settings:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(path, "", f"not valid YAML{where}: {getattr(e, 'problem', e)}") from e
-    return _Parser(path, env).settings(doc)
+    return _Parser(path, env, read_file).settings(doc)
 
 
 def parse_size(value: Any) -> int:
@@ -272,8 +280,25 @@ def parse_size(value: Any) -> int:
 class _Parser:
     """Walks the YAML document; `where` is the dotted field path used in errors."""
 
-    def __init__(self, path: Path, env: Mapping[str, str]):
-        self.path, self.env = path, env
+    def __init__(self, path: Path, env: Mapping[str, str], read_file: Callable[[Path], str] = read_secret):
+        self.path, self.env, self.read_file = path, env, read_file
+        self.secret_files: list[str] = []
+
+    def secret(self, raw: dict, name: str, where: str) -> str | None:
+        """`name` given inline (with ${VAR}) or as `{name}_file` (a path read now, and again when it changes)."""
+        if raw.get(name) is not None and raw.get(f"{name}_file") is not None:
+            raise self.fail(f"{where}.{name}_file", f"set either {name} or {name}_file, not both")
+        if raw.get(f"{name}_file") is None:
+            return self.string(raw[name], f"{where}.{name}") if raw.get(name) is not None else None
+        path = self.path_value(raw[f"{name}_file"], f"{where}.{name}_file")
+        try:
+            value = self.read_file(path)
+        except (OSError, UnicodeDecodeError) as e:
+            raise self.fail(f"{where}.{name}_file", f"cannot read {path} ({getattr(e, 'strerror', None) or e})") from None
+        if not value or "\n" in value or "\x00" in value:
+            raise self.fail(f"{where}.{name}_file", f"{path} must hold one line (the {name})")
+        self.secret_files.append(str(path))
+        return value
 
     def fail(self, where: str, problem: str) -> ConfigError:
         return ConfigError(self.path, where, problem)
@@ -353,7 +378,8 @@ class _Parser:
                 if r.name == TOOLCHAINS:
                     raise self.fail(f"registries[{i}].name", f"{TOOLCHAINS!r} is the name of the toolchains section")
         _unique(self, hosts, "host")
-        return Settings(source=str(self.path), cache=cache, registries=registries, toolchains=toolchains)
+        return Settings(source=str(self.path), cache=cache, registries=registries, toolchains=toolchains,
+                        secret_files=tuple(dict.fromkeys(self.secret_files)))
 
     def toolchains(self, raw: Any) -> Toolchains:
         where = "toolchains"
@@ -421,8 +447,8 @@ class _Parser:
     def s3(self, raw: Any) -> S3Settings:
         where = "cache.s3"
         raw = self.mapping(raw, where, ("endpoint_url", "bucket", "prefix", "region", "access_key_id",
-                                        "secret_access_key", "ssl_validation", "timeout_ms", "ca_bundle"),
-                           required=("bucket",))
+                                        "secret_access_key", "access_key_id_file", "secret_access_key_file",
+                                        "ssl_validation", "timeout_ms", "ca_bundle"), required=("bucket",))
         bucket = self.string(raw["bucket"], f"{where}.bucket")
         if not _BUCKET.match(bucket) or ".." in bucket:
             raise self.fail(f"{where}.bucket", f"{bucket!r} is not a bucket name (3-63 of a-z, 0-9, '.', '-')")
@@ -437,9 +463,8 @@ class _Parser:
         region = self.string(raw.get("region", "us-east-1"), f"{where}.region")
         if not re.match(r"^[a-z0-9-]{1,32}\Z", region):
             raise self.fail(f"{where}.region", f"{region!r} is not a region name (e.g. us-east-1)")
-        key = self.string(raw["access_key_id"], f"{where}.access_key_id") if raw.get("access_key_id") is not None else None
-        secret = (self.string(raw["secret_access_key"], f"{where}.secret_access_key")
-                  if raw.get("secret_access_key") is not None else None)
+        key = self.secret(raw, "access_key_id", where)
+        secret = self.secret(raw, "secret_access_key", where)
         if (key is None) != (secret is None):
             missing = "secret_access_key" if secret is None else "access_key_id"
             raise self.fail(f"{where}.{missing}", "set both access_key_id and secret_access_key, or neither")
@@ -496,13 +521,13 @@ class _Parser:
 
     def upstream(self, raw: Any, where: str, dist: bool = False) -> Upstream:
         """One upstream; a dist root (`dist`) has no config.json, so no download_hosts."""
-        fields = ("name", "url", "username", "password", "priority", "ssl_validation", "timeout_ms", "active",
-                  "ca_bundle") + (() if dist else ("download_hosts",))
+        fields = ("name", "url", "username", "password", "username_file", "password_file", "priority",
+                  "ssl_validation", "timeout_ms", "active", "ca_bundle") + (() if dist else ("download_hosts",))
         raw = self.mapping(raw, where, fields, required=("name", "url"))
         name = self.name(raw["name"], f"{where}.name")
         url = self.url(raw["url"], f"{where}.url")
-        username = self.string(raw["username"], f"{where}.username") if raw.get("username") is not None else None
-        password = self.string(raw["password"], f"{where}.password") if raw.get("password") is not None else None
+        username = self.secret(raw, "username", where)
+        password = self.secret(raw, "password", where)
         ca_bundle = self.ca_bundle(raw.get("ca_bundle"), f"{where}.ca_bundle")
         return Upstream(
             name=name, url=url, username=username, password=password,

@@ -67,7 +67,7 @@ class Resolver:
         clock: Callable[[], float] = time.time,
         transport: httpx.AsyncBaseTransport | None = None,
     ):
-        self.settings, self.store, self.clock = settings, store, clock
+        self.settings, self.store, self.clock, self.transport = settings, store, clock, transport
         self.clients: dict[tuple[str, str], UpstreamClient] = {
             (reg.name, up.name): UpstreamClient(up, transport, reg.name)
             for reg in settings.sources
@@ -79,6 +79,20 @@ class Resolver:
         cache = settings.cache
         self.health = Health(backoff=cache.upstream_backoff, threshold=cache.backoff_after)
         self.on_attempt: Callable[[UpstreamClient, Attempt], None] | None = None  # e.g. metrics
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Run with new settings (a reload) on the same store: a client is kept for each upstream whose settings
+        did not change (its pooled connections and in-flight requests go on), replaced where they did (new
+        credentials, timeout, TLS), and the old one closed once its requests in flight end. Upstream health,
+        coalescing and leases carry over."""
+        wanted = {(src.name, up.name): up for src in settings.sources for up in src.active_upstreams}
+        for key in [k for k, c in self.clients.items() if wanted.get(k) != c.upstream]:
+            self.clients.pop(key).retire()
+        for key, up in wanted.items():
+            if key not in self.clients:
+                self.clients[key] = UpstreamClient(up, self.transport, key[0])
+        self.health.backoff, self.health.threshold = settings.cache.upstream_backoff, settings.cache.backoff_after
+        self.settings = settings
 
     async def aclose(self) -> None:
         await asyncio.gather(*(c.aclose() for c in self.clients.values()), return_exceptions=True)
@@ -482,7 +496,8 @@ class Resolver:
 
     def _order(self, reg: Source, preferred: str | None = None) -> list[UpstreamClient]:
         """Active upstreams by priority; `preferred` (for a download: the upstream whose index gave its checksum) first."""
-        clients = [self.clients[(reg.name, up.name)] for up in reg.active_upstreams]
+        current = next((s for s in self.settings.sources if s.name == reg.name), None)  # after a reload: the new order
+        clients = [self.clients[key] for up in (current or reg).active_upstreams if (key := (reg.name, up.name)) in self.clients]
         clients.sort(key=lambda c: c.name != preferred)  # stable sort keeps priority order otherwise
         return clients
 

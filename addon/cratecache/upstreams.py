@@ -136,6 +136,8 @@ class UpstreamClient:
 
     def __init__(self, upstream: Upstream, transport: httpx.AsyncBaseTransport | None = None, registry: str = ""):
         self.upstream, self.registry = upstream, registry
+        self.busy = 0  # requests in flight (a retired client closes once it has none)
+        self.retired = False
         self.client = httpx.AsyncClient(
             auth=upstream.auth,
             timeout=httpx.Timeout(upstream.timeout_ms / 1000),
@@ -169,11 +171,25 @@ class UpstreamClient:
         The upstream's credentials go only to the origin of its index URL.
         """
         deadline = deadline or self.upstream.timeout_ms / 1000 * TRANSFER_DEADLINE_FACTOR
+        self.busy += 1
         try:
             async with asyncio.timeout(deadline):
                 return await self._get(url, headers, max_bytes, sink)
         except TimeoutError:
             raise TransferTimeout(f"transfer not finished within {deadline:.0f} s") from None
+        finally:
+            self.busy -= 1
+            if self.retired and not self.busy:
+                await self.aclose()
+
+    def retire(self) -> None:
+        """Replaced by a reload: closed now if idle, else when its last request in flight ends."""
+        self.retired = True
+        if not self.busy:
+            try:
+                asyncio.get_running_loop().create_task(self.aclose())
+            except RuntimeError:  # no loop (a command-line tool): nothing is in flight, nothing to wait for
+                pass
 
     async def _get(self, url: str, headers: dict[str, str] | None, max_bytes: int | None, sink: Sink | None) -> Fetched:
         auth = httpx.USE_CLIENT_DEFAULT if _same_origin(url, self.upstream.url) else None

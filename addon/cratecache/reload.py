@@ -1,0 +1,117 @@
+"""A configuration re-read while serving: what changed, what applies live, what waits for a restart (pure).
+
+Live: the registries and the toolchains section (hosts, upstreams, their order, credentials, timeouts, TLS
+settings, active switches), every TTL, the back-off settings, the lease time, offline mode, the size limits.
+At restart only: where and how the cache is kept (`cache.directory`, `size_limit`, `eviction_policy`,
+`backend`, `s3`), because moving a cache under running requests is not something to half-do. A reload that
+changes one of those keeps the running value and says so. (`fingerprint` is the one stat call that tells a
+changed file.)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .config import CacheSettings, Settings, Source, Toolchains, Upstream
+
+RESTART_FIELDS = ("directory", "size_limit", "eviction_policy", "backend", "s3")
+LIVE_CACHE_FIELDS = ("index_ttl", "negative_ttl", "upstream_backoff", "backoff_after", "lease_seconds", "offline",
+                     "offline_prune_index", "max_crate_size", "max_index_size")
+UPSTREAM_FIELDS = ("url", "priority", "ssl_validation", "timeout_ms", "ca_bundle", "download_hosts")
+
+
+@dataclass(frozen=True)
+class Reload:
+    settings: Settings  # what to run with: the new file, with the restart-only fields as they run
+    changes: tuple[str, ...]  # one phrase per change, never a credential
+    needs_restart: tuple[str, ...]  # fields changed in the file that take effect at the next start
+
+
+def plan(running: Settings, new: Settings) -> Reload:
+    restart = tuple(f"cache.{f}" for f in RESTART_FIELDS if getattr(running.cache, f) != getattr(new.cache, f))
+    kept = replace(new.cache, **{f: getattr(running.cache, f) for f in RESTART_FIELDS})
+    changes = [f"cache.{f} {getattr(running.cache, f)} -> {getattr(new.cache, f)}"
+               for f in LIVE_CACHE_FIELDS if getattr(running.cache, f) != getattr(new.cache, f)]
+    changes += _sources(running, new)
+    return Reload(replace(new, cache=kept), tuple(changes), restart)
+
+
+def _sources(running: Settings, new: Settings) -> list[str]:
+    old = {_label(s): s for s in running.sources}
+    now = {_label(s): s for s in new.sources}
+    out = [f"{label} added ({', '.join(u.name for u in now[label].upstreams)})" for label in now if label not in old]
+    out += [f"{label} removed" for label in old if label not in now]
+    for label in now.keys() & old.keys():
+        out += [f"{label}: {change}" for change in _source(old[label], now[label])]
+    return out
+
+
+def _label(source: Source) -> str:
+    return "toolchains" if isinstance(source, Toolchains) else f"registry {source.name}"
+
+
+def _source(old: Source, new: Source) -> list[str]:
+    out = []
+    for field in ("index_host", "download_host", "index_path", "index_ttl", "host", "ttl", "max_file_size"):
+        if getattr(old, field, None) != getattr(new, field, None):
+            out.append(f"{field} {getattr(old, field, None)} -> {getattr(new, field, None)}")
+    before = {u.name: u for u in old.upstreams}
+    after = {u.name: u for u in new.upstreams}
+    out += [f"upstream {name} added" for name in after if name not in before]
+    out += [f"upstream {name} removed" for name in before if name not in after]
+    for name in after.keys() & before.keys():
+        out += [f"upstream {name} {change}" for change in _upstream(before[name], after[name])]
+    order_before = [u.name for u in old.active_upstreams if u.name in after]
+    order_after = [u.name for u in new.active_upstreams if u.name in before]
+    if [n for n in order_before if n in order_after] != [n for n in order_after if n in order_before]:
+        out.append(f"reordered: {', '.join(u.name for u in new.active_upstreams)}")
+    return out
+
+
+def _upstream(old: Upstream, new: Upstream) -> list[str]:
+    out = []
+    if old.active != new.active:
+        out.append("activated" if new.active else "deactivated")
+    if (old.username, old.password) != (new.username, new.password):
+        out.append("credentials changed")
+    out += [f"{field} changed" for field in UPSTREAM_FIELDS if getattr(old, field) != getattr(new, field)]
+    return out
+
+
+def fingerprint(paths: list[str]) -> tuple:
+    """What tells a changed file: where it resolves to (a ConfigMap's symlink swap), its inode (an atomic
+    rename), its size and modification time (an editor's write in place). A missing file is part of it too."""
+    out = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            out.append((str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns))
+        except OSError as e:
+            out.append((path, type(e).__name__))
+    return tuple(out)
+
+
+def same_cache(a: CacheSettings, b: CacheSettings) -> bool:
+    return all(getattr(a, f) == getattr(b, f) for f in RESTART_FIELDS)
+
+
+class ConfigState:
+    """When the configuration was last loaded and what the last failed reload said (for the status page)."""
+
+    def __init__(self) -> None:
+        self.loaded_at: float | None = None
+        self.needs_restart: tuple[str, ...] = ()
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+
+    def loaded(self, now: float, needs_restart: tuple[str, ...]) -> None:
+        self.loaded_at, self.needs_restart, self.last_error, self.last_error_at = now, needs_restart, None, None
+
+    def failed(self, error: str, now: float) -> None:
+        self.last_error, self.last_error_at = error, now
+
+    def snapshot(self, source: str) -> dict:
+        return {"source": source, "loaded_at": self.loaded_at, "needs_restart": list(self.needs_restart),
+                "last_error": self.last_error, "last_error_at": self.last_error_at}
