@@ -428,3 +428,44 @@ def test_a_registry_cannot_take_the_toolchains_name():
     doc = with_toolchains()
     doc["registries"][0]["name"] = "toolchains"
     assert parse_error(doc).field == "registries[0].name"
+
+
+# -- secrets from files ------------------------------------------------------------------------
+
+def test_password_and_username_files_are_read_and_remembered(tmp_path: Path):
+    (tmp_path / "user").write_text("ci-runner\n")
+    (tmp_path / "token").write_text("s3cret\n")
+    doc = copy.deepcopy(MINIMAL)
+    doc["registries"][0]["proxies"][0] |= {"username_file": "user", "password_file": str(tmp_path / "token")}
+    settings = parse(doc, path=tmp_path / "proxies.yaml")
+    assert settings.registries[0].upstreams[0].auth == ("ci-runner", "s3cret")
+    assert settings.secret_files == (str(tmp_path / "user"), str(tmp_path / "token"))
+
+
+@pytest.mark.parametrize("fields, problem", [
+    ({"password": "x", "password_file": "/run/secret"}, "set either password or password_file, not both"),
+    ({"password_file": "/nonexistent/secret"}, "cannot read /nonexistent/secret"),
+])
+def test_secret_file_errors_name_the_field(fields, problem):
+    doc = copy.deepcopy(MINIMAL)
+    doc["registries"][0]["proxies"][0] |= fields
+    error = parse_error(doc)
+    assert error.field == "registries[0].proxies[0].password_file" and problem in error.problem
+
+
+def test_a_secret_file_must_hold_one_line(tmp_path: Path):
+    (tmp_path / "token").write_text("line one\nline two\n")
+    doc = copy.deepcopy(MINIMAL)
+    doc["registries"][0]["proxies"][0]["password_file"] = str(tmp_path / "token")
+    with pytest.raises(ConfigError, match="must hold one line"):
+        parse(doc)
+
+
+def test_s3_keys_from_files(tmp_path: Path):
+    (tmp_path / "id").write_text("AKIA\n")
+    (tmp_path / "secret").write_text("shh\n")
+    doc = copy.deepcopy(MINIMAL)
+    doc["cache"] = {"backend": "s3", "s3": {"bucket": "cargo-cache", "access_key_id_file": str(tmp_path / "id"),
+                                            "secret_access_key_file": str(tmp_path / "secret")}}
+    s3 = parse(doc).cache.s3
+    assert (s3.access_key_id, s3.secret_access_key) == ("AKIA", "shh")

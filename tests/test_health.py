@@ -41,3 +41,26 @@ def test_zero_backoff_never_skips():
     for now in range(5):
         health.failed("a", "timeout", now, transport=True)
     assert health.skip_reason("a", 5) is None
+
+
+def test_status_auth_checks_basic_credentials_and_leaves_open_paths_open(tmp_path):
+    import base64
+    import hashlib
+
+    import pytest
+    from cratecache.status import StatusAuth
+
+    def basic(user: str, password: str) -> str:
+        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    auth = StatusAuth.parse("ops:s3cret", "/healthz,/metrics")
+    assert auth.allows("/healthz", None) and auth.allows("/metrics", None)
+    assert not auth.allows("/status.json", None) and not auth.allows("/", basic("ops", "wrong"))
+    assert auth.allows("/", basic("ops", "s3cret")) and not auth.allows("/", "Basic !!!")
+    assert StatusAuth.parse("").allows("/status.json", None)
+    (tmp_path / "htpasswd").write_text("ops:{SHA}" + base64.b64encode(hashlib.sha1(b"pw").digest()).decode() + "\n")
+    hashed = StatusAuth.parse(f"@{tmp_path / 'htpasswd'}", "")
+    assert hashed.allows("/healthz", basic("ops", "pw")) and not hashed.allows("/healthz", None)
+    for bad in ("justauser", "@/nonexistent/htpasswd"):
+        with pytest.raises(ValueError):
+            StatusAuth.parse(bad)

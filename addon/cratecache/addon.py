@@ -83,9 +83,9 @@ class CargoCache:
             "'' protects all).",
         )
         loader.add_option(
-            "cargo_reload_seconds", float, 2.0,
-            "How often proxies.yaml and its secret files are checked for changes (a change is applied live). "
-            "0: only on SIGHUP.",
+            "cargo_reload_ms", int, 2000,
+            "How often (milliseconds) proxies.yaml and its secret files are checked for changes; a change is "
+            "applied live. 0: only on SIGHUP.",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -131,7 +131,7 @@ class CargoCache:
     async def _watch_forever(self) -> None:
         """Apply a changed proxies.yaml (or secret file) within a few seconds of the change."""
         while True:
-            seconds = ctx.options.cargo_reload_seconds
+            seconds = ctx.options.cargo_reload_ms / 1000
             await asyncio.sleep(seconds if seconds > 0 else 5)
             if seconds <= 0 or self.settings is None:
                 continue

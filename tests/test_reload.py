@@ -1,0 +1,125 @@
+"""reload.py: what a re-read proxies.yaml changes, and what waits for a restart (pure)."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import yaml
+from cratecache import reload
+from cratecache.config import parse_settings
+
+BASE = {
+    "cache": {"directory": "/var/cache/cargo", "index_ttl": 300},
+    "registries": [{"name": "crates-io", "index_host": "index.crates.io", "download_host": "static.crates.io",
+                    "proxies": [{"name": "mirror", "url": "https://mirror.example/index/", "priority": 1,
+                                 "username": "ci", "password": "one"},
+                                {"name": "crates-io", "url": "https://index.crates.io/", "priority": 2}]}],
+}
+
+
+def settings(doc: dict):
+    return parse_settings(yaml.safe_dump(doc), Path("/etc/proxies.yaml"), env={})
+
+
+def edited(change) -> dict:
+    doc = copy.deepcopy(BASE)
+    change(doc)
+    return doc
+
+
+def test_nothing_changed():
+    planned = reload.plan(settings(BASE), settings(BASE))
+    assert planned.changes == () and planned.needs_restart == ()
+
+
+def test_reorder_deactivate_and_rotated_credentials_are_named_without_the_credentials():
+    def change(doc):
+        mirror, crates = doc["registries"][0]["proxies"]
+        mirror.update(priority=3, password="two")
+        crates["active"] = True
+        doc["registries"][0]["proxies"].append({"name": "backup", "url": "https://backup.example/", "active": False})
+
+    planned = reload.plan(settings(BASE), settings(edited(change)))
+    text = "; ".join(planned.changes)
+    assert "registry crates-io: upstream backup added" in text
+    assert "upstream mirror credentials changed" in text and "upstream mirror priority changed" in text
+    assert "registry crates-io: reordered: crates-io, mirror" in text
+    assert "one" not in text and "two" not in text
+
+
+def test_deactivating_and_live_cache_fields():
+    def change(doc):
+        doc["registries"][0]["proxies"][0]["active"] = False
+        doc["cache"].update(index_ttl=60, offline=True)
+
+    planned = reload.plan(settings(BASE), settings(edited(change)))
+    assert "registry crates-io: upstream mirror deactivated" in planned.changes
+    assert {"cache.index_ttl 300 -> 60", "cache.offline False -> True"} <= set(planned.changes)
+    assert planned.settings.cache.offline and planned.settings.registries[0].index_ttl == 60
+
+
+def test_where_the_cache_lives_waits_for_a_restart_and_keeps_its_running_value():
+    def change(doc):
+        doc["cache"].update(directory="/srv/cache", size_limit="5GB")
+
+    running = settings(BASE)
+    planned = reload.plan(running, settings(edited(change)))
+    assert planned.needs_restart == ("cache.directory", "cache.size_limit")
+    assert planned.settings.cache.directory == running.cache.directory
+    assert planned.settings.cache.size_limit == running.cache.size_limit
+
+
+def test_registries_and_toolchains_added_and_removed():
+    def change(doc):
+        doc["registries"].append({"name": "corp", "index_url": "https://corp.example/api/index/",
+                                  "proxies": [{"name": "art", "url": "https://corp.example/api/index/"}]})
+        doc["toolchains"] = {"proxies": [{"name": "rust-lang", "url": "https://static.rust-lang.org/"}]}
+
+    planned = reload.plan(settings(BASE), settings(edited(change)))
+    assert set(planned.changes) == {"registry corp added (art)", "toolchains added (rust-lang)"}
+    assert reload.plan(settings(edited(change)), settings(BASE)).changes == ("registry corp removed", "toolchains removed")
+
+
+def test_a_fingerprint_tells_an_edit_a_rename_and_a_symlink_swap(tmp_path):
+    first, second = tmp_path / "a" / "proxies.yaml", tmp_path / "b" / "proxies.yaml"
+    for path in (first, second):
+        path.parent.mkdir()
+        path.write_text("x: 1\n")
+    link = tmp_path / "proxies.yaml"
+    link.symlink_to(first)
+    before = reload.fingerprint([str(link)])
+    assert reload.fingerprint([str(link)]) == before
+    link.unlink()
+    link.symlink_to(second)  # a ConfigMap's ..data swap: same content, another file
+    assert reload.fingerprint([str(link)]) != before
+    swapped = reload.fingerprint([str(link)])
+    second.with_suffix(".new").write_text("x: 2\n")
+    os.replace(second.with_suffix(".new"), second)
+    assert reload.fingerprint([str(link)]) != swapped
+    assert reload.fingerprint([str(tmp_path / "missing")]) == ((str(tmp_path / "missing"), "FileNotFoundError"),)
+
+
+async def test_reconfigure_keeps_unchanged_clients_and_health_and_retires_changed_ones_once_idle(tmp_path):
+    from cratecache.resolver import Resolver
+    from cratecache.storage import open_storage
+
+    doc = copy.deepcopy(BASE)
+    doc["cache"]["directory"] = str(tmp_path / "cache")
+    running = settings(doc)
+    resolver = Resolver(running, open_storage(running.cache))
+    try:
+        kept, changed = resolver.clients[("crates-io", "crates-io")], resolver.clients[("crates-io", "mirror")]
+        resolver.health.failed("crates-io/crates-io", "timed out", 0.0, True, 5.0)
+        changed.busy = 1  # a download in flight on the old credentials
+        doc["registries"][0]["proxies"][0]["password"] = "two"
+        resolver.reconfigure(reload.plan(running, settings(doc)).settings)
+        assert resolver.clients[("crates-io", "crates-io")] is kept
+        assert resolver.clients[("crates-io", "mirror")] is not changed
+        assert resolver.clients[("crates-io", "mirror")].upstream.password == "two"
+        assert changed.retired and not changed.client.is_closed  # still serving its download
+        assert resolver.health.of("crates-io/crates-io").failures == 1
+    finally:
+        await resolver.aclose()
+        await resolver.store.close()
