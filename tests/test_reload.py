@@ -123,3 +123,15 @@ async def test_reconfigure_keeps_unchanged_clients_and_health_and_retires_change
     finally:
         await resolver.aclose()
         await resolver.store.close()
+
+
+def test_rotated_s3_keys_apply_live_and_other_s3_fields_wait_for_a_restart():
+    def s3(**fields):
+        return edited(lambda doc: doc["cache"].update(backend="s3", s3={"bucket": "cargo-cache", **fields}))
+
+    running = settings(s3(access_key_id="AKIA1", secret_access_key="old-secret"))
+    rotated = reload.plan(running, settings(s3(access_key_id="AKIA2", secret_access_key="new-secret")))
+    assert rotated.changes == ("cache.s3 credentials changed",) and rotated.needs_restart == ()
+    assert rotated.settings.cache.s3.secret_access_key == "new-secret"
+    moved = reload.plan(running, settings(s3(access_key_id="AKIA1", secret_access_key="old-secret", prefix="b/")))
+    assert moved.needs_restart == ("cache.s3",) and moved.settings.cache.s3 == running.cache.s3

@@ -118,6 +118,8 @@ class CargoCache:
             self.config.loaded(time.time(), ())
             return True
         planned = reload.plan(self.settings, settings)
+        if planned.settings.cache.s3 != self.settings.cache.s3:
+            self.resolver.store.rotate_credentials(planned.settings.cache.s3)
         self.resolver.reconfigure(planned.settings)
         self.settings = planned.settings
         self._limit_interception(planned.settings)

@@ -3,7 +3,7 @@
 Live: the registries and the toolchains section (hosts, upstreams, their order, credentials, timeouts, TLS
 settings, active switches), every TTL, the back-off settings, the lease time, offline mode, the size limits.
 At restart only: where and how the cache is kept (`cache.directory`, `size_limit`, `eviction_policy`,
-`backend`, `s3`), because moving a cache under running requests is not something to half-do. A reload that
+`backend`, `s3` but its keys), because moving a cache under running requests is not something to half-do. A reload that
 changes one of those keeps the running value and says so. (`fingerprint` is the one stat call that tells a
 changed file.)
 """
@@ -30,10 +30,16 @@ class Reload:
 
 
 def plan(running: Settings, new: Settings) -> Reload:
-    restart = tuple(f"cache.{f}" for f in RESTART_FIELDS if getattr(running.cache, f) != getattr(new.cache, f))
-    kept = replace(new.cache, **{f: getattr(running.cache, f) for f in RESTART_FIELDS})
+    changed = [f for f in RESTART_FIELDS if getattr(running.cache, f) != getattr(new.cache, f)]
     changes = [f"cache.{f} {getattr(running.cache, f)} -> {getattr(new.cache, f)}"
                for f in LIVE_CACHE_FIELDS if getattr(running.cache, f) != getattr(new.cache, f)]
+    s3 = running.cache.s3
+    if changed == ["s3"] and s3 and new.cache.s3 and replace(new.cache.s3, access_key_id=s3.access_key_id,
+                                                              secret_access_key=s3.secret_access_key) == s3:
+        changed, s3 = [], new.cache.s3  # rotated keys: live
+        changes.append("cache.s3 credentials changed")
+    restart = tuple(f"cache.{f}" for f in changed)
+    kept = replace(new.cache, **{f: getattr(running.cache, f) for f in RESTART_FIELDS if f != "s3"}, s3=s3)
     changes += _sources(running, new)
     return Reload(replace(new, cache=kept), tuple(changes), restart)
 

@@ -144,6 +144,10 @@ class Storage(ABC):
     async def flush(self) -> None:
         """Before a command ends: store what is still only local; StorageUnavailable if that fails."""
 
+    def rotate_credentials(self, s3: Any) -> None:
+        """The s3 backend's keys changed (a reload): used from the next call on. Nothing to do for disk."""
+        return None
+
     @abstractmethod
     def health(self) -> dict[str, Any]:
         """Backend, where it is (no credentials), state, latency and errors; for status and metrics."""

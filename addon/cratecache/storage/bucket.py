@@ -56,6 +56,13 @@ class Bucket:
         self.latencies_ms: deque[float] = deque(maxlen=200)
         self.on_call: Callable[[str, float, bool], None] | None = None
 
+    def rotate(self, settings: S3Settings) -> None:
+        """New credentials (a rotated key file): new clients for the next calls; calls in flight finish on theirs."""
+        self.settings = settings
+        self.store = _s3_store(settings, transfer=2)
+        self.blob_store = _s3_store(settings, transfer=12)
+        self.retry_at = 0.0  # a bucket that refused the old key is asked again at once
+
     @property
     def target(self) -> str:
         return self.settings.target

@@ -52,6 +52,9 @@ class S3Storage(Storage):
     backend = "s3"
     poll_seconds = 0.1
 
+    def rotate_credentials(self, s3: S3Settings) -> None:
+        self.bucket.rotate(s3)
+
     def __init__(self, local: LocalStore, settings: S3Settings):
         self.local = local
         self.tier = DiskStorage(local)
