@@ -33,6 +33,7 @@ DEFAULT_PROXIES = PROJECT_DIR / "proxies.yaml"
 DEFAULT_CONFDIR = PROJECT_DIR / "certs"
 MITMPROXY_DEFAULT_CONFDIR = "~/.mitmproxy"
 TALLY_FLUSH_SECONDS = 5
+SETTLE_SECONDS = 0.1  # a changed proxies.yaml is read once it has stopped changing for this long
 MAX_REQUEST_BODY = 64 * 1024  # a larger (or chunked) request body on a registry host is refused unread
 
 
@@ -138,7 +139,11 @@ class CargoCache:
             if seconds <= 0 or self.settings is None:
                 continue
             watched = [ctx.options.cargo_proxies, *self.settings.secret_files]
-            if await asyncio.to_thread(reload.fingerprint, watched) != self._watched:
+            seen = await asyncio.to_thread(reload.fingerprint, watched)
+            if seen == self._watched:
+                continue
+            await asyncio.sleep(SETTLE_SECONDS)  # a write still in progress would read as a broken file
+            if await asyncio.to_thread(reload.fingerprint, watched) == seen:
                 self.reload("file changed")
 
     async def running(self) -> None:
