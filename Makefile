@@ -4,6 +4,8 @@
 HOST    ?= 127.0.0.1
 PORT    ?= 8080
 PROXIES ?= proxies.yaml
+WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
+STATUS_PORT ?= 8081
 ARGS    ?=
 PYTEST_ARGS ?=
 
@@ -23,7 +25,8 @@ CLI     := PYTHONPATH=addon $(PY) -m cratecache --proxies $(abspath $(PROXIES))
 .PHONY: run test test-deps ca clean help stage export import cache-ls cache-stats cache-purge seaweedfs
 
 help:
-	@echo "make run   [HOST=127.0.0.1] [PORT=8080] [PROXIES=proxies.yaml] [ARGS=...]  start the proxy"
+	@echo "make run   [HOST=127.0.0.1] [PORT=8080] [WORKERS=nproc] [STATUS_PORT=8081] [PROXIES=proxies.yaml] [ARGS=...]"
+	@echo "                                                                        start the proxy"
 	@echo "make test  [PYTEST_ARGS=...]                                          run the test suite"
 	@echo "make bench [BENCH_ARGS=--quick]                                       benchmarks -> BENCHMARKS.md (~12 min)"
 	@echo "make ca                                                               create the CA and Cargo's CA bundle"
@@ -44,12 +47,17 @@ $(STAMP): requirements.txt requirements-dev.txt
 ca: $(STAMP)
 	$(PY) scripts/ca_bundle.py certs
 
+MITMDUMP_ARGS = -s addon/cargo_cache.py --listen-host $(HOST) --set confdir=$(CURDIR)/certs \
+  --set cargo_proxies=$(abspath $(PROXIES)) --set flow_detail=0
+
+# WORKERS=1: one mitmdump; more: that many sharing PORT (SO_REUSEPORT), worker i's status page on STATUS_PORT+i.
 run: $(STAMP) ca
-	$(VENV)/bin/mitmdump -s addon/cargo_cache.py \
-	  --listen-host $(HOST) --listen-port $(PORT) \
-	  --set confdir=$(CURDIR)/certs \
-	  --set cargo_proxies=$(abspath $(PROXIES)) \
-	  --set flow_detail=0 $(ARGS)
+	@if [ "$(WORKERS)" = 1 ]; then \
+	  exec $(VENV)/bin/mitmdump $(MITMDUMP_ARGS) --listen-port $(PORT) --set cargo_status_port=$(STATUS_PORT) $(ARGS); \
+	else \
+	  PYTHONPATH=addon exec $(PY) -m cratecache.workers --workers $(WORKERS) --port $(PORT) --status-port $(STATUS_PORT) \
+	    -- $(MITMDUMP_ARGS) $(ARGS); \
+	fi
 
 test-deps:
 	@scripts/install-test-deps

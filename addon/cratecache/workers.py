@@ -1,0 +1,141 @@
+"""`make run WORKERS=N`: N mitmdump workers sharing one listening port (Linux SO_REUSEPORT) and one cache.
+
+    python -m cratecache.workers --workers N --port 8080 [--status-port 8081] -- MITMDUMP ARGS...
+
+One mitmdump process uses one core. The kernel spreads the connections to the shared port over the workers;
+they share the cache folder (diskcache is safe across processes, and leases make concurrent misses fetch once
+across workers). mitmproxy binds its port before any addon script runs, so each worker is started through
+`python -m cratecache.workers --worker`, which asks asyncio for SO_REUSEPORT on the proxy port only and then
+runs mitmdump in-process. Worker i has its own status page on `--status-port + i` (request counts are summed
+across workers by `make cache-stats`; Prometheus sums the workers' /metrics). This supervisor prefixes each
+worker's log lines with `w{i} |`, starts a new worker when one dies (at most RESTARTS_PER_MINUTE a minute, then
+it stops them all, exit 1), and stops all of them on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+RESTARTS_PER_MINUTE = 5
+STOP_SECONDS = 10
+LISTEN_PORT_ENV = "CARGO_CACHE_SHARED_PORT"
+
+
+def worker(args: list[str]) -> int:
+    """One worker: mitmdump in this process, its proxy port opened with SO_REUSEPORT."""
+    shared = int(os.environ[LISTEN_PORT_ENV])
+    original = asyncio.start_server
+
+    @functools.wraps(original)
+    async def start_server(client_connected_cb, host=None, port=None, **kwargs):
+        if port == shared:
+            kwargs["reuse_port"] = True
+        return await original(client_connected_cb, host, port, **kwargs)
+
+    asyncio.start_server = start_server  # mitmproxy's mode servers call asyncio.start_server
+    from mitmproxy.tools.main import mitmdump
+
+    return mitmdump(args) or 0
+
+
+class Supervisor:
+    def __init__(self, count: int, port: int, status_port: int, args: list[str]):
+        self.count, self.port, self.status_port, self.args = count, port, status_port, args
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.restarts: list[float] = []
+        self.stopping = False
+        self.lock = threading.Lock()
+
+    def command(self, index: int) -> list[str]:
+        status = ["--set", f"cargo_status_port={self.status_port + index if self.status_port else 0}"]
+        return [sys.executable, "-m", "cratecache.workers", "--worker", "--", "--listen-port", str(self.port),
+                *self.args, *status]
+
+    def start(self, index: int) -> None:
+        env = os.environ | {LISTEN_PORT_ENV: str(self.port), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        proc = subprocess.Popen(self.command(index), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1, errors="replace")
+        self.procs[index] = proc
+        say(f"worker {index} started (pid {proc.pid}, status page port "
+            f"{self.status_port + index if self.status_port else 'off'})")
+        threading.Thread(target=self._relay, args=(index, proc), daemon=True).start()
+
+    def _relay(self, index: int, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            with self.lock:
+                sys.stdout.write(f"w{index} | {line}")
+                sys.stdout.flush()
+
+    def run(self) -> int:
+        for index in range(self.count):
+            self.start(index)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.stop())
+        while not self.stopping:
+            time.sleep(0.2)
+            for index, proc in list(self.procs.items()):
+                if proc.poll() is None or self.stopping:
+                    continue
+                now = time.monotonic()
+                self.restarts = [t for t in self.restarts if now - t < 60] + [now]
+                how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"status {proc.returncode}"
+                if len(self.restarts) > RESTARTS_PER_MINUTE:
+                    say(f"worker {index} (pid {proc.pid}) exited ({how}); more than {RESTARTS_PER_MINUTE} restarts "
+                        "in a minute: stopping all workers")
+                    self.stop()
+                    return 1
+                say(f"worker {index} (pid {proc.pid}) exited ({how}); starting a new one")
+                self.start(index)
+        return 0
+
+    def stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        say(f"stopping {len(self.procs)} workers")
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_SECONDS
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def say(text: str) -> None:
+    sys.stdout.write(f"cargo-cache workers: {text}\n")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        return worker(argv[2:] if argv[1:2] == ["--"] else argv[1:])
+    parser = argparse.ArgumentParser(prog="cratecache.workers", description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--status-port", type=int, default=8081, help="worker i's status page: this + i (0: none)")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="-- then mitmdump's arguments")
+    opts = parser.parse_args(argv)
+    if opts.workers < 1:
+        parser.error("--workers must be at least 1")
+    args = opts.args[1:] if opts.args[:1] == ["--"] else opts.args
+    if sys.platform != "linux":
+        say("SO_REUSEPORT spreads connections only on Linux; elsewhere run one worker per port")
+    return Supervisor(opts.workers, opts.port, opts.status_port, args).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
