@@ -136,7 +136,7 @@ class Resolver:
         cached = await self._read(key, "config", reg, force)
         if self._decide("config", cached, reg, force) == freshness.FRESH:
             return Served(cached, "cache", "hit")
-        return await self._once(key, since, "config", reg, force, lambda c: self._fetch_config(reg, key, c))
+        return await self._once(key, since, "config", reg, force, lambda c: self._fetch_config(reg, key, c), cached)
 
     async def _fetch_config(self, reg: Registry, key: str, cached: Entry | None) -> Served:
         async def attempt(client: UpstreamClient):
@@ -183,7 +183,7 @@ class Resolver:
         cached = await self._read(key, "index", reg, force)
         if self._decide("index", cached, reg, force) == freshness.FRESH:
             return Served(cached, "cache", "hit")
-        return await self._once(key, since, "index", reg, force, lambda c: self._fetch_index(reg, name, key, c))
+        return await self._once(key, since, "index", reg, force, lambda c: self._fetch_index(reg, name, key, c), cached)
 
     async def _fetch_index(self, reg: Registry, name: str, key: str, cached: Entry | None) -> Served:
         path = sparse.index_path(name)
@@ -292,7 +292,7 @@ class Resolver:
         if self._decide(kind, cached, src, False) == freshness.FRESH:
             return Served(cached, "cache", "hit")
         fetch = {"pair": self._fetch_paired, "manifest": self._fetch_component, "none": self._fetch_plain}[f.checked_by]
-        return await self._once(key, since, kind, src, False, lambda c: fetch(src, f, key, c))
+        return await self._once(key, since, kind, src, False, lambda c: fetch(src, f, key, c), cached)
 
     async def _dist_checksum(self, src: Toolchains, f: dist.DistFile) -> Served:
         if f.checked_by == "manifest":
@@ -556,10 +556,16 @@ class Resolver:
         return await asyncio.shield(task)
 
     async def _once(
-        self, key: str, since: float, kind: str, reg: Registry, force: bool,
-        fetch: Callable[[Entry | None], Awaitable[Served]],
+        self, key: str, since: float, kind: str, reg: Source, force: bool,
+        fetch: Callable[[Entry | None], Awaitable[Served]], cached: Entry | None = None,
     ) -> Served:
-        """Concurrent misses for one key share one upstream fetch, in this process and across processes."""
+        """Concurrent misses for one key share one upstream fetch, in this process and across processes. On the
+        disk backend a revalidation of a small entry held here (`cached`: an index file, config.json, a channel
+        manifest) takes no lease: it is one conditional request, cheaper than the lease's two store
+        transactions, and workers that revalidate one file at the same moment cost a few 304s. (On s3 the lease
+        stays: reading under it is how one gateway's revalidation refreshes the entry for the whole fleet.)"""
+        if cached is not None and cached.body is not None and self.store.backend == "disk":
+            return await self._single(key, lambda: fetch(cached))
         return await self._single(key, lambda: self._leased(key, since, kind, reg, force, fetch))
 
     async def _leased(
