@@ -9,7 +9,8 @@ across workers). mitmproxy binds its port before any addon script runs, so each 
 runs mitmdump in-process. Worker i has its own status page on `--status-port + i` (request counts are summed
 across workers by `make cache-stats`; Prometheus sums the workers' /metrics). This supervisor prefixes each
 worker's log lines with `w{i} |`, starts a new worker when one dies (at most RESTARTS_PER_MINUTE a minute, then
-it stops them all, exit 1), and stops all of them on Ctrl-C or SIGTERM.
+it stops them all, exit 1), passes SIGHUP on to every worker (each re-reads proxies.yaml), and stops all of them
+on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class Supervisor:
             self.start(index)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.stop())
+        signal.signal(signal.SIGHUP, lambda *_: self.forward(signal.SIGHUP))  # reload: every worker re-reads
         while not self.stopping:
             time.sleep(0.2)
             for index, proc in list(self.procs.items()):
@@ -96,6 +98,11 @@ class Supervisor:
                 say(f"worker {index} (pid {proc.pid}) exited ({how}); starting a new one")
                 self.start(index)
         return 0
+
+    def forward(self, sig: int) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(sig)
 
     def stop(self) -> None:
         if self.stopping:

@@ -36,7 +36,7 @@ def alive(pid: int) -> bool:
     return True
 
 
-def test_two_workers_share_the_port_serve_cargo_are_replaced_when_killed_and_stop_on_ctrl_c(
+def test_two_workers_share_the_port_serve_cargo_reload_on_sighup_are_replaced_when_killed_and_stop_on_ctrl_c(
         tmp_path: Path, secondary, entry, small_project):
     port, status = free_port(), free_port()
     config = write_proxies(tmp_path / "proxies.yaml", [entry(secondary)], tmp_path / "cache")
@@ -63,6 +63,12 @@ def test_two_workers_share_the_port_serve_cargo_are_replaced_when_killed_and_sto
         assert served["w0"] and served["w1"], served
         for i in (0, 1):  # a status page per worker
             assert httpx.get(f"http://127.0.0.1:{status + i}/healthz", timeout=10).status_code == 200
+
+        supervisor = next(int(p) for p in subprocess.run(["pgrep", "-f", f"cratecache.workers --workers 2 --port {port}"],
+                                                          capture_output=True, text=True).stdout.split())
+        os.kill(supervisor, signal.SIGHUP)  # passed on: every worker re-reads proxies.yaml
+        wait_for(lambda: len(re.findall(r"^w\d \| .*configuration reloaded \(SIGHUP\)", text(), re.M)) == 2,
+                 "both workers to reload")
 
         pids = [int(p) for p in re.findall(r"worker \d started \(pid (\d+)", text())]
         os.kill(pids[1], signal.SIGKILL)
