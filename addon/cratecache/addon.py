@@ -10,7 +10,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from mitmproxy import connection, ctx, http
+from mitmproxy import connection, ctx, http, tls
 from mitmproxy.addonmanager import Loader
 
 from . import reload
@@ -155,6 +155,15 @@ class CargoCache:
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
             logger.info("cargo-cache: SIGHUP not available here; proxies.yaml is still re-read when it changes")
         await self._restart_status()
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        """rustup gets HTTP/1.1 on the toolchains host: it downloads a few large files two at a time, and mitmproxy
+        streams a large body to an HTTP/1.1 client at a fraction of the CPU of HTTP/2 frames (BENCHMARKS.md
+        sections 5 and 8). Cargo keeps HTTP/2 on the registry hosts, where it multiplexes many small requests."""
+        tc = self.settings.toolchains if self.settings else None
+        sni = (data.client_hello.sni or "").lower().removesuffix(".")
+        if tc is not None and sni == tc.host.partition(":")[0] and b"http/1.1" in data.client_hello.alpn_protocols:
+            data.context.client.alpn = b"http/1.1"  # what mitmproxy's TLS setup then selects for this client
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         """A large body sent to a read-only registry is refused before mitmproxy reads (and buffers) any of it."""
