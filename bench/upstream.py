@@ -8,7 +8,11 @@ Layout under `root/www` (static files only, so nginx answers with sendfile, ETag
 
 `/mitm-index/` serves the same index files with a config.json whose `dl` is crates.io's
 (`https://static.crates.io/crates`): the plain-mitmdump baseline maps index.crates.io to it,
-so downloads come back through that proxy, as they do through the addon.
+so downloads come back through that proxy, as they do through the addon. `/relay-index/` serves them with
+`root/relay-config.json`, which a scenario writes when it puts a relay in front of nginx (its `dl` names the relay).
+
+nginx logs only conditional requests (If-None-Match or If-Modified-Since), to `root/conditional.log` as
+`STATUS URI`: the proof that a proxy revalidated (`Nginx.conditional()` counts them). Nothing else is logged.
 """
 
 from __future__ import annotations
@@ -51,7 +55,9 @@ pid {root}/nginx.pid;
 error_log {root}/nginx-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-    access_log off;
+    log_format conditional '$status $request_uri';
+    map "$http_if_none_match$http_if_modified_since" $conditional {{ "" 0; default 1; }}
+    access_log {root}/conditional.log conditional if=$conditional;
     client_body_temp_path {root}/tmp/body;
     proxy_temp_path {root}/tmp/proxy;
     fastcgi_temp_path {root}/tmp/fastcgi;
@@ -69,6 +75,8 @@ http {{
         location /index/ {{ default_type text/plain; }}
         location = /mitm-index/config.json {{ default_type application/json; alias {root}/mitm-config.json; }}
         location /mitm-index/ {{ default_type text/plain; alias {root}/www/index/; }}
+        location = /relay-index/config.json {{ default_type application/json; alias {root}/relay-config.json; }}
+        location /relay-index/ {{ default_type text/plain; alias {root}/www/index/; }}
         location /crates/ {{ }}
     }}
 }}
@@ -101,6 +109,15 @@ class Nginx:
     @property
     def crates_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/crates/"
+
+    def conditional(self) -> dict[str, int]:
+        """Conditional requests nginx has answered so far, by status ("304", "200", ...)."""
+        path = self.root / "conditional.log"
+        counts: dict[str, int] = {}
+        for line in path.read_text().splitlines() if path.exists() else []:
+            status = line.split(" ", 1)[0]
+            counts[status] = counts.get(status, 0) + 1
+        return counts
 
     def version(self) -> str:
         out = subprocess.run([nginx_binary(), "-v"], capture_output=True, text=True)
