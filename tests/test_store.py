@@ -176,3 +176,30 @@ def test_pending_upload_marks_survive_the_size_limit_and_a_restart(tmp_path):
     reopened.unmark_pending("crate/crates-io/foo/1.0.0")
     assert reopened.pending() == []
     reopened.close()
+
+
+async def test_a_spool_keeps_small_answers_in_memory_and_large_ones_in_a_file_hashed_in_order(tmp_path):
+    import hashlib
+    import os
+
+    from cratecache.storage.spool import OFFLOAD_BYTES, Spool
+
+    small = Spool(tmp_path, threshold=1000)
+    await small.awrite(b"abc")
+    done = small.finish()
+    assert (done.body, done.path, done.sha256) == (b"abc", None, hashlib.sha256(b"abc").hexdigest())
+
+    pieces = [os.urandom(64 * 1024 + i) for i in range(40)]  # ~2.6 MB in uneven pieces, past OFFLOAD_BYTES twice
+    large = Spool(tmp_path, threshold=100_000)
+    for piece in pieces:
+        await large.awrite(piece)
+    spooled = large.finish()
+    whole = b"".join(pieces)
+    assert spooled.body is None and spooled.path.read_bytes() == whole and len(whole) > 2 * OFFLOAD_BYTES
+    assert (spooled.sha256, spooled.size) == (hashlib.sha256(whole).hexdigest(), len(whole))
+
+    cut = Spool(tmp_path, threshold=100_000)
+    for piece in pieces[:20]:
+        await cut.awrite(piece)
+    cut.discard()  # a download cut short: nothing is left behind
+    assert sorted(p.name for p in (tmp_path / "partial").iterdir()) == [spooled.path.name]

@@ -121,7 +121,7 @@ def describe_error(exc: Exception, timeout_ms: int) -> str:
 
 
 class Sink(Protocol):
-    def write(self, data: bytes) -> object: ...
+    async def awrite(self, data: bytes) -> object: ...
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ class UpstreamClient:
                   deadline: float | None = None, sink: Sink | None = None) -> Fetched:
         """GET `url`, refusing a 200 body above `max_bytes` without buffering it all, and giving up
         after `deadline` seconds in all (default: `TRANSFER_DEADLINE_FACTOR` × the timeout). With `sink`, a 200
-        body goes to `sink.write` piece by piece as it arrives (the answer's `body` is then empty).
+        body goes to `sink.awrite` piece by piece as it arrives (the answer's `body` is then empty).
 
         The upstream's credentials go only to the origin of its index URL.
         """
@@ -218,7 +218,7 @@ class UpstreamClient:
                     if limit and total > limit:
                         return too_large()
                     if sink is not None and response.status_code == 200:
-                        sink.write(piece)
+                        await sink.awrite(piece)
                     else:
                         chunks.append(piece)
             decoder.finish()

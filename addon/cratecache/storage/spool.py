@@ -8,6 +8,7 @@ nothing partial is ever stored.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 PARTIAL_FOLDER = "partial"
+OFFLOAD_BYTES = 1024 * 1024  # a large answer is hashed and written in pieces this size, off the event loop
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,22 @@ class Spool:
         self._file = None
         self.path: Path | None = None
         self.size = 0
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+
+    async def awrite(self, data: bytes) -> None:
+        """`write` for the event loop: small answers in memory at once; beyond the threshold, hashing and writing
+        go to a thread in pieces of OFFLOAD_BYTES (hashlib and file writes release the GIL), so the loop goes on
+        serving other clients meanwhile."""
+        if self._file is None and self.size + self._pending_size + len(data) <= self.threshold:
+            self.write(data)
+            return
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= OFFLOAD_BYTES:
+            piece, self._pending, self._pending_size = b"".join(self._pending), [], 0
+            self._open()  # here, not in the thread: a discard (a cancelled download) then always finds the file
+            await asyncio.to_thread(self.write, piece)
 
     def write(self, data: bytes) -> None:
         self._hash.update(data)
@@ -47,21 +65,29 @@ class Spool:
         if self._file is None and self.size <= self.threshold:
             self._memory += data
             return
+        self._open()
+        self._file.write(data)
+
+    def _open(self) -> None:
+        """Move to a partial file (what is in memory first)."""
         if self._file is None:
             self.folder.mkdir(parents=True, exist_ok=True)
             self.path = self.folder / f"{os.getpid()}-{uuid.uuid4().hex}.part"
             self._file = open(self.path, "xb")  # noqa: SIM115 - closed by finish or discard
             self._file.write(self._memory)
             self._memory = bytearray()
-        self._file.write(data)
 
     def finish(self) -> Spooled:
+        if self._pending:  # less than OFFLOAD_BYTES
+            piece, self._pending, self._pending_size = b"".join(self._pending), [], 0
+            self.write(piece)
         if self._file is None:
             return Spooled(self._hash.hexdigest(), self.size, bytes(self._memory), None)
         self._file.close()
         return Spooled(self._hash.hexdigest(), self.size, None, self.path)
 
     def discard(self) -> None:
+        self._pending, self._pending_size = [], 0
         if self._file is not None:
             self._file.close()
             self.path.unlink(missing_ok=True)
