@@ -44,6 +44,7 @@ class Bench:
     nginx: Nginx = field(init=False)
     confdir: Path = field(init=False)
     problems: Counter = field(default_factory=Counter)  # proxy log lines that signal trouble
+    addon_source: str = ""  # set when the addon measured is not the tree's addon/ (run.py --addon)
 
     @property
     def reps(self) -> str:

@@ -107,10 +107,11 @@ async def _run(args: argparse.Namespace) -> dict:
             if t.done() and t.exception():
                 raise t.exception()
         await asyncio.sleep(0.01)
-    began = time.perf_counter()
+    began, wall_began, cpu_began = time.perf_counter(), time.time(), time.process_time()
     start.set()
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - began
+    wall_ended, cpu_used = time.time(), time.process_time() - cpu_began
     lat = sorted(out["latencies"])
     return {
         "clients": args.clients, "requests": len(lat), "seconds": elapsed, "rps": len(lat) / elapsed,
@@ -118,6 +119,9 @@ async def _run(args: argparse.Namespace) -> dict:
         "p99_ms": percentile(lat, 99) * 1000, "max_ms": (lat[-1] if lat else float("nan")) * 1000,
         "mb_per_s": out["bytes"] / elapsed / 1e6, "errors": dict(out["errors"]),
         "http_versions": dict(out["versions"]), "x_cache": dict(out["cache"]),
+        # The timed phase on the wall clock (another process can line its own readings up with it), and this
+        # process's CPU seconds during it.
+        "wall_began": wall_began, "wall_ended": wall_ended, "cpu_s": cpu_used,
     }
 
 

@@ -60,7 +60,8 @@ def py_spy() -> str | None:
 class Spy:
     """`py-spy record` on a pid until `stop()` (SIGINT makes it write its file)."""
 
-    def __init__(self, pid: int, out: Path):
+    def __init__(self, pid: int, out: Path, gil: bool = True):
+        """`gil=False`: every thread that is running (not waiting), e.g. worker threads inside SQLite too."""
         self.out = out
         binary = py_spy()
         if binary is None:
@@ -68,7 +69,7 @@ class Spy:
         out.unlink(missing_ok=True)
         self.process = track(subprocess.Popen(
             [binary, "record", "--pid", str(pid), "--format", "raw", "--output", str(out), "--rate", str(RATE),
-             "--nolineno", "--threads", "--gil"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+             "--nolineno", "--threads", *(["--gil"] if gil else [])], stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
 
     def stop(self) -> Profile:
         self.process.send_signal(signal.SIGINT)
@@ -123,7 +124,7 @@ def ms_per_request(samples: int, requests: int) -> float:
     return samples / RATE / max(1, requests) * 1000
 
 
-def tables(columns: list[tuple[str, Profile, int]], unit: str) -> str:
+def tables(columns: list[tuple[str, Profile, int]], unit: str, functions: list[tuple[str, str]] = FUNCTIONS) -> str:
     """Markdown: CPU per `unit` by group for each column, then the first column's functions and hottest leaves."""
     def cell(p: Profile, samples: int, requests: int) -> str:
         if not p.total:
@@ -139,7 +140,7 @@ def tables(columns: list[tuple[str, Profile, int]], unit: str) -> str:
     out.append("| **total sampled** | " + " | ".join(cell(p, p.total, n) for _, p, n in grouped) + " |")
     label, first, requests = columns[0]
     out += ["", f"| function (inclusive: anything it calls) | {label}, per {unit} |", "| --- | --- |"]
-    for name, needle in FUNCTIONS:
+    for name, needle in functions:
         out.append(f"| {name} | {cell(first, first.inclusive(needle), requests)} |")
     out += ["", f"| hottest leaf frames, {label} (self time) | per {unit} |", "| --- | --- |"]
     for frame, n in first.leaves().most_common(12):

