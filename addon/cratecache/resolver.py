@@ -208,14 +208,24 @@ class Resolver:
 
         # Always in priority order: once a preferred upstream is back, the next revalidation returns to it
         # (and with it the downloads, which follow the index's upstream).
+        return await self._revalidating_walk(reg, attempt, key, cached, f"crate {name}", self._save_fetched(key))
+
+    def _save_fetched(self, key: str):
+        """Store a fetched answer under `key` with the upstream's validators (for `_revalidating_walk`)."""
+        return lambda upstream, got: self._save(key, got.body, upstream, got.headers.get("etag"),
+                                                got.headers.get("last-modified"))
+
+    async def _revalidating_walk(self, reg: Source, attempt, key: str, cached: Entry | None, what: str,
+                                 save: Callable[[str, object], Awaitable[Entry]]) -> Served:
+        """The priority walk for an entry that may be held: no answer -> stale, not found or unavailable; an
+        answer of None (a 304, an unchanged .sha256) -> the held bytes, revalidated; else `save(upstream, got)`."""
         result, attempts = await self._walk(self._order(reg), attempt, key)
         if result is None:
-            return await self._without_answer(key, cached, attempts, f"crate {name}")
+            return await self._without_answer(key, cached, attempts, what)
         upstream, got = result
-        if got is None:  # 304: the stored bytes are still current
+        if got is None:  # the stored bytes are still current
             return Served(await self._touch(key, cached), upstream, "revalidated", tuple(attempts))
-        entry = await self._save(key, got.body, upstream, got.headers.get("etag"), got.headers.get("last-modified"))
-        return Served(entry, upstream, "miss" if cached is None else "updated", tuple(attempts))
+        return Served(await save(upstream, got), upstream, "miss" if cached is None else "updated", tuple(attempts))
 
     # -- crates ------------------------------------------------------------------------------
 
@@ -346,20 +356,15 @@ class Resolver:
                 return Attempt(client.name, "ok", "HTTP 200"), (client.name, body)
             return Attempt(client.name, "ok", "HTTP 200"), (client.name, spooled)
 
-        result, attempts = await self._walk(self._order(src), attempt, key)
-        if result is None:
-            return await self._without_answer(key, cached, attempts, f.path)
-        upstream, got = result
-        if got is None:
-            return Served(await self._touch(key, cached), upstream, "revalidated", tuple(attempts))
-        if not manifest:
-            entry = await self._store_spooled(key, got, upstream)
-        else:
+        async def save(upstream: str, got) -> Entry:
+            if not manifest:
+                return await self._store_spooled(key, got, upstream)
             if cached is not None:  # a client that was given the old one's .sha256 may still ask for it
                 await self._best_effort(self.store.put_entry, f"dist-previous/{f.path}", cached.meta, cached.body)
             await self._save_hashes(f, got, upstream)
-            entry = await self._save(key, got, upstream)
-        return Served(entry, upstream, "miss" if cached is None else "updated", tuple(attempts))
+            return await self._save(key, got, upstream)
+
+        return await self._revalidating_walk(src, attempt, key, cached, f.path, save)
 
     async def _fetch_plain(self, src: Toolchains, f: dist.DistFile, key: str, cached: Entry | None) -> Served:
         """A file nothing verifies (release-stable.toml, a signature): revalidated conditionally."""
@@ -375,14 +380,7 @@ class Resolver:
                 return Attempt(client.name, "failed" if outcome == "not_modified" else outcome, f"HTTP {got.status}"), None
             return Attempt(client.name, "ok", "HTTP 200"), (client.name, got)
 
-        result, attempts = await self._walk(self._order(src), attempt, key)
-        if result is None:
-            return await self._without_answer(key, cached, attempts, f.path)
-        upstream, got = result
-        if got is None:
-            return Served(await self._touch(key, cached), upstream, "revalidated", tuple(attempts))
-        entry = await self._save(key, got.body, upstream, got.headers.get("etag"), got.headers.get("last-modified"))
-        return Served(entry, upstream, "miss" if cached is None else "updated", tuple(attempts))
+        return await self._revalidating_walk(src, attempt, key, cached, f.path, self._save_fetched(key))
 
     async def _fetch_component(self, src: Toolchains, f: dist.DistFile, key: str, cached: Entry | None) -> Served:
         """A component, verified against the hash of a manifest the proxy holds (fetched first if need be)."""

@@ -31,6 +31,21 @@ class StageResult:
     bytes: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
 
+    def fail(self, progress: Progress, what: str, reason: str) -> None:
+        self.failed.append((what, reason))
+        progress.step(what, f"FAILED: {reason}")
+
+    def served(self, progress: Progress, what: str, served) -> None:
+        """One object staged: already cached, or fetched (and from where)."""
+        if served.state == "hit":
+            self.cached += 1
+            progress.step(what, "already cached")
+        else:
+            self.fetched += 1
+            self.bytes += served.entry.meta.size
+            progress.step(what, f"fetched from {served.source} ({_human(served.entry.meta.size)})",
+                          served.entry.meta.size)
+
 
 class Progress:
     """A progress bar on a terminal; one plain line per object otherwise."""
@@ -60,29 +75,20 @@ async def stage(resolver: Resolver, wanted: Plan, progress: Progress, concurrenc
     limit = asyncio.Semaphore(concurrency)
     registries = {r.name: r for r in resolver.settings.registries}
 
-    def fail(what: str, reason: str) -> None:
-        result.failed.append((what, reason))
-        progress.step(what, f"FAILED: {reason}")
-
     async def one(reg: Registry, name: str, version: str, checksum: str | None) -> None:
         what = f"{name} {version}"
         if name in unindexed:  # one failure per crate: its versions fail for the index's reason
-            return fail(what, unindexed[name])
+            return result.fail(progress, what, unindexed[name])
         async with limit:
             try:
                 served = await resolver.crate(reg, name, version)
             except ResolveError as e:
-                return fail(what, str(e))
+                return result.fail(progress, what, str(e))
         if checksum and served.entry.meta.sha256 != checksum:
-            fail(what, f"lockfile checksum {checksum[:16]}… differs from the registry's {served.entry.meta.sha256[:16]}…")
-        elif served.state == "hit":
-            result.cached += 1
-            progress.step(what, "already cached")
+            result.fail(progress, what, f"lockfile checksum {checksum[:16]}… differs from the registry's "
+                                        f"{served.entry.meta.sha256[:16]}…")
         else:
-            result.fetched += 1
-            result.bytes += served.entry.meta.size
-            progress.step(what, f"fetched from {served.source} ({_human(served.entry.meta.size)})",
-                          served.entry.meta.size)
+            result.served(progress, what, served)
 
     for reg_name, crates in wanted.crates.items():
         reg = registries[reg_name]
@@ -122,25 +128,12 @@ async def stage_toolchains(resolver: Resolver, wanted: ToolchainPlan, progress: 
     staged: dict[str, Entry] = {}  # manifest path -> what was staged under it
     aliases: dict[str, tuple[tuple[int, ...], Entry]] = {}
 
-    def fail(what: str, reason: str) -> None:
-        result.failed.append((what, reason))
-        progress.step(what, f"FAILED: {reason}")
-
-    def count(what: str, served) -> None:
-        if served.state == "hit":
-            result.cached += 1
-            progress.step(what, "already cached")
-        else:
-            result.fetched += 1
-            result.bytes += served.entry.meta.size
-            progress.step(what, f"fetched from {served.source} ({_human(served.entry.meta.size)})", served.entry.meta.size)
-
     async def file(path: str) -> None:
         async with limit:
             try:
-                count(path, await resolver.dist_file(src, dist.classify(path)))
+                result.served(progress, path, await resolver.dist_file(src, dist.classify(path)))
             except ResolveError as e:
-                fail(path, str(e))
+                result.fail(progress, path, str(e))
 
     for request in wanted.requests:
         path = dist.manifest_path(request.channel)
@@ -148,9 +141,9 @@ async def stage_toolchains(resolver: Resolver, wanted: ToolchainPlan, progress: 
             served = await resolver.dist_file(src, dist.classify(path))
             manifest = dist.parse_manifest(served.entry.body)
         except (ResolveError, ValueError) as e:
-            fail(f"toolchain {request.channel}", str(e))
+            result.fail(progress, f"toolchain {request.channel}", str(e))
             continue
-        count(path, served)
+        result.served(progress, path, served)
         staged[path] = served.entry
         # Listed triples the toolchain runs on are hosts; the others (wasm32, embedded) are extra targets.
         hosts = [t for t in wanted.triples if _is_host(manifest, t)] or [wanted.default_host]
@@ -160,7 +153,7 @@ async def stage_toolchains(resolver: Resolver, wanted: ToolchainPlan, progress: 
             try:
                 files |= dict.fromkeys(dist.component_files(manifest, host, cross, request.profile, request.components))
             except ValueError as e:
-                fail(f"toolchain {request.channel} for {host}", str(e))
+                result.fail(progress, f"toolchain {request.channel} for {host}", str(e))
         progress.total += len(files)
         await asyncio.gather(*(file(p) for p in files))
         for alias in dist.alias_paths(manifest):
