@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 KINDS = ("manifest", "component", "rustup")  # how toolchain entries are stored and listed: '{kind}/{path}'
 CHANNELS = ("stable", "beta", "nightly")
 FORMATS = ("zst", "xz", "gz")  # rustup's preference when a manifest offers several
+FIELDS = {"zst": ("zst_url", "zst_hash"), "xz": ("xz_url", "xz_hash"), "gz": ("url", "hash")}  # a target's file fields
 PROFILES = ("minimal", "default", "complete")
 
 _DATE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])\Z")
@@ -165,7 +166,7 @@ def file_hashes(manifest: Manifest) -> dict[str, str]:
         for entry in (targets or {}).values():
             if not isinstance(entry, dict) or not entry.get("available", False):
                 continue
-            for url_field, hash_field in (("url", "hash"), ("xz_url", "xz_hash"), ("zst_url", "zst_hash")):
+            for url_field, hash_field in FIELDS.values():
                 url, digest = entry.get(url_field), entry.get(hash_field)
                 if isinstance(url, str) and isinstance(digest, str) and _HEX64.match(digest.lower()):
                     path = urlsplit(url).path.lstrip("/")
@@ -226,8 +227,7 @@ def component_files(manifest: Manifest, host: str, targets: tuple[str, ...] = ()
             if pkg in manifest.profiles[profile] and target == host and pkg not in components:
                 continue  # rustup skips a profile's component that is unavailable on this host
             raise ValueError(f"{pkg} is not available for {target}")
-        url = next((entry[f"{f}_url" if f != "gz" else "url"] for f in FORMATS
-                    if isinstance(entry.get(f"{f}_url" if f != "gz" else "url"), str)), None)
+        url = next((entry[FIELDS[f][0]] for f in FORMATS if isinstance(entry.get(FIELDS[f][0]), str)), None)
         if url is None:
             raise ValueError(f"{pkg} for {target} has no download URL")
         files.append(urlsplit(url).path.lstrip("/"))
