@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from tests.harness import ROOT, Cargo, free_port, write_proxies
+from tests.harness import ROOT, Cargo, free_port, free_ports, write_proxies
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -38,7 +38,7 @@ def alive(pid: int) -> bool:
 
 def test_two_workers_share_the_port_serve_cargo_reload_on_sighup_are_replaced_when_killed_and_stop_on_ctrl_c(
         tmp_path: Path, secondary, entry, small_project):
-    port, status = free_port(), free_port()
+    port, status = free_port(), free_ports(2)  # worker i's status page: status + i
     config = write_proxies(tmp_path / "proxies.yaml", [entry(secondary)], tmp_path / "cache")
     log = tmp_path / "run.log"
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("MAKE")}
@@ -49,6 +49,8 @@ def test_two_workers_share_the_port_serve_cargo_reload_on_sighup_are_replaced_wh
     text = lambda: log.read_text(errors="replace")  # noqa: E731
     try:
         wait_for(lambda: text().count(f"proxy listening at 127.0.0.1:{port}") == 2, "both workers to listen")
+        for i in (0, 1):
+            wait_for(lambda: f"status page at http://127.0.0.1:{status + i}/" in text(), f"worker {i}'s status page")
         proxy = SimpleNamespace(url=f"http://127.0.0.1:{port}", ca_cert=ROOT / "certs" / "mitmproxy-ca-cert.pem")
         cargo = Cargo(tmp_path / "home-1", proxy)
         (tmp_path / "home-1").mkdir()
