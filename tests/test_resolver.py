@@ -478,3 +478,90 @@ async def test_a_waiter_gives_a_holder_that_took_over_a_dead_lease_a_whole_lease
     served = await resolver.index(resolver.settings.registries[0], "foo")
     assert (served.state, served.entry.body) == ("hit", other)
     assert net.asked() == []  # no fetch of c's own while b held the lease
+
+
+# -- revalidating ahead of Cargo -----------------------------------------------------------------
+
+def _with_deps(name: str, *deps: tuple[str, str]) -> bytes:
+    """An index file of one version of `name` depending on each (dep, kind)."""
+    return (json.dumps({"name": name, "vers": "1.0.0", "cksum": "0" * 64, "features": {}, "yanked": False,
+                        "deps": [{"name": d, "req": "^1", "features": [], "optional": False, "default_features": True,
+                                  "target": None, "kind": kind, "registry": None} for d, kind in deps]}) + "\n").encode()
+
+
+@pytest.fixture
+def graph(net):
+    """foo -> bar (normal) -> bzz (build); foo -> tst (dev); foo -> new (never asked for through the cache)."""
+    bodies = {"foo": _with_deps("foo", ("bar", "normal"), ("tst", "dev"), ("new", "normal")),
+              "bar": _with_deps("bar", ("bzz", "build")), "bzz": _with_deps("bzz"), "tst": _with_deps("tst"),
+              "new": _with_deps("new")}
+    for name, body in bodies.items():
+        net.serve_index(A, name, body, etag=f'"{name}-1"')
+    return bodies
+
+
+async def _settled(resolver) -> None:
+    """Let the background revalidations finish (a fake upstream answers at once)."""
+    for _ in range(100):
+        await asyncio.sleep(0)
+    await asyncio.gather(*resolver._background)
+
+
+async def test_an_expired_index_file_starts_the_revalidation_of_its_cached_dependencies(resolver, reg, net, clock, graph,
+                                                                                          caplog):
+    for name in ("foo", "bar", "bzz", "tst"):
+        await resolver.index(reg, name)
+    clock.advance(301)
+    net.requests.clear()
+    caplog.set_level(logging.INFO, logger="cratecache.resolver")
+    served = await resolver.index(reg, "foo")
+    await _settled(resolver)
+    assert served.state == "revalidated"
+    asked = net.asked()
+    assert sorted(asked) == sorted([A + "3/f/foo", A + "3/b/bar", A + "3/b/bzz"])  # not the dev dep, not the uncached
+    assert {r.headers["if-none-match"] for r in net.requests} == {'"foo-1"', '"bar-1"', '"bzz-1"'}
+    assert "revalidated 2 index files ahead of Cargo (dependencies of foo): 2 unchanged, 0 updated, 0 not answered" \
+        in caplog.text
+    # Cargo asks for them next: confirmed after they expired, so served as they are.
+    for name in ("bar", "bzz"):
+        assert (await resolver.index(reg, name)).state == "hit"
+    assert len(net.requests) == 3
+    assert (await resolver.index(reg, "tst")).state == "revalidated"  # asked for by itself: revalidated then
+
+
+async def test_a_dependency_asked_for_while_its_revalidation_is_in_flight_shares_it(resolver, reg, net, clock, graph):
+    for name in ("foo", "bar"):
+        await resolver.index(reg, name)
+    net.serve_index(A, "bar", _with_deps("bar", ("bzz", "build"), ("foo", "normal")), etag='"bar-2"')  # changed
+    clock.advance(301)
+    net.requests.clear()
+    net.delay = 0.05
+    foo, bar = await asyncio.gather(resolver.index(reg, "foo"), resolver.index(reg, "bar"))
+    await _settled(resolver)
+    assert (foo.state, bar.state) == ("revalidated", "updated")
+    assert b'"foo"' in bar.entry.body
+    assert sorted(net.asked()) == [A + "3/b/bar", A + "3/f/foo"]  # one request each
+
+
+async def test_nothing_is_revalidated_ahead_with_index_ttl_zero_or_when_switched_off(make, net, clock, graph):
+    for resolver in (make(index_ttl=0), make(revalidate_ahead=0)):
+        reg = resolver.settings.registries[0]
+        for name in ("foo", "bar"):
+            await resolver.index(reg, name)
+        clock.advance(301)
+        net.requests.clear()
+        await resolver.index(reg, "foo")
+        await _settled(resolver)
+        assert net.asked() == [A + "3/f/foo"]
+
+
+async def test_revalidating_ahead_stops_at_its_limit(make, net, clock, graph):
+    resolver = make(revalidate_ahead=1)
+    reg = resolver.settings.registries[0]
+    for name in ("foo", "bar", "bzz"):
+        await resolver.index(reg, name)
+    clock.advance(301)
+    net.requests.clear()
+    await resolver.index(reg, "foo")
+    await _settled(resolver)
+    assert sorted(net.asked()) == [A + "3/b/bar", A + "3/f/foo"]

@@ -22,6 +22,7 @@ DEFAULT_TIMEOUT_MS = 5000
 DEFAULT_INDEX_TTL = 300
 DEFAULT_SIZE_LIMIT = 20 * 1000**3
 DEFAULT_NEGATIVE_TTL = 60
+DEFAULT_REVALIDATE_AHEAD = 256  # index files revalidated ahead of Cargo per expired one it asks for
 DEFAULT_BACKOFF = 30
 DEFAULT_BACKOFF_AFTER = 3
 DEFAULT_LEASE = 20  # below Cargo's 30 s timeout
@@ -164,6 +165,7 @@ class CacheSettings:
     lease_seconds: int = DEFAULT_LEASE  # longest wait for another process fetching the same object
     offline: bool = False  # never contact an upstream; serve what is cached whatever its age
     offline_prune_index: bool = False  # offline: index files list only versions whose .crate is cached
+    revalidate_ahead: int = DEFAULT_REVALIDATE_AHEAD  # expired cached dependencies revalidated at once (0: off)
     max_crate_size: int = DEFAULT_MAX_CRATE_SIZE  # a larger .crate is refused without buffering it
     max_index_size: int = DEFAULT_MAX_INDEX_SIZE  # likewise for an index file or config.json
     backend: str = "disk"  # disk: diskcache in `directory`; s3: a bucket, `directory` its local tier
@@ -403,7 +405,7 @@ class _Parser:
         raw = self.mapping(raw, "cache", ("directory", "size_limit", "index_ttl", "eviction_policy", "negative_ttl",
                                           "upstream_backoff", "backoff_after", "lease_seconds", "offline",
                                           "offline_prune_index", "max_crate_size", "max_index_size", "backend",
-                                          "s3"))
+                                          "s3", "revalidate_ahead"))
         directory = self.path_value(raw.get("directory", ".cache/cargo"), "cache.directory")
         try:
             size_limit = parse_size(raw.get("size_limit", DEFAULT_SIZE_LIMIT))
@@ -429,6 +431,8 @@ class _Parser:
             lease_seconds=self.integer(raw.get("lease_seconds"), "cache.lease_seconds", DEFAULT_LEASE, 1),
             offline=self.boolean(raw.get("offline"), "cache.offline", False),
             offline_prune_index=self.boolean(raw.get("offline_prune_index"), "cache.offline_prune_index", False),
+            revalidate_ahead=self.integer(raw.get("revalidate_ahead"), "cache.revalidate_ahead",
+                                          DEFAULT_REVALIDATE_AHEAD, 0),
             **limits, **self.backend(raw),
         )
 

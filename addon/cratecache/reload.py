@@ -18,7 +18,7 @@ from .config import CacheSettings, Settings, Source, Toolchains, Upstream
 
 RESTART_FIELDS = ("directory", "size_limit", "eviction_policy", "backend", "s3")
 LIVE_CACHE_FIELDS = ("index_ttl", "negative_ttl", "upstream_backoff", "backoff_after", "lease_seconds", "offline",
-                     "offline_prune_index", "max_crate_size", "max_index_size")
+                     "offline_prune_index", "max_crate_size", "max_index_size", "revalidate_ahead")
 UPSTREAM_FIELDS = ("url", "priority", "ssl_validation", "timeout_ms", "ca_bundle", "download_hosts")
 
 

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from . import dist, freshness, sparse
+from . import ahead, dist, freshness, sparse
 from .config import Registry, Settings, Source, Toolchains
 from .health import Health
 from .routes import ConfigRoute, CrateRoute, DistRoute, IndexRoute, Route
@@ -76,6 +76,7 @@ class Resolver:
         self._tables: dict[tuple[str, str], dict[str, str]] = {}  # (key, sha256) -> a manifest's file hashes
         self._inflight: dict[str, asyncio.Task] = {}
         self._forced: dict[str, float] = {}  # index key -> when a download last forced its revalidation
+        self._background: set[asyncio.Task] = set()  # revalidations ahead of Cargo (see ahead.py)
         cache = settings.cache
         self.health = Health(backoff=cache.upstream_backoff, threshold=cache.backoff_after)
         self.on_attempt: Callable[[UpstreamClient, Attempt], None] | None = None  # e.g. metrics
@@ -95,6 +96,9 @@ class Resolver:
         self.settings = settings
 
     async def aclose(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         await asyncio.gather(*(c.aclose() for c in self.clients.values()), return_exceptions=True)
 
     async def resolve(self, route: Route, reasked: bool = False, pinned: str | None = None) -> Served:
@@ -183,7 +187,45 @@ class Resolver:
         cached = await self._read(key, "index", reg, force)
         if self._decide("index", cached, reg, force) == freshness.FRESH:
             return Served(cached, "cache", "hit")
+        if cached is not None and not force and key not in self._inflight:
+            self._start_ahead(reg, name, cached)
         return await self._once(key, since, "index", reg, force, lambda c: self._fetch_index(reg, name, key, c), cached)
+
+    def _start_ahead(self, reg: Registry, name: str, cached: Entry) -> None:
+        """An expired index file is being revalidated: start its cached dependencies' revalidations too."""
+        limit = self.settings.cache.revalidate_ahead
+        if not limit or not reg.index_ttl or cached.body is None:  # index_ttl 0: every request revalidates anyway
+            return
+        task = asyncio.ensure_future(self._revalidate_ahead(reg, name, cached.body, limit))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _revalidate_ahead(self, reg: Registry, root: str, body: bytes, limit: int) -> None:
+        """Revalidate, concurrently, up to `limit` expired cached index files reachable from `body` through the
+        cached copies' dependencies (ahead.py); each shares its fetch with a request that arrives meanwhile."""
+        seen, frontier, started = {root}, [body], []
+        while frontier and len(started) < limit and len(seen) < 4 * limit:
+            bodies = []
+            for dep in sorted(set().union(*map(ahead.dependency_names, frontier)) - seen):
+                seen.add(dep)
+                key = IndexRoute(reg, dep).key
+                cached = self.store.peek(key) or await self.store.get(key)
+                if cached is None or cached.body is None:
+                    continue  # never asked for through this cache: not fetched ahead
+                bodies.append(cached.body)
+                if key in self._inflight or self._decide("index", cached, reg, False) == freshness.FRESH:
+                    continue
+                if len(started) < limit:
+                    fetch = (lambda dep, key: lambda c: self._fetch_index(reg, dep, key, c))(dep, key)
+                    started.append(asyncio.ensure_future(self._once(key, self.clock(), "index", reg, False, fetch, cached)))
+            frontier = bodies
+        if not started:
+            return
+        results = await asyncio.gather(*started, return_exceptions=True)
+        states = [r.state if isinstance(r, Served) else "failed" for r in results]
+        logger.info("cargo-cache: revalidated %d index files ahead of Cargo (dependencies of %s): %d unchanged, "
+                    "%d updated, %d not answered", len(started), root, states.count("revalidated"),
+                    states.count("updated") + states.count("miss"), states.count("failed") + states.count("stale"))
 
     async def _fetch_index(self, reg: Registry, name: str, key: str, cached: Entry | None) -> Served:
         path = sparse.index_path(name)

@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 NOT_FOUND_STATUSES = (404, 410, 451)
 MAX_REDIRECTS = 5
+# Idle connections kept per upstream, and for how long: every one a burst of requests (Cargo asks for a whole
+# dependency level at once) finds open saves a TCP and TLS handshake, a round trip or two to a distant upstream.
+KEEPALIVE_SECONDS = 30
 ERROR_BODY_LIMIT = 64 * 1024
 DECODE_PIECE = 256 * 1024  # at most this many bytes are inflated at once
 TRANSFER_DEADLINE_FACTOR = 12  # a whole answer may take this many read timeouts (60 s by default)
@@ -145,7 +148,7 @@ class UpstreamClient:
             trust_env=False,
             follow_redirects=True,  # httpx drops Authorization when a redirect leaves the origin
             max_redirects=MAX_REDIRECTS,
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE_SECONDS),
             headers={"User-Agent": "cargo-cache", "Accept-Encoding": "gzip"},
             transport=transport,
         )

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import re
 import ssl
 import subprocess
+import time
 
 import httpx
 
@@ -152,3 +154,24 @@ def test_an_unreachable_upstream_is_skipped_after_repeated_timeouts(
     paid_timeout = log.count("upstream silent failed: timed out")
     assert "upstream silent: 2 consecutive failures" in log and "skipping it for 30 s" in log
     assert paid_timeout < objects / 2, (paid_timeout, objects)
+
+
+def test_expired_dependencies_are_revalidated_ahead_of_cargo(secondary, entry, start_proxy, new_cargo, full_project):
+    proxy = start_proxy([entry(secondary)], index_ttl=5)
+    assert new_cargo(proxy).fetch(full_project).returncode == 0
+    time.sleep(5.5)  # every index file is past its TTL now
+    first_round = len(secondary.requests)
+    (full_project / "Cargo.lock").unlink()
+
+    again = new_cargo(proxy).fetch(full_project)
+
+    assert again.returncode == 0, again.stderr
+    log = proxy.log()
+    # One line per expired file Cargo asked for that started revalidations (the first level's, mostly).
+    ahead = re.findall(r"revalidated (\d+) index files ahead of Cargo \(dependencies of [\w-]+\): (\d+) unchanged", log)
+    assert sum(int(n) for n, _ in ahead) >= 10 and all(n == unchanged for n, unchanged in ahead), log
+    revalidated = {r.path.removeprefix("/index/") for r in secondary.requests[first_round:]
+                   if r.path.startswith("/index/") and "if-none-match" in r.headers}
+    # Cargo asked for them only after they had been confirmed upstream: its requests are hits, not revalidations.
+    hits = set(re.findall(r"GET index\.crates\.io/(\S+) 200 cache hit", log.split("GET index.crates.io/config.json")[-1]))
+    assert len(revalidated & hits) >= 10, (revalidated, hits)
