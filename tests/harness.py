@@ -41,9 +41,8 @@ log = "0.4"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now, below the kernel's ephemeral range (see `free_ports`)."""
+    return free_ports(1)
 
 
 def free_ports(count: int) -> int:
@@ -80,13 +79,16 @@ def write_proxies(path: Path, upstreams: list[dict], cache_dir: Path, toolchains
     return path
 
 
-def wait_until_listening(process: subprocess.Popen, read_log, timeout: float, label: str = "mitmdump") -> None:
-    """Until mitmdump logs that it listens; RuntimeError if it exits, TimeoutError if it takes too long."""
+def wait_until_listening(process: subprocess.Popen, read_log, timeout: float, label: str = "mitmdump",
+                         status_page: bool = False) -> None:
+    """Until mitmdump logs that it listens (and, with `status_page`, that its status page started or could not);
+    RuntimeError if it exits, TimeoutError if it takes too long."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{label}: mitmdump exited with {process.returncode}:\n{read_log()}")
-        if "proxy listening at" in read_log():
+        log = read_log()
+        if "proxy listening at" in log and (not status_page or "cargo-cache: status page " in log):
             return
         time.sleep(0.05)
     raise TimeoutError(f"{label}: mitmdump did not start within {timeout}s:\n{read_log()}")
@@ -121,7 +123,8 @@ class Proxy:
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         try:
-            wait_until_listening(self.process, self.log, timeout)
+            status = any(a.startswith("cargo_status_port=") and a != "cargo_status_port=0" for a in self.extra_args)
+            wait_until_listening(self.process, self.log, timeout, status_page=status)
         except TimeoutError:
             self.stop()
             raise

@@ -6,7 +6,8 @@ Configurations, timed in turn within each repetition (the order rotates):
 - plain mitmdump, map_remote to the relay, started fresh for each run (as in scenario 2);
 - cargo-cache cold: an empty cache folder and a freshly started proxy for each run;
 - cargo-cache warm, index files fresh (`index_ttl: 300`, filled once, kept running);
-- cargo-cache warm, every index file expired (`index_ttl: 0`, filled once, kept running).
+- cargo-cache warm, every index file expired (`index_ttl: 5`, each run more than 5 s after its previous one,
+  filled once, kept running).
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ from ..procs import Mitmdump, plain_args
 from ..relay import Relay
 from ..report import Check, Section
 from .cargo_fetch import PACKAGES, _describe, _rotate, _states, _timed
-from .expired import logged, percentiles
+from .expired import EXPIRED_TTL, aged, logged, percentiles
 
 DELAY_MS = 20
 DIRECT = "Cargo straight to the relay (source replacement; reference)"
 PLAIN = "plain mitmdump (map_remote), fresh each run"
 COLD = "cargo-cache, cold (empty cache, fresh proxy)"
 FRESH = "cargo-cache, warm, index files fresh (index_ttl 300)"
-EXPIRED = "cargo-cache, warm, every index file expired (index_ttl 0)"
+EXPIRED = "cargo-cache, warm, every index file expired (index_ttl 5, 5 s after the last run)"
 CONNECTIONS = "connections through the relay"
 BURSTS = "bursts of revalidations"
 BURST_GAP = 0.015  # s: a revalidation starting later than this after the previous one starts a new burst
@@ -48,9 +49,9 @@ too, so downloads go through it), plain mitmdump maps crates.io's hosts to it, a
 straight to it by source replacement. Each timed run is the `cargo generate-lockfile && cargo fetch` of scenarios 1
 and 2 ({PACKAGES} crates, fresh project copy and `CARGO_HOME` on tmpfs, only `HTTPS_PROXY` and `CARGO_HTTP_CAINFO`
 for the proxies). Plain mitmdump and cold cargo-cache (an empty cache folder) are started fresh for each run, as in
-scenario 2; the two warm cargo-cache proxies (`index_ttl: 300`, every index file fresh; `index_ttl: 0`, every index
-file revalidated upstream with a conditional request at every request, config.json fetched again) each filled their
-cache with one untimed run and stay running. "{CONNECTIONS}" counts the TCP connections the relay accepted during the run (each
+scenario 2; the two warm cargo-cache proxies (`index_ttl: 300`, every index file fresh; `index_ttl: {EXPIRED_TTL}` with each
+run starting more than {EXPIRED_TTL} s after its previous one ended, so every index file is revalidated upstream with a
+conditional request, config.json fetched again) each filled their cache with one untimed run and stay running. "{CONNECTIONS}" counts the TCP connections the relay accepted during the run (each
 paid the handshake's round trip). {bench.reps}; the order of the configurations rotates between repetitions."""
 
 
@@ -63,7 +64,8 @@ def run(bench: Bench) -> Section:
     (bench.nginx.root / "relay-config.json").write_text(json.dumps({"dl": f"{relay.origin}/crates"}))
     upstream = [{"name": "nginx", "url": f"{relay.origin}/relay-index/"}]
     fresh = bench.addon("latency-fresh", bench.fresh_dir("caches", "latency-fresh"), upstream, index_ttl=300).start()
-    expired = bench.addon("latency-expired", bench.fresh_dir("caches", "latency-expired"), upstream, index_ttl=0).start()
+    expired = bench.addon("latency-expired", bench.fresh_dir("caches", "latency-expired"), upstream,
+                            index_ttl=EXPIRED_TTL).start()
     states: dict[str, dict[str, int]] = {}
     timing: dict[str, list[tuple[float, str, int]]] = {}
 
@@ -94,18 +96,18 @@ def run(bench: Bench) -> Section:
         return bench.addon("latency-cold", bench.fresh_dir("caches", "latency-cold"), upstream)
 
     direct_url = f"{relay.origin}/relay-index/"
-    steps = {
-        DIRECT: lambda: _measure(section, relay, bench, DIRECT,
-                                 lambda: cargo.fetch(template, work, PACKAGES, direct_index_url=direct_url), None),
-        PLAIN: lambda: started_fresh(plain, PLAIN),
-        COLD: lambda: started_fresh(cold, COLD),
-        FRESH: lambda: through(fresh, FRESH),
-        EXPIRED: lambda: through(expired, EXPIRED),
-    }
     try:
         for proxy in (fresh, expired):  # fills both caches
             cargo.fetch(template, work, PACKAGES, proxy_url=proxy.url, ca=proxy.ca_cert)
         cargo.fetch(template, work, PACKAGES, direct_index_url=direct_url)  # nginx, page cache
+        steps = {
+            DIRECT: lambda: _measure(section, relay, bench, DIRECT,
+                                     lambda: cargo.fetch(template, work, PACKAGES, direct_index_url=direct_url), None),
+            PLAIN: lambda: started_fresh(plain, PLAIN),
+            COLD: lambda: started_fresh(cold, COLD),
+            FRESH: lambda: through(fresh, FRESH),
+            EXPIRED: aged(lambda: through(expired, EXPIRED)),
+        }
         for rep in range(bench.repeat):
             for name in _rotate(list(steps), rep):
                 steps[name]()
