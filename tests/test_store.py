@@ -203,3 +203,37 @@ async def test_a_spool_keeps_small_answers_in_memory_and_large_ones_in_a_file_ha
         await cut.awrite(piece)
     cut.discard()  # a download cut short: nothing is left behind
     assert sorted(p.name for p in (tmp_path / "partial").iterdir()) == [spooled.path.name]
+
+
+def test_a_304_for_an_entry_held_in_memory_reaches_the_disk_with_the_recency(store, tmp_path):
+    store.put("index/crates-io/foo", BODY, "mirror", now=NOW)
+    other = LocalStore(tmp_path / "cache", size_limit=10**9)  # another worker on the same folder
+    try:
+        held = store.note_checked("index/crates-io/foo", NOW + 60, hashlib.sha256(BODY).hexdigest())
+        assert held.checked_at == NOW + 60
+        assert store.peek("index/crates-io/foo").meta.checked_at == NOW + 60
+        assert store.get("index/crates-io/foo").meta.checked_at == NOW + 60  # a disk read keeps the newer check
+        assert other.meta("index/crates-io/foo").checked_at == NOW  # not written yet
+        store.touch_hits()
+        assert other.meta("index/crates-io/foo").checked_at == NOW + 60
+    finally:
+        other.close()
+
+
+def test_a_304_only_in_memory_is_written_at_close_and_never_over_other_bytes(tmp_path):
+    first = LocalStore(tmp_path / "cache", size_limit=10**9)
+    first.put("index/crates-io/foo", BODY, "mirror", now=NOW)
+    first.put("index/crates-io/bar", BODY, "mirror", now=NOW)
+    assert first.note_checked("index/crates-io/foo", NOW + 60) is not None
+    assert first.note_checked("index/crates-io/bar", NOW + 60) is not None
+    assert first.note_checked("index/crates-io/nope", NOW + 60) is None  # not held: the caller writes it itself
+    assert first.note_checked("index/crates-io/foo", NOW + 60, "0" * 64) is None  # other bytes than those held
+    second = LocalStore(tmp_path / "cache", size_limit=10**9)
+    second.put("index/crates-io/bar", b"replaced\n", "mirror", now=NOW + 30)  # another worker's 200 meanwhile
+    first.close()
+    try:
+        assert second.meta("index/crates-io/foo").checked_at == NOW + 60
+        bar = second.get("index/crates-io/bar")
+        assert (bar.body, bar.meta.checked_at) == (b"replaced\n", NOW + 30)
+    finally:
+        second.close()

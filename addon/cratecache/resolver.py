@@ -517,10 +517,15 @@ class Resolver:
         return await self._save_file(key, spooled, upstream)
 
     async def _read(self, key: str, kind: str, reg: Registry, force: bool) -> Entry | None:
-        """Memory first; the store only when memory has nothing fresh (another worker may have refreshed it)."""
+        """Memory first. The store only when memory has nothing fresh (another worker may have refreshed it), except
+        on the disk backend for an entry held in memory: it is revalidated with the upstream next anyway, and reading
+        the disk first would cost a thread hand-off and an SQLite read per revalidation to save, at best, the 304 of
+        a file another worker revalidated moments ago. (On s3 the shared store is how a fleet shares revalidations.)"""
         hot = self.store.peek(key)
         if hot is not None and self._decide(kind, hot, reg, force) == freshness.FRESH:
             self.store.note_hit(key)
+            return hot
+        if hot is not None and hot.body is not None and self.store.backend == "disk" and kind in ("index", "config"):
             return hot
         return await self.store.get(key)
 

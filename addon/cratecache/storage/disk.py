@@ -49,6 +49,11 @@ class DiskStorage(Storage):
         await asyncio.to_thread(self.local.put_entry, key, meta, body, remember)
 
     async def mark_checked(self, key: str, now: float, sha256: str | None = None) -> Meta | None:
+        """A 304 for an entry held in memory is recorded there and written back with the recency (`maintain`):
+        no thread hand-off and no SQLite write per revalidation."""
+        held = self.local.note_checked(key, now, sha256)
+        if held is not None:
+            return held
         return await asyncio.to_thread(self.local.mark_checked, key, now, sha256)
 
     async def set_negative(self, key: str, reason: str, ttl: float) -> None:

@@ -117,12 +117,14 @@ class LocalStore:
         self._hot_bytes, self._hot_limit = 0, hot_bytes
         self._shared: weakref.WeakValueDictionary[str, Entry] = weakref.WeakValueDictionary()
         self._hits: set[str] = set()
+        self._checks: dict[str, tuple[float, str]] = {}  # 304s recorded in memory, not yet on disk: (when, sha256)
         self._lock = threading.Lock()
         self._holder = (os.getpid(), uuid.uuid4().hex)  # this store's identity in leases
         self._marks: diskcache.Cache | None = None
         self._generation = self._cache.get(PURGE_GENERATION, 0)  # what this process's memory tier has caught up with
 
     def close(self) -> None:
+        self._write_checks()
         self._cache.close()
         if self._marks is not None:
             self._marks.close()
@@ -149,7 +151,7 @@ class LocalStore:
         if raw is None:
             self._forget(key)
             return None
-        meta = Meta(**raw)
+        meta = self._with_check(key, Meta(**raw))
         known = self.peek(key)
         if as_file(key, meta.size):
             path = self._blob_file(meta)
@@ -208,7 +210,13 @@ class LocalStore:
 
     def meta(self, key: str) -> Meta | None:
         raw = self._cache.get(f"meta:{key}")
-        return Meta(**raw) if raw is not None else None
+        return self._with_check(key, Meta(**raw)) if raw is not None else None
+
+    def _with_check(self, key: str, meta: Meta) -> Meta:
+        """`meta` as read from disk, with a later 304 for the same bytes that is still only in memory."""
+        with self._lock:
+            when, sha256 = self._checks.get(key, (0.0, ""))
+        return replace(meta, checked_at=when) if sha256 == meta.sha256 and when > meta.checked_at else meta
 
     def put(
         self,
@@ -281,6 +289,28 @@ class LocalStore:
             self._remember(key, Entry(meta, known.body))
         return meta
 
+    def note_checked(self, key: str, now: float, sha256: str | None = None) -> Meta | None:
+        """Record a 304 for an entry this process holds in memory, in memory only (no I/O: safe on the event
+        loop); `touch_hits` writes it to disk with the recency. None if the entry is not held (or not those bytes).
+        Until then another process sharing the folder sees the older check, and revalidates a little sooner."""
+        with self._lock:
+            known = self._hot.get(key)
+            if known is None or known.body is None or (sha256 is not None and known.meta.sha256 != sha256):
+                return None
+            meta = replace(known.meta, checked_at=now)
+            self._hot[key] = Entry(meta, known.body)
+            self._hot.move_to_end(key)
+            self._checks[key] = (now, meta.sha256)
+            return meta
+
+    def _write_checks(self) -> None:
+        with self._lock:
+            checks, self._checks = self._checks, {}
+        for key, (when, sha256) in checks.items():
+            raw = self._cache.get(f"meta:{key}")
+            if raw is not None and raw["sha256"] == sha256 and raw["checked_at"] < when:
+                self._cache.set(f"meta:{key}", {**raw, "checked_at": when})
+
     def set_negative(self, key: str, reason: str, ttl: float) -> None:
         """Remember for `ttl` seconds that no upstream has `key`."""
         if ttl > 0:
@@ -324,7 +354,9 @@ class LocalStore:
             self._hits.add(key)
 
     def touch_hits(self) -> int:
-        """Refresh the disk's recency of entries served from memory, and drop any purged meanwhile."""
+        """Refresh the disk's recency of entries served from memory, write the 304s recorded in memory, and drop
+        any purged meanwhile."""
+        self._write_checks()
         generation = self._cache.get(PURGE_GENERATION, 0)
         with self._lock:
             keys, self._hits = self._hits, set()
