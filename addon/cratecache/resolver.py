@@ -10,6 +10,7 @@ Failures are raised as `NotFound` (every upstream said "not here") or `Unavailab
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -216,7 +217,7 @@ class Resolver:
                 if key in self._inflight or self._decide("index", cached, reg, False) == freshness.FRESH:
                     continue
                 if len(started) < limit:
-                    fetch = (lambda dep, key: lambda c: self._fetch_index(reg, dep, key, c))(dep, key)
+                    fetch = functools.partial(self._fetch_index, reg, dep, key)
                     started.append(asyncio.ensure_future(self._once(key, self.clock(), "index", reg, False, fetch, cached)))
             frontier = bodies
         if not started:

@@ -25,15 +25,17 @@ import httpx
 
 from .config import Upstream
 from .health import Health
+from .transport import AiohttpTransport
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 NOT_FOUND_STATUSES = (404, 410, 451)
 MAX_REDIRECTS = 5
-# Idle connections kept per upstream, and for how long: every one a burst of requests (Cargo asks for a whole
+# Connections kept open per upstream when idle, and for how long: every one a burst of requests (Cargo asks for a whole
 # dependency level at once) finds open saves a TCP and TLS handshake, a round trip or two to a distant upstream.
 KEEPALIVE_SECONDS = 30
+MAX_CONNECTIONS = 64  # per upstream; more requests at once wait for one of them
 ERROR_BODY_LIMIT = 64 * 1024
 DECODE_PIECE = 256 * 1024  # at most this many bytes are inflated at once
 TRANSFER_DEADLINE_FACTOR = 12  # a whole answer may take this many read timeouts (60 s by default)
@@ -144,13 +146,11 @@ class UpstreamClient:
         self.client = httpx.AsyncClient(
             auth=upstream.auth,
             timeout=httpx.Timeout(upstream.timeout_ms / 1000),
-            verify=_verify(upstream),
             trust_env=False,
             follow_redirects=True,  # httpx drops Authorization when a redirect leaves the origin
             max_redirects=MAX_REDIRECTS,
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE_SECONDS),
             headers={"User-Agent": "cargo-cache", "Accept-Encoding": "gzip"},
-            transport=transport,
+            transport=transport or AiohttpTransport(_verify(upstream), MAX_CONNECTIONS, KEEPALIVE_SECONDS),
         )
 
     @property

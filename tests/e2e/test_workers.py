@@ -50,7 +50,7 @@ def test_two_workers_share_the_port_serve_cargo_reload_on_sighup_are_replaced_wh
     try:
         wait_for(lambda: text().count(f"proxy listening at 127.0.0.1:{port}") == 2, "both workers to listen")
         for i in (0, 1):
-            wait_for(lambda: f"status page at http://127.0.0.1:{status + i}/" in text(), f"worker {i}'s status page")
+            wait_for(lambda i=i: f"status page at http://127.0.0.1:{status + i}/" in text(), f"worker {i}'s status page")
         proxy = SimpleNamespace(url=f"http://127.0.0.1:{port}", ca_cert=ROOT / "certs" / "mitmproxy-ca-cert.pem")
         cargo = Cargo(tmp_path / "home-1", proxy)
         (tmp_path / "home-1").mkdir()
