@@ -210,11 +210,13 @@ class Resolver:
             for dep in sorted(set().union(*map(ahead.dependency_names, frontier)) - seen):
                 seen.add(dep)
                 key = IndexRoute(reg, dep).key
+                if key in self._inflight:
+                    continue  # its revalidation was started by a request (which walks from it) or by a walk
                 cached = self.store.peek(key) or await self.store.get(key)
                 if cached is None or cached.body is None:
                     continue  # never asked for through this cache: not fetched ahead
                 bodies.append(cached.body)
-                if key in self._inflight or self._decide("index", cached, reg, False) == freshness.FRESH:
+                if self._decide("index", cached, reg, False) == freshness.FRESH:
                     continue
                 if len(started) < limit:
                     fetch = functools.partial(self._fetch_index, reg, dep, key)
