@@ -114,6 +114,13 @@ def test_registry_ttl_defaults_to_cache_ttl():
     assert parse(doc).registries[0].index_ttl == 42
 
 
+def test_revalidate_ahead_defaults_to_256_and_zero_switches_it_off():
+    assert parse(copy.deepcopy(MINIMAL)).cache.revalidate_ahead == 256
+    assert parse({**copy.deepcopy(MINIMAL), "cache": {"revalidate_ahead": 0}}).cache.revalidate_ahead == 0
+    error = parse_error({**copy.deepcopy(MINIMAL), "cache": {"revalidate_ahead": -1}})
+    assert "cache.revalidate_ahead" in str(error)
+
+
 def test_relative_cache_directory_is_relative_to_the_file(tmp_path: Path):
     doc = {**copy.deepcopy(MINIMAL), "cache": {"directory": "data/cache"}}
     settings = parse(doc, path=tmp_path / "conf" / "proxies.yaml")
