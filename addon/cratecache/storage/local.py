@@ -228,8 +228,9 @@ class LocalStore:
         now: float | None = None,
     ) -> Entry:
         entry = make_entry(body, upstream, etag, last_modified, now)
-        self._cache.set(f"blob:{entry.meta.sha256}", body)
-        self._cache.set(f"meta:{key}", asdict(entry.meta))
+        with self._cache.transact():  # one commit (blob first, then the meta naming it) instead of two
+            self._cache.set(f"blob:{entry.meta.sha256}", body)
+            self._cache.set(f"meta:{key}", asdict(entry.meta))
         self._remember(key, entry)
         return entry
 
