@@ -333,21 +333,6 @@ async def test_a_lease_left_by_a_dead_process_delays_only_until_it_expires(make,
     assert served.state == "miss" and sorted(net.asked()) == sorted([A + "config.json", A_FOO, a_download("foo", "1.0.0")])
 
 
-async def test_index_files_are_fetched_without_a_lease_on_the_disk_backend_but_remembered_misses_hold(make, net):
-    """Two workers missing one index file at the same moment each fetch it (a few KiB; cheaper than the lease's
-    store writes on every miss); a crate no upstream has is still asked for once per negative_ttl."""
-    net.delay = 0.1
-    first, second = make(), make()
-    reg = first.settings.registries[0]
-    assert first.store.local.acquire_lease("index/crates-io/foo", 30)  # a lease would make the second wait 30 s
-    served = await asyncio.gather(first.index(reg, "foo"), second.index(reg, "foo"))
-    assert [s.state for s in served] == ["miss", "miss"] and net.asked().count(A_FOO) == 2
-    for resolver in (first, second, first):
-        with pytest.raises(NotFound):
-            await resolver.index(reg, "nop")
-    assert net.asked().count(A + "3/n/nop") == 1  # the first worker's miss is remembered for both
-
-
 # -- negative cache and back-off -----------------------------------------------------------------
 
 async def test_a_crate_no_upstream_has_is_remembered(resolver, reg, net):

@@ -60,9 +60,6 @@ class Unavailable(ResolveError):
     """At least one upstream failed and nothing usable is cached."""
 
 
-SMALL_KINDS = ("index", "config")  # fetched whole and small: on the disk backend, never under a lease
-
-
 class Resolver:
     def __init__(
         self,
@@ -615,20 +612,9 @@ class Resolver:
         manifest) takes no lease: it is one conditional request, cheaper than the lease's two store
         transactions, and workers that revalidate one file at the same moment cost a few 304s. (On s3 the lease
         stays: reading under it is how one gateway's revalidation refreshes the entry for the whole fleet.)"""
-        if self.store.backend == "disk":
-            if cached is not None and cached.body is not None:
-                return await self._single(key, lambda: fetch(cached))
-            if cached is None and kind in SMALL_KINDS:
-                return await self._single(key, lambda: self._unleased_miss(key, fetch))
+        if cached is not None and cached.body is not None and self.store.backend == "disk":
+            return await self._single(key, lambda: fetch(cached))
         return await self._single(key, lambda: self._leased(key, since, kind, reg, force, fetch))
-
-    async def _unleased_miss(self, key: str, fetch: Callable[[Entry | None], Awaitable[Served]]) -> Served:
-        """A first fetch of an index file or config.json on the disk backend, without a lease: workers that miss
-        one file at the same moment fetch it once each (a few KiB), which costs less than the lease's two store
-        writes on every miss. A remembered "no upstream has it" still answers without asking."""
-        if negative := await self.store.negative(key):
-            raise NotFound(f"{negative} (remembered)")
-        return await fetch(None)
 
     async def _leased(
         self, key: str, since: float, kind: str, reg: Registry, force: bool,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,12 @@ class DiskStorage(Storage):
     def __init__(self, local: LocalStore):
         self.local = local
         self.directory = local.directory
+        # One thread for all of this process's SQLite work: the store's writes serialise on SQLite's lock anyway,
+        # and several threads waiting for it (busy-handler sleeps) and for the GIL cost the event loop more.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cargo-cache-store")
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     def peek(self, key: str) -> Entry | None:
         return self.local.peek(key)
@@ -26,27 +33,27 @@ class DiskStorage(Storage):
         self.local.note_hit(key)
 
     async def get(self, key: str) -> Entry | None:
-        return await asyncio.to_thread(self.local.get, key)
+        return await self._run(self.local.get, key)
 
     async def latest(self, key: str) -> Entry | None:
         return await self.get(key)
 
     async def meta(self, key: str) -> Meta | None:
-        return await asyncio.to_thread(self.local.meta, key)
+        return await self._run(self.local.meta, key)
 
     async def put(self, key: str, body: bytes, upstream: str, etag: str | None = None,
                   last_modified: str | None = None, now: float | None = None) -> Entry:
-        return await asyncio.to_thread(self.local.put, key, body, upstream, etag, last_modified, now)
+        return await self._run(self.local.put, key, body, upstream, etag, last_modified, now)
 
     async def put_file(self, key: str, spooled: Spooled, upstream: str, etag: str | None = None,
                        last_modified: str | None = None, now: float | None = None) -> Entry:
-        return await asyncio.to_thread(self.local.put_file, key, spooled, upstream, etag, last_modified, now)
+        return await self._run(self.local.put_file, key, spooled, upstream, etag, last_modified, now)
 
     async def put_entry_file(self, key: str, meta: Meta, path: Path) -> None:
-        await asyncio.to_thread(self.local.put_entry_file, key, meta, path)
+        await self._run(self.local.put_entry_file, key, meta, path)
 
     async def put_entry(self, key: str, meta: Meta, body: bytes, remember: bool = False) -> None:
-        await asyncio.to_thread(self.local.put_entry, key, meta, body, remember)
+        await self._run(self.local.put_entry, key, meta, body, remember)
 
     async def mark_checked(self, key: str, now: float, sha256: str | None = None) -> Meta | None:
         """A 304 for an entry held in memory is recorded there and written back with the recency (`maintain`):
@@ -54,52 +61,52 @@ class DiskStorage(Storage):
         held = self.local.note_checked(key, now, sha256)
         if held is not None:
             return held
-        return await asyncio.to_thread(self.local.mark_checked, key, now, sha256)
+        return await self._run(self.local.mark_checked, key, now, sha256)
 
     async def set_negative(self, key: str, reason: str, ttl: float) -> None:
-        await asyncio.to_thread(self.local.set_negative, key, reason, ttl)
+        await self._run(self.local.set_negative, key, reason, ttl)
 
     async def negative(self, key: str) -> str | None:
-        return await asyncio.to_thread(self.local.negative, key)
+        return await self._run(self.local.negative, key)
 
     async def claim(self, key: str, ttl: float) -> tuple[bool, Entry | None, str | None]:
-        return await asyncio.to_thread(self.local.claim, key, ttl)
+        return await self._run(self.local.claim, key, ttl)
 
     async def lease_holder(self, key: str) -> str | None:
-        return await asyncio.to_thread(self.local.lease_holder, key)
+        return await self._run(self.local.lease_holder, key)
 
     async def release_lease(self, key: str) -> None:
-        await asyncio.to_thread(self.local.release_lease, key)
+        await self._run(self.local.release_lease, key)
 
     async def entries(self, prefix: str = "") -> list[tuple[str, Meta]]:
-        return await asyncio.to_thread(lambda: list(self.local.entries(prefix)))
+        return await self._run(lambda: list(self.local.entries(prefix)))
 
     async def keys(self, prefix: str = "") -> list[str]:
-        return await asyncio.to_thread(self.local.keys, prefix)
+        return await self._run(self.local.keys, prefix)
 
     async def delete(self, key: str) -> bool:
-        return await asyncio.to_thread(self.local.delete, key)
+        return await self._run(self.local.delete, key)
 
     async def clear(self) -> int:
-        return await asyncio.to_thread(self.local.clear)
+        return await self._run(self.local.clear)
 
     async def collect_garbage(self) -> int:
-        return await asyncio.to_thread(self.local.collect_garbage)
+        return await self._run(self.local.collect_garbage)
 
     async def figures(self) -> dict[str, Any]:
         def read() -> dict[str, Any]:
             return {"bytes": self.local.volume(), "entries": {kind: self.local.count(f"{kind}/") for kind in KINDS}}
 
-        return await asyncio.to_thread(read)
+        return await self._run(read)
 
     async def add_counts(self, counts: dict[str, int]) -> None:
-        await asyncio.to_thread(self.local.add_counts, counts)
+        await self._run(self.local.add_counts, counts)
 
     async def counts(self) -> dict[str, int]:
-        return await asyncio.to_thread(self.local.counts)
+        return await self._run(self.local.counts)
 
     async def maintain(self) -> None:
-        await asyncio.to_thread(self.local.touch_hits)
+        await self._run(self.local.touch_hits)
 
     async def flush(self) -> None:
         pass  # every write is already on disk
