@@ -146,8 +146,9 @@ def _report(section: Section, states: dict[str, dict[str, int]], timing: dict[st
         "a plain-HTTP registry and used only a few connections, one request after the other on each; to the proxies "
         "it speaks HTTP/2 with many requests in flight).",
         f"Connections the relay accepted per run: plain mitmdump {conns[PLAIN]:.0f} (a new upstream connection for "
-        f"each of Cargo's requests), cargo-cache cold {conns[COLD]:.0f} and expired {conns[EXPIRED]:.0f} (httpx's pool: "
-        "connections are reused, but it keeps at most 16 idle ones, for 5 s); each new one costs a round trip more.",
+        f"each of Cargo's requests), cargo-cache cold {conns[COLD]:.0f} and expired {conns[EXPIRED]:.0f} (its pool keeps up "
+        "to 64 connections per upstream open for 30 s, so a burst larger than the last one opens new ones); each new one "
+        "costs a round trip more.",
         f"Every expired run costs {med[EXPIRED] - med[FRESH]:.2f} s more than a fresh one, the time of "
         f"{(med[EXPIRED] - med[FRESH]) / rtt:.0f} round trips of {2 * DELAY_MS} ms. An expired index file is "
         "revalidated before it is served, and Cargo asks for the index files of a dependency level only once it has "
