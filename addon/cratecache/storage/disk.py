@@ -106,7 +106,9 @@ class DiskStorage(Storage):
         return await self._run(self.local.counts)
 
     async def maintain(self) -> None:
-        await self._run(self.local.touch_hits)
+        # Background upkeep (a batch of recency touches and 304s every 5 s) on asyncio's pool, not the store
+        # thread, so that requests' reads and writes never queue behind it.
+        await asyncio.to_thread(self.local.touch_hits)
 
     async def flush(self) -> None:
         pass  # every write is already on disk
