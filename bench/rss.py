@@ -46,27 +46,41 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
 
 
-class RssPoller:
-    """Samples VmRSS every `interval` seconds in a thread; `peak` is the highest sample."""
+class Poller:
+    """Calls `sample()` every `interval` seconds in a thread while in its `with` block (and stops early if it
+    returns False)."""
 
-    def __init__(self, pid: int, interval: float = 0.01):
-        self.pid, self.interval = pid, interval
-        self.peak = 0.0
+    def __init__(self, interval: float):
+        self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def sample(self) -> bool:
+        raise NotImplementedError
+
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.peak = max(self.peak, rss_mb(self.pid))
-            except (OSError, KeyError):
-                return
+        while not self._stop.is_set() and self.sample() is not False:
             time.sleep(self.interval)
 
-    def __enter__(self) -> RssPoller:
+    def __enter__(self):
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
+
+
+class RssPoller(Poller):
+    """Samples VmRSS every `interval` seconds in a thread; `peak` is the highest sample."""
+
+    def __init__(self, pid: int, interval: float = 0.01):
+        super().__init__(interval)
+        self.pid, self.peak = pid, 0.0
+
+    def sample(self) -> bool:
+        try:
+            self.peak = max(self.peak, rss_mb(self.pid))
+        except (OSError, KeyError):
+            return False
+        return True

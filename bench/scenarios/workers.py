@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -27,7 +26,7 @@ from .. import loadgen
 from ..context import Bench, index_url
 from ..procs import clean_env, stop, track, track_stopper, untrack_stopper
 from ..report import Background, Check, Section
-from ..rss import cpu_seconds
+from ..rss import Poller, cpu_seconds
 
 CLIENTS = 64
 COUNTS = (1, 2)
@@ -141,32 +140,22 @@ requests; the load generator's own CPU in that phase; "machine busy" the cores i
 {bench.reps}; the worker counts take turns in a rotating order."""
 
 
-class CpuPoller:
+class CpuPoller(Poller):
     """Every 20 ms: the wall clock, each worker's CPU seconds and the machine's busy CPU seconds, so that the
     figures can be taken over exactly the load generator's timed phase (it reports its start and end)."""
 
     def __init__(self, pids: dict[int, int], interval: float = 0.02):
-        self.pids, self.interval = pids, interval
+        super().__init__(interval)
+        self.pids = pids
         self.samples: list[tuple[float, dict[int, float], float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> None:
+    def sample(self) -> bool:
         self.samples.append((time.time(), {i: cpu_seconds(pid) for i, pid in self.pids.items()}, Background._busy()))
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            time.sleep(self.interval)
-
-    def __enter__(self) -> CpuPoller:
-        self._thread.start()
-        return self
+        return True
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._sample()
+        super().__exit__(*exc)
+        self.sample()
 
     def at(self, when: float) -> tuple[dict[int, float], float]:
         """Worker CPU and machine busy seconds at `when`, interpolated between the samples around it."""
