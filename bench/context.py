@@ -90,11 +90,13 @@ class Bench:
     def nginx_upstream(self) -> dict:
         return {"name": UPSTREAM_NAME, "url": self.nginx.index_url}
 
-    def addon(self, label: str, cache_dir: Path, upstreams: list[dict] | None = None, **cache: object) -> Mitmdump:
-        """mitmdump with the addon (not started), its cache in `cache_dir`."""
+    def addon(self, label: str, cache_dir: Path, upstreams: list[dict] | None = None,
+              env: dict[str, str] | None = None, **cache: object) -> Mitmdump:
+        """mitmdump with the addon (not started), its cache in `cache_dir`; `env` is added to its environment."""
         config = write_proxies(self.work / "config" / f"{label}.yaml", upstreams or [self.nginx_upstream()],
                                cache_dir, **({"size_limit": "50GB", "index_ttl": LONG_TTL} | cache))
-        return Mitmdump(label, addon_args(self.addon_script, config), self.confdir, self.log_path(label))
+        return Mitmdump(label, addon_args(self.addon_script, config), self.confdir, self.log_path(label),
+                        env=env or {})
 
     def plain(self, label: str) -> Mitmdump:
         """Plain mitmdump forwarding crates.io's hosts to nginx with map_remote (not started)."""

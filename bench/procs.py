@@ -123,6 +123,7 @@ class Mitmdump:
     confdir: Path
     log_path: Path
     port: int = field(default_factory=free_port)
+    env: dict[str, str] = field(default_factory=dict)  # added to the (proxy-free) environment
     process: subprocess.Popen | None = None
     _log_start: int = 0
 
@@ -145,7 +146,8 @@ class Mitmdump:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
-            self.process = track(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=clean_env(),
+            self.process = track(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                  env=clean_env() | self.env,
                                                   cwd=ROOT))
         try:
             wait_until_listening(self.process, self.log, timeout, self.label)

@@ -20,6 +20,9 @@ from .s3_backend import _seaweed
 
 CLIENTS = 16
 HUGE_REPEAT = 3
+# The path before streaming, for the time comparison: every answer built whole with Response.make.
+WHOLE = {"CARGO_CACHE_FILE_THRESHOLD": str(1 << 40)}
+FROM_MEMORY = "answered whole from memory (the path before streaming; reference)"
 
 
 def _measure(bench: Bench, proxy: Mitmdump, urls, warmup: list[str], clients: int, http1: bool) -> tuple[float, float, float]:
@@ -84,6 +87,10 @@ file per client). Fresh processes for each measurement; {bench.reps} ({HUGE_REPE
             if not http1:
                 measure(f"disk, {proto}, warm, 1 client (reference)", bench.addon("memory-addon", cache), urls, 1)
             measure(f"plain mitmdump → nginx, {proto} (reference)", bench.plain("memory-plain"), urls, http1=http1)
+            whole = bench.fresh_dir("caches", "memory-whole")
+            for state in ("cold", "warm"):
+                measure(f"disk, {proto}, {state}, {FROM_MEMORY}", bench.addon("memory-whole", whole, env=WHOLE),
+                        urls, http1=http1)
     with _seaweed(bench) as seaweed:
         for rep in range(bench.repeat):
             s3 = {"backend": "s3", "s3": seaweed.yaml(f"memory-{rep}")}
@@ -109,6 +116,11 @@ file per client). Fresh processes for each measurement; {bench.reps} ({HUGE_REPE
             section.checks.append(Check(f"disk, {proto}, {state}: time for all downloads vs plain mitmdump",
                                         section.figure(f"disk, {proto}, {state}", "time for all downloads", "s"),
                                         plain, 1.0))
+            section.checks.append(Check(f"disk, {proto}, {state}: time for all downloads, streamed vs answered whole "
+                                        "from memory",
+                                        section.figure(f"disk, {proto}, {state}", "time for all downloads", "s"),
+                                        section.figure(f"disk, {proto}, {state}, {FROM_MEMORY}",
+                                                       "time for all downloads", "s"), 1.0))
     warm = {c: section.figure(c, "growth", "MB").median for c in configs}
     section.notes += [
         f"Memory no longer follows the file: 16 warm downloads of the {size_mb:.0f} MiB crate grow mitmdump by "
