@@ -1,10 +1,10 @@
-"""ahead.py: which index files a cached index file leads Cargo to ask for next (pure)."""
+"""ahead.py: which index files a cached index file leads Cargo to ask for next, and which are in use (pure)."""
 
 from __future__ import annotations
 
 import json
 
-from cratecache.ahead import dependency_names
+from cratecache.ahead import InUse, dependency_names
 
 
 def line(name: str, vers: str, *deps: dict) -> bytes:
@@ -46,3 +46,21 @@ def test_lines_and_names_that_do_not_parse_are_skipped():
     body = b"\n".join([b"{not json", b"[1, 2]", json.dumps({"deps": "x"}).encode(),
                        line("foo", "1.0.0", dep("../etc"), dep("ok"), {"kind": "normal"}, "text"), b""])
     assert dependency_names(body) == {"ok"}
+
+
+def test_in_use_lists_what_was_asked_for_within_the_window_newest_first():
+    in_use = InUse()
+    in_use.asked("old", 0.0)
+    in_use.asked("serde", 100.0)
+    in_use.asked("anyhow", 200.0)
+    in_use.asked("serde", 300.0)  # asked again: newest now
+    assert in_use.recent(300.0, window=3600) == ["serde", "anyhow", "old"]
+    assert in_use.recent(3650.0, window=3600) == ["serde", "anyhow"]  # "old" was last asked 3650 s ago
+    assert in_use.recent(4000.0, window=3600) == []
+
+
+def test_in_use_keeps_a_bounded_number_dropping_the_longest_unasked():
+    in_use = InUse(kept=2)
+    for when, name in enumerate(["a", "b", "a", "c"]):
+        in_use.asked(name, float(when))
+    assert in_use.recent(4.0) == ["c", "a"]

@@ -546,13 +546,74 @@ async def test_a_dependency_asked_for_while_its_revalidation_is_in_flight_shares
 async def test_nothing_is_revalidated_ahead_with_index_ttl_zero_or_when_switched_off(make, net, clock, graph):
     for resolver in (make(index_ttl=0), make(revalidate_ahead=0)):
         reg = resolver.settings.registries[0]
+        await resolver.config(reg)
         for name in ("foo", "bar"):
             await resolver.index(reg, name)
         clock.advance(301)
         net.requests.clear()
+        await resolver.config(reg)
         await resolver.index(reg, "foo")
         await _settled(resolver)
-        assert net.asked() == [A + "3/f/foo"]
+        assert net.asked() == [A + "config.json", A + "3/f/foo"]
+
+
+async def test_an_expired_config_json_starts_the_revalidation_of_the_index_files_in_use(resolver, reg, net, clock,
+                                                                                          graph, caplog):
+    await resolver.config(reg)
+    for name in ("foo", "bar"):
+        await resolver.index(reg, name)
+    clock.advance(301)  # a new Cargo session after a pause: config.json and both files have expired
+    net.requests.clear()
+    caplog.set_level(logging.INFO, logger="cratecache.resolver")
+    assert (await resolver.config(reg)).state == "revalidated"
+    await _settled(resolver)
+    assert sorted(net.asked()) == [A + "3/b/bar", A + "3/f/foo", A + "config.json"]
+    assert {r.headers.get("if-none-match") for r in net.requests if "/3/" in str(r.url)} == {'"foo-1"', '"bar-1"'}
+    assert ("revalidated 2 index files ahead of Cargo (in use, with crates-io's config.json): 2 unchanged, "
+            "0 updated, 0 not answered") in caplog.text
+    for name in ("foo", "bar"):  # what Cargo asks for next was confirmed after it expired: served as it is
+        assert (await resolver.index(reg, name)).state == "hit"
+    assert len(net.requests) == 3
+
+
+async def test_only_index_files_asked_for_lately_are_kept_fresh_with_config_json(resolver, reg, net, clock, graph):
+    await resolver.config(reg)
+    await resolver.index(reg, "foo")
+    clock.advance(3600)  # foo has not been asked for in an hour: no longer in use
+    await resolver.config(reg)
+    await resolver.index(reg, "bar")
+    await _settled(resolver)
+    clock.advance(301)
+    net.requests.clear()
+    await resolver.config(reg)
+    await _settled(resolver)
+    assert sorted(net.asked()) == [A + "3/b/bar", A + "config.json"]  # foo is cached and expired, but not in use
+
+
+async def test_a_file_revalidated_ahead_is_not_in_use_until_a_client_asks_for_it(resolver, reg, net, clock, graph):
+    await resolver.config(reg)
+    for name in ("bar", "bzz"):
+        await resolver.index(reg, name)
+    clock.advance(3600)
+    await resolver.index(reg, "bar")  # expired: its dependency bzz is revalidated ahead, but nobody asks for it
+    await _settled(resolver)
+    assert sorted(net.asked()[-2:]) == [A + "3/b/bar", A + "3/b/bzz"]
+    clock.advance(301)
+    net.requests.clear()
+    await resolver.config(reg)
+    await _settled(resolver)
+    assert sorted(net.asked()) == [A + "3/b/bar", A + "config.json"]
+
+
+async def test_a_fresh_config_json_revalidates_nothing_ahead(resolver, reg, net, clock, graph):
+    await resolver.config(reg)
+    clock.advance(200)
+    await resolver.index(reg, "foo")
+    clock.advance(150)  # config.json expired, foo (asked 150 s ago) still fresh
+    net.requests.clear()
+    await resolver.config(reg)
+    await _settled(resolver)
+    assert net.asked() == [A + "config.json"]
 
 
 async def test_revalidating_ahead_stops_at_its_limit(make, net, clock, graph):

@@ -165,7 +165,7 @@ class CacheSettings:
     lease_seconds: int = DEFAULT_LEASE  # longest wait for another process fetching the same object
     offline: bool = False  # never contact an upstream; serve what is cached whatever its age
     offline_prune_index: bool = False  # offline: index files list only versions whose .crate is cached
-    revalidate_ahead: int = DEFAULT_REVALIDATE_AHEAD  # expired cached dependencies revalidated at once (0: off)
+    revalidate_ahead: int = DEFAULT_REVALIDATE_AHEAD  # expired index files revalidated before Cargo asks (ahead.py; 0: off)
     max_crate_size: int = DEFAULT_MAX_CRATE_SIZE  # a larger .crate is refused without buffering it
     max_index_size: int = DEFAULT_MAX_INDEX_SIZE  # likewise for an index file or config.json
     backend: str = "disk"  # disk: diskcache in `directory`; s3: a bucket, `directory` its local tier

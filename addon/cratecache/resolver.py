@@ -78,6 +78,7 @@ class Resolver:
         self._inflight: dict[str, asyncio.Task] = {}
         self._forced: dict[str, float] = {}  # index key -> when a download last forced its revalidation
         self._background: set[asyncio.Task] = set()  # revalidations ahead of Cargo (see ahead.py)
+        self._in_use: dict[str, ahead.InUse] = {}  # registry -> the index files its clients asked for lately
         cache = settings.cache
         self.health = Health(backoff=cache.upstream_backoff, threshold=cache.backoff_after)
         self.on_attempt: Callable[[UpstreamClient, Attempt], None] | None = None  # e.g. metrics
@@ -141,6 +142,8 @@ class Resolver:
         cached = await self._read(key, "config", reg, force)
         if self._decide("config", cached, reg, force) == freshness.FRESH:
             return Served(cached, "cache", "hit")
+        if cached is not None and not force and key not in self._inflight:
+            self._start_in_use(reg)  # a Cargo session after a pause: what it used last time is expired too
         return await self._once(key, since, "config", reg, force, lambda c: self._fetch_config(reg, key, c), cached)
 
     async def _fetch_config(self, reg: Registry, key: str, cached: Entry | None) -> Served:
@@ -185,6 +188,7 @@ class Resolver:
 
     async def index(self, reg: Registry, name: str, force: bool = False) -> Served:
         key, since = IndexRoute(reg, name).key, self.clock()
+        self._in_use.setdefault(reg.name, ahead.InUse()).asked(name, since)
         cached = await self._read(key, "index", reg, force)
         if self._decide("index", cached, reg, force) == freshness.FRESH:
             return Served(cached, "cache", "hit")
@@ -197,9 +201,46 @@ class Resolver:
         limit = self.settings.cache.revalidate_ahead
         if not limit or not reg.index_ttl or cached.body is None:  # index_ttl 0: every request revalidates anyway
             return
-        task = asyncio.ensure_future(self._revalidate_ahead(reg, name, cached.body, limit))
+        self._in_background(self._revalidate_ahead(reg, name, cached.body, limit))
+
+    def _start_in_use(self, reg: Registry) -> None:
+        """An expired config.json is being revalidated: start the revalidations of the expired index files in use."""
+        limit, in_use = self.settings.cache.revalidate_ahead, self._in_use.get(reg.name)
+        if not limit or not reg.index_ttl or in_use is None:
+            return
+        self._in_background(self._revalidate_in_use(reg, in_use.recent(self.clock()), limit))
+
+    def _in_background(self, work: Awaitable) -> None:
+        task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _revalidate_in_use(self, reg: Registry, names: list[str], limit: int) -> None:
+        started = []
+        for name in names:
+            if len(started) >= limit:
+                break
+            key = IndexRoute(reg, name).key
+            if key not in self._inflight:
+                cached = self.store.peek(key) or await self.store.get(key)
+                if cached is not None and cached.body is not None \
+                        and self._decide("index", cached, reg, False) != freshness.FRESH:
+                    started.append(self._ahead_once(reg, name, key, cached))
+        await self._report_ahead(started, f"in use, with {reg.name}'s config.json")
+
+    def _ahead_once(self, reg: Registry, name: str, key: str, cached: Entry) -> asyncio.Future:
+        fetch = functools.partial(self._fetch_index, reg, name, key)
+        return asyncio.ensure_future(self._once(key, self.clock(), "index", reg, False, fetch, cached))
+
+    @staticmethod
+    async def _report_ahead(started: list[asyncio.Future], why: str) -> None:
+        if not started:
+            return
+        results = await asyncio.gather(*started, return_exceptions=True)
+        states = [r.state if isinstance(r, Served) else "failed" for r in results]
+        logger.info("cargo-cache: revalidated %d index files ahead of Cargo (%s): %d unchanged, %d updated, "
+                    "%d not answered", len(started), why, states.count("revalidated"),
+                    states.count("updated") + states.count("miss"), states.count("failed") + states.count("stale"))
 
     async def _revalidate_ahead(self, reg: Registry, root: str, body: bytes, limit: int) -> None:
         """Revalidate, concurrently, up to `limit` expired cached index files reachable from `body` through the
@@ -219,16 +260,9 @@ class Resolver:
                 if self._decide("index", cached, reg, False) == freshness.FRESH:
                     continue
                 if len(started) < limit:
-                    fetch = functools.partial(self._fetch_index, reg, dep, key)
-                    started.append(asyncio.ensure_future(self._once(key, self.clock(), "index", reg, False, fetch, cached)))
+                    started.append(self._ahead_once(reg, dep, key, cached))
             frontier = bodies
-        if not started:
-            return
-        results = await asyncio.gather(*started, return_exceptions=True)
-        states = [r.state if isinstance(r, Served) else "failed" for r in results]
-        logger.info("cargo-cache: revalidated %d index files ahead of Cargo (dependencies of %s): %d unchanged, "
-                    "%d updated, %d not answered", len(started), root, states.count("revalidated"),
-                    states.count("updated") + states.count("miss"), states.count("failed") + states.count("stale"))
+        await self._report_ahead(started, f"dependencies of {root}")
 
     async def _fetch_index(self, reg: Registry, name: str, key: str, cached: Entry | None) -> Served:
         path = sparse.index_path(name)
