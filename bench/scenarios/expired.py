@@ -99,9 +99,9 @@ with `HTTPS_PROXY` and `CARGO_HTTP_CAINFO`. Three configurations against the sam
 fresh, so no request goes upstream: scenario 1's case); and cargo-cache with `index_ttl: {EXPIRED_TTL}` on a cache
 filled the same way, each of its runs starting more than {EXPIRED_TTL} s after its previous run ended (so every index
 file is past its TTL when the run starts, and each is revalidated upstream with a conditional request,
-If-None-Match and If-Modified-Since, before it is served, or ahead of Cargo's request for it when a file that
-depends on it was revalidated: `cache.revalidate_ahead`; config.json, past its TTL too, is fetched again from the
-upstream; the `.crate` files are immutable and stay hits; a run takes less than the TTL, so nothing is
+If-None-Match and If-Modified-Since, before it is served, or ahead of Cargo's request for it
+(`cache.revalidate_ahead`: all of the files in use while the expired config.json, Cargo's first request, is fetched
+again from the upstream, or the dependencies of an expired file Cargo asks for); the `.crate` files are immutable and stay hits; a run takes less than the TTL, so nothing is
 revalidated twice). The two cargo-cache proxies have their own
 cache folders; both stay running through the runs, as plain mitmdump does, and every configuration gets one untimed
 run first. nginx logs every conditional request it
