@@ -188,7 +188,8 @@ class Resolver:
 
     async def index(self, reg: Registry, name: str, force: bool = False) -> Served:
         key, since = IndexRoute(reg, name).key, self.clock()
-        self._in_use.setdefault(reg.name, ahead.InUse()).asked(name, since)
+        in_use = self._in_use.get(reg.name) or self._in_use.setdefault(reg.name, ahead.InUse())
+        in_use.asked(name, since)
         cached = await self._read(key, "index", reg, force)
         if self._decide("index", cached, reg, force) == freshness.FRESH:
             return Served(cached, "cache", "hit")
