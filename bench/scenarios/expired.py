@@ -101,8 +101,8 @@ filled the same way, each of its runs starting more than {EXPIRED_TTL} s after i
 file is past its TTL when the run starts, and each is revalidated upstream with a conditional request,
 If-None-Match and If-Modified-Since, before it is served, or ahead of Cargo's request for it
 (`cache.revalidate_ahead`: all of the files in use while the expired config.json, Cargo's first request, is fetched
-again from the upstream, or the dependencies of an expired file Cargo asks for); the `.crate` files are immutable and stay hits; a run takes less than the TTL, so nothing is
-revalidated twice). The two cargo-cache proxies have their own
+again from the upstream, or the dependencies of an expired file Cargo asks for); the `.crate` files are immutable
+and stay hits; a run takes less than the TTL, so nothing is revalidated twice). The two cargo-cache proxies have their own
 cache folders; both stay running through the runs, as plain mitmdump does, and every configuration gets one untimed
 run first. nginx logs every conditional request it
 answers, which gives the 304 count per run (the proof that the proxy really revalidated). {reps} repetitions
