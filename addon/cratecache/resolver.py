@@ -222,12 +222,15 @@ class Resolver:
             if len(started) >= limit:
                 break
             key = IndexRoute(reg, name).key
-            if key not in self._inflight:
-                cached = self.store.peek(key) or await self.store.get(key)
-                if cached is not None and cached.body is not None \
-                        and self._decide("index", cached, reg, False) != freshness.FRESH:
-                    started.append(self._ahead_once(reg, name, key, cached))
+            if key not in self._inflight and (cached := await self._held(key)) is not None \
+                    and self._decide("index", cached, reg, False) != freshness.FRESH:
+                started.append(self._ahead_once(reg, name, key, cached))
         await self._report_ahead(started, f"in use, with {reg.name}'s config.json")
+
+    async def _held(self, key: str) -> Entry | None:
+        """A cached index file with its bytes, from memory or the store (what can be revalidated ahead)."""
+        cached = self.store.peek(key) or await self.store.get(key)
+        return cached if cached is not None and cached.body is not None else None
 
     def _ahead_once(self, reg: Registry, name: str, key: str, cached: Entry) -> asyncio.Future:
         fetch = functools.partial(self._fetch_index, reg, name, key)
@@ -254,8 +257,8 @@ class Resolver:
                 key = IndexRoute(reg, dep).key
                 if key in self._inflight:
                     continue  # its revalidation was started by a request (which walks from it) or by a walk
-                cached = self.store.peek(key) or await self.store.get(key)
-                if cached is None or cached.body is None:
+                cached = await self._held(key)
+                if cached is None:
                     continue  # never asked for through this cache: not fetched ahead
                 bodies.append(cached.body)
                 if self._decide("index", cached, reg, False) == freshness.FRESH:
