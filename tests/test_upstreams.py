@@ -107,6 +107,20 @@ async def test_credentials_dropped_on_redirect_to_another_origin():
     assert [r.headers.get("authorization") for r in seen] == [f"Basic {TOKEN}", None]
 
 
+async def test_cookies_an_upstream_sets_are_never_sent_back():
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=b"ok", headers={"Set-Cookie": "session=abc; Path=/"})
+
+    client = authenticated(handler)
+    for _ in range(2):
+        assert (await client.get("https://a.test/index/se/rd/serde")).body == b"ok"
+    await client.aclose()
+    assert [r.headers.get("cookie") for r in seen] == [None, None]
+
+
 def test_client_ignores_proxy_settings_from_the_environment():
     """A proxy whose users export HTTPS_PROXY must not loop back into itself. (httpx skips environment
     proxies whenever a transport is given, so only the setting itself can be checked here.)"""

@@ -13,7 +13,7 @@ from pathlib import Path
 from mitmproxy import connection, ctx, http, tls
 from mitmproxy.addonmanager import Loader
 
-from . import reload
+from . import collector, reload
 from .activity import Activity, origin
 from .blobs import BlobServer
 from .config import ConfigError, Settings, load_settings
@@ -155,6 +155,7 @@ class CargoCache:
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
             logger.info("cargo-cache: SIGHUP not available here; proxies.yaml is still re-read when it changes")
         await self._restart_status()
+        collector.freeze_startup()  # last: what starting made is not walked again by every full collection
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         """rustup gets HTTP/1.1 on the toolchains host: it downloads a few large files two at a time, and mitmproxy

@@ -143,7 +143,8 @@ class UpstreamClient:
         self.upstream, self.registry = upstream, registry
         self.busy = 0  # requests in flight (a retired client closes once it has none)
         self.retired = False
-        self.client = httpx.AsyncClient(
+        self._origin = _origin(httpx.URL(upstream.url))
+        self.client = _Client(
             auth=upstream.auth,
             timeout=httpx.Timeout(upstream.timeout_ms / 1000),
             trust_env=False,
@@ -195,8 +196,9 @@ class UpstreamClient:
                 pass
 
     async def _get(self, url: str, headers: dict[str, str] | None, max_bytes: int | None, sink: Sink | None) -> Fetched:
-        auth = httpx.USE_CLIENT_DEFAULT if _same_origin(url, self.upstream.url) else None
-        async with self.client.stream("GET", url, headers=headers, auth=auth) as response:
+        target = httpx.URL(url)
+        auth = httpx.USE_CLIENT_DEFAULT if _origin(target) == self._origin else None
+        async with self.client.stream("GET", target, headers=headers, auth=auth) as response:
             limit = max_bytes if response.status_code == 200 else ERROR_BODY_LIMIT
             declared = response.headers.get("content-length", "")
             if response.status_code == 200 and max_bytes and declared.isdigit() and int(declared) > max_bytes:
@@ -329,9 +331,31 @@ def download_allowed(url: str, upstream: Upstream) -> bool:
             and target.host.endswith("." + parent) and target.host.count(".") == own.host.count("."))
 
 
-def _same_origin(a: str, b: str) -> bool:
-    pa, pb = httpx.URL(a), httpx.URL(b)  # normalised: lowercase host, default port as None
-    return (pa.scheme, pa.host, pa.port) == (pb.scheme, pb.host, pb.port)
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port  # normalised: lowercase host, default port as None
+
+
+class _NoCookies(httpx.Cookies):
+    def extract_cookies(self, response: httpx.Response) -> None:
+        pass
+
+    def set_cookie_header(self, request: httpx.Request) -> None:
+        pass
+
+
+class _Client(httpx.AsyncClient):
+    """httpx's client without cookies: none is kept or sent. The registry protocols use none, one client serves
+    every Cargo behind the proxy, and reading each answer's Set-Cookie cost a sixth of the CPU of a request."""
+
+    _none = _NoCookies()
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._none
+
+    @cookies.setter
+    def cookies(self, cookies: object) -> None:
+        pass
 
 
 def _short(text: str, limit: int = 160) -> str:
