@@ -465,11 +465,11 @@ async def test_a_waiter_gives_a_holder_that_took_over_a_dead_lease_a_whole_lease
 
     real_claim = store.claim
 
-    async def claim(key, ttl):
+    async def claim(key, ttl, **kw):
         if phase() != "done":
             return False, None, None
         await store.put(key, other, "b", now=clock.now)  # b's result, stored before it released
-        return await real_claim(key, ttl)
+        return await real_claim(key, ttl, **kw)
 
     async def lease_holder(key):
         return {"a": "gateway-a@100", "b": "gateway-b@101", "done": None}[phase()]

@@ -128,6 +128,30 @@ async def test_one_lease_holder_at_a_time_and_release_frees_it(make):
     await second.release_lease("crate/crates-io/foo/1.0.0")
 
 
+async def test_the_write_of_a_fetched_entry_gives_its_lease_back(make):
+    fetcher, other = make(), make()
+    assert (await fetcher.claim("crate/crates-io/foo/1.0.0", 30))[0]
+    await fetcher.put("crate/crates-io/foo/1.0.0", BODY, "a", None, None, 1000.0, release=True)
+    assert not await other.lease_holder("crate/crates-io/foo/1.0.0")
+    assert (await other.get("crate/crates-io/foo/1.0.0")).body == BODY
+    owned, entry, _ = await other.claim("crate/crates-io/foo/1.0.0", 30)
+    assert owned and entry.body == BODY
+    await other.release_lease("crate/crates-io/foo/1.0.0")
+
+
+async def test_a_claim_given_what_is_usable_takes_no_lease_for_a_stored_entry_it_accepts(make):
+    store, other = make(), make()
+    await store.put("crate/crates-io/foo/1.0.0", BODY, "a", None, None, 1000.0)
+    owned, entry, _ = await other.claim("crate/crates-io/foo/1.0.0", 30, usable=lambda e: True)
+    assert entry.body == BODY and owned == (other.backend == "s3")  # s3 reads the bucket's newest under the lease
+    if owned:
+        await other.release_lease("crate/crates-io/foo/1.0.0")
+    owned, entry, _ = await other.claim("crate/crates-io/foo/1.0.0", 30, usable=lambda e: e.meta.stored_at > 2000)
+    assert owned and entry.body == BODY  # not accepted: the lease is taken and the entry read under it
+    assert not (await store.claim("crate/crates-io/foo/1.0.0", 30, usable=lambda e: False))[0]
+    await other.release_lease("crate/crates-io/foo/1.0.0")
+
+
 async def test_a_lease_whose_holder_never_releases_it_expires(make):
     holder, waiter = make(), make()
     assert (await holder.claim("index/crates-io/foo", 1))[0]

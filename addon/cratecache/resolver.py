@@ -76,6 +76,7 @@ class Resolver:
         }
         self._tables: dict[tuple[str, str], dict[str, str]] = {}  # (key, sha256) -> a manifest's file hashes
         self._inflight: dict[str, asyncio.Task] = {}
+        self._leases: set[str] = set()  # keys this process fetches under its lease (given back with their write)
         self._forced: dict[str, float] = {}  # index key -> when a download last forced its revalidation
         self._background: set[asyncio.Task] = set()  # revalidations ahead of Cargo (see ahead.py)
         self._in_use: dict[str, ahead.InUse] = {}  # registry -> the index files its clients asked for lately
@@ -195,7 +196,12 @@ class Resolver:
             return Served(cached, "cache", "hit")
         if cached is not None and not force and key not in self._inflight:
             self._start_ahead(reg, name, cached)
-        return await self._once(key, since, "index", reg, force, lambda c: self._fetch_index(reg, name, key, c), cached)
+
+        async def fetch(stored: Entry | None) -> Served:
+            if cached is None and stored is not None and not force:  # expired, read from disk under the lease
+                self._start_ahead(reg, name, stored)
+            return await self._fetch_index(reg, name, key, stored)
+        return await self._once(key, since, "index", reg, force, fetch, cached)
 
     def _start_ahead(self, reg: Registry, name: str, cached: Entry) -> None:
         """An expired index file is being revalidated: start its cached dependencies' revalidations too."""
@@ -561,13 +567,17 @@ class Resolver:
         """Memory first. The store only when memory has nothing fresh (another worker may have refreshed it), except
         on the disk backend for an entry held in memory: it is revalidated with the upstream next anyway, and reading
         the disk first would cost a thread hand-off and an SQLite read per revalidation to save, at best, the 304 of
-        a file another worker revalidated moments ago. (On s3 the shared store is how a fleet shares revalidations.)"""
+        a file another worker revalidated moments ago. (On s3 the shared store is how a fleet shares revalidations.)
+        On the disk backend, None means "read the store under the lease" (see `_leased`)."""
         hot = self.store.peek(key)
         if hot is not None and self._decide(kind, hot, reg, force) == freshness.FRESH:
             self.store.note_hit(key)
             return hot
-        if hot is not None and hot.body is not None and self.store.backend == "disk" and kind in ("index", "config"):
-            return hot
+        if self.store.backend == "disk":
+            # An expired index file or config.json held here is revalidated as it is. Anything else is read from
+            # the store by the lease's claim (`_leased`), in the same hand-off to the store thread: a miss costs
+            # one hand-off there, not a read and then a claim.
+            return hot if hot is not None and hot.body is not None and kind in ("index", "config") else None
         return await self.store.get(key)
 
     def _decide(self, kind: str, cached: Entry | None, reg: Source, force: bool) -> str:
@@ -593,12 +603,20 @@ class Resolver:
     async def _save(self, key: str, body: bytes, upstream: str, etag: str | None = None,
                     last_modified: str | None = None) -> Entry:
         """Store an answer; if the cache cannot be written (disk full), still answer."""
-        stored = await self._best_effort(self.store.put, key, body, upstream, etag, last_modified, self.clock())
+        release = key in self._leases
+        stored = await self._best_effort(self.store.put, key, body, upstream, etag, last_modified, self.clock(),
+                                         release)
+        if stored is not None and release:
+            self._leases.discard(key)
         return stored or make_entry(body, upstream, etag, last_modified, self.clock())
 
     async def _save_file(self, key: str, spooled: Spooled, upstream: str) -> Entry:
         """Store a verified spooled file; if the cache cannot take it, the request still fails cleanly."""
-        stored = await self._best_effort(self.store.put_file, key, spooled, upstream, None, None, self.clock())
+        release = key in self._leases
+        stored = await self._best_effort(self.store.put_file, key, spooled, upstream, None, None, self.clock(),
+                                         release)
+        if stored is not None and release:
+            self._leases.discard(key)
         if stored is None or stored.file is None:
             spooled.discard()
             raise Unavailable(f"{key}: fetched and verified, but the cache could not store it (see the log)")
@@ -661,9 +679,16 @@ class Resolver:
         """Fetch under a lease in the shared store; while another process holds it, wait for its result."""
         lease = self.settings.cache.lease_seconds
         deadline, waiting_on = time.monotonic() + lease, None
+
+        def usable(stored: Entry) -> bool:  # what the store holds answers without a fetch (and without the lease)
+            return self._answered_meanwhile(stored, None, since, kind, reg, force) is not None
         while True:
             # Read under the lease: a fetch that finished meanwhile (here or in another process) may answer.
-            owned, cached, negative = await self.store.claim(key, lease)
+            owned, cached, negative = await self.store.claim(key, lease, usable=usable)
+            if not owned and cached is not None:
+                return Served(cached, "cache", "hit")
+            if owned:
+                self._leases.add(key)
             if not owned and (holder := await self.store.lease_holder(key)) != waiting_on:
                 # Another holder than the one we waited for (it took over a dead holder's lease just now, or the
                 # first one we see): it gets a whole lease period before we fetch without the lease.
@@ -679,7 +704,8 @@ class Resolver:
                         return answered
                     return await fetch(cached)
                 finally:
-                    if owned:
+                    if owned and key in self._leases:  # not given back with a write of the entry
+                        self._leases.discard(key)
                         await self._best_effort(self.store.release_lease, key)
             await asyncio.sleep(self.store.poll_seconds)  # never a busy loop, even if the lease ends at once
             while time.monotonic() < deadline and waiting_on is not None \

@@ -62,8 +62,9 @@ class Storage(ABC):
 
     @abstractmethod
     async def put(self, key: str, body: bytes, upstream: str, etag: str | None = None,
-                  last_modified: str | None = None, now: float | None = None) -> Entry:
-        """Store verified bytes; the entry becomes visible complete or not at all."""
+                  last_modified: str | None = None, now: float | None = None, release: bool = False) -> Entry:
+        """Store verified bytes; the entry becomes visible complete or not at all. `release`: this process fetched
+        them under its lease on `key`, which it gives back with the write."""
 
     def spool(self) -> Spool:
         """Where an answer that may be large is written while it arrives (memory, then a partial file)."""
@@ -71,8 +72,9 @@ class Storage(ABC):
 
     @abstractmethod
     async def put_file(self, key: str, spooled: Spooled, upstream: str, etag: str | None = None,
-                       last_modified: str | None = None, now: float | None = None) -> Entry:
-        """Store verified bytes that were spooled to a file: moved into the cache, visible complete or not at all."""
+                       last_modified: str | None = None, now: float | None = None, release: bool = False) -> Entry:
+        """Store verified bytes that were spooled to a file: moved into the cache, visible complete or not at all
+        (`release` as for `put`)."""
 
     @abstractmethod
     async def put_entry_file(self, key: str, meta: Meta, path: Path) -> None:
@@ -95,8 +97,10 @@ class Storage(ABC):
 
     # -- leases: one fetch per key across processes (and, with s3, gateways) ----------------
     @abstractmethod
-    async def claim(self, key: str, ttl: float) -> tuple[bool, Entry | None, str | None]:
-        """Take the lease on `key`; if taken, also return its current entry and negative record."""
+    async def claim(self, key: str, ttl: float, usable: Callable[[Entry], bool] | None = None
+                    ) -> tuple[bool, Entry | None, str | None]:
+        """Take the lease on `key`; if taken, also return its current entry and negative record. With `usable`, a
+        stored entry it accepts (no fetch needed) may come back instead, without the lease: (False, entry, None)."""
 
     @abstractmethod
     async def lease_holder(self, key: str) -> str | None:

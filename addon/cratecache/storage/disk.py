@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -42,12 +43,12 @@ class DiskStorage(Storage):
         return await self._run(self.local.meta, key)
 
     async def put(self, key: str, body: bytes, upstream: str, etag: str | None = None,
-                  last_modified: str | None = None, now: float | None = None) -> Entry:
-        return await self._run(self.local.put, key, body, upstream, etag, last_modified, now)
+                  last_modified: str | None = None, now: float | None = None, release: bool = False) -> Entry:
+        return await self._run(self.local.put, key, body, upstream, etag, last_modified, now, release)
 
     async def put_file(self, key: str, spooled: Spooled, upstream: str, etag: str | None = None,
-                       last_modified: str | None = None, now: float | None = None) -> Entry:
-        return await self._run(self.local.put_file, key, spooled, upstream, etag, last_modified, now)
+                       last_modified: str | None = None, now: float | None = None, release: bool = False) -> Entry:
+        return await self._run(self.local.put_file, key, spooled, upstream, etag, last_modified, now, release)
 
     async def put_entry_file(self, key: str, meta: Meta, path: Path) -> None:
         await self._run(self.local.put_entry_file, key, meta, path)
@@ -69,8 +70,9 @@ class DiskStorage(Storage):
     async def negative(self, key: str) -> str | None:
         return await self._run(self.local.negative, key)
 
-    async def claim(self, key: str, ttl: float) -> tuple[bool, Entry | None, str | None]:
-        return await self._run(self.local.claim, key, ttl)
+    async def claim(self, key: str, ttl: float, usable: Callable[[Entry], bool] | None = None
+                    ) -> tuple[bool, Entry | None, str | None]:
+        return await self._run(self.local.claim, key, ttl, usable)
 
     async def lease_holder(self, key: str) -> str | None:
         return await self._run(self.local.lease_holder, key)
@@ -106,9 +108,9 @@ class DiskStorage(Storage):
         return await self._run(self.local.counts)
 
     async def maintain(self) -> None:
-        # Background upkeep (a batch of recency touches and 304s every 5 s) on asyncio's pool, not the store
-        # thread, so that requests' reads and writes never queue behind it.
-        await asyncio.to_thread(self.local.touch_hits)
+        # Background upkeep (a batch of recency touches and 304s, then eviction, every 5 s) on asyncio's pool, not the
+        # store thread, so that requests' reads and writes never queue behind it.
+        await asyncio.to_thread(self.local.upkeep)
 
     async def flush(self) -> None:
         pass  # every write is already on disk

@@ -27,7 +27,7 @@ import time
 import uuid
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -108,9 +108,11 @@ class LocalStore:
                  hot_bytes: int = DEFAULT_HOT_BYTES):
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
+        # cull_limit=0: no eviction inside each write (two more queries per write, on the store thread every miss
+        # waits for); `upkeep` evicts down to the size limit every few seconds instead, and `close` once more.
         self._cache = diskcache.Cache(
             str(directory), size_limit=size_limit, eviction_policy=eviction_policy, statistics=False,
-            disk=_AdoptingDisk,
+            disk=_AdoptingDisk, cull_limit=0,
         )
         spool.sweep(directory)
         self._hot: OrderedDict[str, Entry] = OrderedDict()
@@ -125,6 +127,7 @@ class LocalStore:
 
     def close(self) -> None:
         self._write_checks()
+        self.evict()
         self._cache.close()
         if self._marks is not None:
             self._marks.close()
@@ -181,8 +184,12 @@ class LocalStore:
         finally:
             handle.close()
 
-    def claim(self, key: str, ttl: float) -> tuple[bool, Entry | None, str | None]:
-        """In one call: take the lease on `key`, and if taken, read its entry and negative record."""
+    def claim(self, key: str, ttl: float, usable: Callable[[Entry], bool] | None = None
+              ) -> tuple[bool, Entry | None, str | None]:
+        """In one call: the stored entry if `usable` accepts it (no lease taken); else take the lease on `key`, and
+        if taken, read its entry and negative record under it (a fetch may have finished in between)."""
+        if usable is not None and (entry := self.get(key)) is not None and usable(entry):
+            return False, entry, None
         if not self.acquire_lease(key, ttl):
             return False, None, None
         return True, self.get(key), self.negative(key)
@@ -226,20 +233,27 @@ class LocalStore:
         etag: str | None = None,
         last_modified: str | None = None,
         now: float | None = None,
+        release: bool = False,
     ) -> Entry:
+        """`release`: give back this store's lease on `key` in the same commit."""
         entry = make_entry(body, upstream, etag, last_modified, now)
         with self._cache.transact():  # one commit (blob first, then the meta naming it) instead of two
             self._cache.set(f"blob:{entry.meta.sha256}", body)
             self._cache.set(f"meta:{key}", asdict(entry.meta))
+            if release:
+                self._release(key)
         self._remember(key, entry)
         return entry
 
     def put_file(self, key: str, spooled: spool.Spooled, upstream: str, etag: str | None = None,
-                 last_modified: str | None = None, now: float | None = None) -> Entry:
+                 last_modified: str | None = None, now: float | None = None, release: bool = False) -> Entry:
         """Store a verified spooled file by moving it into the cache (the spool's file is gone afterwards)."""
         now = time.time() if now is None else now
         meta = Meta(spooled.sha256, spooled.size, upstream, now, now, etag, last_modified)
-        self.put_entry_file(key, meta, spooled.path)
+        with self._cache.transact():
+            self.put_entry_file(key, meta, spooled.path)
+            if release:
+                self._release(key)
         return self.get(key) or Entry(meta, None, None)
 
     def put_entry_file(self, key: str, meta: Meta, path: Path) -> None:
@@ -346,13 +360,28 @@ class LocalStore:
     def release_lease(self, key: str) -> None:
         """Give the lease back, only if it is still ours (it may have expired and been taken since)."""
         with self._cache.transact():
-            if self._cache.get(f"lease:{key}") == self._holder:
-                self._cache.delete(f"lease:{key}")
+            self._release(key)
+
+    def _release(self, key: str) -> None:  # inside a transaction
+        if self._cache.get(f"lease:{key}") == self._holder:
+            self._cache.delete(f"lease:{key}")
 
     def note_hit(self, key: str) -> None:
         """A hit served from memory: remembered so `touch_hits` can tell the disk (LRU, purges)."""
         with self._lock:
             self._hits.add(key)
+
+    def upkeep(self) -> None:
+        """The periodic work (every few seconds while the proxy runs): recency and 304s to disk, then eviction."""
+        self.touch_hits()
+        self.evict()
+
+    def evict(self) -> int:
+        """Evict expired records, then the least recently used entries until the cache is within its size limit."""
+        try:
+            return self._cache.cull(retry=True)
+        except diskcache.Timeout:
+            return 0  # the folder is busy: the next upkeep evicts
 
     def touch_hits(self) -> int:
         """Refresh the disk's recency of entries served from memory, write the 304s recorded in memory, and drop

@@ -26,6 +26,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -97,7 +98,15 @@ class S3Storage(Storage):
             raise StorageUnavailable(str(e)) from None
 
     async def put(self, key: str, body: bytes, upstream: str, etag: str | None = None,
-                  last_modified: str | None = None, now: float | None = None) -> Entry:
+                  last_modified: str | None = None, now: float | None = None, release: bool = False) -> Entry:
+        try:
+            return await self._put(key, body, upstream, etag, last_modified, now)
+        finally:
+            if release:  # the bucket's lease is its own object: given back after the entry's write
+                await self.release_lease(key)
+
+    async def _put(self, key: str, body: bytes, upstream: str, etag: str | None,
+                   last_modified: str | None, now: float | None) -> Entry:
         if len(body) >= HASH_OFFLOAD_BYTES:
             entry = await asyncio.to_thread(make_entry, body, upstream, etag, last_modified, now)
         else:
@@ -119,13 +128,17 @@ class S3Storage(Storage):
         return entry
 
     async def put_file(self, key: str, spooled: Spooled, upstream: str, etag: str | None = None,
-                       last_modified: str | None = None, now: float | None = None) -> Entry:
-        entry = await self.tier.put_file(key, spooled, upstream, etag, last_modified, now)
+                       last_modified: str | None = None, now: float | None = None, release: bool = False) -> Entry:
         try:
-            await self._publish(key, entry)
-        except BucketDown:
-            await self._queue(key)
-        return entry
+            entry = await self.tier.put_file(key, spooled, upstream, etag, last_modified, now)
+            try:
+                await self._publish(key, entry)
+            except BucketDown:
+                await self._queue(key)
+            return entry
+        finally:
+            if release:
+                await self.release_lease(key)
 
     async def put_entry_file(self, key: str, meta: Meta, path) -> None:
         await self.tier.put_entry_file(key, meta, path)
@@ -173,7 +186,10 @@ class S3Storage(Storage):
             return None
 
     # -- leases ------------------------------------------------------------------------------
-    async def claim(self, key: str, ttl: float) -> tuple[bool, Entry | None, str | None]:
+    async def claim(self, key: str, ttl: float, usable: Callable[[Entry], bool] | None = None
+                    ) -> tuple[bool, Entry | None, str | None]:
+        # `usable` unused: the resolver has read the store before (`get`, which may pull from the bucket), and what
+        # is read under the lease here is the bucket's newest
         owned, in_bucket = await self.leases.acquire(key, ttl)
         if not owned:
             return False, None, None
