@@ -603,23 +603,23 @@ class Resolver:
     async def _save(self, key: str, body: bytes, upstream: str, etag: str | None = None,
                     last_modified: str | None = None) -> Entry:
         """Store an answer; if the cache cannot be written (disk full), still answer."""
-        release = key in self._leases
-        stored = await self._best_effort(self.store.put, key, body, upstream, etag, last_modified, self.clock(),
-                                         release)
-        if stored is not None and release:
-            self._leases.discard(key)
+        stored = await self._write_entry(self.store.put, key, body, upstream, etag, last_modified, self.clock())
         return stored or make_entry(body, upstream, etag, last_modified, self.clock())
 
     async def _save_file(self, key: str, spooled: Spooled, upstream: str) -> Entry:
         """Store a verified spooled file; if the cache cannot take it, the request still fails cleanly."""
-        release = key in self._leases
-        stored = await self._best_effort(self.store.put_file, key, spooled, upstream, None, None, self.clock(),
-                                         release)
-        if stored is not None and release:
-            self._leases.discard(key)
+        stored = await self._write_entry(self.store.put_file, key, spooled, upstream, None, None, self.clock())
         if stored is None or stored.file is None:
             spooled.discard()
             raise Unavailable(f"{key}: fetched and verified, but the cache could not store it (see the log)")
+        return stored
+
+    async def _write_entry(self, write, key: str, *args) -> Entry | None:
+        """`_best_effort` for `put`/`put_file`: a lease this process holds on `key` is given back with the write."""
+        release = key in self._leases
+        stored = await self._best_effort(write, key, *args, release)
+        if stored is not None and release:
+            self._leases.discard(key)
         return stored
 
     async def _touch(self, key: str, cached: Entry) -> Entry:

@@ -379,7 +379,7 @@ class LocalStore:
     def evict(self) -> int:
         """Evict expired records, then the least recently used entries until the cache is within its size limit."""
         try:
-            return self._cache.cull(retry=True)
+            return self._cache.cull()
         except diskcache.Timeout:
             return 0  # the folder is busy: the next upkeep evicts
 
