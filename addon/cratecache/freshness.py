@@ -12,6 +12,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 from email.utils import formatdate, parsedate_to_datetime
 
 FRESH, REVALIDATE, MISS = "fresh", "revalidate", "miss"
@@ -56,7 +57,13 @@ def etag_for(sha256: str) -> str:
 
 
 def http_date(timestamp: float) -> str:
-    return formatdate(timestamp, usegmt=True)
+    return _http_date(int(timestamp))  # HTTP dates have whole seconds
+
+
+@functools.lru_cache(maxsize=1024)
+def _http_date(seconds: int) -> str:
+    """Most answers name one of a few recent seconds (the entries a burst of misses stored)."""
+    return formatdate(seconds, usegmt=True)
 
 
 def client_not_modified(

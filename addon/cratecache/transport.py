@@ -14,6 +14,7 @@ as they arrive on the wire (the addon decodes gzip itself, bounded).
 
 from __future__ import annotations
 
+import functools
 import re
 import ssl
 from collections.abc import AsyncIterator
@@ -44,8 +45,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeout = request.extensions.get("timeout", {})
-        limits = aiohttp.ClientTimeout(total=None, connect=timeout.get("pool"), sock_connect=timeout.get("connect"),
-                                       sock_read=timeout.get("read"))
+        limits = _limits(timeout.get("pool"), timeout.get("connect"), timeout.get("read"))
         with _mapped(request):
             response = await self._pool().request(
                 request.method, URL(str(request.url), encoded=True), headers=request.headers.multi_items(),
@@ -57,6 +57,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+@functools.lru_cache(maxsize=64)
+def _limits(pool: float | None, connect: float | None, read: float | None) -> aiohttp.ClientTimeout:
+    """httpx's timeouts as aiohttp's (one object per distinct set: they are the same for every request)."""
+    return aiohttp.ClientTimeout(total=None, connect=pool, sock_connect=connect, sock_read=read)
 
 
 class _Body(httpx.AsyncByteStream):
