@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from . import Storage
+from .batches import StoreThread
 from .local import KINDS, Entry, LocalStore, Meta
 from .spool import Spooled
 
@@ -21,11 +21,16 @@ class DiskStorage(Storage):
         self.local = local
         self.directory = local.directory
         # One thread for all of this process's SQLite work: the store's writes serialise on SQLite's lock anyway,
-        # and several threads waiting for it (busy-handler sleeps) and for the GIL cost the event loop more.
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cargo-cache-store")
+        # and several threads waiting for it (busy-handler sleeps) and for the GIL cost the event loop more. Short
+        # calls that queue up while it works run together, in one transaction (`batches`).
+        self._thread = StoreThread(local.transaction)
 
     async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        return await self._thread.run(fn, *args)
+
+    async def _alone(self, fn, *args):
+        """A call that must not join a batch: long (scans, purges) or not undone by a rollback (a file moved in)."""
+        return await self._thread.run(fn, *args, batch=False)
 
     def peek(self, key: str) -> Entry | None:
         return self.local.peek(key)
@@ -48,10 +53,10 @@ class DiskStorage(Storage):
 
     async def put_file(self, key: str, spooled: Spooled, upstream: str, etag: str | None = None,
                        last_modified: str | None = None, now: float | None = None, release: bool = False) -> Entry:
-        return await self._run(self.local.put_file, key, spooled, upstream, etag, last_modified, now, release)
+        return await self._alone(self.local.put_file, key, spooled, upstream, etag, last_modified, now, release)
 
     async def put_entry_file(self, key: str, meta: Meta, path: Path) -> None:
-        await self._run(self.local.put_entry_file, key, meta, path)
+        await self._alone(self.local.put_entry_file, key, meta, path)
 
     async def put_entry(self, key: str, meta: Meta, body: bytes, remember: bool = False) -> None:
         await self._run(self.local.put_entry, key, meta, body, remember)
@@ -81,31 +86,31 @@ class DiskStorage(Storage):
         await self._run(self.local.release_lease, key)
 
     async def entries(self, prefix: str = "") -> list[tuple[str, Meta]]:
-        return await self._run(lambda: list(self.local.entries(prefix)))
+        return await self._alone(lambda: list(self.local.entries(prefix)))
 
     async def keys(self, prefix: str = "") -> list[str]:
-        return await self._run(self.local.keys, prefix)
+        return await self._alone(self.local.keys, prefix)
 
     async def delete(self, key: str) -> bool:
         return await self._run(self.local.delete, key)
 
     async def clear(self) -> int:
-        return await self._run(self.local.clear)
+        return await self._alone(self.local.clear)
 
     async def collect_garbage(self) -> int:
-        return await self._run(self.local.collect_garbage)
+        return await self._alone(self.local.collect_garbage)
 
     async def figures(self) -> dict[str, Any]:
         def read() -> dict[str, Any]:
             return {"bytes": self.local.volume(), "entries": {kind: self.local.count(f"{kind}/") for kind in KINDS}}
 
-        return await self._run(read)
+        return await self._alone(read)
 
     async def add_counts(self, counts: dict[str, int]) -> None:
         await self._run(self.local.add_counts, counts)
 
     async def counts(self) -> dict[str, int]:
-        return await self._run(self.local.counts)
+        return await self._alone(self.local.counts)
 
     async def maintain(self) -> None:
         # Background upkeep (a batch of recency touches and 304s, then eviction, every 5 s) on asyncio's pool, not the

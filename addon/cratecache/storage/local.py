@@ -125,6 +125,11 @@ class LocalStore:
         self._marks: diskcache.Cache | None = None
         self._generation = self._cache.get(PURGE_GENERATION, 0)  # what this process's memory tier has caught up with
 
+    def transaction(self):
+        """One SQLite transaction around several calls (the store thread's batches); calls inside it that open
+        their own join it."""
+        return self._cache.transact()
+
     def close(self) -> None:
         self._write_checks()
         self.evict()
