@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 KINDS = ("config", "index", "crate", "manifest", "component", "rustup")  # the last three: toolchains
 HOT_ITEM_LIMIT = 1024 * 1024
+UPKEEP_CHUNK = 256  # recency touches and 304s written per transaction
 FILE_THRESHOLD = int(os.environ.get("CARGO_CACHE_FILE_THRESHOLD", 2 * 1024 * 1024))  # BENCHMARKS.md section 5
 FILE_KINDS = ("crate/", "component/", "rustup/")  # what may be kept as a file; index files, config.json and
 # channel manifests are always read whole
@@ -326,10 +327,12 @@ class LocalStore:
     def _write_checks(self) -> None:
         with self._lock:
             checks, self._checks = self._checks, {}
-        for key, (when, sha256) in checks.items():
-            raw = self._cache.get(f"meta:{key}")
-            if raw is not None and raw["sha256"] == sha256 and raw["checked_at"] < when:
-                self._cache.set(f"meta:{key}", {**raw, "checked_at": when})
+        for chunk in _chunks(list(checks.items())):
+            with self._cache.transact():  # one commit per chunk, not one per 304
+                for key, (when, sha256) in chunk:
+                    raw = self._cache.get(f"meta:{key}")
+                    if raw is not None and raw["sha256"] == sha256 and raw["checked_at"] < when:
+                        self._cache.set(f"meta:{key}", {**raw, "checked_at": when})
 
     def set_negative(self, key: str, reason: str, ttl: float) -> None:
         """Remember for `ttl` seconds that no upstream has `key`."""
@@ -400,14 +403,16 @@ class LocalStore:
                 self._hot.clear()
                 self._hot_bytes = 0
                 self._shared.clear()
-        for key in keys:
-            raw = self._cache.get(f"meta:{key}")  # with least-recently-used, a read is the touch
-            if raw is None:
-                self._forget(key)
-                continue
-            handle = self._cache.get(f"blob:{raw['sha256']}", read=True)
-            if hasattr(handle, "close"):
-                handle.close()
+        for chunk in _chunks(list(keys)):
+            with self._cache.transact():  # with least-recently-used a read is a write: one commit per chunk
+                for key in chunk:
+                    raw = self._cache.get(f"meta:{key}")  # the touch
+                    if raw is None:
+                        self._forget(key)
+                        continue
+                    handle = self._cache.get(f"blob:{raw['sha256']}", read=True)
+                    if hasattr(handle, "close"):
+                        handle.close()
         return len(keys)
 
     def mark_pending(self, key: str) -> None:
@@ -483,3 +488,10 @@ def _alive(pid: object) -> bool:
     except PermissionError:
         return True  # exists, owned by another user
     return True
+
+
+def _chunks(items: list, size: int = UPKEEP_CHUNK) -> Iterator[list]:
+    """The upkeep's writes in transactions of `size`: few commits, and SQLite's write lock (which requests' store
+    calls wait for) held only briefly each time."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
