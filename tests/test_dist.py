@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 from cratecache import dist
@@ -87,7 +88,7 @@ def test_a_manifest_lists_every_file_with_its_hash_by_dated_folder():
     assert hashes[f"dist/{DATE}/{name}"] == digest(name)
     assert f"dist/{DATE}/rust-src-1.95.0.tar.gz" in hashes
     assert len(hashes) == 6 * 2 + 1  # two formats of six files, and the combined tarball
-    assert list(dist.hashes_by_date(manifest)) == [DATE]
+    assert dist.parse_listing(manifest_text().encode()).files == hashes
 
 
 @pytest.mark.parametrize("body, problem", [
@@ -198,3 +199,48 @@ def test_the_toolchains_host_is_classified_by_the_dist_layout_with_the_common_re
                                  ("GET", "/index.html", 404)):
         refused = classify(src, "static.rust-lang.org", method, path)
         assert isinstance(refused, Rejection) and refused.status == status, (method, path)
+
+
+STABLE_RUSTC = f"dist/{DATE}/rustc-1.95.0-{HOST}.tar.xz"
+
+
+@pytest.mark.parametrize("manifest_path, manifest_date, component, vouches", [
+    ("dist/channel-rust-stable.toml", DATE, STABLE_RUSTC, True),
+    (f"dist/{DATE}/channel-rust-stable.toml", DATE, STABLE_RUSTC, True),
+    ("dist/channel-rust-1.95.toml", DATE, STABLE_RUSTC, True),
+    ("dist/channel-rust-1.95.0.toml", DATE, STABLE_RUSTC, True),
+    ("dist/2020-01-01/channel-rust-beta.toml", "2020-01-01", STABLE_RUSTC, False),  # another day and channel
+    (f"dist/{DATE}/channel-rust-beta.toml", DATE, STABLE_RUSTC, False),  # the same day, another channel
+    ("dist/channel-rust-stable.toml", "2026-05-28", STABLE_RUSTC, False),  # the channel, another day
+    (f"dist/{DATE}/channel-rust-stable.toml", "2020-01-01", STABLE_RUSTC, False),  # its folder is not its date
+    (f"dist/{DATE}/channel-rust-nightly.toml", DATE, f"dist/{DATE}/rustc-nightly-{HOST}.tar.xz", True),
+    ("dist/channel-rust-1.96.0-beta.2.toml", DATE, f"dist/{DATE}/rustc-beta-{HOST}.tar.xz", True),
+    ("dist/channel-rust-stable.toml", DATE, f"dist/{DATE}/rustc-beta-{HOST}.tar.xz", False),
+])
+def test_a_component_is_vouched_for_only_by_a_manifest_of_its_channel_and_date(manifest_path, manifest_date,
+                                                                               component, vouches):
+    assert dist.vouches(manifest_path, manifest_date, component) is vouches
+
+
+def test_what_a_manifest_vouches_for_is_stored_and_read_back_under_the_rule():
+    listing = dist.parse_listing(manifest_text().encode())
+    own = listing.vouched_by("dist/channel-rust-stable.toml")
+    assert own.files == {p: d for p, d in listing.files.items()}  # all of its files are its day's stable files
+    foreign = listing.vouched_by("dist/2020-01-01/channel-rust-beta.toml")
+    assert foreign.files == {}
+    assert dist.read_vouched("dist/channel-rust-stable.toml", DATE, own.record()) == own.files
+    legacy = json.dumps(listing.files).encode()  # a table stored before the rule: trusted only from a dated path
+    assert dist.read_vouched("dist/channel-rust-stable.toml", DATE, legacy) == {}
+    assert dist.read_vouched(f"dist/{DATE}/channel-rust-stable.toml", DATE, legacy) == listing.files
+    assert dist.read_vouched(f"dist/{DATE}/channel-rust-beta.toml", DATE, legacy) == {}
+
+
+def test_manifests_that_disagree_on_a_hash_are_a_conflict_naming_both():
+    tables = {"dist/channel-rust-stable.toml": {STABLE_RUSTC: "a" * 64},
+              f"dist/{DATE}/channel-rust-stable.toml": {STABLE_RUSTC: "b" * 64}}
+    with pytest.raises(dist.ManifestConflict, match="disagree on its hash") as conflict:
+        dist.agreed_hash(STABLE_RUSTC, tables)
+    assert all(path in str(conflict.value) for path in tables)
+    tables[f"dist/{DATE}/channel-rust-stable.toml"][STABLE_RUSTC] = "a" * 64
+    assert dist.agreed_hash(STABLE_RUSTC, tables) == "a" * 64
+    assert dist.agreed_hash(f"dist/{DATE}/cargo-1.95.0-{HOST}.tar.xz", tables) is None

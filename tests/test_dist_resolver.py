@@ -246,3 +246,62 @@ async def test_concurrent_misses_for_one_component_share_one_upstream_request(ma
     served = await asyncio.gather(*(get(resolver, RUSTC) for _ in range(8)))
     assert {s.entry.body for s in served} == {component(RUSTC.rsplit("/", 1)[1])}
     assert up.asked(RUSTC) == 1 and up.asked(f"dist/{DATE}/channel-rust-stable.toml") == 1  # fetched to verify it
+
+
+# -- which manifest vouches for a component (issue 27, item 2) ----------------------------------
+
+def foreign_manifest(listed: str, digest_of: bytes, date: str = "2020-01-01") -> bytes:
+    """A manifest of another date (and channel) that lists `listed` (a stable path of DATE) with its own hash."""
+    name = listed.rsplit("/", 1)[1]
+    body = manifest_text().replace(f'date = "{DATE}"', f'date = "{date}"')
+    return body.replace(dist_hash(name), sha(digest_of)).encode()
+
+
+def dist_hash(name: str) -> str:
+    return sha(name.encode())
+
+
+CLIPPY = f"dist/{DATE}/clippy-preview-1.95.0-{HOST}.tar.xz"
+FOREIGN = "dist/2020-01-01/channel-rust-beta.toml"
+
+
+@pytest.mark.parametrize("stable_first", [True, False])
+async def test_a_manifest_of_another_channel_and_date_cannot_vouch_for_a_component(make, up, net, stable_first):
+    up.manifest(A, STABLE, manifest_text().encode())
+    up.manifest(A, f"dist/{DATE}/channel-rust-stable.toml", manifest_text().encode())
+    up.components(A)
+    net.serve(A + CLIPPY, component(CLIPPY.rsplit("/", 1)[1]))
+    up.manifest(B, FOREIGN, foreign_manifest(CLIPPY, b"evil clippy"))  # only the second upstream has it
+    net.serve(B + CLIPPY, b"evil clippy")
+    resolver = make()
+    assert (await get(resolver, FOREIGN)).source == "b"
+    if stable_first:
+        await get(resolver, STABLE)
+    served = await get(resolver, CLIPPY)
+    checksum = await get(resolver, CLIPPY + ".sha256")
+    assert (served.source, served.entry.body) == ("a", component(CLIPPY.rsplit("/", 1)[1]))
+    assert checksum.entry.body.startswith(sha(served.entry.body).encode())
+    assert up.asked(CLIPPY) == 1  # the genuine file was accepted at once; the mirror was never asked for it
+
+
+async def test_a_dated_manifest_whose_date_is_not_its_folders_vouches_for_nothing(make, up, net):
+    lying = f"dist/{DATE}/channel-rust-stable.toml"
+    up.manifest(A, lying, foreign_manifest(RUSTC, b"evil rustc"))  # in DATE's folder, says 2020-01-01
+    net.serve(A + RUSTC, b"evil rustc")
+    with pytest.raises(NotFound, match="not listed in any channel manifest"):
+        await get(make(), RUSTC)
+
+
+async def test_two_manifests_of_a_components_channel_and_date_that_disagree_refuse_it(make, up, net):
+    dated = f"dist/{DATE}/channel-rust-stable.toml"
+    up.manifest(A, STABLE, manifest_text().encode())
+    up.components(A)
+    up.manifest(B, dated, manifest_text().replace(dist_hash(RUSTC.rsplit("/", 1)[1]), sha(b"other")).encode())
+    resolver = make()
+    await get(resolver, STABLE)
+    await get(resolver, dated)  # the first upstream lacks the dated one; the second's disagrees on rustc
+    with pytest.raises(Unavailable, match="disagree on its hash") as refused:
+        await get(resolver, RUSTC)
+    assert STABLE in str(refused.value) and dated in str(refused.value)
+    assert up.asked(RUSTC) == 0
+    assert (await get(resolver, f"dist/{DATE}/cargo-1.95.0-{HOST}.tar.xz")).source == "a"  # where they agree: served

@@ -15,6 +15,7 @@ Anything else on the dist host is refused with a reason, never passed on.
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -175,18 +176,92 @@ def file_hashes(manifest: Manifest) -> dict[str, str]:
     return out
 
 
-def hashes_by_date(manifest: Manifest) -> dict[str, dict[str, str]]:
-    """`file_hashes` grouped by the dated folder each file is in."""
-    grouped: dict[str, dict[str, str]] = {}
-    for path, digest in file_hashes(manifest).items():
-        grouped.setdefault(path.split("/")[1], {})[path] = digest
-    return grouped
+# -- which manifest vouches for which component ----------------------------------------------
+# A component is vouched for only by a manifest of the channel and date it belongs to: the dated manifest
+# `dist/<date>/channel-rust-<channel>.toml` (whose own `date` is its folder's) or an undated one of that channel
+# (`channel-rust-stable.toml`, `-1.95.toml`, ...) whose `date` is the component's folder. Two such manifests that
+# list different hashes for one file are a conflict: the file is refused, never one of them chosen.
 
 
-def channel_guesses(component: str) -> list[str]:
-    """The channels whose dated manifest may list a component file, most likely first."""
-    first = "nightly" if "-nightly" in component else "beta" if "-beta" in component else "stable"
-    return [first] + [c for c in CHANNELS if c != first]
+class ManifestConflict(ValueError):
+    """Manifests that may each vouch for a file list different hashes for it."""
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What a manifest lists, all the proxy keeps of a parsed manifest (not the document): its date, its Rust
+    version, and file path -> SHA-256."""
+
+    date: str
+    version: str | None
+    files: dict[str, str] = field(repr=False)
+
+    def vouched_by(self, manifest_path: str) -> Listing:
+        """Only the files this manifest may vouch for when it is held under `manifest_path`."""
+        files = {p: d for p, d in self.files.items() if vouches(manifest_path, self.date, p)}
+        return Listing(self.date, self.version, files)
+
+    def record(self) -> bytes:
+        """How the table is stored (`dist-hashes/<date>/<manifest path>`), read back by `read_vouched`."""
+        return json.dumps({"date": self.date, "files": self.files}, sort_keys=True).encode()
+
+
+def component_channel(name: str) -> str:
+    """The channel a component file belongs to, by its name: `rustc-nightly-…`, `rustc-beta-…`, `rustc-1.95.0-…`."""
+    return "nightly" if "-nightly" in name else "beta" if "-beta" in name else "stable"
+
+
+def manifest_channel(path: str) -> str | None:
+    """The channel of a manifest path: `channel-rust-1.95.toml` is stable, `-1.96.0-beta.2.toml` beta."""
+    m = _MANIFEST.match(path.rsplit("/", 1)[-1])
+    if m is None:
+        return None
+    name = m.group(1)
+    return name if name in CHANNELS else "beta" if "-beta" in name else "stable"
+
+
+def vouches(manifest_path: str, manifest_date: str, component_path: str) -> bool:
+    """May the manifest at `manifest_path`, dated `manifest_date`, vouch for `component_path`?"""
+    parts, comp = manifest_path.split("/"), component_path.split("/")
+    if len(comp) != 3 or comp[1] != manifest_date:
+        return False  # only files of its own day
+    if len(parts) == 3 and parts[1] != manifest_date:
+        return False  # a dated manifest that names another day is not that day's manifest
+    return manifest_channel(manifest_path) == component_channel(comp[2])
+
+
+def parse_listing(body: bytes) -> Listing:
+    """`parse_manifest` keeping only its `Listing` (slow for a big manifest: run it off the event loop).
+    Raises ValueError as `parse_manifest` does."""
+    manifest = parse_manifest(body)
+    return Listing(manifest.date, manifest.version, file_hashes(manifest))
+
+
+def read_vouched(manifest_path: str, folder: str, body: bytes) -> dict[str, str]:
+    """A stored table (`Vouched.record`, kept under the dated folder it covers) -> what it vouches for. A table
+    stored before the rule (a bare path -> hash map) counts only for a dated manifest of that folder."""
+    try:
+        table = json.loads(body)
+    except ValueError:
+        return {}
+    if not isinstance(table, dict):
+        return {}
+    if isinstance(table.get("files"), dict) and isinstance(table.get("date"), str):
+        date, files = table["date"], table["files"]
+    else:
+        date, files = (folder if manifest_path.split("/")[1:2] == [folder] else ""), table
+    return {p: d for p, d in files.items() if isinstance(d, str) and vouches(manifest_path, date, p)}
+
+
+def agreed_hash(component_path: str, tables: dict[str, dict[str, str]]) -> str | None:
+    """The hash the manifests (path -> what it vouches for) agree on for a component; None if none lists it.
+    Raises ManifestConflict naming them when they disagree."""
+    listed = {path: table[component_path] for path, table in tables.items() if component_path in table}
+    if len(set(listed.values())) > 1:
+        said = "; ".join(f"{path} says {digest[:16]}…" for path, digest in sorted(listed.items()))
+        raise ManifestConflict(f"{component_path.rsplit('/', 1)[-1]}: the manifests of its channel and date "
+                               f"disagree on its hash ({said}); it is not served until one of them is purged")
+    return next(iter(listed.values()), None)
 
 
 def component_files(manifest: Manifest, host: str, targets: tuple[str, ...] = (), profile: str = "minimal",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -35,6 +34,7 @@ FORCED_KEPT = 10_000
 CRATE_DEADLINE = 600.0  # seconds for a whole .crate download (up to max_crate_size at ~100 kB/s)
 DIST_DEADLINE = 1800.0  # seconds for a whole toolchain component (rustc is ~70 MB)
 CHECKSUM_LIMIT = 4096  # a .sha256 file is one line
+TABLE_INLINE = 64 << 10  # a stored hash table larger than this is read in a worker thread
 MANIFEST_RETRIES = 2  # an upstream whose manifest and .sha256 disagree is asked this many more times (it moved)
 
 
@@ -60,6 +60,10 @@ class Unavailable(ResolveError):
     """At least one upstream failed and nothing usable is cached."""
 
 
+class ManifestsDisagree(Unavailable):
+    """The manifests that may vouch for a component list different hashes for it: it is not served."""
+
+
 class Resolver:
     def __init__(
         self,
@@ -74,7 +78,9 @@ class Resolver:
             for reg in settings.sources
             for up in reg.active_upstreams
         }
-        self._tables: dict[tuple[str, str], dict[str, str]] = {}  # (key, sha256) -> a manifest's file hashes
+        self._tables: dict[tuple[str, str], dict[str, str]] = {}  # (key, sha256) -> what a stored table vouches for
+        self._listings: dict[str, asyncio.Future] = {}  # manifest sha256 -> its parse (off the loop, once per bytes)
+        self.parse_listing: Callable[[bytes], dist.Listing] = dist.parse_listing  # runs in a worker thread
         self._inflight: dict[str, asyncio.Task] = {}
         self._leases: set[str] = set()  # keys this process fetches under its lease (given back with their write)
         self._forced: dict[str, float] = {}  # index key -> when a download last forced its revalidation
@@ -436,10 +442,10 @@ class Resolver:
                                         f"got {spooled.sha256[:16]}…")
                 expected = moved  # the upstream published a new one between the two requests: ask again
             if manifest:  # a manifest is read whole (it is parsed for its hashes): below max_index_size
-                body = spooled.body if spooled.body is not None else spooled.path.read_bytes()
+                body = spooled.body if spooled.body is not None else await asyncio.to_thread(spooled.path.read_bytes)
                 spooled.discard()
                 try:
-                    dist.parse_manifest(body)
+                    await self._listing(body, spooled.sha256)
                 except ValueError as e:
                     raise UpstreamError(f"invalid channel manifest {f.path}: {e}") from None
                 return Attempt(client.name, "ok", "HTTP 200"), (client.name, body)
@@ -450,8 +456,9 @@ class Resolver:
                 return await self._store_spooled(key, got, upstream)
             if cached is not None:  # a client that was given the old one's .sha256 may still ask for it
                 await self._best_effort(self.store.put_entry, f"dist-previous/{f.path}", cached.meta, cached.body)
-            await self._save_hashes(f, got, upstream)
-            return await self._save(key, got, upstream)
+            stored = await self._save(key, got, upstream)
+            await self._save_hashes(f.path, stored.body, stored.meta.sha256, upstream)
+            return stored
 
         return await self._revalidating_walk(src, attempt, key, cached, f.path, save)
 
@@ -492,34 +499,37 @@ class Resolver:
         return Served(await self._store_spooled(key, spooled, upstream), upstream, "miss", tuple(attempts))
 
     async def _component_hash(self, src: Toolchains, f: dist.DistFile) -> str:
-        """The SHA-256 a held manifest lists for a component; else the dated manifests of its day are fetched."""
+        """The SHA-256 the manifests of a component's channel and date list for it (`dist.vouches`); if none is
+        held, its dated manifest is fetched. ManifestsDisagree if they list different hashes."""
         if digest := await self._listed_hash(f):
             return digest
-        problems = []
+        channel, problem = dist.component_channel(f.name), None
         if not self.settings.cache.offline:
-            for channel in dist.channel_guesses(f.name):
-                manifest = dist.DistFile("manifest", f"dist/{f.date}/channel-rust-{channel}.toml", True, "pair")
-                try:
-                    await self.dist_file(src, manifest)
-                except NotFound:
-                    continue
-                except Unavailable as e:
-                    problems.append(str(e))
-                    continue
+            manifest = dist.DistFile("manifest", f"dist/{f.date}/channel-rust-{channel}.toml", True, "pair")
+            try:
+                await self.dist_file(src, manifest)
+            except NotFound:
+                pass
+            except Unavailable as e:
+                problem = str(e)
+            else:
                 if digest := await self._listed_hash(f):
                     return digest
-        if problems:
-            raise Unavailable(f"{f.name}: no manifest of {f.date} could be fetched to verify it ({'; '.join(problems)})")
-        raise NotFound(f"{f.name} is not listed in any channel manifest of {f.date}, so it cannot be verified "
-                       "and is not served")
+        if problem:
+            raise Unavailable(f"{f.name}: its manifest (dist/{f.date}/channel-rust-{channel}.toml) could not be "
+                              f"fetched to verify it ({problem})")
+        raise NotFound(f"{f.name} is not listed in any channel manifest of {f.date} ({channel}), so it cannot be "
+                       "verified and is not served")
 
     async def _listed_hash(self, f: dist.DistFile) -> str | None:
-        for key in await self.store.keys(f"dist-hashes/{f.date}/"):
-            if digest := (await self._hash_table(key)).get(f.path):
-                return digest
-        return None
+        prefix = f"dist-hashes/{f.date}/"
+        tables = {key[len(prefix):]: await self._hash_table(key, f.date) for key in await self.store.keys(prefix)}
+        try:
+            return dist.agreed_hash(f.path, tables)
+        except dist.ManifestConflict as e:
+            raise ManifestsDisagree(str(e)) from None
 
-    async def _hash_table(self, key: str) -> dict[str, str]:
+    async def _hash_table(self, key: str, folder: str) -> dict[str, str]:
         entry = self.store.peek(key) or await self.store.get(key)
         if entry is None:
             return {}
@@ -527,19 +537,31 @@ class Resolver:
         if table is None:
             if len(self._tables) > 256:
                 self._tables.clear()
-            table = self._tables[(key, entry.meta.sha256)] = json.loads(entry.body)
+            path = key.split("/", 2)[2]
+            read = functools.partial(dist.read_vouched, path, folder, entry.body)
+            table = read() if len(entry.body) < TABLE_INLINE else await asyncio.to_thread(read)
+            self._tables[(key, entry.meta.sha256)] = table
         return table
 
-    async def _save_hashes(self, f: dist.DistFile, body: bytes, upstream: str) -> None:
-        """What a new manifest lists, by dated folder, so its components can be verified (kept with the cache)."""
-        manifest = await asyncio.to_thread(dist.parse_manifest, body)
-        for date, table in dist.hashes_by_date(manifest).items():
-            await self._save(f"dist-hashes/{date}/{f.path}", json.dumps(table, sort_keys=True).encode(), upstream)
+    async def _listing(self, body: bytes, sha256: str) -> dist.Listing:
+        """What a manifest lists, parsed in a worker thread (a big manifest takes seconds and hundreds of MB to
+        parse), once for concurrent callers with the same bytes. ValueError if it is not a v2 manifest."""
+        task = self._listings.get(sha256)
+        if task is None:
+            task = self._listings[sha256] = asyncio.ensure_future(asyncio.to_thread(self.parse_listing, body))
+            task.add_done_callback(lambda t: (self._listings.pop(sha256, None), t.cancelled() or t.exception()))
+        return await asyncio.shield(task)
+
+    async def _save_hashes(self, path: str, body: bytes, sha256: str, upstream: str) -> None:
+        """What a new manifest vouches for (`dist.vouches`: files of its channel and date), kept with the cache under
+        its date so that its components can be verified; nothing of the parsed document is kept."""
+        listing = (await self._listing(body, sha256)).vouched_by(path)
+        await self._save(f"dist-hashes/{listing.date}/{path}", listing.record(), upstream)
 
     async def store_manifest(self, path: str, entry: Entry) -> None:
         """Keep a manifest under another name (staging's aliases), with what it lists."""
         await self.store.put_entry(f"manifest/{path}", entry.meta, entry.body)
-        await self._save_hashes(dist.DistFile("manifest", path, True, "pair"), entry.body, entry.meta.upstream)
+        await self._save_hashes(path, entry.body, entry.meta.sha256, entry.meta.upstream)
 
     # -- shared ------------------------------------------------------------------------------
 
