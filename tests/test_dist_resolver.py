@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 
 import httpx
 import pytest
@@ -305,3 +306,34 @@ async def test_two_manifests_of_a_components_channel_and_date_that_disagree_refu
     assert STABLE in str(refused.value) and dated in str(refused.value)
     assert up.asked(RUSTC) == 0
     assert (await get(resolver, f"dist/{DATE}/cargo-1.95.0-{HOST}.tar.xz")).source == "a"  # where they agree: served
+
+
+# -- a big manifest is parsed off the event loop, once per distinct bytes (issue 27, item 4) ------------
+
+async def test_a_manifest_is_parsed_in_a_worker_thread_once_for_concurrent_names_while_hits_are_answered(make, up):
+    up.manifest(A, STABLE, manifest_text().encode())
+    up.components(A)
+    resolver = make()
+    await get(resolver, STABLE)
+    await get(resolver, RUSTC)  # cached: the hit to answer while a manifest is being parsed
+    started, release, parses = threading.Event(), threading.Event(), []
+
+    def slow_parse(data: bytes) -> dist.Listing:  # stands for tomllib on a 16 MB manifest (seconds)
+        parses.append(threading.current_thread())
+        started.set()
+        assert release.wait(10), "the test never let the parse finish"
+        return dist.parse_listing(data)
+
+    resolver.parse_listing = slow_parse
+    body = manifest_text("1.95.1").encode()  # bytes not parsed yet
+    aliases = ["dist/channel-rust-1.95.toml", "dist/channel-rust-1.95.1.toml", f"dist/{DATE}/channel-rust-stable.toml"]
+    for path in aliases:  # the same bytes under three names, asked for at once
+        up.manifest(A, path, body)
+    fetching = asyncio.gather(*(get(resolver, path) for path in aliases))
+    assert await asyncio.to_thread(started.wait, 10)
+    hit = await get(resolver, RUSTC)  # answered while the parse holds its thread
+    assert (hit.state, release.is_set()) == ("hit", False)
+    release.set()
+    served = await fetching
+    assert {s.entry.body for s in served} == {body}
+    assert len(parses) == 1 and parses[0] is not threading.main_thread()

@@ -34,6 +34,7 @@ FORCED_KEPT = 10_000
 CRATE_DEADLINE = 600.0  # seconds for a whole .crate download (up to max_crate_size at ~100 kB/s)
 DIST_DEADLINE = 1800.0  # seconds for a whole toolchain component (rustc is ~70 MB)
 CHECKSUM_LIMIT = 4096  # a .sha256 file is one line
+LISTINGS_KEPT = 4  # parsed manifests kept (their file tables only), by the SHA-256 of their bytes
 TABLE_INLINE = 64 << 10  # a stored hash table larger than this is read in a worker thread
 MANIFEST_RETRIES = 2  # an upstream whose manifest and .sha256 disagree is asked this many more times (it moved)
 
@@ -546,10 +547,13 @@ class Resolver:
     async def _listing(self, body: bytes, sha256: str) -> dist.Listing:
         """What a manifest lists, parsed in a worker thread (a big manifest takes seconds and hundreds of MB to
         parse), once for concurrent callers with the same bytes. ValueError if it is not a v2 manifest."""
-        task = self._listings.get(sha256)
+        task = self._listings.pop(sha256, None)
         if task is None:
-            task = self._listings[sha256] = asyncio.ensure_future(asyncio.to_thread(self.parse_listing, body))
-            task.add_done_callback(lambda t: (self._listings.pop(sha256, None), t.cancelled() or t.exception()))
+            task = asyncio.ensure_future(asyncio.to_thread(self.parse_listing, body))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._listings[sha256] = task  # the most recent last: a manifest is checked, then saved, then its aliases
+        while len(self._listings) > LISTINGS_KEPT:
+            del self._listings[next(iter(self._listings))]
         return await asyncio.shield(task)
 
     async def _save_hashes(self, path: str, body: bytes, sha256: str, upstream: str) -> None:
