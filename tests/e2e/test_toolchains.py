@@ -263,3 +263,40 @@ def test_rustups_self_update_check_and_rustup_init_go_through_the_proxy(start_pr
     refused = subprocess.run(["curl", "-sS", "--proxy", proxy.url, "--cacert", str(proxy.ca_cert), "-w", "\n%{http_code}",
                               f"https://{DIST_HOST}/{archived}"], capture_output=True, timeout=30)
     assert refused.stdout.endswith(b"\n502") and b"origin: checksum mismatch for rustup/archive/" in refused.stdout
+
+
+def test_a_mirrors_manifest_of_another_channel_and_date_cannot_rewrite_a_components_hash(start_proxy, tree, origin,
+                                                                                         tmp_path):
+    """Issue 27, item 2: a priority-2 mirror serving only dist/2020-01-01/channel-rust-beta.toml, which lists the
+    stable clippy path with the hash of its own bytes, must neither make the genuine file fail nor get its bytes
+    served."""
+    import hashlib
+    import ssl
+
+    from tests.fixtures.dist import write_file, write_with_sha256
+
+    clippy = STABLE.component_path("clippy-preview")
+    genuine = (tree / clippy).read_bytes()
+    evil = b"not clippy" * 1000
+    manifest = (tree / STABLE.manifest_path).read_text()
+    foreign = manifest.replace(f'date = "{STABLE.date}"', 'date = "2020-01-01"').replace(
+        hashlib.sha256(genuine).hexdigest(), hashlib.sha256(evil).hexdigest())
+    assert foreign.count(hashlib.sha256(evil).hexdigest()) == 1
+    (tmp_path / "mirror").mkdir()
+    write_with_sha256(tmp_path / "mirror", "dist/2020-01-01/channel-rust-beta.toml", foreign.encode())
+    write_file(tmp_path / "mirror" / clippy, evil)
+    with DistServer(tmp_path / "mirror", name="mirror") as mirror:
+        proxy = start_proxy([], toolchains=toolchains(origin, mirror))
+        verify = ssl.create_default_context(cafile=str(proxy.ca_cert))
+        with httpx.Client(proxy=proxy.url, verify=verify, timeout=30) as client:
+            planted = client.get(f"https://{DIST_HOST}/dist/2020-01-01/channel-rust-beta.toml")
+            served = client.get(f"https://{DIST_HOST}/{clippy}")
+            checksum = client.get(f"https://{DIST_HOST}/{clippy}.sha256")
+            client.get(f"https://{DIST_HOST}/dist/channel-rust-stable.toml")
+            again = client.get(f"https://{DIST_HOST}/{clippy}")
+        assert planted.status_code == 200 and planted.headers["x-cache-upstream"] == "mirror"
+        assert (served.status_code, served.headers["x-cache-upstream"], served.content) == (200, "origin", genuine)
+        assert checksum.text.split()[0] == hashlib.sha256(genuine).hexdigest()
+        assert again.content == genuine
+        assert mirror.count(clippy) == 0 and origin.count(clippy) == 1
+        assert "checksum mismatch" not in proxy.log()
