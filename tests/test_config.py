@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
 import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
-from cratecache.config import ConfigError, Upstream, load_settings, parse_settings, parse_size
+from cratecache.config import (
+    MAX_CONFIG_BYTES,
+    MAX_SECRET_BYTES,
+    ConfigError,
+    Upstream,
+    load_settings,
+    parse_settings,
+    parse_size,
+)
 
 SHIPPED = Path(__file__).resolve().parent.parent / "proxies.yaml"
 FILE = Path("/etc/cargo-cache/proxies.yaml")
@@ -476,3 +485,64 @@ def test_s3_keys_from_files(tmp_path: Path):
                                             "secret_access_key_file": str(tmp_path / "secret")}}
     s3 = parse(doc).cache.s3
     assert (s3.access_key_id, s3.secret_access_key) == ("AKIA", "shh")
+
+
+def _with_password_file(tmp_path: Path, secret: Path) -> Path:
+    doc = copy.deepcopy(MINIMAL)
+    doc["registries"][0]["proxies"][0]["password_file"] = str(secret)
+    config = tmp_path / "proxies.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    return config
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_a_secret_that_is_not_a_regular_file_is_refused_without_reading_it(tmp_path: Path, kind: str):
+    """A FIFO swapped in for a password file used to block the reader (at reload: the whole proxy) forever."""
+    secret = tmp_path / "token"
+    if kind == "fifo":
+        os.mkfifo(secret)
+    elif kind == "folder":
+        secret.mkdir()
+    else:
+        secret = Path("/dev/zero")  # endless: read whole, it would fill memory
+    with pytest.raises(ConfigError) as info:
+        load_settings(_with_password_file(tmp_path, secret), env={})
+    assert info.value.field == "registries[0].proxies[0].password_file"
+    assert "not a regular file" in info.value.problem
+
+
+@pytest.mark.timeout(20)
+def test_proxies_yaml_must_be_a_regular_file_of_bounded_size(tmp_path: Path):
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_settings(fifo, env={})
+    huge = tmp_path / "huge.yaml"
+    huge.write_text(yaml.safe_dump(MINIMAL) + "#" * (MAX_CONFIG_BYTES + 1))
+    with pytest.raises(ConfigError, match="larger than"):
+        load_settings(huge, env={})
+    secret = tmp_path / "token"
+    secret.write_text("x" * (MAX_SECRET_BYTES + 1))
+    with pytest.raises(ConfigError, match="larger than"):
+        load_settings(_with_password_file(tmp_path, secret), env={})
+
+
+@pytest.mark.parametrize("url", ["ftp://dl.cloudsmith.io/T0KEN-abc123/org/repo/cargo/index/",
+                                 "dl.cloudsmith.io/T0KEN-abc123/org/repo/cargo/index/"])
+def test_a_url_error_never_shows_the_urls_path(url: str):
+    """Some hosted registries put a token in the path: an error (logged, and shown as status.json's
+    config.last_error) names the field and the origin only."""
+    doc = copy.deepcopy(MINIMAL)
+    doc["registries"][0]["proxies"][0]["url"] = url
+    error = parse_error(doc)
+    assert error.field == "registries[0].proxies[0].url" and "http://" in error.problem
+    assert "T0KEN" not in str(error)
+
+
+def test_an_index_url_error_never_shows_the_path():
+    doc = copy.deepcopy(MINIMAL)
+    del doc["registries"][0]["index_host"]
+    doc["registries"][0]["index_url"] = "https://dl.cloudsmith.io/T0KEN-abc123/../cargo/index/"
+    error = parse_error(doc)
+    assert error.field == "registries[0].index_url" and "T0KEN" not in str(error)

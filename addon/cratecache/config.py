@@ -8,8 +8,10 @@ Parsing is pure: the text, the file's location, the environment and the reader o
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,8 @@ DEFAULT_MAX_INDEX_SIZE = 16 * 1024**2
 DEFAULT_DIST_HOST = "static.rust-lang.org"
 DEFAULT_DIST_TTL = 3600
 DEFAULT_MAX_DIST_FILE_SIZE = 2 * 1024**3  # rustc is ~70 MB, rust-docs ~20 MB; a whole toolchain well below this
+MAX_CONFIG_BYTES = 1024**2  # proxies.yaml
+MAX_SECRET_BYTES = 64 * 1024  # a password_file and the like: one line
 TOOLCHAINS = "toolchains"  # the name of the dist source in logs, metrics and upstream health (not a registry name)
 EVICTION_POLICIES = ("least-recently-used", "least-recently-stored", "least-frequently-used", "none")
 BACKENDS = ("disk", "s3")
@@ -237,15 +241,41 @@ def load_settings(path: str | os.PathLike, env: Mapping[str, str] | None = None)
     """Read and validate a proxies.yaml file (and the secret files it names)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(path, "", f"cannot read file ({e.strerror or e})") from e
+        text = read_regular_file(path, MAX_CONFIG_BYTES)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(path, "", f"cannot read file ({getattr(e, 'strerror', None) or e})") from e
     return parse_settings(text, path, os.environ if env is None else env, read_secret)
 
 
 def read_secret(path: Path) -> str:
     """A mounted secret (Kubernetes, Vault agent): the file's text without its trailing newline."""
-    return path.read_text(encoding="utf-8").rstrip("\r\n")
+    return read_regular_file(path, MAX_SECRET_BYTES).rstrip("\r\n")
+
+
+def read_regular_file(path: str | os.PathLike, limit: int) -> str:
+    """The UTF-8 text of a regular file of at most `limit` bytes. Anything else is an OSError before a byte
+    is read: a FIFO (opened without blocking, so a writer that never comes cannot hang the reader), a device
+    (/dev/zero never ends), a folder, or a file larger than `limit`."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, f"not a regular file (a {_file_kind(mode)})")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+    return data.decode("utf-8")
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISDIR, "folder"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return kind
+    return "special file"
 
 
 def parse_settings(text: str, path: Path, env: Mapping[str, str],
@@ -518,8 +548,8 @@ class _Parser:
         if parts.scheme != "https":
             raise self.fail(where, "expected an https:// index URL (Cargo reaches the proxy's registries over TLS)")
         if not _INDEX_PATH.match(parts.path) or any(s in (".", "..") for s in parts.path.split("/")):
-            raise self.fail(where, f"{parts.path!r} is not a usable index path (letters, digits and -._~ between "
-                                   "slashes; no '.' or '..' segments)")
+            raise self.fail(where, f"the path of {shown_url(url)!r} is not a usable index path (letters, digits "
+                                   "and -._~ between slashes; no '.' or '..' segments)")
         host = parts.hostname + (f":{parts.port}" if parts.port else "")
         return self.host(host, where), parts.path
 
@@ -575,8 +605,21 @@ class _Parser:
         if parts.query or parts.fragment:
             raise self.fail(where, "the index URL must not have a query or fragment")
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise self.fail(where, f"expected an http:// or https:// URL, got {value!r}")
+            raise self.fail(where, f"expected an http:// or https:// URL, got {shown_url(value)!r}")
         return value if value.endswith("/") else value + "/"
+
+
+def shown_url(url: str) -> str:
+    """A URL as logs and errors show it: scheme://host[:port] and no path, where a token may be (some hosted
+    registries put one there); as the status page shows upstreams (activity.origin)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(an unparsable URL)"
+    if not parts.netloc:
+        return "(no scheme://host)"
+    host = parts.netloc.rpartition("@")[2]  # credentials in a URL are refused, and never echoed
+    return f"{parts.scheme}://{host}" + ("/…" if parts.path.strip("/") else "/")
 
 
 def _unique(parser: _Parser, items: list[tuple[str, str]], what: str) -> None:
