@@ -10,5 +10,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cratecache.addon import CargoCache  # noqa: E402
+from cratecache.descriptors import DescriptorGuard  # noqa: E402
+from cratecache.failsafe import FailClosed  # noqa: E402
+from cratecache.tunnels import LoopbackGuard  # noqa: E402
 
-addons = [CargoCache()]
+cache = CargoCache()
+addons = [
+    DescriptorGuard(),  # out of file descriptors: one warning a minute, no spinning
+    LoopbackGuard(lambda: cache.settings, lambda: ("127.0.0.1", cache.blobs.port) if cache.blobs.port else None),
+    cache,  # answers every request on the registry and toolchains hosts
+    FailClosed(lambda: cache.settings),  # last: refuses what no hook answered on those hosts
+]

@@ -131,3 +131,26 @@ async def test_head_never_carries_a_body_even_on_errors(config, upstream):
     assert int(missing.response.headers["Content-Length"]) > 0
     assert found.response.status_code == 200 and found.response.content == b""
     assert int(found.response.headers["Content-Length"]) > 300
+
+
+async def test_an_error_anywhere_in_the_request_hook_is_answered_never_forwarded(config, upstream, caplog):
+    class BrokenRouting:  # stands for any bug outside the handler's own error handling
+        source = "broken"
+
+        def __getattr__(self, name):
+            raise RuntimeError("routing bug")
+
+    addon = CargoCache()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, cargo_proxies=str(config))
+        working = addon.settings
+        addon.settings = BrokenRouting()
+        broken = flow("index.crates.io", "/an/yh/anyhow")
+        await addon.request(broken)
+        addon.settings = working
+        await addon.done()
+
+    assert broken.response.status_code == 500
+    assert broken.response.text == "cargo-cache internal error: RuntimeError\n"
+    assert "cargo-cache: internal error on GET https://index.crates.io/an/yh/anyhow" in caplog.text
+    assert upstream.requests == []

@@ -117,6 +117,8 @@ LATER = freshness.http_date(T0 + 3600)
         (None, LATER, True),
         (None, EARLIER, False),
         (None, "yesterday", False),
+        (None, "Thu, 16 Apr 99999999999999999999 00:00:00 GMT", False),  # no clock holds that year
+        (None, "Thu, 16 Apr 0 00:00:00 GMT", False),
         (None, "", False),
         (None, None, False),
     ],

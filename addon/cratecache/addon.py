@@ -180,9 +180,16 @@ class CargoCache:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or self.settings is None or self.resolver is None:
             return
-        target = _target(self.settings, flow)
-        if target is None:
-            return
+        try:
+            target = _target(self.settings, flow)
+            if target is not None:
+                await self._serve(flow, target)
+        except Exception as e:  # whatever went wrong, the flow is answered here: never passed on to a real host
+            logger.exception("cargo-cache: internal error on %s %s", flow.request.method, flow.request.pretty_url)
+            if flow.response is None:  # set already if only the bookkeeping after the answer failed
+                self._answer(flow, text_reply(500, f"cargo-cache internal error: {type(e).__name__}", "error"))
+
+    async def _serve(self, flow: http.HTTPFlow, target: Target | Rejection) -> None:
         started, path = time.monotonic(), flow.request.path
         if isinstance(target, Rejection):  # answered here, never passed on to a real host
             name, host = "-", flow.request.pretty_host
@@ -192,8 +199,7 @@ class CargoCache:
             reply = await handle(self.resolver, target.registry, flow.request.method, host, flow.request.path,
                                  flow.request.headers, self._client(flow))
         if reply.file is not None:
-            await self.blobs.start()  # listens from the first large file on, not at start-up
-            reply = self._stream_from_file(flow, reply)
+            reply = await self._stream_from_file(flow, reply)
         if reply.file is None:
             self._answer(flow, reply)
         flow.metadata["cargo_cache"] = reply.state
@@ -208,13 +214,23 @@ class CargoCache:
         if flow.metadata.get("cargo_cache_streamed"):
             flow.response.stream = True  # our blob server's answer: passed on chunk by chunk, never buffered
 
-    def _stream_from_file(self, flow: http.HTTPFlow, reply: Reply) -> Reply:
+    def response(self, flow: http.HTTPFlow) -> None:
+        self.blobs.discard(flow.metadata.get("cargo_cache_blob"))  # answered otherwise: its file is not needed
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.blobs.discard(flow.metadata.get("cargo_cache_blob"))  # the client went away before it was fetched
+
+    async def _stream_from_file(self, flow: http.HTTPFlow, reply: Reply) -> Reply:
         """Point the flow at the blob server, which mitmproxy streams from (see blobs.py)."""
         try:
+            await self.blobs.start()  # listens from the first large file on, not at start-up
             token = self.blobs.register(reply.file, reply.offset, reply.size, reply.status, reply.headers)
         except OSError as e:
-            logger.warning("cargo-cache: cached file %s cannot be opened (%s); answering 503", reply.file, e)
-            return text_reply(503, "the cached file was removed while being served; retry", "error", reply.kind)
+            logger.warning("cargo-cache: cached file %s cannot be served (%s); answering 503", reply.file, e)
+            why = "the cached file was removed while being served" if isinstance(e, FileNotFoundError) else \
+                f"the cached file cannot be opened now ({e.strerror or e})"
+            return text_reply(503, f"{why}; retry", "error", reply.kind)
+        flow.metadata["cargo_cache_blob"] = token
         request = flow.request
         request.scheme, request.host, request.port, request.path = "http", "127.0.0.1", self.blobs.port, f"/{token}"
         request.headers["host"] = f"127.0.0.1:{self.blobs.port}"

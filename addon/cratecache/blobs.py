@@ -16,14 +16,13 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import BinaryIO
 
 logger = logging.getLogger(__name__)
 
-UNCLAIMED_SECONDS = 120.0  # a registration mitmproxy never fetched (the client went away) is closed after this
+UNCLAIMED_SECONDS = 30.0  # mitmproxy fetches a registration at once; one still unclaimed after this is closed
 MAX_HEADER_BYTES = 16 * 1024
 
 
@@ -34,11 +33,12 @@ class _Blob:
     length: int
     status: int
     headers: dict[str, str]
-    registered: float = field(default_factory=time.monotonic)
+    timer: asyncio.TimerHandle | None = None
 
 
 class BlobServer:
-    def __init__(self) -> None:
+    def __init__(self, unclaimed_seconds: float = UNCLAIMED_SECONDS) -> None:
+        self.unclaimed_seconds = unclaimed_seconds
         self._blobs: dict[str, _Blob] = {}
         self._server: asyncio.Server | None = None
         self._starting = asyncio.Lock()
@@ -60,22 +60,33 @@ class BlobServer:
                 await asyncio.wait_for(self._server.wait_closed(), 1)
             self._server = None
         for blob in self._blobs.values():
-            blob.file.close()
+            _close(blob)
         self._blobs.clear()
 
     def register(self, path: str, offset: int, length: int, status: int, headers: dict[str, str]) -> str:
         """Open `path` now and return the one-time token under which `length` bytes from `offset` are served.
-        Raises OSError if the file cannot be opened (evicted since it was looked up)."""
-        self._expire()
-        file = open(path, "rb")  # noqa: SIM115 - closed when served or expired
+        The file is closed when it has been served, when `discard` is called (the flow ended without fetching
+        it: the client went away, or the flow was answered otherwise), or `unclaimed_seconds` after this at
+        the latest. Raises OSError if the file cannot be opened (evicted since it was looked up, or no descriptor
+        is left)."""
+        file = open(path, "rb")  # noqa: SIM115 - closed when served, discarded or expired
         token = secrets.token_urlsafe(24)
-        self._blobs[token] = _Blob(file, offset, length, status, headers)
+        blob = _Blob(file, offset, length, status, headers)
+        self._blobs[token] = blob
+        with contextlib.suppress(RuntimeError):  # no running loop (unit tests): discard() still closes it
+            blob.timer = asyncio.get_running_loop().call_later(self.unclaimed_seconds, self.discard, token)
         return token
 
-    def _expire(self) -> None:
-        now = time.monotonic()
-        for token in [t for t, b in self._blobs.items() if now - b.registered > UNCLAIMED_SECONDS]:
-            self._blobs.pop(token).file.close()
+    def discard(self, token: str | None) -> None:
+        """Close a registration that was not fetched (a no-op once it was, or for None)."""
+        blob = self._blobs.pop(token, None) if token else None
+        if blob is not None:
+            _close(blob)
+
+    @property
+    def open_files(self) -> int:
+        """Registered files not yet fetched (for tests and the status page)."""
+        return len(self._blobs)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -96,7 +107,7 @@ class BlobServer:
                 try:
                     await self._send(writer, blob)
                 finally:
-                    blob.file.close()
+                    _close(blob)
         except (ConnectionError, OSError) as e:
             logger.debug("cargo-cache: a streamed download ended early: %s", e)
         finally:
@@ -111,3 +122,9 @@ class BlobServer:
         if blob.length:
             loop = asyncio.get_running_loop()
             await loop.sendfile(writer.transport, blob.file, blob.offset, blob.length)
+
+
+def _close(blob: _Blob) -> None:
+    if blob.timer is not None:
+        blob.timer.cancel()
+    blob.file.close()

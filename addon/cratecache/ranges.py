@@ -27,6 +27,7 @@ class Slice:
 
 
 UNSATISFIABLE = "unsatisfiable"
+_BEYOND_ANY_FILE = 10**18  # a position with more digits than this is past the end of every file
 
 
 def requested(range_header: str | None, if_range: str | None, size: int, etag: str, last_modified: str) -> Slice | str | None:
@@ -42,14 +43,20 @@ def requested(range_header: str | None, if_range: str | None, size: int, etag: s
     if not first and not last:
         return None
     if not first:  # the last n bytes
-        n = int(last)
+        n = _position(last)
         if n == 0:
             return UNSATISFIABLE
         return Slice(max(0, size - n), size - 1) if size else UNSATISFIABLE
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if last and int(last) < start:
+    start = _position(first)
+    end = min(_position(last), size - 1) if last else size - 1
+    if last and _position(last) < start:
         return None  # invalid: ignored, as the RFC says
     if start >= size:
         return UNSATISFIABLE
     return Slice(start, end)
+
+
+def _position(digits: str) -> int:
+    """A byte position as written; an absurdly long one (Python refuses to parse over 4300 digits) is simply
+    beyond every file."""
+    return int(digits) if len(digits) <= 18 else _BEYOND_ANY_FILE

@@ -16,7 +16,7 @@ def client(proxy, cafile) -> httpx.AsyncClient:
 
 
 async def test_other_hosts_are_tunnelled_untouched(primary, secondary, entry, start_proxy, upstream_ca_file):
-    proxy = start_proxy([entry(secondary)])
+    proxy = start_proxy([entry(secondary)], args=("--set", "cargo_tunnel_loopback=true"))  # primary is on loopback
 
     # The upstream's own certificate reaches the client: only a tunnel passes that check.
     async with client(proxy, upstream_ca_file) as c:

@@ -1,0 +1,45 @@
+"""tunnels.py: which destinations the proxy's clients may not reach."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from cratecache.tunnels import _destination_problem, forbidden, literal
+
+
+@pytest.mark.parametrize(("address", "why"), [
+    ("127.0.0.1", "a loopback address"),
+    ("127.8.9.10", "a loopback address"),
+    ("::1", "a loopback address"),
+    ("::ffff:127.0.0.1", "a loopback address"),
+    ("169.254.169.254", "a link-local address"),
+    ("fe80::1", "a link-local address"),
+    ("0.0.0.0", "the unspecified address (this host)"),
+    ("::", "the unspecified address (this host)"),
+    ("10.1.2.3", None),  # private networks are where corporate mirrors live: allowed
+    ("192.168.0.1", None),
+    ("151.101.0.1", None),
+])
+def test_forbidden_destinations(address, why):
+    assert forbidden(ipaddress.ip_address(address)) == why
+
+
+@pytest.mark.parametrize(("host", "expected"), [
+    ("127.0.0.1", "127.0.0.1"), ("[::1]", "::1"), ("fe80::1%eth0", "fe80::1"), ("example.com", None), ("127.1", None),
+])
+def test_literal_addresses(host, expected):
+    found = literal(host)
+    assert (found.compressed if found else None) == expected
+
+
+@pytest.mark.parametrize(("host", "expected"), [
+    ("localhost", "a loopback address"),
+    ("LocalHost.", "a loopback address"),
+    ("api.localhost", "a loopback address"),
+    ("127.1", "127.1, which resolves to a loopback address"),  # the resolver's short forms too
+    ("2130706433", "2130706433, which resolves to a loopback address"),
+    ("no-such-host.invalid", None),  # does not resolve: left to mitmproxy, which fails and says so
+])
+async def test_names_are_judged_by_what_they_resolve_to(host, expected):
+    assert await _destination_problem(host, 80) == expected
