@@ -10,95 +10,239 @@ the priority walk expect them.
 
 HTTP/1.1 only (as httpx is configured without http2); no cookies, no proxy from the environment, bodies passed on
 as they arrive on the wire (the addon decodes gzip itself, bounded).
+
+Read timeouts are kept here, not by aiohttp's `sock_read`: aiohttp re-arms that timer when a paused body is resumed
+after its last byte arrived, so a connection handed back to the pool fails its next request at once with a "read
+timeout" it never waited (a large body read slower than the wire, then a pause of more than the timeout). Here the
+timer runs from the request being sent to the answer's head, then per piece of body, and only while someone waits.
+
+A request that fails on a reused pooled connection before any answer (the upstream closed it while it sat idle) is
+sent once more, on a new connection. Names other than the upstream's configured hosts must resolve to public
+addresses (`GuardedResolver`): a redirect or a `dl` naming `metadata.internal` is refused before any connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import ipaddress
+import logging
 import re
+import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import aiohttp
 import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
+logger = logging.getLogger(__name__)
+
 READ_PIECE = 1024 * 1024  # at most this much of a body per piece handed to httpx
+IDEMPOTENT = frozenset({"GET", "HEAD"})
+
+
+class DestinationRefused(OSError):
+    """A host that is not configured resolved to an address only a configured host may have."""
+
+
+def address_refusal(address: str) -> str | None:
+    """Why a connection to `address` is refused unless its host is configured, or None for a public address."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for kind, test in (("loopback", ip.is_loopback), ("link-local", ip.is_link_local), ("private", ip.is_private),
+                       ("unspecified", ip.is_unspecified), ("multicast", ip.is_multicast)):
+        if test:
+            return f"a {kind} address"
+    return None if ip.is_global else "not a public address"
+
+
+class GuardedResolver(AbstractResolver):
+    """Name resolution at connect time that refuses, for any host but the configured ones, a name resolving to a
+    loopback, link-local, private or otherwise non-public address (so a DNS name for 127.0.0.1 is refused too, and
+    a name that changes its answer between a check and the connection cannot slip past it)."""
+
+    def __init__(self, configured: Iterable[str], inner: AbstractResolver | None = None):
+        self.configured = frozenset(_hostname(h) for h in configured)
+        self._inner = inner or aiohttp.DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        found = await self._inner.resolve(host, port, family)
+        if _hostname(host) not in self.configured:
+            for entry in found:
+                if reason := address_refusal(entry["host"]):
+                    raise DestinationRefused(f"{_hostname(host)} resolves to {entry['host']}, {reason}, and is neither "
+                                             "its own host nor in its download_hosts: not connected")
+        return found
+
+    async def close(self) -> None:
+        await self._inner.close()
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
-    """One pool of connections (an aiohttp session), made on first use inside the running event loop."""
+    """One pool of connections (an aiohttp session), made on first use inside the running event loop.
 
-    def __init__(self, verify: bool | ssl.SSLContext = True, max_connections: int = 64, keepalive: float = 30):
+    `configured_hosts`: when given, every other name must resolve to public addresses (`GuardedResolver`);
+    `resolver` replaces the system's name resolution under that check (tests)."""
+
+    def __init__(self, verify: bool | ssl.SSLContext = True, max_connections: int = 64, keepalive: float = 30,
+                 configured_hosts: Iterable[str] | None = None, resolver: AbstractResolver | None = None):
         self._ssl: bool | ssl.SSLContext = False if verify is False else (
             verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context())
         self._max_connections, self._keepalive = max_connections, keepalive
+        self._configured = None if configured_hosts is None else tuple(configured_hosts)
+        self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
+        self._fresh: aiohttp.ClientSession | None = None  # for a retry: never reuses a connection
+        self._owned: list[AbstractResolver] = []  # resolvers made here (a connector closes only its own)
 
-    def _pool(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=self._keepalive,
-                                             ssl=self._ssl)
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=False,
-                                                  cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",))
-        return self._session
+    def _pool(self, fresh: bool = False) -> aiohttp.ClientSession:
+        session = self._fresh if fresh else self._session
+        if session is None or session.closed:
+            resolver = self._resolver
+            if self._configured is not None:
+                resolver = GuardedResolver(self._configured, resolver)
+                self._owned.append(resolver)
+            keeping = {"force_close": True} if fresh else {"keepalive_timeout": self._keepalive}
+            connector = aiohttp.TCPConnector(limit=self._max_connections, ssl=self._ssl, resolver=resolver, **keeping)
+            session = aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=False,
+                                            cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",),
+                                            trace_configs=[_TRACING])
+            if fresh:
+                self._fresh = session
+            else:
+                self._session = session
+        return session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeout = request.extensions.get("timeout", {})
-        limits = _limits(timeout.get("pool"), timeout.get("connect"), timeout.get("read"))
-        with _mapped(request):
-            response = await self._pool().request(
-                request.method, URL(str(request.url), encoded=True), headers=request.headers.multi_items(),
-                data=request.content or None, allow_redirects=False, timeout=limits, compress=None,
-            )
-        return httpx.Response(response.status, headers=response.raw_headers, stream=_Body(response, request),
+        limits, read = _limits(timeout.get("pool"), timeout.get("connect")), timeout.get("read")
+        try:
+            response = await self._send(self._pool(), request, limits, read, may_retry=True)
+        except _ReusedConnectionFailed as failed:
+            logger.debug("%s: a reused connection failed before any answer (%s); sending it again on a new one",
+                         request.url.host, failed.__cause__)
+            response = await self._send(self._pool(fresh=True), request, limits, read, may_retry=False)
+        return httpx.Response(response.status, headers=response.raw_headers, stream=_Body(response, request, read),
                               extensions={"http_version": b"HTTP/1.1", "reason_phrase": (response.reason or "").encode()})
 
+    async def _send(self, session: aiohttp.ClientSession, request: httpx.Request, limits: aiohttp.ClientTimeout,
+                    read: float | None, may_retry: bool) -> aiohttp.ClientResponse:
+        exchange = _Exchange(read)
+        try:
+            async with asyncio.timeout(None) as exchange.deadline:  # set once the request is sent (see _sent)
+                return await session.request(
+                    request.method, URL(str(request.url), encoded=True), headers=request.headers.multi_items(),
+                    data=_content(request), allow_redirects=False, timeout=limits, compress=None,
+                    trace_request_ctx=exchange,
+                )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if not isinstance(exc, aiohttp.ClientError) and exchange.deadline.expired():
+                raise httpx.ReadTimeout(f"no answer within {read * 1000:.0f} ms of the request", request=request) from None
+            if (may_retry and exchange.reused and request.method in IDEMPOTENT
+                    and isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError))):
+                raise _ReusedConnectionFailed() from exc
+            raise _as_httpx(exc, request) from exc
+
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._fresh):
+            if session is not None:
+                await session.close()
+        while self._owned:
+            await self._owned.pop().close()
+
+
+class _ReusedConnectionFailed(Exception):
+    """A pooled connection that failed before any answer: the request goes again on a new connection."""
+
+
+class _Exchange:
+    """One request's trace context: whether its connection came from the pool, and its read timer."""
+
+    __slots__ = ("read", "deadline", "reused")
+
+    def __init__(self, read: float | None):
+        self.read, self.deadline, self.reused = read, None, False
+
+
+async def _reused(session: object, context, params: object) -> None:
+    context.trace_request_ctx.reused = True
+
+
+async def _sent(session: object, context, params: object) -> None:
+    exchange: _Exchange = context.trace_request_ctx
+    if exchange.read is not None and exchange.deadline is not None:
+        exchange.deadline.reschedule(asyncio.get_running_loop().time() + exchange.read)
+
+
+def _tracing() -> aiohttp.TraceConfig:
+    tracing = aiohttp.TraceConfig()
+    tracing.on_connection_reuseconn.append(_reused)
+    tracing.on_request_headers_sent.append(_sent)
+    tracing.freeze()
+    return tracing
+
+
+_TRACING = _tracing()
+
+
+def _content(request: httpx.Request) -> bytes | None:
+    """The body to send: none for a GET (a redirect's follow-up may carry an unread stream, `request.content` would
+    raise RequestNotRead), else what was given."""
+    if request.method in IDEMPOTENT:
+        return None
+    return request.content or None
 
 
 @functools.lru_cache(maxsize=64)
-def _limits(pool: float | None, connect: float | None, read: float | None) -> aiohttp.ClientTimeout:
-    """httpx's timeouts as aiohttp's (one object per distinct set: they are the same for every request)."""
-    return aiohttp.ClientTimeout(total=None, connect=pool, sock_connect=connect, sock_read=read)
+def _limits(pool: float | None, connect: float | None) -> aiohttp.ClientTimeout:
+    """httpx's pool and connect timeouts as aiohttp's (one object per distinct pair: they are the same for every
+    request); the read timeout is kept by this module (see the module docstring)."""
+    return aiohttp.ClientTimeout(total=None, connect=pool, sock_connect=connect, sock_read=None)
 
 
 class _Body(httpx.AsyncByteStream):
-    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request):
-        self._response, self._request = response, request
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request, read: float | None):
+        self._response, self._request, self._read = response, request, read
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _mapped(self._request):
-            async for piece in self._response.content.iter_chunked(READ_PIECE):
-                yield piece
+        pieces = self._response.content.iter_chunked(READ_PIECE).__aiter__()
+        while True:
+            try:
+                async with asyncio.timeout(self._read) as waiting:
+                    piece = await anext(pieces)
+            except StopAsyncIteration:
+                return
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                if not isinstance(exc, aiohttp.ClientError) and waiting.expired():
+                    raise httpx.ReadTimeout(f"no data for {self._read * 1000:.0f} ms", request=self._request) from None
+                raise _as_httpx(exc, self._request) from exc
+            yield piece
 
     async def aclose(self) -> None:
         self._response.release()  # back to the pool if read to the end, else closed
 
 
-class _mapped:
-    """aiohttp's exceptions as the httpx ones they correspond to (the message kept: it names the cause)."""
-
-    def __init__(self, request: httpx.Request):
-        self.request = request
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, exc, tb) -> bool:
-        if exc is None or not isinstance(exc, (aiohttp.ClientError, TimeoutError)):
-            return False
-        kind, message = _httpx_error(exc), str(exc) or type(exc).__name__
-        if isinstance(exc, aiohttp.ClientPayloadError):  # a body cut short: say how, as httpcore/h11 do
-            got = _RECEIVED.search(message)
-            short = f": received {got[1]} bytes, expected {got[2]}" if got else ""
-            if "ConnectionResetError" in message or "reset by peer" in message:
-                kind, message = httpx.ReadError, f"connection reset by peer{short}"
-            else:
-                message = f"peer closed connection without sending complete message body{short}"
-        raise kind(message, request=self.request) from exc
+def _as_httpx(exc: BaseException, request: httpx.Request) -> Exception:
+    """aiohttp's exception as the httpx one it corresponds to, with a message that names the cause."""
+    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, DestinationRefused):
+        return exc.os_error
+    kind, message = _httpx_error(exc), str(exc) or type(exc).__name__
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        message = f"TLS handshake with {exc.host}:{exc.port} failed: {exc.certificate_error}"
+    elif isinstance(exc, aiohttp.ClientConnectorError):  # aiohttp's own text says "ssl:default" even for http://
+        cause = exc.os_error
+        message = f"cannot connect to {exc.host}:{exc.port}: {cause.strerror or str(cause) or type(cause).__name__}"
+    elif isinstance(exc, aiohttp.ClientPayloadError):  # a body cut short: say how, as httpcore/h11 do
+        got = _RECEIVED.search(message)
+        short = f": received {got[1]} bytes, expected {got[2]}" if got else ""
+        if "ConnectionResetError" in message or "reset by peer" in message:
+            kind, message = httpx.ReadError, f"connection reset by peer{short}"
+        else:
+            message = f"peer closed connection without sending complete message body{short}"
+    return kind(message, request=request)
 
 
 _RECEIVED = re.compile(r"received (\d+) of (\d+) bytes")
@@ -118,3 +262,13 @@ def _httpx_error(exc: BaseException) -> type[httpx.TransportError]:
     if isinstance(exc, aiohttp.InvalidURL):
         return httpx.UnsupportedProtocol
     return httpx.ReadError  # reset connections (ClientOSError) and anything else on an open connection
+
+
+def _hostname(host: str) -> str:
+    """A host as compared here: lowercase, no port, no trailing dot, no IPv6 brackets."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    if host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host.rstrip(".")
