@@ -15,6 +15,8 @@ from cratecache.catalog import parse_age
 from cratecache.storage.disk import DiskStorage
 from cratecache.storage.local import LocalStore
 
+from tests.test_dist import DATE, HOST, manifest_text
+
 CRATE = b"\x1f\x8b crate bytes " * 50
 INDEX = json.dumps({"name": "foo", "vers": "1.0.0", "deps": [], "cksum": hashlib.sha256(CRATE).hexdigest(),
                     "features": {}, "yanked": False}).encode() + b"\n"
@@ -42,7 +44,8 @@ async def test_round_trip_keeps_bytes_and_provenance(source, target, tmp_path):
     again = await import_bundle(target, tmp_path / "b.bundle")
 
     assert (summary.entries, summary.crates, summary.index_files) == (2, 1, 1)
-    assert imported == again
+    assert (imported.entries, imported.new, imported.present) == (2, 2, 0)
+    assert (again.entries, again.new, again.present) == (2, 0, 2)  # re-importing says nothing was new
     assert (await target.get("crate/crates-io/foo/1.0.0")).body == CRATE
     assert (await target.get("index/crates-io/foo")).meta == (await source.get("index/crates-io/foo")).meta
 
@@ -209,3 +212,117 @@ async def test_a_member_larger_than_its_manifest_entry_is_refused_unread(target,
     with pytest.raises(BundleError, match="size mismatch"):
         await import_bundle(target, bundle)
     assert await target.keys() == []
+
+
+# -- issue 27: toolchain files, the manifest's size, entry order ----------------------------------------------
+
+STABLE_MANIFEST = manifest_text().encode()
+CLIPPY = f"dist/{DATE}/clippy-preview-1.95.0-{HOST}.tar.xz"
+CLIPPY_BYTES = CLIPPY.rsplit("/", 1)[1].encode()  # test_dist.manifest_text lists the hash of the file's name
+
+
+def blobs(*bodies: bytes) -> dict[str, bytes]:
+    return {hashlib.sha256(b).hexdigest(): b for b in bodies}
+
+
+async def test_a_crate_entry_before_a_component_entry_imports_both(target, tmp_path):
+    entries = [item("index/crates-io/foo", INDEX), item("crate/crates-io/foo/1.0.0", CRATE),
+               item(f"component/{CLIPPY}", CLIPPY_BYTES), item("manifest/dist/channel-rust-stable.toml", STABLE_MANIFEST)]
+    bundle = write_bundle(tmp_path / "b.bundle", entries, blobs(INDEX, CRATE, CLIPPY_BYTES, STABLE_MANIFEST))
+    summary = await import_bundle(target, bundle)
+    assert (summary.new, summary.present) == (4, 0)
+    assert (await target.get(f"component/{CLIPPY}")).body == CLIPPY_BYTES
+
+
+async def test_a_bundled_manifest_of_another_channel_and_date_cannot_vouch_for_a_component(target, tmp_path):
+    evil = b"evil clippy"
+    foreign = STABLE_MANIFEST.replace(f'date = "{DATE}"'.encode(), b'date = "2020-01-01"').replace(
+        hashlib.sha256(CLIPPY_BYTES).hexdigest().encode(), hashlib.sha256(evil).hexdigest().encode())
+    entries = [item("manifest/dist/2020-01-01/channel-rust-beta.toml", foreign), item(f"component/{CLIPPY}", evil)]
+    bundle = write_bundle(tmp_path / "b.bundle", entries, blobs(foreign, evil))
+    with pytest.raises(BundleError, match="cannot be verified: no channel manifest of its channel and date"):
+        await import_bundle(target, bundle)
+    assert await target.keys() == []
+
+
+async def test_a_bundle_never_replaces_a_cached_component_nor_contradicts_a_cached_manifest(target, tmp_path):
+    genuine = write_bundle(tmp_path / "genuine.bundle", [item("manifest/dist/channel-rust-stable.toml", STABLE_MANIFEST),
+                                                         item(f"component/{CLIPPY}", CLIPPY_BYTES)],
+                           blobs(STABLE_MANIFEST, CLIPPY_BYTES))
+    await import_bundle(target, genuine)
+    evil = b"evil clippy"
+    lying = STABLE_MANIFEST.replace(hashlib.sha256(CLIPPY_BYTES).hexdigest().encode(),
+                                    hashlib.sha256(evil).hexdigest().encode())
+    newer = {"checked_at": 1500.0, "stored_at": 1500.0}
+    replacing = write_bundle(tmp_path / "evil.bundle", [item(f"manifest/dist/{DATE}/channel-rust-stable.toml", lying),
+                                                        item(f"component/{CLIPPY}", evil, **newer)], blobs(lying, evil))
+    with pytest.raises(BundleError, match="disagree on its hash"):
+        await import_bundle(target, replacing)
+    alone = write_bundle(tmp_path / "alone.bundle", [item(f"component/{CLIPPY}", evil, **newer)], blobs(evil))
+    with pytest.raises(BundleError, match="does not match the hash its channel manifest lists"):
+        await import_bundle(target, alone)
+    assert (await target.get(f"component/{CLIPPY}")).body == CLIPPY_BYTES
+
+
+async def test_a_bundle_does_not_replace_a_cached_file_that_never_changes_even_with_verified_bytes(target, tmp_path):
+    await target.put(f"component/{CLIPPY}", b"what this cache verified before the manifest was re-published", "a")
+    bundle = write_bundle(tmp_path / "b.bundle", [item("manifest/dist/channel-rust-stable.toml", STABLE_MANIFEST),
+                                                  item(f"component/{CLIPPY}", CLIPPY_BYTES)],
+                          blobs(STABLE_MANIFEST, CLIPPY_BYTES))
+    with pytest.raises(BundleError, match=f"component/{CLIPPY} differs from the copy the cache already holds"):
+        await import_bundle(target, bundle)
+    assert (await target.get(f"component/{CLIPPY}")).body.startswith(b"what this cache verified")
+
+
+async def test_rustup_init_is_refused_and_release_stable_toml_checked(target, tmp_path):
+    init = b"#!/bin/sh\necho anything\n"
+    bundle = write_bundle(tmp_path / "b.bundle", [item(f"rustup/rustup/dist/{HOST}/rustup-init", init)], blobs(init))
+    with pytest.raises(BundleError, match=f"rustup/dist/{HOST}/rustup-init is an executable the bundle cannot vouch"):
+        await import_bundle(target, bundle)
+    html = b"<html>login</html>"
+    bundle = write_bundle(tmp_path / "c.bundle", [item("rustup/rustup/release-stable.toml", html)], blobs(html))
+    with pytest.raises(BundleError, match="is not rustup's release file"):
+        await import_bundle(target, bundle)
+    assert await target.keys() == []
+    release = b'schema-version = "1"\nversion = "1.29.1"\n'
+    bundle = write_bundle(tmp_path / "d.bundle", [item("rustup/rustup/release-stable.toml", release)], blobs(release))
+    assert (await import_bundle(target, bundle)).new == 1
+
+
+async def test_an_export_leaves_rustup_init_out(source, tmp_path):
+    await source.put(f"rustup/rustup/dist/{HOST}/rustup-init", b"#!/bin/sh\n", "a")
+    summary = await export_bundle(source, tmp_path / "b.bundle", ["index/crates-io/foo",
+                                                                 f"rustup/rustup/dist/{HOST}/rustup-init"])
+    assert (summary.entries, summary.skipped) == (1, (f"rustup/rustup/dist/{HOST}/rustup-init",))
+
+
+async def test_a_huge_manifest_is_refused_without_being_parsed_whole(target, tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "b.bundle"
+    nested = b"[" * 20_000_000 + b"]" * 20_000_000  # 40 MB that json.loads would inflate many times over
+    manifest = b'{"format": "cargo-cache-bundle/1", "created": 1000.0, "entries": [' + nested + b"]}"
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(manifest)
+        tar.addfile(info, io.BytesIO(manifest))
+    del manifest, nested
+    tracemalloc.start()
+    try:
+        with pytest.raises(BundleError, match="entry 1 is not JSON of at most 4096 bytes"):
+            await import_bundle(target, path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20  # a few pieces of the text at a time, not 40 MB of it
+
+
+async def test_a_manifest_with_more_entries_than_allowed_is_refused(target, tmp_path, monkeypatch):
+    from cratecache import bundle as bundle_module
+
+    monkeypatch.setattr(bundle_module, "MAX_ENTRIES", 2)
+    entries = [item("index/crates-io/foo", INDEX), item("crate/crates-io/foo/1.0.0", CRATE),
+               item("index/crates-io/bar", INDEX)]
+    bundle = write_bundle(tmp_path / "b.bundle", entries, blobs(INDEX, CRATE))
+    with pytest.raises(BundleError, match="more than 2 entries"):
+        await import_bundle(target, bundle)

@@ -5,17 +5,23 @@ A bundle is an uncompressed tar (crates are already gzip'd):
   version, SHA-256, size and provenance
 - `blobs/<sha256>`: the bytes, once per distinct content
 
-A bundle is untrusted input. Import verifies everything before it writes anything: every manifest
-field (`records.meta_problem`, and keys the proxy itself would use), every member's size against the
-manifest before it is read, every blob's SHA-256 while it is streamed to disk, every manifest entry's
-blob present, and every crate's SHA-256 against the `cksum` of its version in the index file served
-after the import. A corrupted, truncated or forged bundle is rejected with `BundleError` and imports
-nothing. Importing twice is harmless.
+A bundle is untrusted input. Import verifies everything before it writes anything: `manifest.json` read
+entry by entry (each entry at most MAX_ENTRY_BYTES, at most MAX_ENTRIES of them), every manifest field
+(`records.meta_problem`, and keys the proxy itself would use), every member's size against the manifest
+before it is read, every blob's SHA-256 while it is streamed to disk, every manifest entry's blob present,
+every crate's SHA-256 against the `cksum` of its version in the index file served after the import, and
+every toolchain component against the hash the channel manifests of its channel and date agree on
+(`dist.vouches`; the bundle's and the cache's). A file that never changes (a crate, a component, a dated
+manifest) already cached is never replaced by other bytes; rustup-init, which nothing but its own `.sha256`
+vouches for, is refused (and left out of exports); `rustup/release-stable.toml` must be rustup's release
+file. A corrupted, truncated or forged bundle is rejected with `BundleError` and imports nothing.
+Importing twice is harmless (the second says every entry was already present).
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import hashlib
 import io
 import json
@@ -25,6 +31,7 @@ import shutil
 import tarfile
 import tempfile
 import time
+import tomllib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -37,8 +44,12 @@ from .storage.records import meta_problem
 FORMAT = "cargo-cache-bundle/1"
 IMPORTED_KINDS = ("config", "index", "crate", *dist.KINDS)
 MANIFEST = "manifest.json"
-MAX_MANIFEST_BYTES = 256 << 20  # ~1 million entries
+MAX_ENTRIES = 1_000_000  # a whole crates.io mirror's crate versions and index files fit
+MAX_ENTRY_BYTES = 4096  # one manifest entry (export writes ~480 bytes; a key is at most 512, a validator 1024)
+MAX_MANIFEST_BYTES = MAX_ENTRIES * 512  # read entry by entry, never held whole
+READ_CHUNK = 64 << 10
 COPY_CHUNK = 1 << 20
+_RUSTUP_VERSION = re.compile(r"\d{1,4}\.\d{1,4}\.\d{1,4}\Z")
 _REGISTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # as config.py allows
 
 
@@ -53,6 +64,9 @@ class Summary:
     index_files: int
     bytes: int
     toolchain_files: int = 0
+    new: int | None = None  # import: entries written (new, or newer than the cache's copy)
+    present: int | None = None  # import: entries the cache already held (the same, or newer)
+    skipped: tuple[str, ...] = ()  # export: entries left out (executables a bundle cannot vouch for)
 
 
 def key_fields(key: str) -> dict:
@@ -79,8 +93,8 @@ async def export_bundle(store: Storage, path: Path, keys: list[str]) -> Summary:
     path.parent.mkdir(parents=True, exist_ok=True)
     spool = Path(tempfile.mkdtemp(prefix=".export-", dir=path.parent))
     try:
-        entries = []
-        for key in keys:
+        entries, skipped = [], tuple(k for k in keys if unvouched_executable(k))
+        for key in (k for k in keys if k not in skipped):
             entry = await store.latest(key)
             if entry is None:
                 raise BundleError(f"{key} is not in the cache (evicted or purged during the export?)")
@@ -97,7 +111,7 @@ async def export_bundle(store: Storage, path: Path, keys: list[str]) -> Summary:
             for blob in sorted(spool.iterdir()):
                 tar.add(blob, arcname=f"blobs/{blob.name}", recursive=False)
         os.replace(partial, path)
-        return _summary(entries, sum(blob.stat().st_size for blob in spool.iterdir()))
+        return replace(_summary(entries, sum(blob.stat().st_size for blob in spool.iterdir())), skipped=skipped)
     finally:
         shutil.rmtree(spool, ignore_errors=True)
 
@@ -116,15 +130,16 @@ async def import_bundle(store: Storage, path: Path, settings: Settings | None = 
     staging = Path(tempfile.mkdtemp(prefix="import-", dir=store.directory))
     try:
         manifest = _verify_into(path, staging, limits)
-        writes = await _plan_writes(manifest, staging, path, store, settings)
-        for item, meta in writes:
+        plan = await _plan_writes(manifest, staging, path, store, settings)
+        for item, meta in plan.writes:
             blob = staging / meta.sha256
             if as_file(item["key"], meta.size) and blob.exists():  # moved into the cache, never read whole
                 await store.put_entry_file(item["key"], meta, blob)
             else:
                 await store.put_entry(item["key"], meta, blob.read_bytes())
-        await _store_hashes(store, writes, staging)
-        return _summary(manifest["entries"], sum(m["size"] for m in {i["sha256"]: i for i in manifest["entries"]}.values()))
+        await _store_hashes(store, plan)
+        total = sum(m["size"] for m in {i["sha256"]: i for i in manifest["entries"]}.values())
+        return replace(_summary(manifest["entries"], total), new=len(plan.writes), present=plan.present)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -155,7 +170,7 @@ def _verify_into(path: Path, staging: Path, limits: _Limits) -> dict:
                 raise BundleError(f"{path}: not a cargo-cache bundle (no {MANIFEST} first)")
             if first.size > limits.manifest:
                 raise BundleError(f"{path}: the manifest is larger than {limits.manifest} bytes")
-            manifest = _manifest(tar.extractfile(first).read(), path, limits)
+            manifest = _manifest(_ManifestReader(tar.extractfile(first), path), path, limits)
             expected = {item["sha256"]: item["size"] for item in manifest["entries"]}
             seen: set[str] = set()
             while (member := tar.next()) is not None:
@@ -186,26 +201,108 @@ def _copy_hashed(source, target: Path) -> str:
     return digest.hexdigest()
 
 
-def _manifest(raw: bytes, path: Path, limits: _Limits) -> dict:
+class _ManifestReader:
+    """manifest.json read entry by entry (the layout `export_bundle` writes: an object with `format`, `created`
+    and `entries`), so that memory holds one bounded entry at a time, never the whole text nor what a hostile
+    one would inflate into (nested arrays, huge strings): each value is decoded from at most MAX_ENTRY_BYTES."""
+
+    def __init__(self, source, path: Path):
+        self.source, self.path, self.buffer, self.at, self.eof = source, path, "", 0, False
+        self.decoder, self.utf8 = json.JSONDecoder(), codecs.getincrementaldecoder("utf-8")()
+
+    def _fill(self, wanted: int) -> None:
+        while len(self.buffer) - self.at < wanted and not self.eof:
+            chunk = self.source.read(READ_CHUNK)
+            self.eof = not chunk
+            self.buffer = self.buffer[self.at:] + self.utf8.decode(chunk, final=self.eof)  # UnicodeDecodeError
+            self.at = 0
+
+    def peek(self) -> str:
+        """The next non-blank character ('' at the end), not consumed."""
+        while True:
+            self._fill(1)
+            rest = self.buffer[self.at:]
+            stripped = rest.lstrip()
+            self.at += len(rest) - len(stripped)
+            if stripped or self.eof:
+                return stripped[:1]
+
+    def punctuation(self) -> str:
+        """The next non-blank character, consumed ('' at the end)."""
+        found = self.peek()
+        self.at += len(found)
+        return found
+
+    def value(self, what: str):
+        """The next JSON value, from at most MAX_ENTRY_BYTES of text."""
+        self.peek()
+        self._fill(MAX_ENTRY_BYTES + 1)
+        try:
+            value, end = self.decoder.raw_decode(self.buffer[:self.at + MAX_ENTRY_BYTES], self.at)
+        except (ValueError, RecursionError):  # RecursionError: arrays nested a thousand deep
+            raise BundleError(f"{self.path}: invalid manifest: {what} is not JSON of at most {MAX_ENTRY_BYTES} "
+                              "bytes") from None
+        self.at = end
+        return value
+
+
+def _manifest(reader: _ManifestReader, path: Path, limits: _Limits) -> dict:
+    invalid = BundleError(f"{path}: invalid manifest (not a {FORMAT} bundle)")
+    manifest: dict = {}
     try:
-        manifest = json.loads(raw)
-    except ValueError:
-        manifest = None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("entries"), list):
-        raise BundleError(f"{path}: invalid manifest (not a {FORMAT} bundle)")
+        if reader.punctuation() != "{":
+            raise invalid
+        separator = ","
+        while separator == ",":
+            name = reader.value("a field name")
+            if not isinstance(name, str) or name in manifest or reader.punctuation() != ":":
+                raise invalid
+            manifest[name] = _entries(reader, path, limits) if name == "entries" else reader.value(f"field {name}")
+            separator = reader.punctuation()
+        if separator != "}" or reader.punctuation() != "":
+            raise invalid
+    except UnicodeDecodeError:
+        raise invalid from None
+    if manifest.get("format") != FORMAT or not isinstance(manifest.get("entries"), list):
+        raise invalid
+    return manifest
+
+
+def _entries(reader: _ManifestReader, path: Path, limits: _Limits) -> list[dict]:
+    """The `entries` array, each entry checked as it is read (`_entry`)."""
+    not_a_list = BundleError(f"{path}: invalid manifest (entries is not a list of entries)")
+    if reader.punctuation() != "[":
+        raise not_a_list
+    entries: list[dict] = []
+    if reader.peek() == "]":
+        reader.punctuation()
+        return entries
     now, keys = time.time(), set()
-    for item in manifest["entries"]:
-        if not isinstance(item, dict) or not isinstance(item.get("key"), str):
-            raise BundleError(f"{path}: invalid manifest entry (no key)")
-        if problem := _key_problem(item["key"]):
-            raise BundleError(f"{path}: unexpected entry {item['key']!r} in the manifest ({problem})")
-        item.update(key_fields(item["key"]))  # what the key says, not what the manifest claims
-        if problem := meta_problem(item, now, limits.entry(item["kind"])):
-            raise BundleError(f"{path}: invalid manifest entry {item['key']!r}: {problem}")
+    while True:
+        if len(entries) >= MAX_ENTRIES:
+            raise BundleError(f"{path}: the manifest lists more than {MAX_ENTRIES} entries")
+        item = _entry(reader.value(f"entry {len(entries) + 1}"), path, now, limits)
         if item["key"] in keys:
             raise BundleError(f"{path}: entry {item['key']!r} appears twice in the manifest")
         keys.add(item["key"])
-    return manifest
+        entries.append(item)
+        separator = reader.punctuation()
+        if separator == "]":
+            return entries
+        if separator != ",":
+            raise not_a_list
+
+
+def _entry(item, path: Path, now: float, limits: _Limits) -> dict:
+    """One manifest entry, checked, with only the fields import uses (what its key says, not what it claims)."""
+    if not isinstance(item, dict) or not isinstance(item.get("key"), str):
+        raise BundleError(f"{path}: invalid manifest entry (no key)")
+    if problem := _key_problem(item["key"]):
+        raise BundleError(f"{path}: unexpected entry {item['key']!r} in the manifest ({problem})")
+    fields = key_fields(item["key"])
+    if problem := meta_problem(item, now, limits.entry(fields["kind"])):
+        raise BundleError(f"{path}: invalid manifest entry {item['key']!r}: {problem}")
+    return {"key": item["key"], **fields, **{f: item.get(f) for f in Meta.__dataclass_fields__}}
 
 
 def _key_problem(key: str) -> str | None:
@@ -230,79 +327,153 @@ def _key_problem(key: str) -> str | None:
     return None
 
 
-async def _plan_writes(manifest: dict, staging: Path, path: Path, store: Storage,
-                       settings: Settings | None) -> list[tuple[dict, Meta]]:
-    """What the import writes, each entry checked: index files name their crate, config.json is rebuilt,
-    and each crate's bytes match the cksum of its version in the index file that is served after the
-    import (the bundle's if it replaces the cache's, else the cache's)."""
-    writes: list[tuple[dict, Meta]] = []
+def unvouched_executable(key: str) -> bool:
+    """rustup-init: an executable no channel manifest lists, whose only check is its upstream `.sha256`, which a
+    bundle would carry itself. Export leaves it out and import refuses it."""
+    return key.startswith("rustup/") and key.rsplit("/", 1)[-1] in ("rustup-init", "rustup-init.exe")
+
+
+def _immutable(item: dict) -> bool:
+    """Published once, never changed: a crate, a component, a dated manifest, an archived rustup-init."""
+    if item["kind"] == "crate":
+        return True
+    found = dist.classify(item["key"].split("/", 1)[1]) if item["kind"] in dist.KINDS else None
+    return isinstance(found, dist.DistFile) and found.immutable
+
+
+@dataclass
+class _Plan:
+    writes: list[tuple[dict, Meta]]
+    present: int  # entries the cache already holds (the same bytes, or a newer copy)
+    listings: dict[str, dist.Listing]  # manifest key -> what it vouches for
+
+
+async def _plan_writes(manifest: dict, staging: Path, path: Path, store: Storage, settings: Settings | None) -> _Plan:
+    """What the import writes, each entry checked: index files name their crate, config.json is rebuilt, each
+    crate's bytes match the cksum of its version in the index file that is served after the import (the bundle's
+    if it replaces the cache's, else the cache's), each component the hash that the manifests of its channel and
+    date agree on (the bundle's and the cache's: `dist.vouches`), and nothing the cache holds of a file that never
+    changes (a crate, a component, a dated manifest) is replaced by other bytes."""
+    plan = _Plan([], 0, {})
     served: dict[tuple[str, str], bytes | None] = {}
-    listed: dict[str, str] = {}  # toolchain file -> the SHA-256 a bundled manifest gives it
+    checked: list[tuple[dict, Meta]] = []
+    replaced: list[str] = []  # files that never change, which the bundle has other bytes of than the cache
     for item in manifest["entries"]:
         meta = Meta(**{f: item[f] for f in Meta.__dataclass_fields__})
-        current = await store.meta(item["key"])
-        newer = current is None or current.checked_at < meta.checked_at
-        if item["kind"] == "manifest" and not item["key"].endswith(".asc"):
-            try:
-                listed |= dist.file_hashes(dist.parse_manifest((staging / meta.sha256).read_bytes()))
-            except ValueError as e:
-                raise BundleError(f"{path}: channel manifest {item['key']} is invalid ({e})") from None
-        if item["kind"] == "index":
+        key, kind = item["key"], item["kind"]
+        if unvouched_executable(key):
+            raise BundleError(f"{path}: {key.split('/', 1)[1]} is an executable the bundle cannot vouch for (no "
+                              "channel manifest lists rustup-init, and its .sha256 would come from the bundle "
+                              "itself); install rustup on this side from a copy you trust")
+        current = await store.meta(key)
+        if kind == "manifest" and not key.endswith(".asc"):
+            plan.listings[key] = _vouched(key, staging / meta.sha256, path)
+        elif kind == "rustup":
+            _check_release(key, (staging / meta.sha256).read_bytes(), path)
+        elif kind == "index":
             body = (staging / meta.sha256).read_bytes()
             try:
                 sparse.validate_index(body, item["name"])
             except ValueError as e:
                 raise BundleError(f"{path}: index file of {item['name']} is invalid ({e})") from None
-            if newer:
+            if current is None or current.checked_at < meta.checked_at:
                 served[(item["registry"], item["name"])] = body
-        elif item["kind"] == "config":
+        elif kind == "config":
             meta = _rebuilt_config(item, meta, staging, path, settings)
-        if newer:  # else the cache's copy is as new or newer (an index revalidated since the export)
-            writes.append((item, meta))
-    for item, meta in writes:
+        if kind in ("crate", "component"):
+            checked.append((item, meta))
+        if _immutable(item) and current is not None and current.sha256 != meta.sha256:
+            replaced.append(key)
+        if current is None or (not _immutable(item) and current.checked_at < meta.checked_at):
+            plan.writes.append((item, meta))
+        else:  # the cache's copy is the same, or as new or newer (an index revalidated since the export)
+            plan.present += 1
+    dates = {item["key"].split("/")[2] for item, _ in checked if item["kind"] == "component"}
+    tables = await _manifest_tables(store, plan.listings, dates, path)
+    for item, meta in checked:
         if item["kind"] == "component":
-            await _verify_component(item, meta, listed, store, path)
-        if item["kind"] != "crate":
-            continue
-        index_key = (item["registry"], item["name"])
-        if index_key not in served:
-            cached = await store.latest(f"index/{item['registry']}/{item['name']}")
-            served[index_key] = cached.body if cached is not None else None
-        body = served[index_key]
-        listed = sparse.find_version(body, item["name"], item["version"]) if body else None
-        if listed is None:
-            raise BundleError(f"{path}: crate {item['name']} {item['version']} cannot be verified: no index "
-                              "file lists it (export the index files with the crates)")
-        if listed.cksum != meta.sha256:
-            raise BundleError(f"{path}: crate {item['name']} {item['version']} does not match its index checksum")
-    return writes
+            _verify_component(item, meta, tables, path)
+        else:
+            await _verify_crate(item, meta, served, store, path)
+    if replaced:
+        raise BundleError(f"{path}: {replaced[0]} differs from the copy the cache already holds, which was verified "
+                          "when it was stored; a file that never changes is not replaced"
+                          + (f" (and {len(replaced) - 1} more)" if len(replaced) > 1 else ""))
+    return plan
 
 
-async def _verify_component(item: dict, meta: Meta, listed: dict[str, str], store: Storage, path: Path) -> None:
-    """A toolchain component must match the hash of a manifest in the bundle, or of one the cache holds."""
+def _vouched(key: str, blob: Path, path: Path) -> dist.Listing:
+    try:
+        return dist.parse_listing(blob.read_bytes()).vouched_by(key.split("/", 1)[1])
+    except ValueError as e:
+        raise BundleError(f"{path}: channel manifest {key} is invalid ({e})") from None
+
+
+def _check_release(key: str, body: bytes, path: Path) -> None:
+    """rustup/release-stable.toml: only what rustup reads of it (`version`); nothing vouches for its value."""
+    try:
+        version = tomllib.loads(body.decode("utf-8")).get("version") if len(body) <= 4096 else None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        version = None
+    if not isinstance(version, str) or not _RUSTUP_VERSION.match(version):
+        raise BundleError(f"{path}: {key.split('/', 1)[1]} is not rustup's release file (a small TOML file with "
+                          "version = \"X.Y.Z\")")
+
+
+async def _manifest_tables(store: Storage, listings: dict[str, dist.Listing], dates: set[str],
+                           path: Path) -> dict[str, dict]:
+    """By date (of the bundle's manifests, and `dates`): each manifest (the bundle's and the cache's) -> what it
+    vouches for. BundleError where two of them list different hashes for one file."""
+    tables: dict[str, dict[str, dict[str, str]]] = {date: {} for date in dates}
+    for key, listing in listings.items():
+        tables.setdefault(listing.date, {})[f"{key.split('/', 1)[1]} (in the bundle)"] = listing.files
+    for date, held in tables.items():
+        prefix = f"dist-hashes/{date}/"
+        for stored in await store.keys(prefix):
+            if (entry := await store.get(stored)) is not None:
+                manifest_path = stored[len(prefix):]
+                held[f"{manifest_path} (in the cache)"] = dist.read_vouched(manifest_path, date, entry.body)
+        for file in {f for table in held.values() for f in table}:
+            try:
+                dist.agreed_hash(file, held)
+            except dist.ManifestConflict as e:
+                raise BundleError(f"{path}: {e}") from None
+    return tables
+
+
+def _verify_component(item: dict, meta: Meta, tables: dict[str, dict], path: Path) -> None:
+    """A toolchain component must match the hash the manifests of its channel and date (in the bundle, or held
+    in the cache) list for it."""
     file = item["key"].split("/", 1)[1]
-    expected = listed.get(file)
+    expected = dist.agreed_hash(file, tables.get(file.split("/")[1], {}))
     if expected is None:
-        date = file.split("/")[1]
-        for key in await store.keys(f"dist-hashes/{date}/"):
-            table = await store.get(key)
-            if table is not None and (expected := json.loads(table.body).get(file)):
-                break
-    if expected is None:
-        raise BundleError(f"{path}: toolchain file {file} cannot be verified: no channel manifest lists it "
-                          "(export the manifests with the components)")
+        raise BundleError(f"{path}: toolchain file {file} cannot be verified: no channel manifest of its channel "
+                          "and date in the bundle lists it (export the manifests with the components)")
     if expected != meta.sha256:
         raise BundleError(f"{path}: toolchain file {file} does not match the hash its channel manifest lists")
 
 
-async def _store_hashes(store: Storage, writes: list[tuple[dict, Meta]], staging: Path) -> None:
-    """What each imported manifest lists, kept as the resolver keeps it, so its components verify when served."""
-    for item, meta in writes:
-        if item["kind"] == "manifest" and not item["key"].endswith(".asc"):
-            found = dist.parse_manifest((staging / meta.sha256).read_bytes())
-            for date, table in dist.hashes_by_date(found).items():
-                await store.put(f"dist-hashes/{date}/{item['key'].split('/', 1)[1]}",
-                                json.dumps(table, sort_keys=True).encode(), meta.upstream)
+async def _verify_crate(item: dict, meta: Meta, served: dict[tuple[str, str], bytes | None], store: Storage,
+                        path: Path) -> None:
+    index_key = (item["registry"], item["name"])
+    if index_key not in served:
+        cached = await store.latest(f"index/{item['registry']}/{item['name']}")
+        served[index_key] = cached.body if cached is not None else None
+    body = served[index_key]
+    listed = sparse.find_version(body, item["name"], item["version"]) if body else None
+    if listed is None:
+        raise BundleError(f"{path}: crate {item['name']} {item['version']} cannot be verified: no index "
+                          "file lists it (export the index files with the crates)")
+    if listed.cksum != meta.sha256:
+        raise BundleError(f"{path}: crate {item['name']} {item['version']} does not match its index checksum")
+
+
+async def _store_hashes(store: Storage, plan: _Plan) -> None:
+    """What each imported manifest vouches for, kept as the resolver keeps it, so its components verify when served."""
+    for item, meta in plan.writes:
+        if (listing := plan.listings.get(item["key"])) is not None:
+            await store.put(f"dist-hashes/{listing.date}/{item['key'].split('/', 1)[1]}", listing.record(),
+                            meta.upstream)
 
 
 def _rebuilt_config(item: dict, meta: Meta, staging: Path, path: Path, settings: Settings | None) -> Meta:
