@@ -10,8 +10,10 @@ other names a pinned client asks for (`channel-rust-1.95.0.toml`, `-1.95.toml`, 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -122,9 +124,12 @@ class ToolchainPlan:
 
 async def stage_toolchains(resolver: Resolver, wanted: ToolchainPlan, progress: Progress,
                            concurrency: int = 4) -> StageResult:
-    """Each toolchain's manifest, then every file rustup downloads for it on each host, then the aliases."""
+    """Each toolchain's manifest, then every file rustup downloads for it on each host, then the aliases. The
+    manifests are read first, so that the progress counts every step against one total from the first line."""
     result, src = StageResult(), resolver.settings.toolchains
     limit = asyncio.Semaphore(concurrency)
+    steps: list[Callable[[], None]] = []  # what to report, in order, once the total is known
+    files: list[str] = []
     staged: dict[str, Entry] = {}  # manifest path -> what was staged under it
     aliases: dict[str, tuple[tuple[int, ...], Entry]] = {}
 
@@ -139,26 +144,30 @@ async def stage_toolchains(resolver: Resolver, wanted: ToolchainPlan, progress: 
         path = dist.manifest_path(request.channel)
         try:
             served = await resolver.dist_file(src, dist.classify(path))
-            manifest = dist.parse_manifest(served.entry.body)
+            manifest = await asyncio.to_thread(dist.parse_manifest, served.entry.body)
         except (ResolveError, ValueError) as e:
-            result.fail(progress, f"toolchain {request.channel}", str(e))
+            steps.append(functools.partial(result.fail, progress, f"toolchain {request.channel}", str(e)))
             continue
-        result.served(progress, path, served)
+        steps.append(functools.partial(result.served, progress, path, served))
         staged[path] = served.entry
         # Listed triples the toolchain runs on are hosts; the others (wasm32, embedded) are extra targets.
         hosts = [t for t in wanted.triples if _is_host(manifest, t)] or [wanted.default_host]
         cross = tuple(dict.fromkeys([t for t in wanted.triples if t not in hosts] + list(request.targets)))
-        files: dict[str, None] = {}
+        wanted_files: dict[str, None] = {}
         for host in hosts:
             try:
-                files |= dict.fromkeys(dist.component_files(manifest, host, cross, request.profile, request.components))
+                wanted_files |= dict.fromkeys(dist.component_files(manifest, host, cross, request.profile,
+                                                                   request.components))
             except ValueError as e:
-                result.fail(progress, f"toolchain {request.channel} for {host}", str(e))
-        progress.total += len(files)
-        await asyncio.gather(*(file(p) for p in files))
+                steps.append(functools.partial(result.fail, progress, f"toolchain {request.channel} for {host}", str(e)))
+        files += wanted_files
         for alias in dist.alias_paths(manifest):
             if alias not in aliases or aliases[alias][0] < dist.release_key(manifest):
                 aliases[alias] = (dist.release_key(manifest), served.entry)
+    progress.total = len(steps) + len(files)
+    for step in steps:
+        step()
+    await asyncio.gather(*(file(p) for p in files))
     for alias, (_, entry) in aliases.items():
         if alias not in staged:  # a name staged itself keeps what its upstream gave
             await resolver.store_manifest(alias, entry)
