@@ -45,8 +45,8 @@ def test_describe_error_shortens_long_messages():
 
 # -- the client ----------------------------------------------------------------------------------
 
-def authenticated(handler) -> UpstreamClient:
-    up = Upstream(name="a", url="https://a.test/index/", username="ci", password=PASSWORD, timeout_ms=750)
+def authenticated(handler, **fields) -> UpstreamClient:
+    up = Upstream(name="a", url="https://a.test/index/", username="ci", password=PASSWORD, timeout_ms=750, **fields)
     return UpstreamClient(up, transport=httpx.MockTransport(handler))
 
 
@@ -100,7 +100,7 @@ async def test_credentials_dropped_on_redirect_to_another_origin():
             return httpx.Response(302, headers={"Location": "https://cdn.test/foo.crate"})
         return httpx.Response(200, content=b"crate")
 
-    client = authenticated(handler)
+    client = authenticated(handler, download_hosts=("cdn.test",))
     got = await client.get("https://a.test/dl/foo/1.0.0/download")
     await client.aclose()
     assert got.body == b"crate"
@@ -159,10 +159,28 @@ async def test_walk_tries_in_order_and_stops_at_first_success():
 
 
 async def test_walk_turns_an_exception_into_a_failed_attempt_and_goes_on():
-    attempt, asked = scripted(a=(httpx.ReadTimeout("slow"), None), b=("ok", "from b"))
+    attempt, asked = scripted(a=(httpx.ConnectError("refused"), None), b=("ok", "from b"))
     result, attempts = await walk([fake("a"), fake("b")], attempt)
     assert (result, asked) == ("from b", ["a", "b"])
-    assert str(attempts[0]) == "a: timed out after 100 ms (ReadTimeout)"
+    assert str(attempts[0]) == "a: connection failed: refused"
+
+
+async def test_a_timeout_that_did_not_wait_is_not_reported_as_a_wait():
+    """A broken pooled connection raised "ReadTimeout" within milliseconds; reporting "timed out after 100 ms" named
+    a time that was never spent. The reason then gives the time it took and the error's own message."""
+    attempt, _ = scripted(a=(httpx.ReadTimeout("Timeout on reading data from socket"), None))
+    _, attempts = await walk([fake("a")], attempt)
+    assert attempts[0].detail.startswith("ReadTimeout after ")
+    assert attempts[0].detail.endswith(" ms, before its 100 ms timeout: Timeout on reading data from socket")
+
+
+@pytest.mark.parametrize("elapsed, expected", [
+    (None, "timed out after 750 ms (ReadTimeout)"),
+    (751.0, "timed out after 750 ms (ReadTimeout)"),
+    (4.2, "ReadTimeout after 4 ms, before its 750 ms timeout: read"),
+])
+def test_a_timeout_is_described_with_the_time_spent(elapsed, expected):
+    assert describe_error(httpx.ReadTimeout("read"), 750, elapsed) == expected
 
 
 async def test_walk_without_answer_returns_every_attempt():
@@ -267,3 +285,47 @@ def test_downloads_go_only_to_hosts_the_operator_configured(index, download_host
     from cratecache.upstreams import download_allowed
 
     assert download_allowed(url, Upstream(name="a", url=index, download_hosts=download_hosts)) is allowed
+
+
+MIRROR = "https://mirror.example/index/"
+
+
+@pytest.mark.parametrize(("index", "source", "target", "download_hosts", "reason"), [
+    (MIRROR, "https://mirror.example/dl/x", "https://mirror.example/other/x", (), None),
+    (MIRROR, "http://mirror.example/dl/x", "https://mirror.example/dl/x", (), None),  # up to https: same host
+    ("https://index.example.com/", "https://index.example.com/x", "https://static.example.com/x", (), None),  # sibling
+    (MIRROR, "https://mirror.example/x", "https://bucket.s3.example/x?X-Amz-Signature=1", ("bucket.s3.example",), None),
+    (MIRROR, "https://mirror.example/x", "https://bucket.s3.example/x", (), "neither its own host"),
+    (MIRROR, "https://mirror.example/x", "http://mirror.example/x", (), "from https to plain http"),
+    (MIRROR, "https://mirror.example/x", "http://127.0.0.1:8081/status.json", (), "from https to plain http"),
+    (MIRROR, "http://mirror.example/x", "http://127.0.0.1:8081/status.json", (), "neither its own host"),
+    (MIRROR, "http://mirror.example/x", "http://169.254.169.254/latest/meta-data/", (), "neither its own host"),
+    (MIRROR, "http://mirror.example/x", "http://[::1]/x", (), "neither its own host"),
+    (MIRROR, "http://mirror.example/x", "ftp://mirror.example/x", (), "not http(s) (ftp)"),
+])
+def test_redirects_go_only_where_a_dl_may(index, source, target, download_hosts, reason):
+    from cratecache.upstreams import redirect_refusal
+
+    up = Upstream(name="a", url=index, download_hosts=download_hosts)
+    refused = redirect_refusal(httpx.URL(source), httpx.URL(target), up)
+    assert refused == reason if reason is None else refused.startswith(reason)
+
+
+def test_only_an_upstreams_own_host_and_download_hosts_may_be_internal_addresses():
+    from cratecache.upstreams import configured_hosts
+
+    up = Upstream(name="a", url="http://127.0.0.1:9000/index/", download_hosts=("cdn.corp:8443", "files.corp"))
+    assert configured_hosts(up) == ("127.0.0.1", "cdn.corp:8443", "files.corp")
+
+
+@pytest.mark.parametrize(("address", "refusal"), [
+    ("93.184.216.34", None), ("2606:4700::1111", None),
+    ("127.0.0.1", "a loopback address"), ("::1", "a loopback address"), ("::ffff:127.0.0.1", "a loopback address"),
+    ("169.254.169.254", "a link-local address"), ("fe80::1%eth0", "a link-local address"),
+    ("10.1.2.3", "a private address"), ("192.168.0.1", "a private address"), ("fd00::1", "a private address"),
+    ("0.0.0.0", "a private address"), ("100.64.0.1", "not a public address"), ("224.0.0.1", "a multicast address"),
+])
+def test_which_addresses_a_name_that_is_not_configured_may_resolve_to(address, refusal):
+    from cratecache.transport import address_refusal
+
+    assert address_refusal(address) == refusal

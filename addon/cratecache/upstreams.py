@@ -25,13 +25,14 @@ import httpx
 
 from .config import Upstream
 from .health import Health
-from .transport import AiohttpTransport
+from .transport import AiohttpTransport, DestinationRefused
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 NOT_FOUND_STATUSES = (404, 410, 451)
 MAX_REDIRECTS = 5
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 # Connections kept open per upstream when idle, and for how long: every one a burst of requests (Cargo asks for a whole
 # dependency level at once) finds open saves a TCP and TLS handshake, a round trip or two to a distant upstream.
 KEEPALIVE_SECONDS = 30
@@ -105,11 +106,16 @@ def status_outcome(status: int) -> str:
     return "failed"
 
 
-def describe_error(exc: Exception, timeout_ms: int) -> str:
-    """A one-line reason for a transport error; never includes credentials."""
-    if isinstance(exc, TransferTimeout):
+def describe_error(exc: Exception, timeout_ms: int, elapsed_ms: float | None = None) -> str:
+    """A one-line reason for a transport error; never includes credentials. A timeout is reported as a wait of
+    `timeout_ms` only if the attempt lasted that long (`elapsed_ms`): a "timeout" raised sooner is a broken
+    connection, reported with the time it really took and its own message."""
+    if isinstance(exc, TransferTimeout | DestinationRefused):
         return str(exc)
     if isinstance(exc, httpx.TimeoutException):
+        if elapsed_ms is not None and elapsed_ms < timeout_ms:
+            return (f"{type(exc).__name__} after {elapsed_ms:.0f} ms, before its {timeout_ms} ms timeout: "
+                    f"{_short(_root_message(exc))}")
         return f"timed out after {timeout_ms} ms ({type(exc).__name__})"
     if isinstance(exc, httpx.ConnectError):
         text = str(exc) or type(exc).__name__
@@ -148,10 +154,9 @@ class UpstreamClient:
             auth=upstream.auth,
             timeout=httpx.Timeout(upstream.timeout_ms / 1000),
             trust_env=False,
-            follow_redirects=True,  # httpx drops Authorization when a redirect leaves the origin
-            max_redirects=MAX_REDIRECTS,
+            follow_redirects=False,  # followed by `_get`, where the upstream's host policy allows
             headers={"User-Agent": "cargo-cache", "Accept-Encoding": "gzip"},
-            transport=transport or AiohttpTransport(_verify(upstream), MAX_CONNECTIONS, KEEPALIVE_SECONDS),
+            transport=transport or upstream_transport(upstream),
         )
         # What `client.build_request` would merge into every request, worked out once: each request is built
         # directly and sent with `client.send` (build_request's merging of URL, headers, cookies and query
@@ -177,7 +182,8 @@ class UpstreamClient:
         after `deadline` seconds in all (default: `TRANSFER_DEADLINE_FACTOR` × the timeout). With `sink`, a 200
         body goes to `sink.awrite` piece by piece as it arrives (the answer's `body` is then empty).
 
-        The upstream's credentials go only to the origin of its index URL.
+        The upstream's credentials go only to the origin of its index URL. Redirects are followed (at most
+        MAX_REDIRECTS) to where `redirect_refusal` allows; any other is a failure of this upstream.
         """
         deadline = deadline or self.upstream.timeout_ms / 1000 * TRANSFER_DEADLINE_FACTOR
         self.busy += 1
@@ -202,9 +208,27 @@ class UpstreamClient:
 
     async def _get(self, url: str, headers: dict[str, str] | None, max_bytes: int | None, sink: Sink | None) -> Fetched:
         target = httpx.URL(url)
-        auth = httpx.USE_CLIENT_DEFAULT if _origin(target) == self._origin else None
-        request = httpx.Request("GET", target, headers=self._request_headers(headers), extensions=self._extensions)
-        response = await self.client.send(request, auth=auth, stream=True)
+        for _ in range(MAX_REDIRECTS + 1):
+            auth = httpx.USE_CLIENT_DEFAULT if _origin(target) == self._origin else None  # only to its own origin
+            request = httpx.Request("GET", target, headers=self._request_headers(headers), extensions=self._extensions)
+            response = await self.client.send(request, auth=auth, stream=True)
+            location = response.headers.get("location") if response.status_code in REDIRECT_STATUSES else None
+            if not location:  # an answer (a 3xx without a Location is a failure of this upstream, as any other)
+                return await self._read(response, max_bytes, sink)
+            await response.aclose()
+            target = self._redirected(target, location)
+        raise UpstreamError(f"too many redirects (more than {MAX_REDIRECTS})")
+
+    def _redirected(self, source: httpx.URL, location: str) -> httpx.URL:
+        try:
+            target = source.join(location)
+        except (httpx.InvalidURL, ValueError):
+            raise UpstreamError("redirect with an invalid Location") from None
+        if reason := redirect_refusal(source, target, self.upstream):
+            raise UpstreamError(f"redirect to {_where(target)} refused: {reason}")
+        return target
+
+    async def _read(self, response: httpx.Response, max_bytes: int | None, sink: Sink | None) -> Fetched:
         try:
             limit = max_bytes if response.status_code == 200 else ERROR_BODY_LIMIT
             declared = response.headers.get("content-length", "")
@@ -277,7 +301,8 @@ async def walk(
             # Waiting for one of our own pooled connections is not the upstream failing: a burst of misses
             # from clients must not switch a healthy upstream off for everyone.
             transport_error = isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.PoolTimeout)
-            detail = _mask(describe_error(exc, client.upstream.timeout_ms), client.upstream)
+            elapsed = (time.monotonic() - started) * 1000
+            detail = _mask(describe_error(exc, client.upstream.timeout_ms, elapsed), client.upstream)
             outcome, result = Attempt(client.name, "failed", detail), None
         ms = (time.monotonic() - started) * 1000
         outcome = Attempt(outcome.upstream, outcome.outcome, outcome.detail, ms)
@@ -345,6 +370,34 @@ def download_allowed(url: str, upstream: Upstream) -> bool:
     parent = ".".join(labels[1:])
     return (target.port is None and len(labels) >= 3 and not own.host.replace(".", "").isdigit()
             and target.host.endswith("." + parent) and target.host.count(".") == own.host.count("."))
+
+
+def redirect_refusal(source: httpx.URL, target: httpx.URL, upstream: Upstream) -> str | None:
+    """Why a redirect from `source` to `target` is not followed, or None. The same hosts as a `dl`
+    (`download_allowed`), never from https to plain http. (A name that is not configured must also resolve to a
+    public address: checked when connecting, see transport.GuardedResolver.)"""
+    if target.scheme not in ("http", "https"):
+        return f"not http(s) ({target.scheme or 'no scheme'})"
+    if source.scheme == "https" and target.scheme == "http":
+        return "from https to plain http"
+    if not download_allowed(str(target), upstream):
+        return "neither its own host, a sibling of it under the same parent domain, nor in its download_hosts"
+    return None
+
+
+def configured_hosts(upstream: Upstream) -> tuple[str, ...]:
+    """The hosts its operator named (its own, its download_hosts): the only ones that may be internal addresses."""
+    return (httpx.URL(upstream.url).host, *upstream.download_hosts)
+
+
+def upstream_transport(upstream: Upstream, resolver: object | None = None) -> AiohttpTransport:
+    """The pooled connections to one upstream (`resolver`: name resolution under the address check, for tests)."""
+    return AiohttpTransport(_verify(upstream), MAX_CONNECTIONS, KEEPALIVE_SECONDS, configured_hosts(upstream), resolver)
+
+
+def _where(url: httpx.URL) -> str:
+    """scheme://host[:port] only: a redirect's path and query may carry a signature or token."""
+    return f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
 
 
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
