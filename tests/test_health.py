@@ -64,3 +64,63 @@ def test_status_auth_checks_basic_credentials_and_leaves_open_paths_open(tmp_pat
     for bad in ("justauser", "@/nonexistent/htpasswd"):
         with pytest.raises(ValueError):
             StatusAuth.parse(bad)
+
+
+def test_a_failure_begun_before_the_latest_success_does_not_count():
+    """A request stuck in a timeout while the upstream came back ends after a newer success: it says nothing about
+    the upstream now (issue 27: a recovered upstream stayed amber on the status page)."""
+    health = Health(backoff=30, threshold=1)
+    health.succeeded("a", 5.0, now=10)
+    health.failed("a", "timed out after 5000 ms (ReadTimeout)", 11, transport=True, started=6)
+    assert health.of("a").consecutive_failures == 0 and health.skip_reason("a", 11) is None
+    assert health.of("a").last_error == "timed out after 5000 ms (ReadTimeout)"  # still shown as the last error
+    health.failed("a", "connection failed", 12, transport=True, started=11)  # begun after it: counts
+    assert health.skip_reason("a", 12) is not None
+
+
+def test_a_success_ends_a_back_off():
+    health = Health(backoff=30, threshold=1)
+    health.failed("a", "connection failed", 0, transport=True, started=0)
+    assert health.skip_reason("a", 1) is not None
+    health.succeeded("a", 5.0, now=2)  # an attempt begun before the back-off
+    assert health.skip_reason("a", 2) is None
+
+
+async def test_a_recovered_upstream_is_shown_ok_after_its_success_whatever_ends_last():
+    import asyncio
+    import itertools
+    from types import SimpleNamespace
+
+    import httpx
+    from cratecache.activity import _upstream
+    from cratecache.upstreams import Attempt, walk
+
+    health, clock = Health(backoff=30, threshold=3), itertools.count(100).__next__
+    client = SimpleNamespace(name="a", key="reg/a", upstream=SimpleNamespace(timeout_ms=100, username=None,
+                                                                             password=None))
+    for _ in range(2):  # failing while it was down
+        await walk([client], refused, health, clock)
+    stuck_until_it_is_back = asyncio.Event()
+
+    async def stuck(c):
+        await stuck_until_it_is_back.wait()
+        raise httpx.ConnectTimeout("connect")
+
+    async def answered(c):
+        return Attempt(c.name, "ok", "HTTP 200"), "body"
+
+    old = asyncio.create_task(walk([client], stuck, health, clock))
+    await asyncio.sleep(0)  # the old attempt has begun
+    assert (await walk([client], answered, health, clock))[0] == "body"
+    stuck_until_it_is_back.set()
+    await old
+
+    row = _upstream(SimpleNamespace(name="a", url="http://a.test/", priority=0, active=True), health.of("reg/a"), 200)
+    assert row["health"] == "ok" and row["last_error"].startswith("ConnectTimeout")
+    assert health.skip_reason("reg/a", clock()) is None
+
+
+async def refused(client):
+    import httpx
+
+    raise httpx.ConnectError("refused")

@@ -94,6 +94,7 @@ def _upstream(up, state, now: float) -> dict:
         "backoff_until": state.backoff_until if backing_off else None,
         "last_error": state.last_error,
         "last_error_at": state.last_error_at,
+        "last_success_at": state.last_success_at,
         "requests": state.requests,
         "failures": state.failures,
         "p50_ms": round(statistics.median(latencies), 1) if latencies else None,

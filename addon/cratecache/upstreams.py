@@ -293,7 +293,7 @@ async def walk(
             if observe:
                 observe(client, attempts[-1])
             continue
-        started = time.monotonic()
+        started, begun = time.monotonic(), clock()
         transport_error = False
         try:
             outcome, result = await attempt(client)
@@ -309,9 +309,9 @@ async def walk(
         attempts.append(outcome)
         if outcome.outcome == "failed":
             logger.warning("upstream %s failed: %s%s", client.name, outcome.detail, f" [{what}]" if what else "")
-            health.failed(client.key, outcome.detail, clock(), transport_error, ms)
+            health.failed(client.key, outcome.detail, clock(), transport_error, ms, begun)
         else:
-            health.succeeded(client.key, ms)
+            health.succeeded(client.key, ms, clock())
         if observe:
             observe(client, outcome)
         if result is not None:
