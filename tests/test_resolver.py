@@ -9,7 +9,7 @@ import logging
 
 import httpx
 import pytest
-from cratecache.resolver import NotFound, Resolver, Unavailable
+from cratecache.resolver import NotFound, NotStaged, Resolver, Unavailable
 from cratecache.storage import open_storage
 from cratecache.storage.disk import DiskStorage
 from cratecache.storage.local import LocalStore
@@ -626,3 +626,17 @@ async def test_revalidating_ahead_stops_at_its_limit(make, net, clock, graph):
     await resolver.index(reg, "foo")
     await _settled(resolver)
     assert sorted(net.asked()) == [A + "3/b/bar", A + "3/f/foo"]
+
+
+async def test_offline_what_was_not_staged_is_answered_so_that_cargo_prints_why(make, net):
+    """Issue 27, item 13: a 404 on an index file is "no such crate" to Cargo; the status it shows with the body."""
+    from cratecache.routes import ConfigRoute, CrateRoute, IndexRoute
+
+    resolver = make(offline=True)
+    reg = resolver.settings.registries[0]
+    asked = len(net.requests)
+    for route, status in ((IndexRoute(reg, "foo"), 403), (ConfigRoute(reg), 403), (CrateRoute(reg, "foo", "1.0.0"), 404)):
+        with pytest.raises(NotStaged, match="was not staged") as refused:
+            await resolver.resolve(route)
+        assert refused.value.status == status
+    assert len(net.requests) == asked

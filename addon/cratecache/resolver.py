@@ -57,6 +57,33 @@ class NotFound(ResolveError):
     """No upstream has it (each said 404/410/451), or the index does not list that version."""
 
 
+class NotStaged(NotFound):
+    """Offline mode: it was never staged, and no upstream is asked. `status` is the answer under which the client
+    shows the reason (`not_staged_status`), where a plain 404 would have it report a name that does not exist."""
+
+    def __init__(self, message: str, status: int = 404):
+        super().__init__(message)
+        self.status = status
+
+
+CARGO_NOT_STAGED = 403  # Cargo takes an index 404 for "no such crate"; another 4xx it prints with the body, unretried
+RUSTUP_NOT_STAGED = 503  # rustup takes any 4xx on the nightly channel's manifest as a missing nightly, and panics
+
+
+def not_staged_status(route: Route) -> int:
+    """The status of an offline answer for something not staged, per client (see ../shared/*-protocol.md):
+    Cargo reads a 404 on an index file (or config.json) as "no such crate" and never shows why, so those get
+    CARGO_NOT_STAGED; rustup, for the undated nightly channel, reads any 4xx on its manifest as "no nightly today"
+    and walks back day by day from the date of a manifest it never got ("Malformed manifest date" panic), so that
+    manifest gets RUSTUP_NOT_STAGED, a failed download it reports. Everything else keeps 404 (a .crate's body is
+    shown by Cargo; rustup reports a missing stable, beta or dated toolchain as no release found)."""
+    if isinstance(route, (IndexRoute, ConfigRoute)):
+        return CARGO_NOT_STAGED
+    if isinstance(route, DistRoute) and route.file.path == "dist/channel-rust-nightly.toml":
+        return RUSTUP_NOT_STAGED
+    return 404
+
+
 class Unavailable(ResolveError):
     """At least one upstream failed and nothing usable is cached."""
 
@@ -137,7 +164,8 @@ class Resolver:
         """Serve what is cached whatever its age; never contact an upstream."""
         cached = await self.store.get(route.key)
         if cached is None:
-            raise NotFound(f"{_describe(route)} was not staged (offline mode: no upstream is contacted)")
+            raise NotStaged(f"{_describe(route)} was not staged (offline mode: no upstream is contacted)",
+                            not_staged_status(route))
         if isinstance(route, IndexRoute) and self.settings.cache.offline_prune_index:
             staged = set(await self.store.keys(f"crate/{route.registry.name}/{route.name.lower()}/"))
             return await asyncio.to_thread(_pruned_index, route, cached, staged)
@@ -391,7 +419,8 @@ class Resolver:
         if self.settings.cache.offline:
             cached = await self.store.get(key)
             if cached is None:
-                raise NotFound(f"{f.path} was not staged (offline mode: no upstream is contacted)")
+                raise NotStaged(f"{f.path} was not staged (offline mode: no upstream is contacted)",
+                                not_staged_status(DistRoute(src, f)))
             return Served(cached, "cache", "hit")
         kind, since = "immutable" if f.immutable else "moving", self.clock()
         cached = await self._read(key, kind, src, False)
@@ -772,6 +801,6 @@ def _pruned_index(route: IndexRoute, cached: Entry, staged: set[str]) -> Served:
 
     body = sparse.prune_index(cached.body, is_staged)
     if not body:
-        raise NotFound(f"no version of crate {route.name} was staged (offline mode)")
+        raise NotStaged(f"no version of crate {route.name} was staged (offline mode)", not_staged_status(route))
     meta = replace(cached.meta, sha256=hashlib.sha256(body).hexdigest(), size=len(body))
     return Served(Entry(meta, body), "cache", "hit")

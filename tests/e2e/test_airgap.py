@@ -89,13 +89,13 @@ def test_an_offline_miss_says_it_was_not_staged(secondary, entry, start_proxy, n
         crate = c.get("https://static.crates.io/crates/anyhow/1.0.69/download")
 
     assert result.returncode != 0
-    assert index.status_code == 404 and "the index file of crate anyhow was not staged" in index.text
+    assert index.status_code == 403 and "the index file of crate anyhow was not staged" in index.text
     assert crate.status_code == 404 and "crate anyhow 1.0.69 was not staged" in crate.text
     assert secondary.requests == []
     # Where an operator looks: the proxy's log line and the status page's recent requests give the reason.
     assert re.search(r"GET static\.crates\.io/crates/anyhow/1\.0\.69/download 404 - not_found \d+B \d+ms HTTP/\S+: "
                      r"crate anyhow 1\.0\.69 was not staged \(offline mode", proxy.log())
-    assert re.search(r"GET index\.crates\.io/\S+ 404 - not_found .*: the index file of crate \S+ was not staged",
+    assert re.search(r"GET index\.crates\.io/\S+ 403 - not_found .*: the index file of crate \S+ was not staged",
                      proxy.log())  # cargo's own request
     recent = httpx.get(proxy.status_url + "/status.json").json()["recent"]
     reasons = {r["path"]: r["reason"] for r in recent}
@@ -271,3 +271,45 @@ def test_a_purge_takes_entries_out_of_a_running_proxys_memory_too(secondary, ent
         again = c.get(url)
     assert again.status_code == 200 and again.headers["x-cache"] == "MISS"
     assert [p for p in secondary.paths() if p.endswith("/download")] == ["/crates/anyhow/1.0.69/download"] * 2
+
+
+# -- what a user sees in the terminal when something was not staged (issue 27, item 13) -----------------------
+
+
+def test_cargo_prints_why_a_crate_it_needs_is_missing_offline(secondary, entry, start_proxy, new_cargo, small_project,
+                                                              tmp_path):
+    """An index file not staged is a 403 with the reason (Cargo shows the body of any failed answer but a 404,
+    which it takes for "no such crate" and reports as `no matching package named ... found`)."""
+    config = write_proxies(tmp_path / "c.yaml", [entry(secondary)], tmp_path / "staged")
+    assert cli(config, "stage", str(lockfile_of(tmp_path, [("log", "0.4.17"), ("cfg-if", "1.0.0")]))).returncode == 0
+    proxy = start_proxy([entry(secondary)], cache_dir=tmp_path / "staged", offline=True)
+
+    result = new_cargo(proxy).fetch(small_project)  # Cargo's default retries: a 403 is not retried
+
+    assert result.returncode == 101
+    assert "no matching package" not in result.stderr
+    assert "failed to get successful HTTP response from `https://index.crates.io/an/yh/anyhow` (127.0.0.1), got 403" \
+        in result.stderr
+    assert "the index file of crate anyhow was not staged (offline mode: no upstream is contacted)" in result.stderr
+    assert "spurious network error" not in result.stderr
+
+
+def test_rustup_reports_a_toolchain_not_staged_offline_without_panicking(start_proxy, tmp_path):
+    from tests.fixtures.rustup import Rustup
+
+    section = {"host": "static.rust-lang.org", "proxies": [{"name": "origin", "url": "http://127.0.0.1:9/"}]}
+    proxy = start_proxy([], toolchains=section, offline=True)
+    rustup = Rustup(tmp_path / "rustup", {"HTTPS_PROXY": proxy.url, "SSL_CERT_FILE": str(proxy.ca_cert)})
+
+    nightly = rustup.install("nightly", check=False)
+    beta = rustup.install("beta", check=False)
+
+    # nightly: any 4xx makes rustup look for an older nightly from a date it never got (a panic: "Malformed
+    # manifest date"); a 503 is a download it reports as failed
+    assert nightly.returncode == 1 and "panicked" not in nightly.stderr, nightly.stderr
+    assert ("could not download file from 'https://static.rust-lang.org/dist/channel-rust-nightly.toml.sha256'"
+            in nightly.stderr and "unsuccessful status code: 503" in nightly.stderr)
+    assert beta.returncode == 1 and "error: no release found for 'beta'" in beta.stderr, beta.stderr
+    log = proxy.log()
+    assert "GET static.rust-lang.org/dist/channel-rust-nightly.toml.sha256 503 - not_found" in log
+    assert "dist/channel-rust-nightly.toml was not staged (offline mode" in log
