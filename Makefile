@@ -51,13 +51,11 @@ MITMDUMP_ARGS = -s addon/cargo_cache.py --listen-host $(HOST) --set confdir=$(CU
   --set cargo_proxies=$(abspath $(PROXIES)) --set flow_detail=0
 
 # WORKERS=1: one mitmdump; more: that many sharing PORT (SO_REUSEPORT), worker i's status page on STATUS_PORT+i.
+# The launcher passes each option once, ARGS winning (mitmproxy drops all of an addon's options given twice),
+# and refuses a PORT or STATUS_PORT already in use.
 run: $(STAMP) ca
-	@if [ "$(WORKERS)" = 1 ]; then \
-	  exec $(VENV)/bin/mitmdump $(MITMDUMP_ARGS) --listen-port $(PORT) --set cargo_status_port=$(STATUS_PORT) $(ARGS); \
-	else \
-	  PYTHONPATH=addon exec $(PY) -m cratecache.workers --workers $(WORKERS) --port $(PORT) --status-port $(STATUS_PORT) \
-	    -- $(MITMDUMP_ARGS) $(ARGS); \
-	fi
+	@PYTHONPATH=addon exec $(PY) -m cratecache.workers --workers $(WORKERS) --port $(PORT) --status-port $(STATUS_PORT) \
+	  -- $(MITMDUMP_ARGS) $(ARGS)
 
 test-deps:
 	@scripts/install-test-deps

@@ -13,10 +13,10 @@ from pathlib import Path
 from mitmproxy import connection, ctx, http, tls
 from mitmproxy.addonmanager import Loader
 
-from . import collector, reload
+from . import cmdline, collector, hangup, reload
 from .activity import Activity, origin
 from .blobs import BlobServer
-from .config import ConfigError, Settings, load_settings
+from .config import Settings
 from .handler import Client, Reply, handle, text_reply
 from .pairs import Pairs
 from .reasks import Reasks
@@ -52,6 +52,7 @@ class CargoCache:
         self._watched: tuple = ()
 
     def load(self, loader: Loader) -> None:
+        hangup.hold()  # a SIGHUP before `running` is a reload for later, never the end of the process
         # Our own line per request says it all; mitmdump's root logger is at DEBUG, and httpcore's ~10
         # debug records per upstream request cost more CPU than the request itself.
         logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -88,32 +89,40 @@ class CargoCache:
             "How often (milliseconds) proxies.yaml and its secret files are checked for changes; a change is "
             "applied live. 0: only on SIGHUP.",
         )
+        if twice := cmdline.repeated(getattr(loader.master.options, "deferred", {})):
+            # mitmproxy would drop every cargo_ option and run as a plain proxy; an error stops mitmdump at start.
+            logger.error("cargo-cache: not starting: %s given more than once (mitmproxy would then ignore every "
+                         "cargo_ option); give each once", ", ".join(f"--set {name}" for name in twice))
 
     def configure(self, updated: set[str]) -> None:
         if "confdir" in updated and ctx.options.confdir == MITMPROXY_DEFAULT_CONFDIR:
             ctx.options.update(confdir=str(DEFAULT_CONFDIR))  # the CA lives in the project's certs/
         if {"cargo_proxies", "cargo_offline"} & updated:
-            self.reload("options" if self.settings is not None else "start")
+            if self._watcher is None:
+                self.reload("start" if self.settings is None else "options")
+            else:  # changed while running: read off the event loop
+                self.config.ask("options")
         if self.settings is not None and {"cargo_proxies", "allow_hosts", "connection_strategy"} & updated:
             self._limit_interception(self.settings)
         status = {"cargo_status_port", "cargo_status_host", "cargo_status_auth", "cargo_status_open"}
         if status & updated and self._flusher is not None:  # changed while running
             asyncio.get_running_loop().create_task(self._restart_status())
 
-    def reload(self, why: str) -> bool:
+    def reload(self, why: str, read: reload.Read | None = None) -> bool:
         """(Re-)read proxies.yaml and apply it: at start, install it; later, apply what may change live (see
-        reload.py) without dropping a request. An invalid file changes nothing. True if it was applied."""
+        reload.py) without dropping a request. An invalid file changes nothing. True if it was applied. Later
+        reloads come with the file already `read` off the event loop (_watch_forever)."""
         path = ctx.options.cargo_proxies
-        try:
-            settings = load_settings(path)
-        except ConfigError as e:
+        read = read or reload.read(path)
+        if read.error is not None:
             # One clear line; at start-up mitmproxy exits on a logged error, later the old settings stay.
-            logger.error("cargo-cache: invalid configuration: %s", e)
-            self.config.failed(str(e), time.time())
+            logger.error("cargo-cache: invalid configuration: %s", read.error)
+            self.config.failed(str(read.error), time.time())
             return False
+        settings = read.settings
         if ctx.options.cargo_offline and not settings.cache.offline:
             settings = replace(settings, cache=replace(settings.cache, offline=True))
-        self._watched = reload.fingerprint([path, *settings.secret_files])
+        self._watched = read.fingerprint
         if self.settings is None or self.resolver is None:
             self._install(settings)
             self.config.loaded(time.time(), ())
@@ -132,28 +141,38 @@ class CargoCache:
         return True
 
     async def _watch_forever(self) -> None:
-        """Apply a changed proxies.yaml (or secret file) within a few seconds of the change."""
+        """Re-read proxies.yaml when asked (SIGHUP, a changed option) and within a few seconds of a change to it
+        or a secret file; the files are read off the event loop, one reload at a time."""
         while True:
             seconds = ctx.options.cargo_reload_ms / 1000
-            await asyncio.sleep(seconds if seconds > 0 else 5)
-            if seconds <= 0 or self.settings is None:
-                continue
-            watched = [ctx.options.cargo_proxies, *self.settings.secret_files]
-            seen = await asyncio.to_thread(reload.fingerprint, watched)
-            if seen == self._watched:
-                continue
-            await asyncio.sleep(SETTLE_SECONDS)  # a write still in progress would read as a broken file
-            if await asyncio.to_thread(reload.fingerprint, watched) == seen:
-                self.reload("file changed")
+            why = await self.config.asked(seconds if seconds > 0 else 5)
+            if why is None:  # time to look at the files
+                if seconds <= 0 or self.settings is None:
+                    continue
+                watched = [ctx.options.cargo_proxies, *self.settings.secret_files]
+                seen = await asyncio.to_thread(reload.fingerprint, watched)
+                if seen == self._watched:
+                    continue
+                await asyncio.sleep(SETTLE_SECONDS)  # a write still in progress would read as a broken file
+                if await asyncio.to_thread(reload.fingerprint, watched) != seen:
+                    continue
+                self._watched, why = seen, "file changed"  # a broken file is reported once, not every time
+            self.reload(why, await asyncio.to_thread(reload.read, ctx.options.cargo_proxies))
 
     async def running(self) -> None:
+        if self.settings is None:  # never configured (e.g. mitmproxy dropped our options): never a plain proxy
+            logger.error("cargo-cache: not serving: the configuration (cargo_proxies) was never applied")
+            ctx.master.shutdown()
+            return
         loop = asyncio.get_running_loop()
         self._flusher = loop.create_task(self._flush_counts_forever())
         self._watcher = loop.create_task(self._watch_forever())
         try:
-            loop.add_signal_handler(signal.SIGHUP, lambda: self.reload("SIGHUP"))
+            loop.add_signal_handler(signal.SIGHUP, lambda: self.config.ask("SIGHUP"))
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
             logger.info("cargo-cache: SIGHUP not available here; proxies.yaml is still re-read when it changes")
+        if hangup.take():
+            self.config.ask("SIGHUP during start")
         await self._restart_status()
         collector.freeze_startup()  # last: what starting made is not walked again by every full collection
 
@@ -304,8 +323,9 @@ class CargoCache:
             await self.status.stop()
             self.status = None
         if ctx.options.cargo_status_port:
-            try:
-                guard = StatusAuth.parse(ctx.options.cargo_status_auth, ctx.options.cargo_status_open)
+            try:  # an @htpasswd file is read off the event loop
+                guard = await asyncio.to_thread(StatusAuth.parse, ctx.options.cargo_status_auth,
+                                                ctx.options.cargo_status_open)
             except ValueError as e:
                 logger.error("cargo-cache: cargo_status_auth: %s; the status server is not started", e)
                 return

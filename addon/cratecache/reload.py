@@ -10,11 +10,12 @@ changed file.)
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .config import CacheSettings, Settings, Source, Toolchains, Upstream
+from .config import CacheSettings, ConfigError, Settings, Source, Toolchains, Upstream, load_settings
 
 RESTART_FIELDS = ("directory", "size_limit", "eviction_policy", "backend", "s3")
 LIVE_CACHE_FIELDS = ("index_ttl", "negative_ttl", "upstream_backoff", "backoff_after", "lease_seconds", "offline",
@@ -99,14 +100,35 @@ def fingerprint(paths: list[str]) -> tuple:
     return tuple(out)
 
 
+@dataclass(frozen=True)
+class Read:
+    """proxies.yaml as read (with its secret files): the settings or the error, and the files' fingerprint."""
+
+    settings: Settings | None
+    error: ConfigError | None
+    fingerprint: tuple
+
+
+def read(path: str) -> Read:
+    """Read and check proxies.yaml (blocking file I/O: off the event loop, but at start)."""
+    try:
+        settings = load_settings(path)
+    except ConfigError as e:
+        return Read(None, e, fingerprint([path]))
+    return Read(settings, None, fingerprint([path, *settings.secret_files]))
+
+
 def same_cache(a: CacheSettings, b: CacheSettings) -> bool:
     return all(getattr(a, f) == getattr(b, f) for f in RESTART_FIELDS)
 
 
 class ConfigState:
-    """When the configuration was last loaded and what the last failed reload said (for the status page)."""
+    """When the configuration was last loaded and what the last failed reload said (for the status page), and
+    the reloads asked for (SIGHUP, a changed option) that the watcher has not done yet."""
 
     def __init__(self) -> None:
+        self._asked: list[str] = []
+        self._wake = asyncio.Event()
         self.loaded_at: float | None = None
         self.needs_restart: tuple[str, ...] = ()
         self.last_error: str | None = None
@@ -117,6 +139,21 @@ class ConfigState:
 
     def failed(self, error: str, now: float) -> None:
         self.last_error, self.last_error_at = error, now
+
+    def ask(self, why: str) -> None:
+        """Ask for a reload (safe from a signal handler on the loop: it only notes it)."""
+        self._asked.append(why)
+        self._wake.set()
+
+    async def asked(self, seconds: float | None) -> str | None:
+        """Why a reload was asked for (several asks at once: one reload), or None once `seconds` passed first."""
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            return None
+        self._wake.clear()
+        why, self._asked = ", ".join(dict.fromkeys(self._asked)), []
+        return why
 
     def snapshot(self, source: str) -> dict:
         return {"source": source, "loaded_at": self.loaded_at, "needs_restart": list(self.needs_restart),

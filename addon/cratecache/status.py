@@ -218,7 +218,7 @@ class StatusServer:
             # An error: at start-up mitmdump then exits (its errorcheck addon) rather than serve without /healthz,
             # or beside another process answering it; a later restart (an option changed) leaves the proxy serving.
             logger.error("cargo-cache: the status page cannot listen on %s:%d (%s); cargo_status_port=0 runs "
-                         "without one", self.host or "*", self.port, e.strerror or e)
+                         "without one", self.host or "*", self.port, os.strerror(e.errno) if e.errno else e)
             return
         bound = self._server.sockets[0].getsockname()
         self.port = bound[1]

@@ -1,6 +1,13 @@
-"""`make run WORKERS=N`: N mitmdump workers sharing one listening port (Linux SO_REUSEPORT) and one cache.
+"""`make run`: N mitmdump workers sharing one listening port (Linux SO_REUSEPORT) and one cache.
 
     python -m cratecache.workers --workers N --port 8080 [--status-port 8081] -- MITMDUMP ARGS...
+
+MITMDUMP ARGS win over the launcher's own: `--listen-port`/`-p` or `--set listen_port=` over `--port`,
+`--set cargo_status_port=` over `--status-port`, and a single-valued option given twice is passed once, with
+its last value (mitmproxy would otherwise drop every option of the addon; cmdline.py). The launcher refuses to
+start (exit 1, one line) when the proxy port or a status port is already taken: by a program, or by another
+launch's workers, which would otherwise share the port with these (SO_REUSEPORT) and split the traffic between
+two configurations and caches. `--workers 1` runs mitmdump in this process, without SO_REUSEPORT.
 
 One mitmdump process uses one core. The kernel spreads the connections to the shared port over the workers;
 they share the cache folder (diskcache is safe across processes, and leases make concurrent misses fetch once
@@ -17,32 +24,37 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import functools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+from . import cmdline, hangup
+
 RESTARTS_PER_MINUTE = 5
 STOP_SECONDS = 10
 LISTEN_PORT_ENV = "CARGO_CACHE_SHARED_PORT"
 
 
-def worker(args: list[str]) -> int:
-    """One worker: mitmdump in this process, its proxy port opened with SO_REUSEPORT."""
-    shared = int(os.environ[LISTEN_PORT_ENV])
-    original = asyncio.start_server
+def worker(args: list[str], shared: int | None = None) -> int:
+    """One worker: mitmdump in this process, its proxy port `shared` opened with SO_REUSEPORT (None: alone)."""
+    hangup.hold()  # first: a SIGHUP while mitmproxy starts is a reload for later (the launcher started us with it blocked)
+    if shared is not None:
+        original = asyncio.start_server
 
-    @functools.wraps(original)
-    async def start_server(client_connected_cb, host=None, port=None, **kwargs):
-        if port == shared:
-            kwargs["reuse_port"] = True
-        return await original(client_connected_cb, host, port, **kwargs)
+        @functools.wraps(original)
+        async def start_server(client_connected_cb, host=None, port=None, **kwargs):
+            if port == shared:
+                kwargs["reuse_port"] = True
+            return await original(client_connected_cb, host, port, **kwargs)
 
-    asyncio.start_server = start_server  # mitmproxy's mode servers call asyncio.start_server
+        asyncio.start_server = start_server  # mitmproxy's mode servers call asyncio.start_server
     from mitmproxy.tools.main import mitmdump
 
     return mitmdump(args) or 0
@@ -57,14 +69,15 @@ class Supervisor:
         self.lock = threading.Lock()
 
     def command(self, index: int) -> list[str]:
-        status = ["--set", f"cargo_status_port={self.status_port + index if self.status_port else 0}"]
-        return [sys.executable, "-m", "cratecache.workers", "--worker", "--", "--listen-port", str(self.port),
-                *self.args, *status]
+        """Worker `index`'s command: `args` (which set neither port; see main) and its two ports, each once."""
+        return [sys.executable, "-m", "cratecache.workers", "--worker", "--",
+                *worker_args(self.args, self.port, self.status_port + index if self.status_port else 0)]
 
     def start(self, index: int) -> None:
         env = os.environ | {LISTEN_PORT_ENV: str(self.port), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        proc = subprocess.Popen(self.command(index), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1, errors="replace")
+        with hangup.blocked():  # it starts with SIGHUP blocked, until its handler is in place (worker())
+            proc = subprocess.Popen(self.command(index), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, bufsize=1, errors="replace")
         self.procs[index] = proc
         say(f"worker {index} started (pid {proc.pid}, status page port "
             f"{self.status_port + index if self.status_port else 'off'})")
@@ -77,11 +90,11 @@ class Supervisor:
                 sys.stdout.flush()
 
     def run(self) -> int:
-        for index in range(self.count):
-            self.start(index)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM):  # first: a signal during start is not the default action
             signal.signal(sig, lambda *_: self.stop())
         signal.signal(signal.SIGHUP, lambda *_: self.forward(signal.SIGHUP))  # reload: every worker re-reads
+        for index in range(self.count):
+            self.start(index)
         while not self.stopping:
             time.sleep(0.2)
             for index, proc in list(self.procs.items()):
@@ -126,10 +139,36 @@ def say(text: str) -> None:
     sys.stdout.flush()
 
 
+def worker_args(args: list[str], port: int, status_port: int) -> list[str]:
+    return cmdline.merge(["--listen-port", str(port), "--set", f"cargo_status_port={status_port}"], args)
+
+
+def taken(host: str, port: int) -> str | None:
+    """Why `port` on `host` cannot be ours (something listens there), or None. Bound without SO_REUSEPORT, as
+    no worker of another launch could be joined; like asyncio's servers, with SO_REUSEADDR (a closed connection
+    in TIME_WAIT does not count)."""
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return None  # mitmproxy will say what is wrong with the address
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    return f"{host or '*'}:{port} is already in use"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
-        return worker(argv[2:] if argv[1:2] == ["--"] else argv[1:])
+        return worker(argv[2:] if argv[1:2] == ["--"] else argv[1:], int(os.environ[LISTEN_PORT_ENV]))
+    hangup.hold()
     parser = argparse.ArgumentParser(prog="cratecache.workers", description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--port", type=int, default=8080)
@@ -138,10 +177,22 @@ def main(argv: list[str] | None = None) -> int:
     opts = parser.parse_args(argv)
     if opts.workers < 1:
         parser.error("--workers must be at least 1")
-    args = opts.args[1:] if opts.args[:1] == ["--"] else opts.args
+    args = cmdline.merge([], opts.args[1:] if opts.args[:1] == ["--"] else opts.args)  # each option once, the last
+    port = int(cmdline.value(args, "listen_port") or opts.port)  # what mitmdump's arguments say wins
+    status = cmdline.value(args, "cargo_status_port")
+    status_port = int(status) if status else opts.status_port
+    args = cmdline.without(cmdline.without(args, "listen_port"), "cargo_status_port")
+    host, status_host = cmdline.value(args, "listen_host") or "", cmdline.value(args, "cargo_status_host") or "127.0.0.1"
+    busy = [taken(host, port)] + [taken(status_host, status_port + i) for i in range(opts.workers) if status_port]
+    if problem := next((b for b in busy if b), None):
+        say(f"not starting: {problem} (another cargo-cache, or another program; choose another PORT or "
+            "STATUS_PORT, or stop it)")
+        return 1
+    if opts.workers == 1:
+        return worker(worker_args(args, port, status_port))
     if sys.platform != "linux":
         say("SO_REUSEPORT spreads connections only on Linux; elsewhere run one worker per port")
-    return Supervisor(opts.workers, opts.port, opts.status_port, args).run()
+    return Supervisor(opts.workers, port, status_port, args).run()
 
 
 if __name__ == "__main__":
