@@ -301,3 +301,42 @@ def test_a_mirrors_manifest_of_another_channel_and_date_cannot_rewrite_a_compone
         assert again.content == genuine
         assert mirror.count(clippy) == 0 and origin.count(clippy) == 1
         assert "checksum mismatch" not in proxy.log()
+
+
+def test_a_bundle_cannot_replace_a_staged_component_through_a_manifest_of_another_channel_and_date(
+        start_proxy, origin, tree, tmp_path):
+    """Issue 27, item 2, the bundle variant (it imported with exit 0 and replaced the cached good component)."""
+    import hashlib
+    import ssl
+
+    from tests.test_bundle import item, write_bundle
+
+    site = write_proxies(tmp_path / "site.yaml", [], tmp_path / "site-cache", toolchains(origin))
+    staged = cli(site, "stage", "--toolchain", "stable", "--component", "clippy")
+    assert staged.returncode == 0, staged.stdout + staged.stderr
+    clippy = STABLE.component_path("clippy-preview")
+    genuine = (tree / clippy).read_bytes()
+    evil = b"not clippy" * 1000
+    foreign = (tree / STABLE.manifest_path).read_bytes().replace(f'date = "{STABLE.date}"'.encode(),
+                                                                 b'date = "2020-01-01"').replace(
+        hashlib.sha256(genuine).hexdigest().encode(), hashlib.sha256(evil).hexdigest().encode())
+    now = {"stored_at": time.time(), "checked_at": time.time()}
+    entries = [item("manifest/dist/2020-01-01/channel-rust-beta.toml", foreign, **now),
+               item(f"component/{clippy}", evil, **now)]
+    bundle = write_bundle(tmp_path / "forged.bundle", entries,
+                          {hashlib.sha256(b).hexdigest(): b for b in (foreign, evil)})
+
+    imported = cli(site, "import", str(bundle))
+
+    assert imported.returncode == 1, imported.stdout
+    assert "import rejected, nothing imported" in imported.stderr
+    # only the staged stable manifests of its day may vouch for it, and they list the genuine hash
+    assert f"toolchain file {clippy} does not match the hash its channel manifest lists" in imported.stderr
+    listing = cli(site, "ls", "--json").stdout
+    assert "channel-rust-beta" not in listing and "2020-01-01" not in listing
+    section = toolchains(origin)
+    origin.stop()
+    proxy = start_proxy([], cache_dir=tmp_path / "site-cache", toolchains=section, offline=True)
+    with httpx.Client(proxy=proxy.url, verify=ssl.create_default_context(cafile=str(proxy.ca_cert))) as client:
+        served = client.get(f"https://{DIST_HOST}/{clippy}")
+    assert (served.status_code, served.content) == (200, genuine)
