@@ -6,7 +6,8 @@ Paths (relative to the dist root; see ../shared/rustup-protocol.md):
 - `dist/{YYYY-MM-DD}/channel-rust-{channel}.toml`              a dated manifest; immutable
   Either with `.sha256` (served from the manifest the proxy holds: one pair) or `.asc` (passed on, not checked).
 - `dist/{YYYY-MM-DD}/{pkg}-{version}-{target}.tar.{gz,xz,zst}` a component; immutable, verified against the hash
-  of a manifest the proxy holds that lists it; `.sha256` is served from that hash
+  the manifests of its channel and date list for it (`vouches`: no other manifest counts, and manifests that
+  disagree refuse it); `.sha256` is served from that hash
 - `rustup/release-stable.toml`                                 rustup's latest version; moves, nothing to check
 - `rustup/dist/{triple}/rustup-init[.exe]`                     moves; verified against its upstream `.sha256`
 - `rustup/archive/{version}/{triple}/rustup-init[.exe]`        immutable; likewise

@@ -3,8 +3,10 @@ order -> verify -> cache. One engine for both protocols: what differs per protoc
 file, which names move) is in `sparse.py` and `dist.py`; the lease, the walk, the spool and the store are here.
 
 The resolver knows nothing about mitmproxy; the addon (and the command-line tools) call it.
-Failures are raised as `NotFound` (every upstream said "not here") or `Unavailable`
-(something failed and nothing is cached); `handler` turns them into HTTP answers.
+Failures are raised as `NotFound` (every upstream said "not here"; `NotStaged` in offline mode, with the
+status under which the client shows why) or `Unavailable` (something failed and nothing is cached;
+`ManifestsDisagree` when the manifests that may vouch for a component list different hashes for it);
+`handler` turns them into HTTP answers.
 """
 
 from __future__ import annotations
