@@ -309,7 +309,7 @@ async def test_a_huge_manifest_is_refused_without_being_parsed_whole(target, tmp
     del manifest, nested
     tracemalloc.start()
     try:
-        with pytest.raises(BundleError, match="entry 1 is not JSON of at most 4096 bytes"):
+        with pytest.raises(BundleError, match=r"entries\[0\] is not JSON of at most 4096 bytes"):
             await import_bundle(target, path)
         peak = tracemalloc.get_traced_memory()[1]
     finally:

@@ -21,7 +21,6 @@ Importing twice is harmless (the second says every entry was already present).
 from __future__ import annotations
 
 import asyncio
-import codecs
 import hashlib
 import io
 import json
@@ -35,7 +34,7 @@ import tomllib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from . import dist, sparse
+from . import dist, jsonstream, sparse
 from .config import DEFAULT_MAX_CRATE_SIZE, DEFAULT_MAX_DIST_FILE_SIZE, DEFAULT_MAX_INDEX_SIZE, TOOLCHAINS, Settings
 from .storage import Meta, Storage
 from .storage.local import as_file
@@ -47,7 +46,6 @@ MANIFEST = "manifest.json"
 MAX_ENTRIES = 1_000_000  # a whole crates.io mirror's crate versions and index files fit
 MAX_ENTRY_BYTES = 4096  # one manifest entry (export writes ~480 bytes; a key is at most 512, a validator 1024)
 MAX_MANIFEST_BYTES = MAX_ENTRIES * 512  # read entry by entry, never held whole
-READ_CHUNK = 64 << 10
 COPY_CHUNK = 1 << 20
 _RUSTUP_VERSION = re.compile(r"\d{1,4}\.\d{1,4}\.\d{1,4}\Z")
 _REGISTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # as config.py allows
@@ -170,7 +168,7 @@ def _verify_into(path: Path, staging: Path, limits: _Limits) -> dict:
                 raise BundleError(f"{path}: not a cargo-cache bundle (no {MANIFEST} first)")
             if first.size > limits.manifest:
                 raise BundleError(f"{path}: the manifest is larger than {limits.manifest} bytes")
-            manifest = _manifest(_ManifestReader(tar.extractfile(first), path), path, limits)
+            manifest = _manifest(tar.extractfile(first), path, limits)
             expected = {item["sha256"]: item["size"] for item in manifest["entries"]}
             seen: set[str] = set()
             while (member := tar.next()) is not None:
@@ -201,96 +199,28 @@ def _copy_hashed(source, target: Path) -> str:
     return digest.hexdigest()
 
 
-class _ManifestReader:
-    """manifest.json read entry by entry (the layout `export_bundle` writes: an object with `format`, `created`
-    and `entries`), so that memory holds one bounded entry at a time, never the whole text nor what a hostile
-    one would inflate into (nested arrays, huge strings): each value is decoded from at most MAX_ENTRY_BYTES."""
-
-    def __init__(self, source, path: Path):
-        self.source, self.path, self.buffer, self.at, self.eof = source, path, "", 0, False
-        self.decoder, self.utf8 = json.JSONDecoder(), codecs.getincrementaldecoder("utf-8")()
-
-    def _fill(self, wanted: int) -> None:
-        while len(self.buffer) - self.at < wanted and not self.eof:
-            chunk = self.source.read(READ_CHUNK)
-            self.eof = not chunk
-            self.buffer = self.buffer[self.at:] + self.utf8.decode(chunk, final=self.eof)  # UnicodeDecodeError
-            self.at = 0
-
-    def peek(self) -> str:
-        """The next non-blank character ('' at the end), not consumed."""
-        while True:
-            self._fill(1)
-            rest = self.buffer[self.at:]
-            stripped = rest.lstrip()
-            self.at += len(rest) - len(stripped)
-            if stripped or self.eof:
-                return stripped[:1]
-
-    def punctuation(self) -> str:
-        """The next non-blank character, consumed ('' at the end)."""
-        found = self.peek()
-        self.at += len(found)
-        return found
-
-    def value(self, what: str):
-        """The next JSON value, from at most MAX_ENTRY_BYTES of text."""
-        self.peek()
-        self._fill(MAX_ENTRY_BYTES + 1)
-        try:
-            value, end = self.decoder.raw_decode(self.buffer[:self.at + MAX_ENTRY_BYTES], self.at)
-        except (ValueError, RecursionError):  # RecursionError: arrays nested a thousand deep
-            raise BundleError(f"{self.path}: invalid manifest: {what} is not JSON of at most {MAX_ENTRY_BYTES} "
-                              "bytes") from None
-        self.at = end
-        return value
-
-
-def _manifest(reader: _ManifestReader, path: Path, limits: _Limits) -> dict:
-    invalid = BundleError(f"{path}: invalid manifest (not a {FORMAT} bundle)")
-    manifest: dict = {}
-    try:
-        if reader.punctuation() != "{":
-            raise invalid
-        separator = ","
-        while separator == ",":
-            name = reader.value("a field name")
-            if not isinstance(name, str) or name in manifest or reader.punctuation() != ":":
-                raise invalid
-            manifest[name] = _entries(reader, path, limits) if name == "entries" else reader.value(f"field {name}")
-            separator = reader.punctuation()
-        if separator != "}" or reader.punctuation() != "":
-            raise invalid
-    except UnicodeDecodeError:
-        raise invalid from None
-    if manifest.get("format") != FORMAT or not isinstance(manifest.get("entries"), list):
-        raise invalid
-    return manifest
-
-
-def _entries(reader: _ManifestReader, path: Path, limits: _Limits) -> list[dict]:
-    """The `entries` array, each entry checked as it is read (`_entry`)."""
-    not_a_list = BundleError(f"{path}: invalid manifest (entries is not a list of entries)")
-    if reader.punctuation() != "[":
-        raise not_a_list
+def _manifest(source, path: Path, limits: _Limits) -> dict:
+    """manifest.json, read entry by entry (`jsonstream`): at most MAX_ENTRIES entries of at most MAX_ENTRY_BYTES,
+    each checked as it is read (`_entry`)."""
     entries: list[dict] = []
-    if reader.peek() == "]":
-        reader.punctuation()
-        return entries
     now, keys = time.time(), set()
-    while True:
-        if len(entries) >= MAX_ENTRIES:
+
+    def add(raw, index: int) -> None:
+        if index >= MAX_ENTRIES:
             raise BundleError(f"{path}: the manifest lists more than {MAX_ENTRIES} entries")
-        item = _entry(reader.value(f"entry {len(entries) + 1}"), path, now, limits)
+        item = _entry(raw, path, now, limits)
         if item["key"] in keys:
             raise BundleError(f"{path}: entry {item['key']!r} appears twice in the manifest")
         keys.add(item["key"])
         entries.append(item)
-        separator = reader.punctuation()
-        if separator == "]":
-            return entries
-        if separator != ",":
-            raise not_a_list
+
+    try:
+        manifest = jsonstream.read_object(source, "entries", add, MAX_ENTRY_BYTES)
+    except ValueError as e:
+        raise BundleError(f"{path}: invalid manifest (not a {FORMAT} bundle: {e})") from None
+    if manifest.get("format") != FORMAT or manifest.get("entries") is not True:
+        raise BundleError(f"{path}: invalid manifest (not a {FORMAT} bundle)")
+    return {**manifest, "entries": entries}
 
 
 def _entry(item, path: Path, now: float, limits: _Limits) -> dict:
