@@ -590,8 +590,9 @@ class Resolver:
     async def _save_hashes(self, path: str, body: bytes, sha256: str, upstream: str) -> None:
         """What a new manifest vouches for (`dist.vouches`: files of its channel and date), kept with the cache under
         its date so that its components can be verified; nothing of the parsed document is kept."""
-        listing = (await self._listing(body, sha256)).vouched_by(path)
-        await self._save(f"dist-hashes/{listing.date}/{path}", listing.record(), upstream)
+        listing = await self._listing(body, sha256)
+        record = await asyncio.to_thread(lambda: listing.vouched_by(path).record())  # a big manifest lists 100k files
+        await self._save(f"dist-hashes/{listing.date}/{path}", record, upstream)
 
     async def store_manifest(self, path: str, entry: Entry) -> None:
         """Keep a manifest under another name (staging's aliases), with what it lists."""
