@@ -36,6 +36,7 @@ FORCED_KEPT = 10_000
 CRATE_DEADLINE = 600.0  # seconds for a whole .crate download (up to max_crate_size at ~100 kB/s)
 DIST_DEADLINE = 1800.0  # seconds for a whole toolchain component (rustc is ~70 MB)
 CHECKSUM_LIMIT = 4096  # a .sha256 file is one line
+PARSES_AT_ONCE = 2  # manifests parsed at the same time (distinct bytes; the same bytes are parsed once)
 LISTINGS_KEPT = 4  # parsed manifests kept (their file tables only), by the SHA-256 of their bytes
 TABLE_INLINE = 64 << 10  # a stored hash table larger than this is read in a worker thread
 MANIFEST_RETRIES = 2  # an upstream whose manifest and .sha256 disagree is asked this many more times (it moved)
@@ -111,6 +112,7 @@ class Resolver:
         self._tables: dict[tuple[str, str], dict[str, str]] = {}  # (key, sha256) -> what a stored table vouches for
         self._listings: dict[str, asyncio.Future] = {}  # manifest sha256 -> its parse (off the loop, once per bytes)
         self.parse_listing: Callable[[bytes], dist.Listing] = dist.parse_listing  # runs in a worker thread
+        self._parses = asyncio.Semaphore(PARSES_AT_ONCE)
         self._inflight: dict[str, asyncio.Task] = {}
         self._leases: set[str] = set()  # keys this process fetches under its lease (given back with their write)
         self._forced: dict[str, float] = {}  # index key -> when a download last forced its revalidation
@@ -580,12 +582,16 @@ class Resolver:
         parse), once for concurrent callers with the same bytes. ValueError if it is not a v2 manifest."""
         task = self._listings.pop(sha256, None)
         if task is None:
-            task = asyncio.ensure_future(asyncio.to_thread(self.parse_listing, body))
+            task = asyncio.ensure_future(self._parse_listing(body))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
         self._listings[sha256] = task  # the most recent last: a manifest is checked, then saved, then its aliases
         while len(self._listings) > LISTINGS_KEPT:
             del self._listings[next(iter(self._listings))]
         return await asyncio.shield(task)
+
+    async def _parse_listing(self, body: bytes) -> dist.Listing:
+        async with self._parses:  # each parse of a big manifest holds a few hundred MB while it runs
+            return await asyncio.to_thread(self.parse_listing, body)
 
     async def _save_hashes(self, path: str, body: bytes, sha256: str, upstream: str) -> None:
         """What a new manifest vouches for (`dist.vouches`: files of its channel and date), kept with the cache under
