@@ -78,6 +78,13 @@ class LoopbackGuard:
             data.server.error = f"cargo-cache: connections to {why} ({host}:{port}) are not allowed through the proxy"
             logger.info("%s", data.server.error)
 
+    def server_connect_error(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """mitmproxy's own line gives the OS error only ("Name or service not known"): say which host it was."""
+        client = data.client.peername[0] if data.client.peername else "-"
+        host, port = data.server.address[:2] if data.server.address else ("?", 0)
+        logger.warning("cargo-cache: %s: connection to %s:%s failed: %s", client,
+                       host, port, data.server.error)
+
     async def _check(self, flow: http.HTTPFlow) -> None:
         if ctx.options.cargo_tunnel_loopback or flow.response is not None:
             return

@@ -183,3 +183,13 @@ def test_tunnelling_to_loopback_is_allowed_when_configured(secondary, entry, sta
     with httpx.Client(proxy=proxy.url, trust_env=False, timeout=20) as c:
         answer = c.get(f"http://127.0.0.1:{status}/healthz")
     assert answer.status_code == 200
+
+
+def test_a_failed_tunnelled_connection_is_logged_with_its_host(secondary, entry, start_proxy):
+    proxy = start_proxy([entry(secondary)])
+    with httpx.Client(proxy=proxy.url, trust_env=False, timeout=20) as c:
+        answer = c.get("http://no-such-host.invalid/some/path")
+
+    assert answer.status_code == 502
+    assert wait_for(lambda: "connection to no-such-host.invalid:80 failed: " in
+                    proxy.log(), 5), proxy.log()
