@@ -219,3 +219,31 @@ def test_the_status_server_stays_on_loopback_and_asks_for_its_credentials(config
     assert httpx.get(f"http://127.0.0.2:{exposed}/healthz", timeout=10).status_code == 401
     assert httpx.get(f"http://127.0.0.2:{exposed}/metrics", auth=("ops", "hashed"), timeout=10).status_code == 200
     assert other.process.poll() is None
+
+
+def test_a_password_file_swapped_for_a_fifo_is_refused_and_the_proxy_serves_on(
+        config, run_proxy, first, new_cargo, tmp_path):
+    """A FIFO read on the event loop used to hang the whole proxy at the next reload."""
+    secret = tmp_path / "password"
+    secret.write_text("token\n")
+    port = free_port()
+    proxy = run_proxy(config([up(first, username="ci", password_file=str(secret))]), *POLL,
+                      "--set", f"cargo_status_port={port}")
+    secret.unlink()
+    os.mkfifo(secret)  # no writer ever comes
+    wait_for(lambda: "invalid configuration" in proxy.log(), "the reload's error")
+    assert "password_file: cannot read" in proxy.log() and "not a regular file (a FIFO)" in proxy.log()
+    status = httpx.get(f"http://127.0.0.1:{port}/status.json", timeout=10).json()
+    assert "not a regular file" in status["config"]["last_error"]
+    assert new_cargo(proxy).fetch(project(tmp_path, "p", 'log = "0.4"\n')).returncode == 0  # the old settings serve
+
+
+def test_a_reload_error_never_shows_a_token_in_a_urls_path(config, run_proxy, first, tmp_path):
+    port = free_port()
+    path = config([up(first)])
+    proxy = run_proxy(path, *POLL, "--set", f"cargo_status_port={port}")
+    path.write_text(path.read_text().replace(first.url, "ftp://registry.example/T0KEN-s3cr3t/index/"))
+    wait_for(lambda: "invalid configuration" in proxy.log(), "the reload's error")
+    error = httpx.get(f"http://127.0.0.1:{port}/status.json", timeout=10).json()["config"]["last_error"]
+    assert "expected an http:// or https:// URL, got 'ftp://registry.example/…'" in error
+    assert "T0KEN" not in error and "T0KEN" not in proxy.log()
