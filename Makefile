@@ -28,7 +28,7 @@ help:
 	@echo "make run   [HOST=127.0.0.1] [PORT=8080] [WORKERS=nproc] [STATUS_PORT=8081] [PROXIES=proxies.yaml] [ARGS=...]"
 	@echo "                                                                        start the proxy"
 	@echo "make test  [PYTEST_ARGS=...]                                          run the test suite"
-	@echo "make bench [BENCH_ARGS=--quick]                                       benchmarks -> BENCHMARKS.md (~12 min)"
+	@echo "make bench [BENCH_ARGS=--quick]                                       benchmarks -> BENCHMARKS.md (about 40 min)"
 	@echo "make ca                                                               create the CA and Cargo's CA bundle"
 	@echo "make stage LOCKFILE='a/Cargo.lock dir/'  fetch what the lockfiles need into the cache"
 	@echo "make stage TOOLCHAIN='stable 1.94.0' [TARGETS='x86_64-unknown-linux-gnu wasm32-unknown-unknown'] [PROFILE=minimal]"
@@ -73,26 +73,27 @@ bench: $(STAMP) test-deps
 
 stage: $(STAMP)
 	@test -n "$(LOCKFILE)$(TOOLCHAIN)$(TOOLCHAIN_FILE)" || { echo "usage: make stage LOCKFILE=path/to/Cargo.lock [LOCKFILE='a b dir/'] | TOOLCHAIN='stable 1.94.0' [TARGETS=...] [PROFILE=minimal] [COMPONENTS=...] | TOOLCHAIN_FILE=rust-toolchain.toml"; exit 2; }
-	$(CLI) stage $(LOCKFILE) $(foreach t,$(TOOLCHAIN),--toolchain $(t)) $(foreach f,$(TOOLCHAIN_FILE),--toolchain-file $(f)) \
+	@$(CLI) stage $(LOCKFILE) $(foreach t,$(TOOLCHAIN),--toolchain $(t)) $(foreach f,$(TOOLCHAIN_FILE),--toolchain-file $(f)) \
 	  $(foreach t,$(TARGETS),--target $(t)) $(if $(PROFILE),--profile $(PROFILE)) $(foreach c,$(COMPONENTS),--component $(c)) $(ARGS)
 
 export: $(STAMP)
 	@test -n "$(BUNDLE)" || { echo "usage: make export BUNDLE=file [LOCKFILE=...]"; exit 2; }
-	$(CLI) export $(BUNDLE) $(foreach l,$(LOCKFILE),--lockfile $(l)) $(ARGS)
+	@$(CLI) export $(BUNDLE) $(foreach l,$(LOCKFILE),--lockfile $(l)) $(ARGS)
 
 import: $(STAMP)
 	@test -n "$(BUNDLE)" || { echo "usage: make import BUNDLE=file"; exit 2; }
-	$(CLI) import $(BUNDLE)
+	@$(CLI) import $(BUNDLE)
 
+# The commands' own output only (no echo of the command line): `make cache-ls ARGS=--json | jq` works.
 cache-ls: $(STAMP)
-	$(CLI) ls $(ARGS)
+	@$(CLI) ls $(ARGS)
 
 cache-stats: $(STAMP)
-	$(CLI) stats $(ARGS)
+	@$(CLI) stats $(ARGS)
 
 cache-purge: $(STAMP)
 	@test -n "$(ARGS)" || { echo "usage: make cache-purge ARGS='--crate NAME | --older-than 30d | --all'"; exit 2; }
-	$(CLI) purge $(ARGS)
+	@$(CLI) purge $(ARGS)
 
 # A local S3 server for trying the s3 backend (SeaweedFS from requirements-dev.txt), on 127.0.0.1 only.
 S3_PORT ?= 8333

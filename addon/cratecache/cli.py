@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -68,11 +69,15 @@ async def _run(args, settings: Settings) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cargo-cache", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--proxies", default=os.environ.get("CARGO_CACHE_PROXIES", str(DEFAULT_PROXIES)),
-                   help="configuration file (default: $CARGO_CACHE_PROXIES or the project's proxies.yaml)")
+    proxies_help = "configuration file (default: $CARGO_CACHE_PROXIES or the project's proxies.yaml)"
+    p.add_argument("--proxies", default=os.environ.get("CARGO_CACHE_PROXIES", str(DEFAULT_PROXIES)), help=proxies_help)
+    # Also after the command (`ls --proxies FILE`); SUPPRESS: not given there, the one before it (or the default) stays.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--proxies", default=argparse.SUPPRESS, help=proxies_help)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    command = functools.partial(sub.add_parser, parents=[common])
 
-    s = sub.add_parser("stage", help="fetch everything lockfiles need into the cache",
+    s = command("stage", help="fetch everything lockfiles need into the cache",
                        description="Fetch config.json, every index file and every registry .crate that the "
                                    "lockfiles name, through the proxy's resolution path (priority order, auth, "
                                    "timeouts, checksum verification). Already cached objects are skipped; git "
@@ -91,7 +96,7 @@ def parser() -> argparse.ArgumentParser:
                    help="an extra component for every toolchain (clippy, rust-src, …); repeatable")
     s.set_defaults(run=cmd_stage)
 
-    e = sub.add_parser("export", help="write the cache (or a lockfile's subset) to one bundle file",
+    e = command("export", help="write the cache (or a lockfile's subset) to one bundle file",
                        description="Write cached config.json, index files and crates to BUNDLE (a tar with a "
                                    "manifest of names, versions, SHA-256 and sizes). With --lockfile, only what "
                                    "those lockfiles need; it fails if any of that is not cached (stage first).")
@@ -100,26 +105,26 @@ def parser() -> argparse.ArgumentParser:
                    help="export only what this Cargo.lock (or folder of them) needs; repeatable")
     e.set_defaults(run=cmd_export)
 
-    i = sub.add_parser("import", help="verify a bundle and load it into the cache",
+    i = command("import", help="verify a bundle and load it into the cache",
                        description="Verify every checksum in BUNDLE, then load it into the configured cache. "
                                    "A corrupted or truncated bundle is rejected and nothing is imported. "
                                    "Importing the same bundle twice is harmless.")
     i.add_argument("bundle", type=Path, metavar="BUNDLE")
     i.set_defaults(run=cmd_import)
 
-    ls = sub.add_parser("ls", help="list cached crates and index files",
+    ls = command("ls", help="list cached crates and index files",
                         description="List cached entries: kind, registry, name, version, size, upstream, age.")
     ls.add_argument("--kind", choices=catalog.KINDS, action="append", help="only this kind; repeatable")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     ls.set_defaults(run=cmd_ls)
 
-    st = sub.add_parser("stats", help="totals and hit/miss counts",
+    st = command("stats", help="totals and hit/miss counts",
                         description="Entries and bytes by kind, disk usage, and requests served by kind and "
                                     "cache state (hit, miss, revalidated, updated, stale, not_found, error).")
     st.add_argument("--json", action="store_true")
     st.set_defaults(run=cmd_stats)
 
-    pu = sub.add_parser("purge", help="remove entries by crate name, by age, or all",
+    pu = command("purge", help="remove entries by crate name, by age, or all",
                         description="Remove cached entries. --crate NAME removes its index file and every "
                                     "version (the name matched as Cargo does: case and '-'/'_' do not matter; "
                                     "exit 1 if nothing is cached for it); --older-than AGE removes entries stored "
@@ -255,11 +260,30 @@ async def cmd_ls(args, settings: Settings, store: Storage) -> int:
         for row in found:
             print(json.dumps(row.__dict__))
         return 0
-    print(f"{'KIND':<9} {'REGISTRY':<12} {'NAME':<28} {'VERSION':<14} {'SIZE':>10} {'UPSTREAM':<14} AGE")
-    for row in found:
-        print(f"{row.kind:<9} {row.registry or '-':<12} {row.name or '-':<28} {row.version or '-':<14} "
-              f"{row.size:>10} {row.upstream:<14} {_age(row.age)}")
+    for line in listing(found):
+        print(line)
     return 0
+
+
+def listing(rows: list[catalog.Row]) -> list[str]:
+    """`ls` as a table: each column as wide as its widest cell, sizes in binary units (--json: bytes)."""
+    table = [("KIND", "REGISTRY", "NAME", "VERSION", "SIZE", "UPSTREAM", "AGE")]
+    table += [(row.kind, row.registry or "-", row.name or "-", row.version or "-", human_size(row.size),
+               row.upstream or "-", _age(row.age)) for row in rows]
+    widths = [max(len(cells[i]) for cells in table) for i in range(len(table[0]))]
+    size = 4  # right-aligned
+    return ["  ".join(cell.rjust(w) if i == size else cell.ljust(w) for i, (cell, w) in
+                      enumerate(zip(cells, widths, strict=True))).rstrip() for cells in table]
+
+
+def human_size(size: int) -> str:
+    """1536 -> '1.5 KiB'; below 1 KiB in bytes ('512 B')."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
 
 
 async def cmd_stats(args, settings: Settings, store: Storage) -> int:

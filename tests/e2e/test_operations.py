@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import base64
+import json
+import os
 import re
 import shutil
 import ssl
 import struct
 import subprocess
+import sys
 import zlib
 
 import httpx
 
 from tests.e2e.conftest import PASSWORD, USER
 from tests.fixtures.upstream import dead_url
-from tests.harness import free_port
+from tests.harness import ROOT, free_port, write_proxies
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -125,3 +128,27 @@ def png_summary(data: bytes) -> tuple[int, int, int]:
             idat += chunk
         pos += 12 + length
     return width, height, len(set(zlib.decompress(idat)))
+
+
+def test_make_cli_targets_print_only_the_commands_output(secondary, entry, tmp_path):
+    """`make cache-ls ARGS=--json | jq` used to choke on make echoing the command line first."""
+    config = write_proxies(tmp_path / "proxies.yaml", [entry(secondary)], tmp_path / "cache")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE") and "proxy" not in k.lower()}
+    for target in ("cache-stats", "cache-ls"):
+        made = subprocess.run(["make", target, "ARGS=--json", f"PROXIES={config}"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert made.returncode == 0, made.stderr
+        if target == "cache-stats":
+            assert "kinds" in json.loads(made.stdout)
+        else:
+            assert all(json.loads(line) for line in made.stdout.splitlines())
+        assert "cratecache" not in made.stdout
+
+
+def test_the_cli_takes_proxies_after_the_command_too(secondary, entry, tmp_path):
+    config = write_proxies(tmp_path / "proxies.yaml", [entry(secondary)], tmp_path / "cache")
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()} | {"PYTHONPATH": str(ROOT / "addon")}
+    listed = subprocess.run([sys.executable, "-m", "cratecache", "ls", "--proxies", str(config)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == ["KIND", "REGISTRY", "NAME", "VERSION", "SIZE", "UPSTREAM", "AGE"]
