@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         say(f"not starting: {problem} (another cargo-cache, or another program; choose another PORT or "
             "STATUS_PORT, or stop it)")
         return 1
-    if opts.workers == 1:
+    if opts.workers == 1:  # one plain mitmdump, in this process: nothing to supervise
+        say(f"worker 0 started (pid {os.getpid()}, status page port {status_port or 'off'}; in this process)")
         return worker(worker_args(args, port, status_port))
     if sys.platform != "linux":
         say("SO_REUSEPORT spreads connections only on Linux; elsewhere run one worker per port")
