@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from . import dist, freshness, ranges
 from .config import Source
-from .resolver import NotFound, Resolver, Served, Unavailable
+from .resolver import NotFound, NotStaged, Resolver, Served, Unavailable
 from .routes import DistRoute, IndexRoute, Rejection, Route, classify
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ async def _answer(
         return text_reply(route.status, route.reason, "rejected")
     try:
         served = await _resolve(resolver, route, client)
+    except NotStaged as e:  # offline: a status the client shows with the reason (see resolver.not_staged_status)
+        return text_reply(e.status, str(e), "not_found", route.kind)
     except NotFound as e:
         return text_reply(404, str(e), "not_found", route.kind)
     except Unavailable as e:
