@@ -546,3 +546,13 @@ def test_an_index_url_error_never_shows_the_path():
     doc["registries"][0]["index_url"] = "https://dl.cloudsmith.io/T0KEN-abc123/../cargo/index/"
     error = parse_error(doc)
     assert error.field == "registries[0].index_url" and "T0KEN" not in str(error)
+
+
+def test_a_duplicate_index_url_error_never_shows_its_path():
+    doc = copy.deepcopy(MINIMAL)
+    doc["registries"].append({"name": "corp", "index_url": "https://dl.cloudsmith.io/T0KEN/org/cargo/index/",
+                              "proxies": [{"name": "c", "url": "https://dl.cloudsmith.io/T0KEN/org/cargo/index/"}]})
+    doc["registries"].append({**doc["registries"][1], "name": "corp2"})
+    error = parse_error(doc)
+    assert error.field == "registries[2].index_url" and "duplicate host 'dl.cloudsmith.io/…'" in error.problem
+    assert "T0KEN" not in str(error)

@@ -626,7 +626,8 @@ def _unique(parser: _Parser, items: list[tuple[str, str]], what: str) -> None:
     seen: set[str] = set()
     for where, value in items:
         if value in seen:
-            raise parser.fail(where, f"duplicate {what} {value!r}")
+            shown = value.partition("/")[0] + ("/…" if "/" in value else "")  # an index path may hold a token
+            raise parser.fail(where, f"duplicate {what} {shown!r}")
         seen.add(value)
 
 
