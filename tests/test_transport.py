@@ -218,3 +218,12 @@ async def test_connection_errors_for_plain_http_name_no_tls_setting():
         with pytest.raises(httpx.ConnectError) as failed:
             await c.get(f"http://127.0.0.1:{port}/")
     assert "ssl:" not in str(failed.value) and f"127.0.0.1:{port}" in str(failed.value)
+
+
+async def test_a_ca_file_is_trusted_alone(upstream_ca, upstream_cert, tmp_path):
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    upstream_cert.configure_cert(tls)
+    ca_file = tmp_path / "ca.pem"
+    upstream_ca.cert_pem.write_to_path(str(ca_file))
+    async with Raw(ok, tls) as url, client(verify=str(ca_file)) as c:
+        assert (await c.get(url)).content == b"hello"

@@ -329,3 +329,23 @@ def test_which_addresses_a_name_that_is_not_configured_may_resolve_to(address, r
     from cratecache.transport import address_refusal
 
     assert address_refusal(address) == refusal
+
+
+def test_making_a_client_reads_no_ca_file_on_the_event_loop(tmp_path):
+    """Clients are made at start and at every reload, on the event loop: their CA file is read by the transport in a
+    thread at first use (a FIFO or a slow disk there stalled every client of the proxy)."""
+    import os
+    import threading
+
+    fifo = tmp_path / "ca.pem"
+    os.mkfifo(fifo)
+    up = Upstream(name="a", url="https://a.example/", ca_bundle=str(fifo))
+    made = threading.Thread(target=UpstreamClient, args=(up,), daemon=True)
+    made.start()
+    made.join(timeout=5)
+    blocked = made.is_alive()
+    try:  # lets a reader blocked on it go (an empty CA file then fails to load)
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:  # nobody is reading it
+        pass
+    assert not blocked

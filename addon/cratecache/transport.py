@@ -84,13 +84,15 @@ class GuardedResolver(AbstractResolver):
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """One pool of connections (an aiohttp session), made on first use inside the running event loop.
 
+    `verify`: True (the usual CAs), False (no verification), the path of a PEM file of the only CAs to trust, or a
+    ready context. A context is made in a thread on first use (loading CA files costs ~30 ms: not on the loop).
     `configured_hosts`: when given, every other name must resolve to public addresses (`GuardedResolver`);
     `resolver` replaces the system's name resolution under that check (tests)."""
 
-    def __init__(self, verify: bool | ssl.SSLContext = True, max_connections: int = 64, keepalive: float = 30,
+    def __init__(self, verify: bool | str | ssl.SSLContext = True, max_connections: int = 64, keepalive: float = 30,
                  configured_hosts: Iterable[str] | None = None, resolver: AbstractResolver | None = None):
-        self._ssl: bool | ssl.SSLContext = False if verify is False else (
-            verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context())
+        self._verify = verify
+        self._ssl: asyncio.Future[bool | ssl.SSLContext] | None = None
         self._max_connections, self._keepalive = max_connections, keepalive
         self._configured = None if configured_hosts is None else tuple(configured_hosts)
         self._resolver = resolver
@@ -98,15 +100,21 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._fresh: aiohttp.ClientSession | None = None  # for a retry: never reuses a connection
         self._owned: list[AbstractResolver] = []  # resolvers made here (a connector closes only its own)
 
-    def _pool(self, fresh: bool = False) -> aiohttp.ClientSession:
+    async def _pool(self, fresh: bool = False) -> aiohttp.ClientSession:
         session = self._fresh if fresh else self._session
         if session is None or session.closed:
+            if self._ssl is None:
+                self._ssl = asyncio.get_running_loop().run_in_executor(None, _tls, self._verify)
+            tls = await asyncio.shield(self._ssl)
+            session = self._fresh if fresh else self._session  # another request may have made it meanwhile
+            if session is not None and not session.closed:
+                return session
             resolver = self._resolver
             if self._configured is not None:
                 resolver = GuardedResolver(self._configured, resolver)
                 self._owned.append(resolver)
             keeping = {"force_close": True} if fresh else {"keepalive_timeout": self._keepalive}
-            connector = aiohttp.TCPConnector(limit=self._max_connections, ssl=self._ssl, resolver=resolver, **keeping)
+            connector = aiohttp.TCPConnector(limit=self._max_connections, ssl=tls, resolver=resolver, **keeping)
             session = aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=False,
                                             cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",),
                                             trace_configs=[_TRACING])
@@ -120,11 +128,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         timeout = request.extensions.get("timeout", {})
         limits, read = _limits(timeout.get("pool"), timeout.get("connect")), timeout.get("read")
         try:
-            response = await self._send(self._pool(), request, limits, read, may_retry=True)
+            session = self._session if self._session is not None and not self._session.closed else await self._pool()
+            response = await self._send(session, request, limits, read, may_retry=True)
         except _ReusedConnectionFailed as failed:
             logger.debug("%s: a reused connection failed before any answer (%s); sending it again on a new one",
                          request.url.host, failed.__cause__)
-            response = await self._send(self._pool(fresh=True), request, limits, read, may_retry=False)
+            response = await self._send(await self._pool(fresh=True), request, limits, read, may_retry=False)
         return httpx.Response(response.status, headers=response.raw_headers, stream=_Body(response, request, read),
                               extensions={"http_version": b"HTTP/1.1", "reason_phrase": (response.reason or "").encode()})
 
@@ -186,6 +195,13 @@ def _tracing() -> aiohttp.TraceConfig:
 
 
 _TRACING = _tracing()
+
+
+def _tls(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
+    """The TLS setting for aiohttp (in a thread: it reads CA files)."""
+    if verify is False or isinstance(verify, ssl.SSLContext):
+        return verify
+    return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else httpx.create_ssl_context()
 
 
 def _content(request: httpx.Request) -> bytes | None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -327,12 +326,11 @@ def summary(attempts: list[Attempt]) -> str:
     return "; ".join(str(a) for a in attempts) or "no active upstream"
 
 
-def _verify(upstream: Upstream) -> bool | ssl.SSLContext:
+def _verify(upstream: Upstream) -> bool | str:
+    """False, True, or the CA file to trust (read by the transport in a thread, never on the event loop)."""
     if not upstream.ssl_validation:
         return False
-    if upstream.ca_bundle:
-        return ssl.create_default_context(cafile=upstream.ca_bundle)
-    return True
+    return upstream.ca_bundle or True
 
 
 def _mask(text: str, upstream: Upstream) -> str:
