@@ -556,3 +556,11 @@ def test_a_duplicate_index_url_error_never_shows_its_path():
     error = parse_error(doc)
     assert error.field == "registries[2].index_url" and "duplicate host 'dl.cloudsmith.io/…'" in error.problem
     assert "T0KEN" not in str(error)
+
+
+def test_a_ca_bundle_that_is_not_a_regular_file_is_refused(tmp_path: Path):
+    fifo = tmp_path / "ca.pem"
+    os.mkfifo(fifo)
+    doc = copy.deepcopy(MINIMAL)
+    doc["registries"][0]["proxies"][0]["ca_bundle"] = str(fifo)
+    assert parse_error(doc).problem == f"not a regular file: {fifo}"

@@ -514,8 +514,8 @@ class _Parser:
         if value is None:
             return None
         path = self.path_value(value, where)
-        if not path.is_file():
-            raise self.fail(where, f"file not found: {path}")
+        if not path.is_file():  # a FIFO or device would hang or flood whoever reads it (ssl, at every new client)
+            raise self.fail(where, f"not a regular file: {path}" if path.exists() else f"file not found: {path}")
         return str(path)
 
     def registry(self, raw: Any, where: str, default_ttl: int) -> Registry:
