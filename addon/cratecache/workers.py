@@ -16,8 +16,9 @@ across workers). mitmproxy binds its port before any addon script runs, so each 
 runs mitmdump in-process. Worker i has its own status page on `--status-port + i` (request counts are summed
 across workers by `make cache-stats`; Prometheus sums the workers' /metrics). This supervisor prefixes each
 worker's log lines with `w{i} |`, starts a new worker when one dies (at most RESTARTS_PER_MINUTE a minute, then
-it stops them all, exit 1), passes SIGHUP on to every worker (each re-reads proxies.yaml), and stops all of them
-on Ctrl-C or SIGTERM.
+it stops them all, exit 1), passes SIGHUP on to every worker (each re-reads proxies.yaml; a worker starts with
+SIGHUP blocked until its handler is in place, so one that comes during its start is a reload once it runs, see
+hangup.py), and stops all of them on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -178,9 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     if opts.workers < 1:
         parser.error("--workers must be at least 1")
     args = cmdline.merge([], opts.args[1:] if opts.args[:1] == ["--"] else opts.args)  # each option once, the last
-    port = int(cmdline.value(args, "listen_port") or opts.port)  # what mitmdump's arguments say wins
     status = cmdline.value(args, "cargo_status_port")
-    status_port = int(status) if status else opts.status_port
+    try:  # what mitmdump's arguments say wins
+        port, status_port = int(cmdline.value(args, "listen_port") or opts.port), int(status or opts.status_port)
+    except ValueError:
+        parser.error("the listen port and cargo_status_port must be numbers")
     args = cmdline.without(cmdline.without(args, "listen_port"), "cargo_status_port")
     host, status_host = cmdline.value(args, "listen_host") or "", cmdline.value(args, "cargo_status_host") or "127.0.0.1"
     busy = [taken(host, port)] + [taken(status_host, status_port + i) for i in range(opts.workers) if status_port]
