@@ -5,7 +5,8 @@ settings, active switches), every TTL, the back-off settings, the lease time, of
 At restart only: where and how the cache is kept (`cache.directory`, `size_limit`, `eviction_policy`,
 `backend`, `s3` but its keys), because moving a cache under running requests is not something to half-do. A reload that
 changes one of those keeps the running value and says so. (`fingerprint` is the one stat call that tells a
-changed file.)
+changed file; `read` reads the file and its secrets, off the event loop once the proxy runs; `ConfigState`
+holds the reloads asked for, by SIGHUP or a changed option, until the watcher does them one at a time.)
 """
 
 from __future__ import annotations
