@@ -154,3 +154,20 @@ async def test_an_error_anywhere_in_the_request_hook_is_answered_never_forwarded
     assert broken.response.text == "cargo-cache internal error: RuntimeError\n"
     assert "cargo-cache: internal error on GET https://index.crates.io/an/yh/anyhow" in caplog.text
     assert upstream.requests == []
+
+
+def test_the_start_line_never_shows_an_index_path_that_may_hold_a_token(tmp_path, caplog):
+    config = tmp_path / "proxies.yaml"
+    config.write_text(f"""
+cache: {{directory: {tmp_path / 'cache'}}}
+registries:
+  - name: cloudsmith
+    index_url: https://dl.cloudsmith.io/SECRET-TOKEN/org/repo/cargo/index/
+    proxies: [{{name: up, url: "https://dl.cloudsmith.io/SECRET-TOKEN/org/repo/cargo/index/"}}]
+""")
+    addon = CargoCache()
+    with taddons.context(addon) as tctx, caplog.at_level(logging.INFO, "cratecache"):
+        tctx.configure(addon, cargo_proxies=str(config))
+
+    assert "intercepting dl.cloudsmith.io/…; cache disk" in caplog.text
+    assert "SECRET-TOKEN" not in caplog.text

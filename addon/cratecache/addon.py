@@ -292,8 +292,8 @@ class CargoCache:
         store.on_call = self.activity.metrics.storage_call
         self.settings, self.resolver = settings, Resolver(settings, store)
         self.resolver.on_attempt = self.activity.upstream_attempt
-        hosts = ", ".join(dict.fromkeys([*(host + reg.index_path.rstrip("/") for reg in settings.registries
-                                           for host in (reg.index_host, reg.download_host)),
+        hosts = ", ".join(dict.fromkeys([*(host + ("/…" if reg.index_path.strip("/") else "")  # a path may hold a token
+                                           for reg in settings.registries for host in (reg.index_host, reg.download_host)),
                                          *([settings.toolchains.host] if settings.toolchains else [])]))
         where = store.health()
         tier = f" (local tier {where['local_tier']})" if "local_tier" in where else ""

@@ -240,6 +240,8 @@ async def cmd_export(args, settings: Settings, store: Storage) -> int:
     except BundleError as e:
         print(f"cargo-cache: export failed, nothing written: {e}", file=sys.stderr)
         return 1
+    for key in summary.skipped:
+        print(f"left out {key}: an executable a bundle cannot vouch for")
     print(f"exported {_amounts(summary)} to {args.bundle}")
     return 0
 
@@ -250,7 +252,8 @@ async def cmd_import(args, settings: Settings, store: Storage) -> int:
     except BundleError as e:
         print(f"cargo-cache: import rejected, nothing imported: {e}", file=sys.stderr)
         return 1
-    print(f"imported {_amounts(summary)} into {store.health()['target']}")
+    print(f"imported {_amounts(summary)} into {store.health()['target']}: {summary.new} new, "
+          f"{summary.present} already present")
     return 0
 
 

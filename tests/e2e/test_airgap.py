@@ -64,6 +64,9 @@ def test_stage_export_import_and_serve_offline(secondary, entry, start_proxy, ne
     twice = cli(isolated, "import", str(bundle))
     assert imported.returncode == 0 and twice.returncode == 0, imported.stderr + twice.stderr
     assert imported.stdout.split(" into ")[0] == twice.stdout.split(" into ")[0]
+    entries = 2 * len(packages) + 1  # each crate, its index file, and the registry's config.json
+    assert imported.stdout.rstrip().endswith(f": {entries} new, 0 already present"), imported.stdout
+    assert twice.stdout.rstrip().endswith(f": 0 new, {entries} already present"), twice.stdout
 
     upstream = entry(secondary)
     secondary.stop()
@@ -160,7 +163,7 @@ def test_inspect_and_purge(secondary, entry, tmp_path):
     after = cli(config, "ls").stdout
     emptied = cli(config, "purge", "--all").stdout
 
-    assert re.search(r"crate\s+crates-io\s+anyhow\s+1\.0\.69\s+\d+\s+secondary\s+\d+s", listed)
+    assert re.search(r"crate\s+crates-io\s+anyhow\s+1\.0\.69\s+[\d.]+ (?:B|KiB|MiB)\s+secondary\s+\d+s", listed)
     assert len(listed.strip().splitlines()) == 4
     assert re.search(r"crate\s+3 entries", stats) and re.search(r"index\s+3 entries", stats)
     assert purged == "removed 2 entries\n" and " log " not in after and " anyhow " in after
