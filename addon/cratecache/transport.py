@@ -152,7 +152,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             if exchange.timed_out:
                 raise httpx.ReadTimeout(f"no answer within {read * 1000:.0f} ms of the request", request=request) from None
             if (may_retry and exchange.reused and request.method in IDEMPOTENT
-                    and isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError))):
+                    and isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError))
+                    and not isinstance(exc, aiohttp.ClientConnectorError)):  # (aiohttp's retry found it down)
                 raise _ReusedConnectionFailed() from exc
             raise _as_httpx(exc, request) from exc
         finally:
