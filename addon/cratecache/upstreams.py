@@ -4,7 +4,8 @@ Every attempt on an upstream ends in one `Attempt` whose outcome is one of:
 - "ok"            200 with an acceptable body
 - "not_modified"  304 to a conditional request
 - "not_found"     404, 410 or 451: the upstream does not have it; try the next one
-- "failed"        connection error, timeout, TLS error, 401/403, 429, 5xx, a bad body: try the next one
+- "failed"        connection error, timeout, TLS error, 401/403, 429, 5xx, a bad body, a redirect to a host its
+                  policy does not allow (`redirect_refusal`) or more than MAX_REDIRECTS of them: try the next one
 
 `walk` tries upstreams in order until one gives an answer; the caller turns the list of
 attempts into 404 (all "not_found") or 502 (anything failed) at the HTTP boundary.
