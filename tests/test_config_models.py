@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import types
 import typing
 from pathlib import Path
@@ -43,6 +46,12 @@ def model_fields(model: type[BaseModel] = models.ProxiesFile, prefix: str = ""):
 def test_the_shipped_schema_is_current():
     shipped = json.loads((ROOT / "proxies.schema.json").read_text())
     assert shipped == models.schema(), f"proxies.schema.json is stale; regenerate it: {REGENERATE}"
+
+
+def test_the_regenerating_command_prints_the_schema():
+    out = subprocess.run([sys.executable, "-m", "cratecache.config", "--schema"], cwd=ROOT, capture_output=True,
+                         text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "addon")}).stdout
+    assert json.loads(out) == models.schema()
 
 
 def test_the_shipped_proxies_yaml_names_the_schema():
