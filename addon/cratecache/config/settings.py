@@ -7,24 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .defaults import (
-    DEFAULT_BACKEND,
-    DEFAULT_BACKOFF,
-    DEFAULT_BACKOFF_AFTER,
-    DEFAULT_DIST_TTL,
-    DEFAULT_EVICTION_POLICY,
-    DEFAULT_INDEX_TTL,
-    DEFAULT_LEASE,
-    DEFAULT_MAX_CRATE_SIZE,
-    DEFAULT_MAX_DIST_FILE_SIZE,
-    DEFAULT_MAX_INDEX_SIZE,
-    DEFAULT_NEGATIVE_TTL,
-    DEFAULT_REGION,
-    DEFAULT_REVALIDATE_AHEAD,
-    DEFAULT_SIZE_LIMIT,
-    DEFAULT_TIMEOUT_MS,
-    TOOLCHAINS,
-)
+from . import defaults as d
 
 
 @dataclass(frozen=True)
@@ -37,7 +20,7 @@ class Upstream:
     password: str | None = field(default=None, repr=False)
     priority: int = 0
     ssl_validation: bool = True
-    timeout_ms: int = DEFAULT_TIMEOUT_MS
+    timeout_ms: int = d.DEFAULT_TIMEOUT_MS
     active: bool = True
     ca_bundle: str | None = None
     download_hosts: tuple[str, ...] = ()  # hosts (host or host:port) its config.json's dl may name, besides its own
@@ -57,7 +40,7 @@ class Registry:
     index_host: str
     download_host: str
     upstreams: tuple[Upstream, ...]
-    index_ttl: int = DEFAULT_INDEX_TTL
+    index_ttl: int = d.DEFAULT_INDEX_TTL
     index_path: str = "/"  # where the index is on index_host (from index_url); downloads live under it too
 
     @property
@@ -85,9 +68,9 @@ class Toolchains:
 
     host: str
     upstreams: tuple[Upstream, ...]
-    ttl: int = DEFAULT_DIST_TTL  # seconds a moving name (channel manifest, release-stable.toml) is served unasked
-    max_file_size: int = DEFAULT_MAX_DIST_FILE_SIZE
-    name: str = TOOLCHAINS
+    ttl: int = d.DEFAULT_DIST_TTL  # seconds a moving name (channel manifest, release-stable.toml) is served unasked
+    max_file_size: int = d.DEFAULT_MAX_DIST_FILE_SIZE
+    name: str = d.TOOLCHAINS
 
     @property
     def index_ttl(self) -> int:
@@ -112,11 +95,11 @@ class S3Settings:
     bucket: str
     endpoint_url: str | None = None  # None: AWS
     prefix: str = ""
-    region: str = DEFAULT_REGION
+    region: str = d.DEFAULT_REGION
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     ssl_validation: bool = True
-    timeout_ms: int = DEFAULT_TIMEOUT_MS
+    timeout_ms: int = d.DEFAULT_TIMEOUT_MS
     ca_bundle: str | None = None  # PEM file of a private CA to trust for the endpoint (besides the public ones)
 
     @property
@@ -129,19 +112,19 @@ class S3Settings:
 @dataclass(frozen=True)
 class CacheSettings:
     directory: Path
-    size_limit: int = DEFAULT_SIZE_LIMIT
-    index_ttl: int = DEFAULT_INDEX_TTL
-    eviction_policy: str = DEFAULT_EVICTION_POLICY
-    negative_ttl: int = DEFAULT_NEGATIVE_TTL  # seconds a "no upstream has it" is remembered
-    upstream_backoff: int = DEFAULT_BACKOFF  # seconds a repeatedly unreachable upstream is skipped
-    backoff_after: int = DEFAULT_BACKOFF_AFTER  # consecutive connection failures before a back-off
-    lease_seconds: int = DEFAULT_LEASE  # longest wait for another process fetching the same object
+    size_limit: int = d.DEFAULT_SIZE_LIMIT
+    index_ttl: int = d.DEFAULT_INDEX_TTL
+    eviction_policy: str = d.DEFAULT_EVICTION_POLICY
+    negative_ttl: int = d.DEFAULT_NEGATIVE_TTL  # seconds a "no upstream has it" is remembered
+    upstream_backoff: int = d.DEFAULT_BACKOFF  # seconds a repeatedly unreachable upstream is skipped
+    backoff_after: int = d.DEFAULT_BACKOFF_AFTER  # consecutive connection failures before a back-off
+    lease_seconds: int = d.DEFAULT_LEASE  # longest wait for another process fetching the same object
     offline: bool = False  # never contact an upstream; serve what is cached whatever its age
     offline_prune_index: bool = False  # offline: index files list only versions whose .crate is cached
-    revalidate_ahead: int = DEFAULT_REVALIDATE_AHEAD  # expired index files revalidated before Cargo asks (ahead.py; 0: off)
-    max_crate_size: int = DEFAULT_MAX_CRATE_SIZE  # a larger .crate is refused without buffering it
-    max_index_size: int = DEFAULT_MAX_INDEX_SIZE  # likewise for an index file or config.json
-    backend: str = DEFAULT_BACKEND  # disk: diskcache in `directory`; s3: a bucket, `directory` its local tier
+    revalidate_ahead: int = d.DEFAULT_REVALIDATE_AHEAD  # expired index files revalidated before Cargo asks (ahead.py; 0: off)
+    max_crate_size: int = d.DEFAULT_MAX_CRATE_SIZE  # a larger .crate is refused without buffering it
+    max_index_size: int = d.DEFAULT_MAX_INDEX_SIZE  # likewise for an index file or config.json
+    backend: str = d.DEFAULT_BACKEND  # disk: diskcache in `directory`; s3: a bucket, `directory` its local tier
     s3: S3Settings | None = None
 
 
