@@ -1,0 +1,201 @@
+"""The field types of proxies.yaml, for what a Python type alone cannot say: `${VAR}` in strings, names, hosts
+(`host[:port]`), http(s) URLs and index URLs, sizes such as `64MiB`, lower bounds, one of a few words.
+
+Each is an `Annotated` type: the check runs after the type's own (a string is a string before it is expanded,
+then checked). `${VAR}` is expanded from the environment given as the validation context (`{"env": ...}`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, WithJsonSchema
+
+from .errors import problem, shown_url
+
+ENV_PATTERN = r"\$\{[A-Za-z_][A-Za-z0-9_]*\}"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::\d{1,5})?$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+_INDEX_PATH = re.compile(r"^/(?:[A-Za-z0-9._~-]+/){0,16}\Z")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G": 1000**3,
+          "GB": 1000**3, "T": 1000**4, "TB": 1000**4, "KIB": 1024, "MIB": 1024**2,
+          "GIB": 1024**3, "TIB": 1024**4, "KI": 1024, "MI": 1024**2, "GI": 1024**3, "TI": 1024**4}
+SIZE_PATTERN = r"^\s*\d+(\.\d+)?\s*([KMGTkmgt][iI]?)?[bB]?\s*$"
+
+
+def _expand(value: str, info: ValidationInfo) -> str:
+    env: Mapping[str, str] = (info.context or {}).get("env", {})
+
+    def variable(m: re.Match) -> str:
+        if m.group(1) not in env:
+            raise problem(f"environment variable {m.group(1)} is not set")
+        return env[m.group(1)]
+
+    return _ENV_REF.sub(variable, value)
+
+
+Text = Annotated[str, AfterValidator(_expand)]  # every string of the file may use ${VAR}
+
+
+def _name(value: str) -> str:
+    if not _NAME.match(value):
+        raise problem(f"{value!r} is not a valid name (letters, digits, '-', '_', '.'; at most 64)")
+    return value
+
+
+def host(value: str) -> str:
+    value = value.strip().lower()
+    if not _HOST.match(value):
+        raise problem(f"{value!r} is not a host name (expected e.g. index.crates.io)")
+    return value
+
+
+def url(value: str) -> str:
+    """An http(s) URL without credentials, query or fragment, ending with '/'."""
+    value = value.strip()
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as e:
+        raise problem(f"not a valid URL: {e}") from None
+    # Credentials and query are checked first: the scheme error below echoes the URL.
+    if parts.username or parts.password:
+        raise problem("credentials in the URL are not allowed; use username and password")
+    if parts.query or parts.fragment:
+        raise problem("the index URL must not have a query or fragment")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise problem(f"expected an http:// or https:// URL, got {shown_url(value)!r}")
+    return value if value.endswith("/") else value + "/"
+
+
+def _index_url(value: str) -> str:
+    """'[sparse+]https://Host[:port]/path' -> 'https://host[:port]/path/'."""
+    parts = urlsplit(url(value.strip().removeprefix("sparse+")))
+    if parts.scheme != "https":
+        raise problem("expected an https:// index URL (Cargo reaches the proxy's registries over TLS)")
+    if not _INDEX_PATH.match(parts.path) or any(s in (".", "..") for s in parts.path.split("/")):
+        raise problem(f"the path of {shown_url(parts.geturl())!r} is not a usable index path (letters, digits "
+                      "and -._~ between slashes; no '.' or '..' segments)")
+    return f"https://{host(parts.hostname + (f':{parts.port}' if parts.port else ''))}{parts.path}"
+
+
+def index_location(index_url: str) -> tuple[str, str]:
+    """A checked index URL -> ('host[:port]', '/path/')."""
+    parts = urlsplit(index_url)
+    return parts.netloc, parts.path
+
+
+def _path(value: str) -> str:
+    if not value or "\x00" in value:
+        raise problem("expected a path")
+    return value
+
+
+def parse_size(value: Any) -> int:
+    """'20GB' / '512MiB' / 1048576 -> bytes. Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 20GB")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    m = _SIZE.match(str(value)) if isinstance(value, str) else None
+    if not m:
+        raise ValueError(f"expected a size such as 20GB or 512MiB, got {value!r}")
+    unit = (m.group(2) or "").upper()
+    if unit not in _UNITS:
+        raise ValueError(f"unknown size unit in {value!r}")
+    size = float(m.group(1)) * _UNITS[unit]
+    if not size < 2**63:
+        raise ValueError(f"size {value!r} is too large")
+    return int(size)
+
+
+def _size(value: Any) -> int:
+    try:
+        return parse_size(value)
+    except ValueError as e:
+        raise problem(str(e)) from None
+
+
+def at_least(minimum: int, shown: str) -> AfterValidator:
+    def check(value: int) -> int:
+        if value < minimum:
+            raise problem(f"must be at least {shown}")
+        return value
+    return AfterValidator(check)
+
+
+def one_of(choices: tuple[str, ...], echo: bool = False) -> Any:
+    def check(value: str) -> str:
+        if value not in choices:
+            raise problem(f"expected one of {', '.join(choices)}" + (f", got {value!r}" if echo else ""))
+        return value
+    schema = {"anyOf": [{"enum": list(choices)}, {"type": "string", "pattern": ENV_PATTERN}]}  # ${VAR} too
+    return Annotated[Text, AfterValidator(check), WithJsonSchema(schema)]
+
+
+def non_empty(what: str) -> BeforeValidator:
+    """A list with at least one item; the error says what the items are."""
+    def check(value: Any) -> Any:
+        if not isinstance(value, list) or not value:
+            raise problem(f"expected a non-empty list of {what}")
+        return value
+    return BeforeValidator(check)
+
+
+def _listed(what: str) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if not isinstance(value, list):
+            raise problem(f"expected a list of {what}")
+        return value
+    return check
+
+
+Name = Annotated[Text, AfterValidator(_name)]
+Host = Annotated[Text, AfterValidator(host)]
+Hosts = Annotated[list[Host], BeforeValidator(_listed("host names"))]
+Url = Annotated[Text, AfterValidator(url)]
+IndexUrl = Annotated[Text, AfterValidator(_index_url)]
+FilePath = Annotated[Text, AfterValidator(_path)]
+Size = Annotated[int, BeforeValidator(_size), WithJsonSchema(
+    {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": SIZE_PATTERN}]})]
+Seconds = Annotated[int, Field(ge=0)]
+
+
+def _bucket(value: str) -> str:
+    if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z", value) or ".." in value:
+        raise problem(f"{value!r} is not a bucket name (3-63 of a-z, 0-9, '.', '-')")
+    return value
+
+
+def _endpoint(value: str) -> str:
+    value = value.rstrip("/")
+    if urlsplit(value).path:
+        raise problem("expected scheme://host[:port] only; the bucket goes in bucket")
+    return value
+
+
+def _prefix(value: str) -> str:
+    """'/fleet-a/' -> 'fleet-a/'; '' stays ''."""
+    value = value.strip("/")
+    if value and any(part in ("", ".", "..") for part in value.split("/")):
+        raise problem(f"{value!r} has an empty, '.' or '..' segment")
+    return f"{value}/" if value else ""
+
+
+def _region(value: str) -> str:
+    if not re.match(r"^[a-z0-9-]{1,32}\Z", value):
+        raise problem(f"{value!r} is not a region name (e.g. us-east-1)")
+    return value
+
+
+Bucket = Annotated[Text, AfterValidator(_bucket)]
+Endpoint = Annotated[Url, AfterValidator(_endpoint)]
+Prefix = Annotated[Text, AfterValidator(_prefix)]
+Region = Annotated[Text, AfterValidator(_region)]
