@@ -17,17 +17,21 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 import httpx
 
 from . import ahead, dist, freshness, sparse
 from .config import Registry, Settings, Source, Toolchains
+from .engine import NotFound, NotStaged, ResolveError, Served, Unavailable
 from .health import Health
 from .routes import ConfigRoute, CrateRoute, DistRoute, IndexRoute, Route
 from .storage import Entry, Spooled, Storage, make_entry
 from .upstreams import Attempt, UpstreamClient, UpstreamError, download_allowed, status_outcome, summary, walk
+
+__all__ = ["ManifestsDisagree", "NotFound", "NotStaged", "ResolveError", "Resolver", "Served", "Unavailable",
+           "not_staged_status"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,34 +44,6 @@ PARSES_AT_ONCE = 2  # manifests parsed at the same time (distinct bytes; the sam
 LISTINGS_KEPT = 4  # parsed manifests kept (their file tables only), by the SHA-256 of their bytes
 TABLE_INLINE = 64 << 10  # a stored hash table larger than this is read in a worker thread
 MANIFEST_RETRIES = 2  # an upstream whose manifest and .sha256 disagree is asked this many more times (it moved)
-
-
-@dataclass(frozen=True)
-class Served:
-    entry: Entry
-    source: str  # "cache" or the name of the upstream that answered
-    state: str  # hit | miss | revalidated | stale
-    attempts: tuple[Attempt, ...] = ()
-
-
-class ResolveError(Exception):
-    def __init__(self, message: str, attempts: list[Attempt] | tuple[Attempt, ...] = ()):
-        super().__init__(message)
-        self.attempts = tuple(attempts)
-
-
-class NotFound(ResolveError):
-    """No upstream has it (each said 404/410/451), or the index does not list that version."""
-
-
-class NotStaged(NotFound):
-    """Offline mode: it was never staged, and no upstream is asked. `status` is the answer under which the client
-    shows the reason (`not_staged_status`), where a plain 404 would have it report a name that does not exist."""
-
-    def __init__(self, message: str, status: int = 404):
-        super().__init__(message)
-        self.status = status
-
 
 CARGO_NOT_STAGED = 403  # Cargo takes an index 404 for "no such crate"; another 4xx it prints with the body, unretried
 RUSTUP_NOT_STAGED = 503  # rustup takes any 4xx on the nightly channel's manifest as a missing nightly, and panics
@@ -85,10 +61,6 @@ def not_staged_status(route: Route) -> int:
     if isinstance(route, DistRoute) and route.file.path == "dist/channel-rust-nightly.toml":
         return RUSTUP_NOT_STAGED
     return 404
-
-
-class Unavailable(ResolveError):
-    """At least one upstream failed and nothing usable is cached."""
 
 
 class ManifestsDisagree(Unavailable):
