@@ -1,6 +1,6 @@
 """Resolution of config.json, index files, crates and rustup's dist files: cache -> upstreams in priority
-order -> verify -> cache. One engine for both protocols: what differs per protocol (paths, what verifies a
-file, which names move) is in `sparse.py` and `dist.py`; the lease, the walk, the spool and the store are here.
+order -> verify -> cache. Cargo's resolution is `protocols/cargo.py` over the engine (`engine/`); rustup's dist
+files are resolved here (they move to their own protocol module next).
 
 The resolver knows nothing about mitmproxy; the addon (and the command-line tools) call it.
 Failures are raised as `NotFound` (every upstream said "not here"; `NotStaged` in offline mode, with the
@@ -13,31 +13,27 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from urllib.parse import urlsplit
 
 import httpx
 
-from . import ahead, dist, freshness, sparse
+from . import dist, freshness
 from .config import Registry, Settings, Source, Toolchains
-from .engine import NotFound, NotStaged, ResolveError, Served, Unavailable
+from .engine import Engine, NotFound, NotStaged, ResolveError, Served, Unavailable
 from .health import Health
-from .routes import ConfigRoute, CrateRoute, DistRoute, IndexRoute, Route
+from .protocols.cargo import Cargo
+from .routes import ConfigRoute, DistRoute, IndexRoute, Route
 from .storage import Entry, Spooled, Storage, make_entry
-from .upstreams import Attempt, UpstreamClient, UpstreamError, download_allowed, status_outcome, summary, walk
+from .upstreams import Attempt, UpstreamClient, UpstreamError, status_outcome, summary, walk
 
 __all__ = ["ManifestsDisagree", "NotFound", "NotStaged", "ResolveError", "Resolver", "Served", "Unavailable",
            "not_staged_status"]
 
 logger = logging.getLogger(__name__)
 
-FORCED_REVALIDATION_SECONDS = 10.0  # a re-ask or an unlisted version revalidates an index file at most this often
-FORCED_KEPT = 10_000
-CRATE_DEADLINE = 600.0  # seconds for a whole .crate download (up to max_crate_size at ~100 kB/s)
 DIST_DEADLINE = 1800.0  # seconds for a whole toolchain component (rustc is ~70 MB)
 CHECKSUM_LIMIT = 4096  # a .sha256 file is one line
 PARSES_AT_ONCE = 2  # manifests parsed at the same time (distinct bytes; the same bytes are parsed once)
@@ -75,240 +71,68 @@ class Resolver:
         clock: Callable[[], float] = time.time,
         transport: httpx.AsyncBaseTransport | None = None,
     ):
-        self.settings, self.store, self.clock, self.transport = settings, store, clock, transport
-        self.clients: dict[tuple[str, str], UpstreamClient] = {
-            (reg.name, up.name): UpstreamClient(up, transport, reg.name)
-            for reg in settings.sources
-            for up in reg.active_upstreams
-        }
+        self.engine = Engine(settings, store, clock, transport)
+        self.cargo = Cargo(self.engine)
+        self.clock = clock
         self._tables: dict[tuple[str, str], dict[str, str]] = {}  # (key, sha256) -> what a stored table vouches for
         self._listings: dict[str, asyncio.Future] = {}  # manifest sha256 -> its parse (off the loop, once per bytes)
         self.parse_listing: Callable[[bytes], dist.Listing] = dist.parse_listing  # runs in a worker thread
         self._parses = asyncio.Semaphore(PARSES_AT_ONCE)
         self._inflight: dict[str, asyncio.Task] = {}
         self._leases: set[str] = set()  # keys this process fetches under its lease (given back with their write)
-        self._forced: dict[str, float] = {}  # index key -> when a download last forced its revalidation
-        self._background: set[asyncio.Task] = set()  # revalidations ahead of Cargo (see ahead.py)
-        self._in_use: dict[str, ahead.InUse] = {}  # registry -> the index files its clients asked for lately
-        cache = settings.cache
-        self.health = Health(backoff=cache.upstream_backoff, threshold=cache.backoff_after)
-        self.on_attempt: Callable[[UpstreamClient, Attempt], None] | None = None  # e.g. metrics
+
+    @property
+    def settings(self) -> Settings:
+        return self.engine.settings
+
+    @property
+    def store(self) -> Storage:
+        return self.engine.store
+
+    @store.setter
+    def store(self, store: Storage) -> None:
+        self.engine.store = store
+
+    @property
+    def clients(self) -> dict[tuple[str, str], UpstreamClient]:
+        return self.engine.clients
+
+    @property
+    def health(self) -> Health:
+        return self.engine.health
+
+    @property
+    def on_attempt(self) -> Callable[[UpstreamClient, Attempt], None] | None:
+        return self.engine.on_attempt
+
+    @on_attempt.setter
+    def on_attempt(self, observe: Callable[[UpstreamClient, Attempt], None] | None) -> None:
+        self.engine.on_attempt = observe
 
     def reconfigure(self, settings: Settings) -> None:
-        """Run with new settings (a reload) on the same store: a client is kept for each upstream whose settings
-        did not change (its pooled connections and in-flight requests go on), replaced where they did (new
-        credentials, timeout, TLS), and the old one closed once its requests in flight end. Upstream health,
-        coalescing and leases carry over."""
-        wanted = {(src.name, up.name): up for src in settings.sources for up in src.active_upstreams}
-        for key in [k for k, c in self.clients.items() if wanted.get(k) != c.upstream]:
-            self.clients.pop(key).retire()
-        for key, up in wanted.items():
-            if key not in self.clients:
-                self.clients[key] = UpstreamClient(up, self.transport, key[0])
-        self.health.backoff, self.health.threshold = settings.cache.upstream_backoff, settings.cache.backoff_after
-        self.settings = settings
+        self.engine.reconfigure(settings)
 
     async def aclose(self) -> None:
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
-        await asyncio.gather(*(c.aclose() for c in self.clients.values()), return_exceptions=True)
+        await self.engine.aclose()
 
     async def resolve(self, route: Route, reasked: bool = False, pinned: str | None = None) -> Served:
         """`reasked`: the client asks again for an index file it was given on this connection (Cargo does so when
-        a locked version is missing from it): revalidated with the upstreams at once, at most once per
-        FORCED_REVALIDATION_SECONDS per index file, so that a just-published version is found.
-        `pinned`: the SHA-256 this client was just given in a manifest's `.sha256`; it gets that manifest."""
+        a locked version is missing from it). `pinned`: the SHA-256 this client was just given in a manifest's
+        `.sha256`; it gets that manifest."""
         if isinstance(route, DistRoute):
             return await self.dist_file(route.registry, route.file, pinned)
-        if self.settings.cache.offline:
-            return await self._offline(route)
-        if isinstance(route, CrateRoute):
-            return await self.crate(route.registry, route.name, route.version)
-        if isinstance(route, IndexRoute):
-            force = reasked and self._may_force(route.key)
-            if force:
-                self._forced[route.key] = self.clock()
-            return await self.index(route.registry, route.name, force=force)
-        if isinstance(route, ConfigRoute):
-            return await self.config(route.registry)
+        if isinstance(route, Cargo.routes):
+            return await self.cargo.resolve(route, reasked=reasked, pinned=pinned)
         raise TypeError(f"not a route: {route!r}")
 
-    # -- offline mode ------------------------------------------------------------------------
-
-    async def _offline(self, route: Route) -> Served:
-        """Serve what is cached whatever its age; never contact an upstream."""
-        cached = await self.store.get(route.key)
-        if cached is None:
-            raise NotStaged(f"{_describe(route)} was not staged (offline mode: no upstream is contacted)",
-                            not_staged_status(route))
-        if isinstance(route, IndexRoute) and self.settings.cache.offline_prune_index:
-            staged = set(await self.store.keys(f"crate/{route.registry.name}/{route.name.lower()}/"))
-            return await asyncio.to_thread(_pruned_index, route, cached, staged)
-        return Served(cached, "cache", "hit")
-
-    # -- config.json -------------------------------------------------------------------------
-
     async def config(self, reg: Registry, force: bool = False) -> Served:
-        key, since = ConfigRoute(reg).key, self.clock()
-        cached = await self._read(key, "config", reg, force)
-        if self._decide("config", cached, reg, force) == freshness.FRESH:
-            return Served(cached, "cache", "hit")
-        if cached is not None and not force and key not in self._inflight:
-            self._start_in_use(reg)  # a Cargo session after a pause: what it used last time is expired too
-        return await self._once(key, since, "config", reg, force, lambda c: self._fetch_config(reg, key, c), cached)
-
-    async def _fetch_config(self, reg: Registry, key: str, cached: Entry | None) -> Served:
-        async def attempt(client: UpstreamClient):
-            upstream_config = await self._upstream_config(reg, client, force=True)
-            return Attempt(client.name, "ok", "HTTP 200"), (client.name, upstream_config)
-
-        result, attempts = await self._walk(self._order(reg), attempt, key)  # priority order, as for index files
-        if result is None:
-            return await self._without_answer(key, cached, attempts, "config.json")
-        name, upstream_config = result
-        answered = urlsplit(reg.upstream(name).url)
-        own_index = (answered.netloc.lower(), answered.path) == (reg.index_host, reg.index_path)
-        body = sparse.client_config(upstream_config, reg.download_root, keep_api=own_index)
-        if cached is not None and cached.body == body:
-            return Served(await self._touch(key, cached), name, "revalidated", tuple(attempts))
-        return Served(await self._save(key, body, name), name, "miss", tuple(attempts))
-
-    async def _upstream_config(self, reg: Registry, client: UpstreamClient, force: bool = False) -> dict:
-        """An upstream's own config.json (for its `dl`), kept in the shared store for the TTL."""
-        key = f"upstream-config/{reg.name}/{client.name}"
-        if not force:
-            # Memory first, then the disk: another worker may have fetched it.
-            stored = self.store.peek(key) or await self.store.get(key)
-            if stored is not None and self.clock() - stored.meta.checked_at < max(reg.index_ttl, 60):
-                return sparse.parse_config(stored.body)
-        return await self._single(key, lambda: self._fetch_upstream_config(key, client))
-
-    async def _fetch_upstream_config(self, key: str, client: UpstreamClient) -> dict:
-        got = await client.get(client.url("config.json"), {"Accept": "application/json"},
-                               self.settings.cache.max_index_size)
-        if status_outcome(got.status) != "ok":
-            raise UpstreamError(f"config.json: HTTP {got.status}")
-        try:
-            parsed = sparse.parse_config(got.body)
-        except ValueError as e:
-            raise UpstreamError(f"invalid config.json: {e}") from None
-        await self._save(key, got.body, client.name)
-        return parsed
-
-    # -- index files -------------------------------------------------------------------------
+        return await self.cargo.config(reg, force)
 
     async def index(self, reg: Registry, name: str, force: bool = False) -> Served:
-        key, since = IndexRoute(reg, name).key, self.clock()
-        in_use = self._in_use.get(reg.name) or self._in_use.setdefault(reg.name, ahead.InUse())
-        in_use.asked(name, since)
-        cached = await self._read(key, "index", reg, force)
-        if self._decide("index", cached, reg, force) == freshness.FRESH:
-            return Served(cached, "cache", "hit")
-        if cached is not None and not force and key not in self._inflight:
-            self._start_ahead(reg, name, cached)
+        return await self.cargo.index(reg, name, force)
 
-        async def fetch(stored: Entry | None) -> Served:
-            if cached is None and stored is not None and not force:  # expired, read from disk under the lease
-                self._start_ahead(reg, name, stored)
-            return await self._fetch_index(reg, name, key, stored)
-        return await self._once(key, since, "index", reg, force, fetch, cached)
-
-    def _start_ahead(self, reg: Registry, name: str, cached: Entry) -> None:
-        """An expired index file is being revalidated: start its cached dependencies' revalidations too."""
-        limit = self.settings.cache.revalidate_ahead
-        if not limit or not reg.index_ttl or cached.body is None:  # index_ttl 0: every request revalidates anyway
-            return
-        self._in_background(self._revalidate_ahead(reg, name, cached.body, limit))
-
-    def _start_in_use(self, reg: Registry) -> None:
-        """An expired config.json is being revalidated: start the revalidations of the expired index files in use."""
-        limit, in_use = self.settings.cache.revalidate_ahead, self._in_use.get(reg.name)
-        if not limit or not reg.index_ttl or in_use is None:
-            return
-        self._in_background(self._revalidate_in_use(reg, in_use.recent(self.clock()), limit))
-
-    def _in_background(self, work: Awaitable) -> None:
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _revalidate_in_use(self, reg: Registry, names: list[str], limit: int) -> None:
-        started = []
-        for name in names:
-            if len(started) >= limit:
-                break
-            key = IndexRoute(reg, name).key
-            if key not in self._inflight and (cached := await self._held(key)) is not None \
-                    and self._decide("index", cached, reg, False) != freshness.FRESH:
-                started.append(self._ahead_once(reg, name, key, cached))
-        await self._report_ahead(started, f"in use, with {reg.name}'s config.json")
-
-    async def _held(self, key: str) -> Entry | None:
-        """A cached index file with its bytes, from memory or the store (what can be revalidated ahead)."""
-        cached = self.store.peek(key) or await self.store.get(key)
-        return cached if cached is not None and cached.body is not None else None
-
-    def _ahead_once(self, reg: Registry, name: str, key: str, cached: Entry) -> asyncio.Future:
-        fetch = functools.partial(self._fetch_index, reg, name, key)
-        return asyncio.ensure_future(self._once(key, self.clock(), "index", reg, False, fetch, cached))
-
-    @staticmethod
-    async def _report_ahead(started: list[asyncio.Future], why: str) -> None:
-        if not started:
-            return
-        results = await asyncio.gather(*started, return_exceptions=True)
-        states = [r.state if isinstance(r, Served) else "failed" for r in results]
-        logger.info("cargo-cache: revalidated %d index files ahead of Cargo (%s): %d unchanged, %d updated, "
-                    "%d not answered", len(started), why, states.count("revalidated"),
-                    states.count("updated") + states.count("miss"), states.count("failed") + states.count("stale"))
-
-    async def _revalidate_ahead(self, reg: Registry, root: str, body: bytes, limit: int) -> None:
-        """Revalidate, concurrently, up to `limit` expired cached index files reachable from `body` through the
-        cached copies' dependencies (ahead.py); each shares its fetch with a request that arrives meanwhile."""
-        seen, frontier, started = {root}, [body], []
-        while frontier and len(started) < limit and len(seen) < 4 * limit:
-            bodies = []
-            for dep in sorted(set().union(*map(ahead.dependency_names, frontier)) - seen):
-                seen.add(dep)
-                key = IndexRoute(reg, dep).key
-                if key in self._inflight:
-                    continue  # its revalidation was started by a request (which walks from it) or by a walk
-                cached = await self._held(key)
-                if cached is None:
-                    continue  # never asked for through this cache: not fetched ahead
-                bodies.append(cached.body)
-                if self._decide("index", cached, reg, False) == freshness.FRESH:
-                    continue
-                if len(started) < limit:
-                    started.append(self._ahead_once(reg, dep, key, cached))
-            frontier = bodies
-        await self._report_ahead(started, f"dependencies of {root}")
-
-    async def _fetch_index(self, reg: Registry, name: str, key: str, cached: Entry | None) -> Served:
-        path = sparse.index_path(name)
-
-        async def attempt(client: UpstreamClient):
-            headers = {"Accept": "text/plain", "cargo-protocol": "version=1"}
-            if cached is not None and client.name == cached.meta.upstream:
-                headers |= freshness.conditional_headers(cached.meta.etag, cached.meta.last_modified)
-            got = await client.get(client.url(path), headers, self.settings.cache.max_index_size)
-            outcome = status_outcome(got.status)
-            if outcome == "not_modified":
-                if "If-None-Match" not in headers and "If-Modified-Since" not in headers:
-                    raise UpstreamError("HTTP 304 to an unconditional request")
-                return Attempt(client.name, outcome, "HTTP 304"), (client.name, None)
-            if outcome != "ok":
-                return Attempt(client.name, outcome, f"HTTP {got.status}"), None
-            try:
-                sparse.validate_index(got.body, name)
-            except ValueError as e:
-                raise UpstreamError(f"invalid index file: {e}") from None
-            return Attempt(client.name, "ok", "HTTP 200"), (client.name, got)
-
-        # Always in priority order: once a preferred upstream is back, the next revalidation returns to it
-        # (and with it the downloads, which follow the index's upstream).
-        return await self._revalidating_walk(reg, attempt, key, cached, f"crate {name}", self._save_fetched(key))
+    async def crate(self, reg: Registry, name: str, version: str) -> Served:
+        return await self.cargo.crate(reg, name, version)
 
     def _save_fetched(self, key: str):
         """Store a fetched answer under `key` with the upstream's validators (for `_revalidating_walk`)."""
@@ -326,61 +150,6 @@ class Resolver:
         if got is None:  # the stored bytes are still current
             return Served(await self._touch(key, cached), upstream, "revalidated", tuple(attempts))
         return Served(await save(upstream, got), upstream, "miss" if cached is None else "updated", tuple(attempts))
-
-    # -- crates ------------------------------------------------------------------------------
-
-    async def crate(self, reg: Registry, name: str, version: str) -> Served:
-        key, since = CrateRoute(reg, name, version).key, self.clock()
-        cached = await self._read(key, "crate", reg, False)
-        if cached is not None:
-            return Served(cached, "cache", "hit")
-        return await self._once(key, since, "crate", reg, False, lambda c: self._fetch_crate(reg, name, version, key))
-
-    async def _fetch_crate(self, reg: Registry, name: str, version: str, key: str) -> Served:
-        index = await self.index(reg, name.lower())
-        listed = sparse.find_version(index.entry.body, name, version)
-        if listed is None and index.state == "hit":
-            # A lockfile may name a version published after our copy of the index was checked: revalidate,
-            # at most once per index per FORCED_REVALIDATION_SECONDS, so that made-up versions cannot each
-            # cost an authenticated upstream request.
-            if not self._may_force(index_key := IndexRoute(reg, name.lower()).key):  # not remembered as missing
-                raise NotFound(f"{name} {version} is not listed in the index (checked less than "
-                               f"{FORCED_REVALIDATION_SECONDS:.0f} s ago)")
-            self._forced[index_key] = self.clock()
-            index = await self.index(reg, name.lower(), force=True)
-            listed = sparse.find_version(index.entry.body, name, version)
-        if listed is None and index.state == "stale":
-            raise Unavailable(f"{name} {version}: not in the cached index, and no upstream could be asked "
-                              f"({summary(index.attempts)})", index.attempts)
-        if listed is None and sparse.listed_unverifiable(index.entry.body, name, version):
-            raise NotFound(f"{name} {version}: its index line has no valid cksum, so its download cannot be verified "
-                           "and is not served")
-        if listed is None:
-            reason = f"{name} {version} is not listed in the index"
-            await self._best_effort(self.store.set_negative, key, reason, self.settings.cache.negative_ttl)
-            raise NotFound(reason)
-
-        async def attempt(client: UpstreamClient):
-            dl = (await self._upstream_config(reg, client))["dl"]
-            url = sparse.download_url(dl, listed.name, version, listed.cksum)
-            if not download_allowed(url, client.upstream):
-                raise UpstreamError(f"its config.json's dl names {httpx.URL(url).host}, which is neither its own host "
-                                    "nor in its download_hosts: not asked")
-            # A large crate goes to a partial file as it arrives, hashed on the way.
-            status, spooled = await self._download(client, url, self.settings.cache.max_crate_size, CRATE_DEADLINE)
-            if spooled is None:
-                return Attempt(client.name, status_outcome(status), f"HTTP {status}"), None
-            if spooled.sha256 != listed.cksum:
-                spooled.discard()
-                raise UpstreamError(f"checksum mismatch for {name} {version}: index says {listed.cksum[:16]}…, "
-                                    f"got {spooled.sha256[:16]}…")
-            return Attempt(client.name, "ok", "HTTP 200"), (client.name, spooled)
-
-        result, attempts = await self._walk(self._order(reg, index.entry.meta.upstream), attempt, key)
-        if result is None:
-            return await self._without_answer(key, None, attempts, f"{name} {version}")
-        upstream, spooled = result
-        return Served(await self._store_spooled(key, spooled, upstream), upstream, "miss", tuple(attempts))
 
     # -- rustup's dist files -----------------------------------------------------------------
 
@@ -620,12 +389,6 @@ class Resolver:
         ttl = 0 if force else reg.index_ttl
         return freshness.decide(kind, cached.meta.checked_at if cached else None, ttl, self.clock())
 
-    def _may_force(self, key: str) -> bool:
-        now = self.clock()
-        if len(self._forced) > FORCED_KEPT:
-            self._forced = {k: t for k, t in self._forced.items() if now - t < FORCED_REVALIDATION_SECONDS}
-        return now - self._forced.get(key, float("-inf")) >= FORCED_REVALIDATION_SECONDS
-
     def _order(self, reg: Source, preferred: str | None = None) -> list[UpstreamClient]:
         """Active upstreams by priority; `preferred` (for a download: the upstream whose index gave its checksum) first."""
         current = next((s for s in self.settings.sources if s.name == reg.name), None)  # after a reload: the new order
@@ -765,23 +528,3 @@ def _checksum(body: bytes, name: str) -> str:
         return dist.parse_checksum(body)
     except ValueError as e:
         raise UpstreamError(f"{name}.sha256: {e}") from None
-
-
-def _describe(route: Route) -> str:
-    if isinstance(route, CrateRoute):
-        return f"crate {route.name} {route.version}"
-    if isinstance(route, IndexRoute):
-        return f"the index file of crate {route.name}"
-    return "config.json"
-
-
-def _pruned_index(route: IndexRoute, cached: Entry, staged: set[str]) -> Served:
-    """The index with only staged versions, so Cargo's resolver picks one of them."""
-    def is_staged(entry: sparse.IndexEntry) -> bool:
-        return CrateRoute(route.registry, entry.name, entry.version).key in staged
-
-    body = sparse.prune_index(cached.body, is_staged)
-    if not body:
-        raise NotStaged(f"no version of crate {route.name} was staged (offline mode)", not_staged_status(route))
-    meta = replace(cached.meta, sha256=hashlib.sha256(body).hexdigest(), size=len(body))
-    return Served(Entry(meta, body), "cache", "hit")

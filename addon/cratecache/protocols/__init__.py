@@ -1,0 +1,7 @@
+"""Protocol modules over the engine: each says what its paths are, where they live upstream, what verifies them
+and whether they may change; the engine (`../engine`) does the fetching, verifying and storing.
+
+  base.py        `Protocol`, the interface every protocol module implements
+  cargo.py       Cargo's sparse registries: config.json, index files, crates (uses sparse.py)
+  cargo_ahead.py revalidating index files ahead of Cargo (uses ahead.py)
+"""
