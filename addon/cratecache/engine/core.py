@@ -102,7 +102,7 @@ class Engine:
         return cached if cached is not None and cached.body is not None else None
 
     def fresh(self, item: Item, cached: Entry | None) -> bool:
-        ttl = 0 if item.force else item.source.index_ttl
+        ttl = 0 if item.force else item.ttl
         return freshness.decide(item.kind, cached.meta.checked_at if cached else None, ttl,
                                 self.clock()) == freshness.FRESH
 

@@ -11,8 +11,9 @@ from ..config import Source
 @dataclass(frozen=True)
 class Item:
     key: str  # where the entry is kept in the store
-    source: Source  # whose upstreams serve it (in priority order), whose ttl keeps it fresh
+    source: Source  # whose upstreams serve it, in priority order
     what: str  # how a message names it ("... not found on any upstream")
+    ttl: int = 0  # seconds it is served without asking an upstream, after one last confirmed it
     immutable: bool = False  # once held it never changes: never revalidated
     held: bool = False  # small and moving: a copy held in memory is revalidated as it is, without a store read
     force: bool = False  # revalidate now, whatever its age

@@ -28,11 +28,11 @@ CARGO_NOT_STAGED = 403  # Cargo takes an index 404 for "no such crate"; another 
 
 
 def config_item(reg: Registry, force: bool = False) -> Item:
-    return Item(ConfigRoute(reg).key, reg, "config.json", held=True, force=force)
+    return Item(ConfigRoute(reg).key, reg, "config.json", reg.index_ttl, held=True, force=force)
 
 
 def index_item(reg: Registry, name: str, force: bool = False) -> Item:
-    return Item(IndexRoute(reg, name).key, reg, f"crate {name}", held=True, force=force)
+    return Item(IndexRoute(reg, name).key, reg, f"crate {name}", reg.index_ttl, held=True, force=force)
 
 
 class Cargo(Protocol):
