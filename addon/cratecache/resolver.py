@@ -35,13 +35,8 @@ PROTOCOLS: tuple[type[Protocol], ...] = (Cargo, Rustup)
 
 
 class Resolver:
-    def __init__(
-        self,
-        settings: Settings,
-        store: Storage,
-        clock: Callable[[], float] = time.time,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ):
+    def __init__(self, settings: Settings, store: Storage, clock: Callable[[], float] = time.time,
+                 transport: httpx.AsyncBaseTransport | None = None):
         self.engine = Engine(settings, store, clock, transport)
         self.protocols = [protocol(self.engine) for protocol in PROTOCOLS]
         self._by_route = {kind: protocol for protocol in self.protocols for kind in protocol.routes}
