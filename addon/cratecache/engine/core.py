@@ -147,6 +147,28 @@ class Engine:
             return Served(await self.touch(item.key, cached), upstream, "revalidated", tuple(attempts))
         return Served(await save(upstream, got), upstream, "miss" if cached is None else "updated", tuple(attempts))
 
+    async def conditional(self, item: Item, cached: Entry | None, path: str, limit: int,
+                          headers: dict[str, str] | None = None, check: Callable[[bytes], None] | None = None) -> Served:
+        """A moving file revalidated with the validators of the copy held, sent to the upstream that served it: a 304
+        keeps the held bytes, a 200 whose body `check` accepts (it raises UpstreamError if not) replaces them."""
+        async def attempt(client: UpstreamClient):
+            conditions = {}
+            if cached is not None and client.name == cached.meta.upstream:
+                conditions = freshness.conditional_headers(cached.meta.etag, cached.meta.last_modified)
+            got = await client.get(client.url(path), (headers or {}) | conditions, limit)
+            outcome = status_outcome(got.status)
+            if outcome == "not_modified":
+                if not conditions:
+                    raise UpstreamError("HTTP 304 to an unconditional request")
+                return Attempt(client.name, outcome, "HTTP 304"), (client.name, None)
+            if outcome != "ok":
+                return Attempt(client.name, outcome, f"HTTP {got.status}"), None
+            if check is not None:
+                check(got.body)
+            return Attempt(client.name, "ok", "HTTP 200"), (client.name, got)
+
+        return await self.revalidating_walk(item, attempt, cached, self.save_fetched(item.key))
+
     async def fetch_verified(self, item: Item, url: Callable[[UpstreamClient], Awaitable[str]], expected: Expected,
                              limit: int, deadline: float | None, preferred: str | None = None) -> Served:
         """A download whose digest is known before it is asked for: streamed to a spool, hashed on the way, stored

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .. import freshness, sparse
+from .. import sparse
 from ..config import Registry
 from ..engine import Expected, Item, NotFound, NotStaged, Served, Unavailable
 from ..routes import ConfigRoute, CrateRoute, IndexRoute
@@ -24,6 +24,7 @@ from .cargo_ahead import Ahead
 FORCED_REVALIDATION_SECONDS = 10.0  # a re-ask or an unlisted version revalidates an index file at most this often
 FORCED_KEPT = 10_000
 CRATE_DEADLINE = 600.0  # seconds for a whole .crate download (up to max_crate_size at ~100 kB/s)
+INDEX_HEADERS = {"Accept": "text/plain", "cargo-protocol": "version=1"}
 CARGO_NOT_STAGED = 403  # Cargo takes an index 404 for "no such crate"; another 4xx it prints with the body, unretried
 
 
@@ -148,30 +149,16 @@ class Cargo(Protocol):
         return await self.engine.once(item, since, fetch, cached)
 
     async def _fetch_index(self, reg: Registry, name: str, cached: Entry | None) -> Served:
-        path = sparse.index_path(name)
-
-        async def attempt(client: UpstreamClient):
-            headers = {"Accept": "text/plain", "cargo-protocol": "version=1"}
-            if cached is not None and client.name == cached.meta.upstream:
-                headers |= freshness.conditional_headers(cached.meta.etag, cached.meta.last_modified)
-            got = await client.get(client.url(path), headers, self.engine.settings.cache.max_index_size)
-            outcome = status_outcome(got.status)
-            if outcome == "not_modified":
-                if "If-None-Match" not in headers and "If-Modified-Since" not in headers:
-                    raise UpstreamError("HTTP 304 to an unconditional request")
-                return Attempt(client.name, outcome, "HTTP 304"), (client.name, None)
-            if outcome != "ok":
-                return Attempt(client.name, outcome, f"HTTP {got.status}"), None
+        def check(body: bytes) -> None:
             try:
-                sparse.validate_index(got.body, name)
+                sparse.validate_index(body, name)
             except ValueError as e:
                 raise UpstreamError(f"invalid index file: {e}") from None
-            return Attempt(client.name, "ok", "HTTP 200"), (client.name, got)
 
         # Always in priority order: once a preferred upstream is back, the next revalidation returns to it
         # (and with it the downloads, which follow the index's upstream).
-        item = index_item(reg, name)
-        return await self.engine.revalidating_walk(item, attempt, cached, self.engine.save_fetched(item.key))
+        return await self.engine.conditional(index_item(reg, name), cached, sparse.index_path(name),
+                                             self.engine.settings.cache.max_index_size, INDEX_HEADERS, check)
 
     def _may_force(self, key: str) -> bool:
         now = self.engine.clock()

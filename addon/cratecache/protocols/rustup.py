@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from .. import dist, freshness
+from .. import dist
 from ..config import Toolchains
 from ..engine import Expected, Item, NotFound, Served, Unavailable
 from ..routes import DistRoute
@@ -130,19 +130,7 @@ class Rustup(Protocol):
 
     async def _fetch_plain(self, item: Item, f: dist.DistFile, cached: Entry | None) -> Served:
         """A file nothing verifies (release-stable.toml, a signature): revalidated conditionally."""
-        async def attempt(client: UpstreamClient):
-            headers = {}
-            if cached is not None and client.name == cached.meta.upstream:
-                headers = freshness.conditional_headers(cached.meta.etag, cached.meta.last_modified)
-            got = await client.get(client.url(f.path), headers, self.engine.settings.cache.max_index_size)
-            outcome = status_outcome(got.status)
-            if outcome == "not_modified" and headers:
-                return Attempt(client.name, outcome, "HTTP 304"), (client.name, None)
-            if outcome != "ok":
-                return Attempt(client.name, "failed" if outcome == "not_modified" else outcome, f"HTTP {got.status}"), None
-            return Attempt(client.name, "ok", "HTTP 200"), (client.name, got)
-
-        return await self.engine.revalidating_walk(item, attempt, cached, self.engine.save_fetched(item.key))
+        return await self.engine.conditional(item, cached, f.path, self.engine.settings.cache.max_index_size)
 
     async def _fetch_component(self, item: Item, f: dist.DistFile, cached: Entry | None) -> Served:
         """A component, verified against the hash of a manifest the proxy holds (fetched first if need be)."""
