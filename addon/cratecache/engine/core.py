@@ -1,10 +1,12 @@
 """The engine: cache -> lease -> upstreams in priority order (with back-off) -> verify -> store, for any protocol.
 
-A protocol module (`protocols/`) describes each entry as an `Item` (key, source, freshness rule) and says how one
-upstream is asked for it (an `attempt`) or what a download must hash to (`Expected`); the engine reads the cache,
-decides freshness, coalesces concurrent misses (`flights.py`), walks the upstreams, streams large answers to a
-spool hashed on the way, stores what is verified, records revalidations, and serves the stale copy when every
-upstream fails. It knows no protocol.
+A protocol module (`protocols/`) describes each entry as an `Item` (key, source, ttl, immutable) and says how it is
+fetched, in one of three ways: `conditional` (a moving file: its path, headers and a check of the body; revalidated
+with the held copy's validators), `fetch_verified` (a download: its URL on each upstream and the digest it must
+have, `Expected`, checked as the bytes stream to a spool), or its own `attempt` per upstream through
+`revalidating_walk`/`walk` (what neither fits). The engine reads the cache, decides freshness, coalesces concurrent
+misses (`flights.py`), walks the upstreams, stores what is verified, records revalidations, and serves the stale
+copy when every upstream fails. It knows no protocol.
 """
 
 from __future__ import annotations
@@ -136,12 +138,12 @@ class Engine:
         return await walk(clients, attempt, self.health, self.clock, self.on_attempt, what)
 
     async def revalidating_walk(self, item: Item, attempt: Attempting, cached: Entry | None,
-                                save: Callable[[str, object], Awaitable[Entry]], what: str | None = None) -> Served:
+                                save: Callable[[str, object], Awaitable[Entry]]) -> Served:
         """The priority walk for an entry that may be held: no answer -> stale, not found or unavailable; an
         answer of None (a 304, an unchanged digest) -> the held bytes, revalidated; else `save(upstream, got)`."""
         result, attempts = await self.walk(self.order(item.source), attempt, item.key)
         if result is None:
-            return await self.without_answer(item.key, cached, attempts, what or item.what)
+            return await self.without_answer(item.key, cached, attempts, item.what)
         upstream, got = result
         if got is None:  # the stored bytes are still current
             return Served(await self.touch(item.key, cached), upstream, "revalidated", tuple(attempts))
