@@ -504,7 +504,7 @@ async def _settled(resolver) -> None:
     """Let the background revalidations finish (a fake upstream answers at once)."""
     for _ in range(100):
         await asyncio.sleep(0)
-    await asyncio.gather(*resolver._background)
+    await asyncio.gather(*resolver.engine.background)
 
 
 async def test_an_expired_index_file_starts_the_revalidation_of_its_cached_dependencies(resolver, reg, net, clock, graph,
@@ -513,7 +513,7 @@ async def test_an_expired_index_file_starts_the_revalidation_of_its_cached_depen
         await resolver.index(reg, name)
     clock.advance(301)
     net.requests.clear()
-    caplog.set_level(logging.INFO, logger="cratecache.resolver")
+    caplog.set_level(logging.INFO, logger="cratecache.protocols.cargo_ahead")
     served = await resolver.index(reg, "foo")
     await _settled(resolver)
     assert served.state == "revalidated"
@@ -564,7 +564,7 @@ async def test_an_expired_config_json_starts_the_revalidation_of_the_index_files
         await resolver.index(reg, name)
     clock.advance(301)  # a new Cargo session after a pause: config.json and both files have expired
     net.requests.clear()
-    caplog.set_level(logging.INFO, logger="cratecache.resolver")
+    caplog.set_level(logging.INFO, logger="cratecache.protocols.cargo_ahead")
     assert (await resolver.config(reg)).state == "revalidated"
     await _settled(resolver)
     assert sorted(net.asked()) == [A + "3/b/bar", A + "3/f/foo", A + "config.json"]

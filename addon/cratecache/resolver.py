@@ -1,6 +1,7 @@
-"""Resolution of config.json, index files, crates and rustup's dist files: cache -> upstreams in priority
-order -> verify -> cache. One engine for both protocols: what differs per protocol (paths, what verifies a
-file, which names move) is in `sparse.py` and `dist.py`; the lease, the walk, the spool and the store are here.
+"""The resolver: a route -> its protocol module (`protocols/`: Cargo's sparse registries, rustup's dist tree) over
+one engine (`engine/`: cache -> lease -> upstreams in priority order -> verify -> cache). A protocol says what a
+path is, where it lives upstream, what its bytes must hash to and whether it may change; the engine does the rest,
+once for all protocols. A new protocol is a module with a `protocols.base.Protocol`, listed in PROTOCOLS.
 
 The resolver knows nothing about mitmproxy; the addon (and the command-line tools) call it.
 Failures are raised as `NotFound` (every upstream said "not here"; `NotStaged` in offline mode, with the
@@ -11,805 +12,112 @@ status under which the client shows why) or `Unavailable` (something failed and 
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import hashlib
-import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
-from urllib.parse import urlsplit
+from collections.abc import Callable
 
 import httpx
 
-from . import ahead, dist, freshness, sparse
-from .config import Registry, Settings, Source, Toolchains
+from . import dist
+from .config import Registry, Settings, Toolchains
+from .engine import Engine, NotFound, NotStaged, ResolveError, Served, Unavailable
 from .health import Health
-from .routes import ConfigRoute, CrateRoute, DistRoute, IndexRoute, Route
-from .storage import Entry, Spooled, Storage, make_entry
-from .upstreams import Attempt, UpstreamClient, UpstreamError, download_allowed, status_outcome, summary, walk
+from .protocols.base import Protocol
+from .protocols.cargo import Cargo
+from .protocols.rustup import ManifestsDisagree, Rustup
+from .routes import Route
+from .storage import Entry, Storage
+from .upstreams import Attempt, UpstreamClient
 
-logger = logging.getLogger(__name__)
+__all__ = ["ManifestsDisagree", "NotFound", "NotStaged", "ResolveError", "Resolver", "Served", "Unavailable",
+           "not_staged_status"]
 
-FORCED_REVALIDATION_SECONDS = 10.0  # a re-ask or an unlisted version revalidates an index file at most this often
-FORCED_KEPT = 10_000
-CRATE_DEADLINE = 600.0  # seconds for a whole .crate download (up to max_crate_size at ~100 kB/s)
-DIST_DEADLINE = 1800.0  # seconds for a whole toolchain component (rustc is ~70 MB)
-CHECKSUM_LIMIT = 4096  # a .sha256 file is one line
-PARSES_AT_ONCE = 2  # manifests parsed at the same time (distinct bytes; the same bytes are parsed once)
-LISTINGS_KEPT = 4  # parsed manifests kept (their file tables only), by the SHA-256 of their bytes
-TABLE_INLINE = 64 << 10  # a stored hash table larger than this is read in a worker thread
-MANIFEST_RETRIES = 2  # an upstream whose manifest and .sha256 disagree is asked this many more times (it moved)
-
-
-@dataclass(frozen=True)
-class Served:
-    entry: Entry
-    source: str  # "cache" or the name of the upstream that answered
-    state: str  # hit | miss | revalidated | stale
-    attempts: tuple[Attempt, ...] = ()
-
-
-class ResolveError(Exception):
-    def __init__(self, message: str, attempts: list[Attempt] | tuple[Attempt, ...] = ()):
-        super().__init__(message)
-        self.attempts = tuple(attempts)
-
-
-class NotFound(ResolveError):
-    """No upstream has it (each said 404/410/451), or the index does not list that version."""
-
-
-class NotStaged(NotFound):
-    """Offline mode: it was never staged, and no upstream is asked. `status` is the answer under which the client
-    shows the reason (`not_staged_status`), where a plain 404 would have it report a name that does not exist."""
-
-    def __init__(self, message: str, status: int = 404):
-        super().__init__(message)
-        self.status = status
-
-
-CARGO_NOT_STAGED = 403  # Cargo takes an index 404 for "no such crate"; another 4xx it prints with the body, unretried
-RUSTUP_NOT_STAGED = 503  # rustup takes any 4xx on the nightly channel's manifest as a missing nightly, and panics
-
-
-def not_staged_status(route: Route) -> int:
-    """The status of an offline answer for something not staged, per client (see ../shared/*-protocol.md):
-    Cargo reads a 404 on an index file (or config.json) as "no such crate" and never shows why, so those get
-    CARGO_NOT_STAGED; rustup, for the undated nightly channel, reads any 4xx on its manifest as "no nightly today"
-    and walks back day by day from the date of a manifest it never got ("Malformed manifest date" panic), so that
-    manifest gets RUSTUP_NOT_STAGED, a failed download it reports. Everything else keeps 404 (a .crate's body is
-    shown by Cargo; rustup reports a missing stable, beta or dated toolchain as no release found)."""
-    if isinstance(route, (IndexRoute, ConfigRoute)):
-        return CARGO_NOT_STAGED
-    if isinstance(route, DistRoute) and route.file.path == "dist/channel-rust-nightly.toml":
-        return RUSTUP_NOT_STAGED
-    return 404
-
-
-class Unavailable(ResolveError):
-    """At least one upstream failed and nothing usable is cached."""
-
-
-class ManifestsDisagree(Unavailable):
-    """The manifests that may vouch for a component list different hashes for it: it is not served."""
+PROTOCOLS: tuple[type[Protocol], ...] = (Cargo, Rustup)
 
 
 class Resolver:
-    def __init__(
-        self,
-        settings: Settings,
-        store: Storage,
-        clock: Callable[[], float] = time.time,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ):
-        self.settings, self.store, self.clock, self.transport = settings, store, clock, transport
-        self.clients: dict[tuple[str, str], UpstreamClient] = {
-            (reg.name, up.name): UpstreamClient(up, transport, reg.name)
-            for reg in settings.sources
-            for up in reg.active_upstreams
-        }
-        self._tables: dict[tuple[str, str], dict[str, str]] = {}  # (key, sha256) -> what a stored table vouches for
-        self._listings: dict[str, asyncio.Future] = {}  # manifest sha256 -> its parse (off the loop, once per bytes)
-        self.parse_listing: Callable[[bytes], dist.Listing] = dist.parse_listing  # runs in a worker thread
-        self._parses = asyncio.Semaphore(PARSES_AT_ONCE)
-        self._inflight: dict[str, asyncio.Task] = {}
-        self._leases: set[str] = set()  # keys this process fetches under its lease (given back with their write)
-        self._forced: dict[str, float] = {}  # index key -> when a download last forced its revalidation
-        self._background: set[asyncio.Task] = set()  # revalidations ahead of Cargo (see ahead.py)
-        self._in_use: dict[str, ahead.InUse] = {}  # registry -> the index files its clients asked for lately
-        cache = settings.cache
-        self.health = Health(backoff=cache.upstream_backoff, threshold=cache.backoff_after)
-        self.on_attempt: Callable[[UpstreamClient, Attempt], None] | None = None  # e.g. metrics
+    def __init__(self, settings: Settings, store: Storage, clock: Callable[[], float] = time.time,
+                 transport: httpx.AsyncBaseTransport | None = None):
+        self.engine = Engine(settings, store, clock, transport)
+        self.protocols = [protocol(self.engine) for protocol in PROTOCOLS]
+        self._by_route = {kind: protocol for protocol in self.protocols for kind in protocol.routes}
+        self.cargo, self.rustup = self._of(Cargo), self._of(Rustup)
 
-    def reconfigure(self, settings: Settings) -> None:
-        """Run with new settings (a reload) on the same store: a client is kept for each upstream whose settings
-        did not change (its pooled connections and in-flight requests go on), replaced where they did (new
-        credentials, timeout, TLS), and the old one closed once its requests in flight end. Upstream health,
-        coalescing and leases carry over."""
-        wanted = {(src.name, up.name): up for src in settings.sources for up in src.active_upstreams}
-        for key in [k for k, c in self.clients.items() if wanted.get(k) != c.upstream]:
-            self.clients.pop(key).retire()
-        for key, up in wanted.items():
-            if key not in self.clients:
-                self.clients[key] = UpstreamClient(up, self.transport, key[0])
-        self.health.backoff, self.health.threshold = settings.cache.upstream_backoff, settings.cache.backoff_after
-        self.settings = settings
-
-    async def aclose(self) -> None:
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
-        await asyncio.gather(*(c.aclose() for c in self.clients.values()), return_exceptions=True)
+    def _of(self, kind: type[Protocol]):
+        return next(p for p in self.protocols if isinstance(p, kind))
 
     async def resolve(self, route: Route, reasked: bool = False, pinned: str | None = None) -> Served:
-        """`reasked`: the client asks again for an index file it was given on this connection (Cargo does so when
-        a locked version is missing from it): revalidated with the upstreams at once, at most once per
-        FORCED_REVALIDATION_SECONDS per index file, so that a just-published version is found.
-        `pinned`: the SHA-256 this client was just given in a manifest's `.sha256`; it gets that manifest."""
-        if isinstance(route, DistRoute):
-            return await self.dist_file(route.registry, route.file, pinned)
-        if self.settings.cache.offline:
-            return await self._offline(route)
-        if isinstance(route, CrateRoute):
-            return await self.crate(route.registry, route.name, route.version)
-        if isinstance(route, IndexRoute):
-            force = reasked and self._may_force(route.key)
-            if force:
-                self._forced[route.key] = self.clock()
-            return await self.index(route.registry, route.name, force=force)
-        if isinstance(route, ConfigRoute):
-            return await self.config(route.registry)
-        raise TypeError(f"not a route: {route!r}")
+        """`reasked`: the client asks again for a file it was given on this connection (Cargo does so for an index
+        file when a locked version is missing from it). `pinned`: the SHA-256 this client was just given in a
+        manifest's `.sha256`; it gets that manifest."""
+        protocol = self._by_route.get(type(route))
+        if protocol is None:
+            raise TypeError(f"not a route: {route!r}")
+        return await protocol.resolve(route, reasked=reasked, pinned=pinned)
 
-    # -- offline mode ------------------------------------------------------------------------
+    def reconfigure(self, settings: Settings) -> None:
+        self.engine.reconfigure(settings)
 
-    async def _offline(self, route: Route) -> Served:
-        """Serve what is cached whatever its age; never contact an upstream."""
-        cached = await self.store.get(route.key)
-        if cached is None:
-            raise NotStaged(f"{_describe(route)} was not staged (offline mode: no upstream is contacted)",
-                            not_staged_status(route))
-        if isinstance(route, IndexRoute) and self.settings.cache.offline_prune_index:
-            staged = set(await self.store.keys(f"crate/{route.registry.name}/{route.name.lower()}/"))
-            return await asyncio.to_thread(_pruned_index, route, cached, staged)
-        return Served(cached, "cache", "hit")
+    async def aclose(self) -> None:
+        await self.engine.aclose()
 
-    # -- config.json -------------------------------------------------------------------------
+    # -- what the staging, the bundles and the tests call directly ------------------------------
 
     async def config(self, reg: Registry, force: bool = False) -> Served:
-        key, since = ConfigRoute(reg).key, self.clock()
-        cached = await self._read(key, "config", reg, force)
-        if self._decide("config", cached, reg, force) == freshness.FRESH:
-            return Served(cached, "cache", "hit")
-        if cached is not None and not force and key not in self._inflight:
-            self._start_in_use(reg)  # a Cargo session after a pause: what it used last time is expired too
-        return await self._once(key, since, "config", reg, force, lambda c: self._fetch_config(reg, key, c), cached)
-
-    async def _fetch_config(self, reg: Registry, key: str, cached: Entry | None) -> Served:
-        async def attempt(client: UpstreamClient):
-            upstream_config = await self._upstream_config(reg, client, force=True)
-            return Attempt(client.name, "ok", "HTTP 200"), (client.name, upstream_config)
-
-        result, attempts = await self._walk(self._order(reg), attempt, key)  # priority order, as for index files
-        if result is None:
-            return await self._without_answer(key, cached, attempts, "config.json")
-        name, upstream_config = result
-        answered = urlsplit(reg.upstream(name).url)
-        own_index = (answered.netloc.lower(), answered.path) == (reg.index_host, reg.index_path)
-        body = sparse.client_config(upstream_config, reg.download_root, keep_api=own_index)
-        if cached is not None and cached.body == body:
-            return Served(await self._touch(key, cached), name, "revalidated", tuple(attempts))
-        return Served(await self._save(key, body, name), name, "miss", tuple(attempts))
-
-    async def _upstream_config(self, reg: Registry, client: UpstreamClient, force: bool = False) -> dict:
-        """An upstream's own config.json (for its `dl`), kept in the shared store for the TTL."""
-        key = f"upstream-config/{reg.name}/{client.name}"
-        if not force:
-            # Memory first, then the disk: another worker may have fetched it.
-            stored = self.store.peek(key) or await self.store.get(key)
-            if stored is not None and self.clock() - stored.meta.checked_at < max(reg.index_ttl, 60):
-                return sparse.parse_config(stored.body)
-        return await self._single(key, lambda: self._fetch_upstream_config(key, client))
-
-    async def _fetch_upstream_config(self, key: str, client: UpstreamClient) -> dict:
-        got = await client.get(client.url("config.json"), {"Accept": "application/json"},
-                               self.settings.cache.max_index_size)
-        if status_outcome(got.status) != "ok":
-            raise UpstreamError(f"config.json: HTTP {got.status}")
-        try:
-            parsed = sparse.parse_config(got.body)
-        except ValueError as e:
-            raise UpstreamError(f"invalid config.json: {e}") from None
-        await self._save(key, got.body, client.name)
-        return parsed
-
-    # -- index files -------------------------------------------------------------------------
+        return await self.cargo.config(reg, force)
 
     async def index(self, reg: Registry, name: str, force: bool = False) -> Served:
-        key, since = IndexRoute(reg, name).key, self.clock()
-        in_use = self._in_use.get(reg.name) or self._in_use.setdefault(reg.name, ahead.InUse())
-        in_use.asked(name, since)
-        cached = await self._read(key, "index", reg, force)
-        if self._decide("index", cached, reg, force) == freshness.FRESH:
-            return Served(cached, "cache", "hit")
-        if cached is not None and not force and key not in self._inflight:
-            self._start_ahead(reg, name, cached)
-
-        async def fetch(stored: Entry | None) -> Served:
-            if cached is None and stored is not None and not force:  # expired, read from disk under the lease
-                self._start_ahead(reg, name, stored)
-            return await self._fetch_index(reg, name, key, stored)
-        return await self._once(key, since, "index", reg, force, fetch, cached)
-
-    def _start_ahead(self, reg: Registry, name: str, cached: Entry) -> None:
-        """An expired index file is being revalidated: start its cached dependencies' revalidations too."""
-        limit = self.settings.cache.revalidate_ahead
-        if not limit or not reg.index_ttl or cached.body is None:  # index_ttl 0: every request revalidates anyway
-            return
-        self._in_background(self._revalidate_ahead(reg, name, cached.body, limit))
-
-    def _start_in_use(self, reg: Registry) -> None:
-        """An expired config.json is being revalidated: start the revalidations of the expired index files in use."""
-        limit, in_use = self.settings.cache.revalidate_ahead, self._in_use.get(reg.name)
-        if not limit or not reg.index_ttl or in_use is None:
-            return
-        self._in_background(self._revalidate_in_use(reg, in_use.recent(self.clock()), limit))
-
-    def _in_background(self, work: Awaitable) -> None:
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _revalidate_in_use(self, reg: Registry, names: list[str], limit: int) -> None:
-        started = []
-        for name in names:
-            if len(started) >= limit:
-                break
-            key = IndexRoute(reg, name).key
-            if key not in self._inflight and (cached := await self._held(key)) is not None \
-                    and self._decide("index", cached, reg, False) != freshness.FRESH:
-                started.append(self._ahead_once(reg, name, key, cached))
-        await self._report_ahead(started, f"in use, with {reg.name}'s config.json")
-
-    async def _held(self, key: str) -> Entry | None:
-        """A cached index file with its bytes, from memory or the store (what can be revalidated ahead)."""
-        cached = self.store.peek(key) or await self.store.get(key)
-        return cached if cached is not None and cached.body is not None else None
-
-    def _ahead_once(self, reg: Registry, name: str, key: str, cached: Entry) -> asyncio.Future:
-        fetch = functools.partial(self._fetch_index, reg, name, key)
-        return asyncio.ensure_future(self._once(key, self.clock(), "index", reg, False, fetch, cached))
-
-    @staticmethod
-    async def _report_ahead(started: list[asyncio.Future], why: str) -> None:
-        if not started:
-            return
-        results = await asyncio.gather(*started, return_exceptions=True)
-        states = [r.state if isinstance(r, Served) else "failed" for r in results]
-        logger.info("cargo-cache: revalidated %d index files ahead of Cargo (%s): %d unchanged, %d updated, "
-                    "%d not answered", len(started), why, states.count("revalidated"),
-                    states.count("updated") + states.count("miss"), states.count("failed") + states.count("stale"))
-
-    async def _revalidate_ahead(self, reg: Registry, root: str, body: bytes, limit: int) -> None:
-        """Revalidate, concurrently, up to `limit` expired cached index files reachable from `body` through the
-        cached copies' dependencies (ahead.py); each shares its fetch with a request that arrives meanwhile."""
-        seen, frontier, started = {root}, [body], []
-        while frontier and len(started) < limit and len(seen) < 4 * limit:
-            bodies = []
-            for dep in sorted(set().union(*map(ahead.dependency_names, frontier)) - seen):
-                seen.add(dep)
-                key = IndexRoute(reg, dep).key
-                if key in self._inflight:
-                    continue  # its revalidation was started by a request (which walks from it) or by a walk
-                cached = await self._held(key)
-                if cached is None:
-                    continue  # never asked for through this cache: not fetched ahead
-                bodies.append(cached.body)
-                if self._decide("index", cached, reg, False) == freshness.FRESH:
-                    continue
-                if len(started) < limit:
-                    started.append(self._ahead_once(reg, dep, key, cached))
-            frontier = bodies
-        await self._report_ahead(started, f"dependencies of {root}")
-
-    async def _fetch_index(self, reg: Registry, name: str, key: str, cached: Entry | None) -> Served:
-        path = sparse.index_path(name)
-
-        async def attempt(client: UpstreamClient):
-            headers = {"Accept": "text/plain", "cargo-protocol": "version=1"}
-            if cached is not None and client.name == cached.meta.upstream:
-                headers |= freshness.conditional_headers(cached.meta.etag, cached.meta.last_modified)
-            got = await client.get(client.url(path), headers, self.settings.cache.max_index_size)
-            outcome = status_outcome(got.status)
-            if outcome == "not_modified":
-                if "If-None-Match" not in headers and "If-Modified-Since" not in headers:
-                    raise UpstreamError("HTTP 304 to an unconditional request")
-                return Attempt(client.name, outcome, "HTTP 304"), (client.name, None)
-            if outcome != "ok":
-                return Attempt(client.name, outcome, f"HTTP {got.status}"), None
-            try:
-                sparse.validate_index(got.body, name)
-            except ValueError as e:
-                raise UpstreamError(f"invalid index file: {e}") from None
-            return Attempt(client.name, "ok", "HTTP 200"), (client.name, got)
-
-        # Always in priority order: once a preferred upstream is back, the next revalidation returns to it
-        # (and with it the downloads, which follow the index's upstream).
-        return await self._revalidating_walk(reg, attempt, key, cached, f"crate {name}", self._save_fetched(key))
-
-    def _save_fetched(self, key: str):
-        """Store a fetched answer under `key` with the upstream's validators (for `_revalidating_walk`)."""
-        return lambda upstream, got: self._save(key, got.body, upstream, got.headers.get("etag"),
-                                                got.headers.get("last-modified"))
-
-    async def _revalidating_walk(self, reg: Source, attempt, key: str, cached: Entry | None, what: str,
-                                 save: Callable[[str, object], Awaitable[Entry]]) -> Served:
-        """The priority walk for an entry that may be held: no answer -> stale, not found or unavailable; an
-        answer of None (a 304, an unchanged .sha256) -> the held bytes, revalidated; else `save(upstream, got)`."""
-        result, attempts = await self._walk(self._order(reg), attempt, key)
-        if result is None:
-            return await self._without_answer(key, cached, attempts, what)
-        upstream, got = result
-        if got is None:  # the stored bytes are still current
-            return Served(await self._touch(key, cached), upstream, "revalidated", tuple(attempts))
-        return Served(await save(upstream, got), upstream, "miss" if cached is None else "updated", tuple(attempts))
-
-    # -- crates ------------------------------------------------------------------------------
+        return await self.cargo.index(reg, name, force)
 
     async def crate(self, reg: Registry, name: str, version: str) -> Served:
-        key, since = CrateRoute(reg, name, version).key, self.clock()
-        cached = await self._read(key, "crate", reg, False)
-        if cached is not None:
-            return Served(cached, "cache", "hit")
-        return await self._once(key, since, "crate", reg, False, lambda c: self._fetch_crate(reg, name, version, key))
-
-    async def _fetch_crate(self, reg: Registry, name: str, version: str, key: str) -> Served:
-        index = await self.index(reg, name.lower())
-        listed = sparse.find_version(index.entry.body, name, version)
-        if listed is None and index.state == "hit":
-            # A lockfile may name a version published after our copy of the index was checked: revalidate,
-            # at most once per index per FORCED_REVALIDATION_SECONDS, so that made-up versions cannot each
-            # cost an authenticated upstream request.
-            if not self._may_force(index_key := IndexRoute(reg, name.lower()).key):  # not remembered as missing
-                raise NotFound(f"{name} {version} is not listed in the index (checked less than "
-                               f"{FORCED_REVALIDATION_SECONDS:.0f} s ago)")
-            self._forced[index_key] = self.clock()
-            index = await self.index(reg, name.lower(), force=True)
-            listed = sparse.find_version(index.entry.body, name, version)
-        if listed is None and index.state == "stale":
-            raise Unavailable(f"{name} {version}: not in the cached index, and no upstream could be asked "
-                              f"({summary(index.attempts)})", index.attempts)
-        if listed is None and sparse.listed_unverifiable(index.entry.body, name, version):
-            raise NotFound(f"{name} {version}: its index line has no valid cksum, so its download cannot be verified "
-                           "and is not served")
-        if listed is None:
-            reason = f"{name} {version} is not listed in the index"
-            await self._best_effort(self.store.set_negative, key, reason, self.settings.cache.negative_ttl)
-            raise NotFound(reason)
-
-        async def attempt(client: UpstreamClient):
-            dl = (await self._upstream_config(reg, client))["dl"]
-            url = sparse.download_url(dl, listed.name, version, listed.cksum)
-            if not download_allowed(url, client.upstream):
-                raise UpstreamError(f"its config.json's dl names {httpx.URL(url).host}, which is neither its own host "
-                                    "nor in its download_hosts: not asked")
-            # A large crate goes to a partial file as it arrives, hashed on the way.
-            status, spooled = await self._download(client, url, self.settings.cache.max_crate_size, CRATE_DEADLINE)
-            if spooled is None:
-                return Attempt(client.name, status_outcome(status), f"HTTP {status}"), None
-            if spooled.sha256 != listed.cksum:
-                spooled.discard()
-                raise UpstreamError(f"checksum mismatch for {name} {version}: index says {listed.cksum[:16]}…, "
-                                    f"got {spooled.sha256[:16]}…")
-            return Attempt(client.name, "ok", "HTTP 200"), (client.name, spooled)
-
-        result, attempts = await self._walk(self._order(reg, index.entry.meta.upstream), attempt, key)
-        if result is None:
-            return await self._without_answer(key, None, attempts, f"{name} {version}")
-        upstream, spooled = result
-        return Served(await self._store_spooled(key, spooled, upstream), upstream, "miss", tuple(attempts))
-
-    # -- rustup's dist files -----------------------------------------------------------------
+        return await self.cargo.crate(reg, name, version)
 
     async def dist_file(self, src: Toolchains, f: dist.DistFile, pinned: str | None = None) -> Served:
-        """A file of the dist layout. A `.sha256` is made from the file it checks (the manifest, rustup-init) or
-        from the manifest hash of a component, so a manifest and its `.sha256` are always one pair."""
-        if f.checksum:
-            return await self._dist_checksum(src, f)
-        key = f"{f.kind}/{f.path}"
-        if f.kind == "manifest" and pinned and (held := await self._pinned(f, pinned)) is not None:
-            return held
-        if self.settings.cache.offline:
-            cached = await self.store.get(key)
-            if cached is None:
-                raise NotStaged(f"{f.path} was not staged (offline mode: no upstream is contacted)",
-                                not_staged_status(DistRoute(src, f)))
-            return Served(cached, "cache", "hit")
-        kind, since = "immutable" if f.immutable else "moving", self.clock()
-        cached = await self._read(key, kind, src, False)
-        if self._decide(kind, cached, src, False) == freshness.FRESH:
-            return Served(cached, "cache", "hit")
-        fetch = {"pair": self._fetch_paired, "manifest": self._fetch_component, "none": self._fetch_plain}[f.checked_by]
-        return await self._once(key, since, kind, src, False, lambda c: fetch(src, f, key, c), cached)
-
-    async def _dist_checksum(self, src: Toolchains, f: dist.DistFile) -> Served:
-        if f.checked_by == "manifest":
-            body = dist.checksum_body(await self._component_hash(src, f), f.name)
-            return Served(make_entry(body, "manifest", now=self.clock()), "cache", "hit")
-        served = await self.dist_file(src, replace(f, checksum=False))
-        meta = served.entry.meta
-        body = dist.checksum_body(meta.sha256, f.name)
-        return Served(make_entry(body, meta.upstream, now=meta.stored_at), served.source, served.state, served.attempts)
-
-    async def _pinned(self, f: dist.DistFile, sha256: str) -> Served | None:
-        """The manifest (current or the one before) whose hash this client was just given."""
-        for key in (f"manifest/{f.path}", f"dist-previous/{f.path}"):
-            entry = self.store.peek(key) or await self.store.get(key)
-            if entry is not None and entry.meta.sha256 == sha256:
-                return Served(entry, "cache", "hit")
-        return None
-
-    async def _fetch_paired(self, src: Toolchains, f: dist.DistFile, key: str, cached: Entry | None) -> Served:
-        """A file with its own upstream `.sha256` (a channel manifest, rustup-init): the `.sha256` first (all a
-        revalidation costs when it is unchanged), then the file, which must match it."""
-        manifest = f.kind == "manifest"
-        limit = self.settings.cache.max_index_size if manifest else src.max_file_size
-
-        async def attempt(client: UpstreamClient):
-            got = await client.get(client.url(f.path + ".sha256"), None, CHECKSUM_LIMIT)
-            if status_outcome(got.status) != "ok":
-                return Attempt(client.name, status_outcome(got.status), f"HTTP {got.status} for {f.name}.sha256"), None
-            expected = _checksum(got.body, f.name)
-            if cached is not None and cached.meta.sha256 == expected:
-                return Attempt(client.name, "not_modified", "unchanged (.sha256)"), (client.name, None)
-            for retry in range(MANIFEST_RETRIES + 1):
-                status, spooled = await self._download(client, client.url(f.path), limit, None if manifest else DIST_DEADLINE)
-                if spooled is None:
-                    return Attempt(client.name, status_outcome(status), f"HTTP {status}"), None
-                if spooled.sha256 == expected:
-                    break
-                spooled.discard()
-                moved = _checksum((await client.get(client.url(f.path + ".sha256"), None, CHECKSUM_LIMIT)).body, f.name)
-                if moved == expected or retry == MANIFEST_RETRIES:  # not moving: the bytes are bad
-                    raise UpstreamError(f"checksum mismatch for {f.path}: its .sha256 says {expected[:16]}…, "
-                                        f"got {spooled.sha256[:16]}…")
-                expected = moved  # the upstream published a new one between the two requests: ask again
-            if manifest:  # a manifest is read whole (it is parsed for its hashes): below max_index_size
-                body = spooled.body if spooled.body is not None else await asyncio.to_thread(spooled.path.read_bytes)
-                spooled.discard()
-                try:
-                    await self._listing(body, spooled.sha256)
-                except ValueError as e:
-                    raise UpstreamError(f"invalid channel manifest {f.path}: {e}") from None
-                return Attempt(client.name, "ok", "HTTP 200"), (client.name, body)
-            return Attempt(client.name, "ok", "HTTP 200"), (client.name, spooled)
-
-        async def save(upstream: str, got) -> Entry:
-            if not manifest:
-                return await self._store_spooled(key, got, upstream)
-            if cached is not None:  # a client that was given the old one's .sha256 may still ask for it
-                await self._best_effort(self.store.put_entry, f"dist-previous/{f.path}", cached.meta, cached.body)
-            stored = await self._save(key, got, upstream)
-            await self._save_hashes(f.path, stored.body, stored.meta.sha256, upstream)
-            return stored
-
-        return await self._revalidating_walk(src, attempt, key, cached, f.path, save)
-
-    async def _fetch_plain(self, src: Toolchains, f: dist.DistFile, key: str, cached: Entry | None) -> Served:
-        """A file nothing verifies (release-stable.toml, a signature): revalidated conditionally."""
-        async def attempt(client: UpstreamClient):
-            headers = {}
-            if cached is not None and client.name == cached.meta.upstream:
-                headers = freshness.conditional_headers(cached.meta.etag, cached.meta.last_modified)
-            got = await client.get(client.url(f.path), headers, self.settings.cache.max_index_size)
-            outcome = status_outcome(got.status)
-            if outcome == "not_modified" and headers:
-                return Attempt(client.name, outcome, "HTTP 304"), (client.name, None)
-            if outcome != "ok":
-                return Attempt(client.name, "failed" if outcome == "not_modified" else outcome, f"HTTP {got.status}"), None
-            return Attempt(client.name, "ok", "HTTP 200"), (client.name, got)
-
-        return await self._revalidating_walk(src, attempt, key, cached, f.path, self._save_fetched(key))
-
-    async def _fetch_component(self, src: Toolchains, f: dist.DistFile, key: str, cached: Entry | None) -> Served:
-        """A component, verified against the hash of a manifest the proxy holds (fetched first if need be)."""
-        expected = await self._component_hash(src, f)
-
-        async def attempt(client: UpstreamClient):
-            status, spooled = await self._download(client, client.url(f.path), src.max_file_size, DIST_DEADLINE)
-            if spooled is None:
-                return Attempt(client.name, status_outcome(status), f"HTTP {status}"), None
-            if spooled.sha256 != expected:
-                spooled.discard()
-                raise UpstreamError(f"checksum mismatch for {f.name}: the manifest says {expected[:16]}…, "
-                                    f"got {spooled.sha256[:16]}…")
-            return Attempt(client.name, "ok", "HTTP 200"), (client.name, spooled)
-
-        result, attempts = await self._walk(self._order(src), attempt, key)
-        if result is None:
-            return await self._without_answer(key, None, attempts, f.path)
-        upstream, spooled = result
-        return Served(await self._store_spooled(key, spooled, upstream), upstream, "miss", tuple(attempts))
-
-    async def _component_hash(self, src: Toolchains, f: dist.DistFile) -> str:
-        """The SHA-256 the manifests of a component's channel and date list for it (`dist.vouches`); if none is
-        held, its dated manifest is fetched. ManifestsDisagree if they list different hashes."""
-        if digest := await self._listed_hash(f):
-            return digest
-        channel, problem = dist.component_channel(f.name), None
-        if not self.settings.cache.offline:
-            manifest = dist.DistFile("manifest", f"dist/{f.date}/channel-rust-{channel}.toml", True, "pair")
-            try:
-                await self.dist_file(src, manifest)
-            except NotFound:
-                pass
-            except Unavailable as e:
-                problem = str(e)
-            else:
-                if digest := await self._listed_hash(f):
-                    return digest
-        if problem:
-            raise Unavailable(f"{f.name}: its manifest (dist/{f.date}/channel-rust-{channel}.toml) could not be "
-                              f"fetched to verify it ({problem})")
-        raise NotFound(f"{f.name} is not listed in any channel manifest of {f.date} ({channel}), so it cannot be "
-                       "verified and is not served")
-
-    async def _listed_hash(self, f: dist.DistFile) -> str | None:
-        prefix = f"dist-hashes/{f.date}/"
-        tables = {key[len(prefix):]: await self._hash_table(key, f.date) for key in await self.store.keys(prefix)}
-        try:
-            return dist.agreed_hash(f.path, tables)
-        except dist.ManifestConflict as e:
-            raise ManifestsDisagree(str(e)) from None
-
-    async def _hash_table(self, key: str, folder: str) -> dict[str, str]:
-        entry = self.store.peek(key) or await self.store.get(key)
-        if entry is None:
-            return {}
-        table = self._tables.get((key, entry.meta.sha256))
-        if table is None:
-            if len(self._tables) > 256:
-                self._tables.clear()
-            path = key.split("/", 2)[2]
-            read = functools.partial(dist.read_vouched, path, folder, entry.body)
-            table = read() if len(entry.body) < TABLE_INLINE else await asyncio.to_thread(read)
-            self._tables[(key, entry.meta.sha256)] = table
-        return table
-
-    async def _listing(self, body: bytes, sha256: str) -> dist.Listing:
-        """What a manifest lists, parsed in a worker thread (a big manifest takes seconds and hundreds of MB to
-        parse), once for concurrent callers with the same bytes. ValueError if it is not a v2 manifest."""
-        task = self._listings.pop(sha256, None)
-        if task is None:
-            task = asyncio.ensure_future(self._parse_listing(body))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        self._listings[sha256] = task  # the most recent last: a manifest is checked, then saved, then its aliases
-        while len(self._listings) > LISTINGS_KEPT:
-            del self._listings[next(iter(self._listings))]
-        return await asyncio.shield(task)
-
-    async def _parse_listing(self, body: bytes) -> dist.Listing:
-        async with self._parses:  # each parse of a big manifest holds a few hundred MB while it runs
-            return await asyncio.to_thread(self.parse_listing, body)
-
-    async def _save_hashes(self, path: str, body: bytes, sha256: str, upstream: str) -> None:
-        """What a new manifest vouches for (`dist.vouches`: files of its channel and date), kept with the cache under
-        its date so that its components can be verified; nothing of the parsed document is kept."""
-        listing = await self._listing(body, sha256)
-        record = await asyncio.to_thread(lambda: listing.vouched_by(path).record())  # a big manifest lists 100k files
-        await self._save(f"dist-hashes/{listing.date}/{path}", record, upstream)
+        return await self.rustup.dist_file(src, f, pinned)
 
     async def store_manifest(self, path: str, entry: Entry) -> None:
-        """Keep a manifest under another name (staging's aliases), with what it lists."""
-        await self.store.put_entry(f"manifest/{path}", entry.meta, entry.body)
-        await self._save_hashes(path, entry.body, entry.meta.sha256, entry.meta.upstream)
+        await self.rustup.store_manifest(path, entry)
 
-    # -- shared ------------------------------------------------------------------------------
+    @property
+    def settings(self) -> Settings:
+        return self.engine.settings
 
-    async def _download(self, client: UpstreamClient, url: str, limit: int,
-                        deadline: float | None = None) -> tuple[int, Spooled | None]:
-        """GET a file that may be large into a spool (hashed on the way): (status, the spooled 200) or
-        (status, None). Cut short, too large or timed out: nothing is left behind, and the error is raised."""
-        spool = self.store.spool()
-        try:
-            got = await client.get(url, None, limit, deadline, spool)
-            if status_outcome(got.status) != "ok":
-                spool.discard()
-                return got.status, None
-            return got.status, spool.finish()
-        except BaseException:
-            spool.discard()
-            raise
+    @property
+    def store(self) -> Storage:
+        return self.engine.store
 
-    async def _store_spooled(self, key: str, spooled: Spooled, upstream: str) -> Entry:
-        if spooled.body is not None:
-            return await self._save(key, spooled.body, upstream)
-        return await self._save_file(key, spooled, upstream)
+    @store.setter
+    def store(self, store: Storage) -> None:
+        self.engine.store = store
 
-    async def _read(self, key: str, kind: str, reg: Registry, force: bool) -> Entry | None:
-        """Memory first. The store only when memory has nothing fresh (another worker may have refreshed it), except
-        on the disk backend for an entry held in memory: it is revalidated with the upstream next anyway, and reading
-        the disk first would cost a thread hand-off and an SQLite read per revalidation to save, at best, the 304 of
-        a file another worker revalidated moments ago. (On s3 the shared store is how a fleet shares revalidations.)
-        On the disk backend, None means "read the store under the lease" (see `_leased`)."""
-        hot = self.store.peek(key)
-        if hot is not None and self._decide(kind, hot, reg, force) == freshness.FRESH:
-            self.store.note_hit(key)
-            return hot
-        if self.store.backend == "disk":
-            # An expired index file or config.json held here is revalidated as it is. Anything else is read from
-            # the store by the lease's claim (`_leased`), in the same hand-off to the store thread: a miss costs
-            # one hand-off there, not a read and then a claim.
-            return hot if hot is not None and hot.body is not None and kind in ("index", "config") else None
-        return await self.store.get(key)
+    @property
+    def clients(self) -> dict[tuple[str, str], UpstreamClient]:
+        return self.engine.clients
 
-    def _decide(self, kind: str, cached: Entry | None, reg: Source, force: bool) -> str:
-        ttl = 0 if force else reg.index_ttl
-        return freshness.decide(kind, cached.meta.checked_at if cached else None, ttl, self.clock())
+    @property
+    def health(self) -> Health:
+        return self.engine.health
 
-    def _may_force(self, key: str) -> bool:
-        now = self.clock()
-        if len(self._forced) > FORCED_KEPT:
-            self._forced = {k: t for k, t in self._forced.items() if now - t < FORCED_REVALIDATION_SECONDS}
-        return now - self._forced.get(key, float("-inf")) >= FORCED_REVALIDATION_SECONDS
+    @property
+    def on_attempt(self) -> Callable[[UpstreamClient, Attempt], None] | None:
+        return self.engine.on_attempt
 
-    def _order(self, reg: Source, preferred: str | None = None) -> list[UpstreamClient]:
-        """Active upstreams by priority; `preferred` (for a download: the upstream whose index gave its checksum) first."""
-        current = next((s for s in self.settings.sources if s.name == reg.name), None)  # after a reload: the new order
-        clients = [self.clients[key] for up in (current or reg).active_upstreams if (key := (reg.name, up.name)) in self.clients]
-        clients.sort(key=lambda c: c.name != preferred)  # stable sort keeps priority order otherwise
-        return clients
+    @on_attempt.setter
+    def on_attempt(self, observe: Callable[[UpstreamClient, Attempt], None] | None) -> None:
+        self.engine.on_attempt = observe
 
-    async def _walk(self, clients, attempt, what: str = ""):
-        return await walk(clients, attempt, self.health, self.clock, self.on_attempt, what)
+    @property
+    def parse_listing(self) -> Callable[[bytes], dist.Listing]:
+        return self.rustup.vouched.parse_listing
 
-    async def _save(self, key: str, body: bytes, upstream: str, etag: str | None = None,
-                    last_modified: str | None = None) -> Entry:
-        """Store an answer; if the cache cannot be written (disk full), still answer."""
-        stored = await self._write_entry(self.store.put, key, body, upstream, etag, last_modified, self.clock())
-        return stored or make_entry(body, upstream, etag, last_modified, self.clock())
-
-    async def _save_file(self, key: str, spooled: Spooled, upstream: str) -> Entry:
-        """Store a verified spooled file; if the cache cannot take it, the request still fails cleanly."""
-        stored = await self._write_entry(self.store.put_file, key, spooled, upstream, None, None, self.clock())
-        if stored is None or stored.file is None:
-            spooled.discard()
-            raise Unavailable(f"{key}: fetched and verified, but the cache could not store it (see the log)")
-        return stored
-
-    async def _write_entry(self, write, key: str, *args) -> Entry | None:
-        """`_best_effort` for `put`/`put_file`: a lease this process holds on `key` is given back with the write."""
-        release = key in self._leases
-        stored = await self._best_effort(write, key, *args, release)
-        if stored is not None and release:
-            self._leases.discard(key)
-        return stored
-
-    async def _touch(self, key: str, cached: Entry) -> Entry:
-        """Record an upstream's 304 for the bytes we hold; a failed write only costs an earlier revalidation."""
-        meta = await self._best_effort(self.store.mark_checked, key, self.clock(), cached.meta.sha256)
-        if meta is None:
-            # Not recorded: the write failed, or another writer replaced the bytes meanwhile; either
-            # way answer with what we revalidated, under its own validators.
-            return Entry(replace(cached.meta, checked_at=self.clock()), cached.body)
-        return Entry(meta, cached.body)
-
-    async def _best_effort(self, write, key: str, *args):
-        """A cache write whose failure (full disk, ...) must not fail the request: logged, None returned."""
-        try:
-            return await write(key, *args)
-        except Exception as e:
-            logger.error("cache write failed for %s (%s: %s) in %s", key, type(e).__name__, e, write.__name__)
-            return None
-
-    async def _without_answer(self, key: str, cached: Entry | None, attempts: list[Attempt], what: str) -> Served:
-        decision = freshness.without_answer(cached is not None, [a.outcome for a in attempts])
-        if decision == freshness.SERVE_STALE:
-            logger.warning("serving stale %s: every upstream failed (%s)", key, summary(attempts))
-            return Served(cached, "cache", "stale", tuple(attempts))
-        if decision == freshness.NOT_FOUND:
-            reason = f"{what} not found on any upstream"
-            await self._best_effort(self.store.set_negative, key, reason, self.settings.cache.negative_ttl)
-            raise NotFound(reason, attempts)
-        raise Unavailable(f"{what}: no upstream could answer ({summary(attempts)})", attempts)
-
-    async def _single(self, key: str, make: Callable[[], Awaitable]):
-        """Concurrent callers for one key share one run of `make` (in this process)."""
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.ensure_future(make())
-            self._inflight[key] = task
-            task.add_done_callback(lambda t: (self._inflight.pop(key, None), t.cancelled() or t.exception()))
-        return await asyncio.shield(task)
-
-    async def _once(
-        self, key: str, since: float, kind: str, reg: Source, force: bool,
-        fetch: Callable[[Entry | None], Awaitable[Served]], cached: Entry | None = None,
-    ) -> Served:
-        """Concurrent misses for one key share one upstream fetch, in this process and across processes. On the
-        disk backend a revalidation of a small entry held here (`cached`: an index file, config.json, a channel
-        manifest) takes no lease: it is one conditional request, cheaper than the lease's two store
-        transactions, and workers that revalidate one file at the same moment cost a few 304s. (On s3 the lease
-        stays: reading under it is how one gateway's revalidation refreshes the entry for the whole fleet.)"""
-        if cached is not None and cached.body is not None and self.store.backend == "disk":
-            return await self._single(key, lambda: fetch(cached))
-        return await self._single(key, lambda: self._leased(key, since, kind, reg, force, fetch))
-
-    async def _leased(
-        self, key: str, since: float, kind: str, reg: Registry, force: bool,
-        fetch: Callable[[Entry | None], Awaitable[Served]],
-    ) -> Served:
-        """Fetch under a lease in the shared store; while another process holds it, wait for its result."""
-        lease = self.settings.cache.lease_seconds
-        deadline, waiting_on = time.monotonic() + lease, None
-
-        def usable(stored: Entry) -> bool:  # what the store holds answers without a fetch (and without the lease)
-            return self._answered_meanwhile(stored, None, since, kind, reg, force) is not None
-        while True:
-            # Read under the lease: a fetch that finished meanwhile (here or in another process) may answer.
-            owned, cached, negative = await self.store.claim(key, lease, usable=usable)
-            if not owned and cached is not None:
-                return Served(cached, "cache", "hit")
-            if owned:
-                self._leases.add(key)
-            if not owned and (holder := await self.store.lease_holder(key)) != waiting_on:
-                # Another holder than the one we waited for (it took over a dead holder's lease just now, or the
-                # first one we see): it gets a whole lease period before we fetch without the lease.
-                deadline, waiting_on = time.monotonic() + lease, holder
-            overdue = not owned and time.monotonic() >= deadline  # that holder hangs: fetch without the lease
-            if overdue:
-                logger.warning("cargo-cache: %s: its lease holder (%s) has not finished within %d s; fetching "
-                               "without the lease", key, waiting_on, lease)
-                cached, negative = await self.store.get(key), None
-            if owned or overdue:
-                try:
-                    if answered := self._answered_meanwhile(cached, negative, since, kind, reg, force):
-                        return answered
-                    return await fetch(cached)
-                finally:
-                    if owned and key in self._leases:  # not given back with a write of the entry
-                        self._leases.discard(key)
-                        await self._best_effort(self.store.release_lease, key)
-            await asyncio.sleep(self.store.poll_seconds)  # never a busy loop, even if the lease ends at once
-            while time.monotonic() < deadline and waiting_on is not None \
-                    and await self.store.lease_holder(key) == waiting_on:
-                await asyncio.sleep(self.store.poll_seconds)
-
-    def _answered_meanwhile(
-        self, cached: Entry | None, negative: str | None, since: float, kind: str, reg: Registry, force: bool
-    ) -> Served | None:
-        if cached is not None:
-            if cached.meta.checked_at > since or self._decide(kind, cached, reg, force) == freshness.FRESH:
-                return Served(cached, "cache", "hit")
-            return None
-        if negative:
-            raise NotFound(f"{negative} (remembered)")
-        return None
+    @parse_listing.setter
+    def parse_listing(self, parse: Callable[[bytes], dist.Listing]) -> None:  # runs in a worker thread
+        self.rustup.vouched.parse_listing = parse
 
 
-def _checksum(body: bytes, name: str) -> str:
-    try:
-        return dist.parse_checksum(body)
-    except ValueError as e:
-        raise UpstreamError(f"{name}.sha256: {e}") from None
-
-
-def _describe(route: Route) -> str:
-    if isinstance(route, CrateRoute):
-        return f"crate {route.name} {route.version}"
-    if isinstance(route, IndexRoute):
-        return f"the index file of crate {route.name}"
-    return "config.json"
-
-
-def _pruned_index(route: IndexRoute, cached: Entry, staged: set[str]) -> Served:
-    """The index with only staged versions, so Cargo's resolver picks one of them."""
-    def is_staged(entry: sparse.IndexEntry) -> bool:
-        return CrateRoute(route.registry, entry.name, entry.version).key in staged
-
-    body = sparse.prune_index(cached.body, is_staged)
-    if not body:
-        raise NotStaged(f"no version of crate {route.name} was staged (offline mode)", not_staged_status(route))
-    meta = replace(cached.meta, sha256=hashlib.sha256(body).hexdigest(), size=len(body))
-    return Served(Entry(meta, body), "cache", "hit")
+def not_staged_status(route: Route) -> int:
+    """The status of an offline answer for something not staged, per client (see ../shared/*-protocol.md and each
+    protocol's `not_staged_status`)."""
+    for protocol in PROTOCOLS:
+        if isinstance(route, protocol.routes):
+            return protocol.not_staged_status(route)
+    return 404

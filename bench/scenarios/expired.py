@@ -32,14 +32,14 @@ PROFILE_RUNS = 3
 REVALIDATIONS = "304s from nginx"
 OFF_LOOP = "mitmdump CPU outside the event-loop thread"
 EXTRA_FUNCTIONS = [
-    ("Resolver._fetch_index (the revalidation: conditional request, 304, recording it)",
-     "Resolver._fetch_index (cratecache/resolver.py)"),
-    ("Resolver._touch (recording the 304; the store write is handed to a worker thread)",
-     "Resolver._touch (cratecache/resolver.py)"),
+    ("Cargo._fetch_index (the revalidation: conditional request, 304, recording it)",
+     "Cargo._fetch_index (cratecache/protocols/cargo.py)"),
+    ("Engine.touch (recording the 304; the store write is handed to a worker thread)",
+     "Engine.touch (cratecache/engine/core.py)"),
     ("LocalStore.mark_checked (in the worker thread: one SQLite write)",
      "LocalStore.mark_checked (cratecache/storage/local.py)"),
-    ("Resolver._fetch_config (config.json: its upstream's fetched whole, unconditionally)",
-     "Resolver._fetch_config (cratecache/resolver.py)"),
+    ("Cargo._fetch_config (config.json: its upstream's fetched whole, unconditionally)",
+     "Cargo._fetch_config (cratecache/protocols/cargo.py)"),
 ]
 THREAD_ROWS = [
     ("asyncio's worker threads (anything run with asyncio.to_thread)", "_worker (concurrent/futures/thread.py)"),

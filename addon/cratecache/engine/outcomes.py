@@ -1,0 +1,47 @@
+"""What a resolution ends in: `Served` (the entry, who answered, how), or one of the errors below, which
+`handler` turns into HTTP answers at the boundary.
+
+    ResolveError
+    ├── NotFound        every upstream said "not here" (or the protocol knows it does not exist)
+    │   └── NotStaged   offline mode: never staged; `status` is the answer under which the client shows why
+    └── Unavailable     something failed and nothing usable is cached
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..storage import Entry
+from ..upstreams import Attempt
+
+
+@dataclass(frozen=True)
+class Served:
+    entry: Entry
+    source: str  # "cache" or the name of the upstream that answered
+    state: str  # hit | miss | revalidated | updated | stale
+    attempts: tuple[Attempt, ...] = ()
+
+
+class ResolveError(Exception):
+    def __init__(self, message: str, attempts: list[Attempt] | tuple[Attempt, ...] = ()):
+        super().__init__(message)
+        self.attempts = tuple(attempts)
+
+
+class NotFound(ResolveError):
+    """No upstream has it (each said 404/410/451), or the protocol's own listing says it does not exist."""
+
+
+class NotStaged(NotFound):
+    """Offline mode: it was never staged, and no upstream is asked. `status` is the answer under which the client
+    shows the reason (each protocol's `not_staged_status`), where a plain 404 may have it report a name that does
+    not exist."""
+
+    def __init__(self, message: str, status: int = 404):
+        super().__init__(message)
+        self.status = status
+
+
+class Unavailable(ResolveError):
+    """At least one upstream failed and nothing usable is cached."""
