@@ -54,7 +54,7 @@ MITMDUMP_ARGS = -s addon/cargo_cache.py --listen-host $(HOST) --set confdir=$(CU
 # The launcher passes each option once, ARGS winning (mitmproxy drops all of an addon's options given twice),
 # and refuses a PORT or STATUS_PORT already in use.
 run: $(STAMP) ca
-	@PYTHONPATH=addon exec $(PY) -m cratecache.workers --workers $(WORKERS) --port $(PORT) --status-port $(STATUS_PORT) \
+	@PYTHONPATH=addon exec $(PY) -m cratecache.operations.workers --workers $(WORKERS) --port $(PORT) --status-port $(STATUS_PORT) \
 	  -- $(MITMDUMP_ARGS) $(ARGS)
 
 test-deps:

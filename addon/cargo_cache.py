@@ -9,10 +9,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cratecache.addon import CargoCache  # noqa: E402
-from cratecache.descriptors import DescriptorGuard  # noqa: E402
-from cratecache.failsafe import FailClosed  # noqa: E402
-from cratecache.tunnels import LoopbackGuard  # noqa: E402
+from cratecache.boundary.addon import CargoCache  # noqa: E402
+from cratecache.boundary.descriptors import DescriptorGuard  # noqa: E402
+from cratecache.boundary.failsafe import FailClosed  # noqa: E402
+from cratecache.boundary.tunnels import LoopbackGuard  # noqa: E402
 
 cache = CargoCache()
 addons = [

@@ -13,8 +13,8 @@ from tests.fixtures.registry import Registry, build_registry
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """The s3 tests load obstore into this process too: leave with pytest's own status, past the interpreter's
-    finalization that its runtime can abort (cratecache.exiting)."""
-    from cratecache import exiting
+    finalization that its runtime can abort (cratecache.operations.exiting)."""
+    from cratecache.operations import exiting
 
     if exiting.runtime_started():
         atexit.register(exiting.leave, int(exitstatus))

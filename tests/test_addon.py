@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from cratecache.addon import DEFAULT_CONFDIR, CargoCache
+from cratecache.boundary.addon import DEFAULT_CONFDIR, CargoCache
 from mitmproxy.addons.next_layer import NextLayer
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons, tflow, tutils

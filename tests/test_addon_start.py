@@ -9,8 +9,8 @@ import os
 import signal
 from pathlib import Path
 
-from cratecache import hangup
-from cratecache.addon import CargoCache
+from cratecache.boundary.addon import CargoCache
+from cratecache.operations import hangup
 from mitmproxy.test import taddons
 
 from tests.harness import write_proxies

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from cratecache.ahead import InUse, dependency_names
+from cratecache.protocols.ahead import InUse, dependency_names
 
 
 def line(name: str, vers: str, *deps: dict) -> bytes:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import httpx
-from cratecache.blobs import BlobServer
+from cratecache.boundary.blobs import BlobServer
 
 
 def open_fds() -> int:

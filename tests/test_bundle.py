@@ -10,8 +10,8 @@ import re
 import tarfile
 
 import pytest
-from cratecache.bundle import BundleError, export_bundle, import_bundle
-from cratecache.catalog import parse_age
+from cratecache.airgap.bundle import BundleError, export_bundle, import_bundle
+from cratecache.operations.catalog import parse_age
 from cratecache.storage.disk import DiskStorage
 from cratecache.storage.local import LocalStore
 
@@ -318,7 +318,7 @@ async def test_a_huge_manifest_is_refused_without_being_parsed_whole(target, tmp
 
 
 async def test_a_manifest_with_more_entries_than_allowed_is_refused(target, tmp_path, monkeypatch):
-    from cratecache import bundle as bundle_module
+    from cratecache.airgap import bundle as bundle_module
 
     monkeypatch.setattr(bundle_module, "MAX_ENTRIES", 2)
     entries = [item("index/crates-io/foo", INDEX), item("crate/crates-io/foo/1.0.0", CRATE),

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from cratecache.catalog import Row
 from cratecache.cli import human_size, listing, parser
+from cratecache.operations.catalog import Row
 
 
 @pytest.mark.parametrize("argv, proxies", [

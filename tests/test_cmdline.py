@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import pytest
-from cratecache import cmdline
-from cratecache.workers import Supervisor, worker_args
+from cratecache.operations import cmdline
+from cratecache.operations.workers import Supervisor, worker_args
 from mitmproxy.optmanager import _UnconvertedStrings
 
 MAKE_RUN = ["-s", "addon/cargo_cache.py", "--listen-host", "127.0.0.1", "--set", "confdir=/p/certs",

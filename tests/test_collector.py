@@ -4,7 +4,7 @@ import gc
 import weakref
 
 import pytest
-from cratecache import collector
+from cratecache.boundary import collector
 
 
 @pytest.fixture

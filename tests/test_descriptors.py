@@ -6,7 +6,7 @@ import asyncio
 import errno
 import logging
 
-from cratecache.descriptors import DescriptorGuard, is_exhaustion
+from cratecache.boundary.descriptors import DescriptorGuard, is_exhaustion
 
 
 def accept_failure(code: int = errno.EMFILE) -> dict:

@@ -6,7 +6,7 @@ import hashlib
 import json
 
 import pytest
-from cratecache import dist
+from cratecache.protocols import dist
 
 HOST = "x86_64-unknown-linux-gnu"
 DATE = "2026-04-16"
@@ -186,8 +186,8 @@ def test_checksum_files_are_written_and_read_as_upstream_does():
 
 
 def test_the_toolchains_host_is_classified_by_the_dist_layout_with_the_common_request_checks():
+    from cratecache.boundary.routes import DistRoute, Rejection, classify
     from cratecache.config import Toolchains, Upstream
-    from cratecache.routes import DistRoute, Rejection, classify
 
     src = Toolchains("static.rust-lang.org", (Upstream("rust-lang", "https://static.rust-lang.org/"),))
     route = classify(src, "static.rust-lang.org", "GET", f"/dist/{DATE}/rustc-1.95.0-{HOST}.tar.xz")

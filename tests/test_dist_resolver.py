@@ -9,10 +9,10 @@ import threading
 import httpx
 import pytest
 import yaml
-from cratecache import dist
+from cratecache.boundary.routes import DistRoute
 from cratecache.config import parse_settings
+from cratecache.protocols import dist
 from cratecache.resolver import NotFound, NotStaged, Resolver, Unavailable
-from cratecache.routes import DistRoute
 from cratecache.storage import open_storage
 
 from tests.fake_registry import FakeNet

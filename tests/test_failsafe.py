@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cratecache.boundary.failsafe import FailClosed
 from cratecache.config import load_settings
-from cratecache.failsafe import FailClosed
 from mitmproxy.test import tflow, tutils
 
 from tests.harness import write_proxies

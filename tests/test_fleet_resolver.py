@@ -82,9 +82,9 @@ async def test_three_gateways_missing_one_large_toolchain_component_ask_the_upst
     from pathlib import Path
 
     import yaml
-    from cratecache import dist
+    from cratecache.boundary.routes import DistRoute
     from cratecache.config import parse_settings
-    from cratecache.routes import DistRoute
+    from cratecache.protocols import dist
 
     from tests.test_dist import DATE, HOST, digest, manifest_text
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from cratecache import freshness
-from cratecache.freshness import FRESH, MISS, REVALIDATE, decide
+from cratecache.engine import freshness
+from cratecache.engine.freshness import FRESH, MISS, REVALIDATE, decide
 
 T0 = 1_700_000_000.0
 TTL = 300

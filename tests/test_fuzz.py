@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from cratecache.boundary.routes import ConfigRoute, CrateRoute, IndexRoute, Rejection, classify
 from cratecache.config import ConfigError, parse_settings
-from cratecache.routes import ConfigRoute, CrateRoute, IndexRoute, Rejection, classify
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

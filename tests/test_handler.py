@@ -6,7 +6,7 @@ import json
 
 import httpx
 import pytest
-from cratecache.handler import entry_reply, handle
+from cratecache.boundary.handler import entry_reply, handle
 from cratecache.resolver import Resolver, Served
 from cratecache.storage import Entry, Meta, open_storage
 from mitmproxy.http import Headers

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cratecache.health import Health
+from cratecache.upstreams.health import Health
 
 
 def test_backs_off_after_threshold_consecutive_transport_failures():
@@ -48,7 +48,7 @@ def test_status_auth_checks_basic_credentials_and_leaves_open_paths_open(tmp_pat
     import hashlib
 
     import pytest
-    from cratecache.status import StatusAuth
+    from cratecache.operations.status import StatusAuth
 
     def basic(user: str, password: str) -> str:
         return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
@@ -92,8 +92,8 @@ async def test_a_recovered_upstream_is_shown_ok_after_its_success_whatever_ends_
     from types import SimpleNamespace
 
     import httpx
-    from cratecache.activity import _upstream
-    from cratecache.upstreams import Attempt, walk
+    from cratecache.operations.activity import _upstream
+    from cratecache.upstreams.client import Attempt, walk
 
     health, clock = Health(backoff=30, threshold=3), itertools.count(100).__next__
     client = SimpleNamespace(name="a", key="reg/a", upstream=SimpleNamespace(timeout_ms=100, username=None,

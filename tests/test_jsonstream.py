@@ -6,7 +6,7 @@ import io
 import json
 
 import pytest
-from cratecache.jsonstream import read_object
+from cratecache.airgap.jsonstream import read_object
 
 
 def read(text: str | bytes, max_value: int = 64):

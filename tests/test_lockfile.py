@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from cratecache.lockfile import find_lockfiles, plan, read_lockfile
+from cratecache.protocols.lockfile import find_lockfiles, plan, read_lockfile
 
 from tests.fake_registry import make_settings, upstream
 
@@ -118,7 +118,7 @@ def test_registry_packages_are_checked_as_the_proxy_checks_requests(tmp_path, na
 def test_a_sparse_source_belongs_to_the_registry_whose_index_is_exactly_there(tmp_path, source, expected):
     from dataclasses import replace
 
-    from cratecache.lockfile import registry_for_source
+    from cratecache.protocols.lockfile import registry_for_source
 
     settings = make_settings(tmp_path, [upstream("a", "http://a.test/index/")])
     corp = replace(settings.registries[0], name="corp", index_host="corp.example", download_host="corp.example",

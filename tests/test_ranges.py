@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from cratecache.ranges import UNSATISFIABLE, Slice, requested
+from cratecache.boundary.ranges import UNSATISFIABLE, Slice, requested
 
 ETAG, DATE = '"sha256-abc"', "Tue, 01 Dec 2026 10:00:00 GMT"
 

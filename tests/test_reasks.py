@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cratecache.reasks import Reasks
+from cratecache.protocols.reasks import Reasks
 
 from tests.fake_registry import Clock
 

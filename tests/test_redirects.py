@@ -8,7 +8,7 @@ import socket
 
 import pytest
 from cratecache.config import Upstream
-from cratecache.upstreams import MAX_REDIRECTS, UpstreamClient, UpstreamError, upstream_transport, walk
+from cratecache.upstreams.client import MAX_REDIRECTS, UpstreamClient, UpstreamError, upstream_transport, walk
 
 from tests.fixtures.upstream import UpstreamServer, basic_auth_header
 

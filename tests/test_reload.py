@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import yaml
-from cratecache import reload
 from cratecache.config import parse_settings
+from cratecache.operations import reload
 
 BASE = {
     "cache": {"directory": "/var/cache/cargo", "index_ttl": 300},

@@ -187,7 +187,7 @@ async def test_version_missing_from_fresh_index_forces_one_refresh(resolver, reg
 async def test_a_client_asking_again_for_an_index_file_revalidates_it_at_most_once_per_ten_seconds(
     resolver, reg, net, clock
 ):
-    from cratecache.routes import IndexRoute
+    from cratecache.boundary.routes import IndexRoute
 
     route = IndexRoute(reg, "foo")
     await resolver.resolve(route)
@@ -630,7 +630,7 @@ async def test_revalidating_ahead_stops_at_its_limit(make, net, clock, graph):
 
 async def test_offline_what_was_not_staged_is_answered_so_that_cargo_prints_why(make, net):
     """Issue 27, item 13: a 404 on an index file is "no such crate" to Cargo; the status it shows with the body."""
-    from cratecache.routes import ConfigRoute, CrateRoute, IndexRoute
+    from cratecache.boundary.routes import ConfigRoute, CrateRoute, IndexRoute
 
     resolver = make(offline=True)
     reg = resolver.settings.registries[0]

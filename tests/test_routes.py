@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from cratecache.boundary.routes import ConfigRoute, CrateRoute, IndexRoute, Rejection, classify
 from cratecache.config import Registry, Upstream
-from cratecache.routes import ConfigRoute, CrateRoute, IndexRoute, Rejection, classify
 
 INDEX, DL = "index.crates.io", "static.crates.io"
 CRATES_IO = Registry(
@@ -174,7 +174,7 @@ def settings(tmp_path_factory):
     ("example.org", 443, "example.org", None),  # not ours: passed on
 ])
 def test_interception_follows_the_connection_and_the_host_header(settings, host, port, header, expected):
-    from cratecache.routes import Target, intercept
+    from cratecache.boundary.routes import Target, intercept
 
     got = intercept(settings, host, port, header)
     assert (got.registry.name, got.host) == expected if isinstance(got, Target) else got is expected
@@ -187,7 +187,7 @@ def test_interception_follows_the_connection_and_the_host_header(settings, host,
     ("corp.example", 8443, "corp.example:9999"),
 ])
 def test_a_host_header_that_disagrees_with_the_connection_is_a_421(settings, host, port, header):
-    from cratecache.routes import intercept
+    from cratecache.boundary.routes import intercept
 
     got = intercept(settings, host, port, header)
     assert isinstance(got, Rejection) and got.status == 421 and "does not match the connection's target" in got.reason
@@ -222,7 +222,7 @@ def shared_host(tmp_path_factory):
     ("root.example", "/team/other", "root"),
 ])
 def test_a_path_registry_owns_only_the_paths_under_its_index(shared_host, host, path, expected):
-    from cratecache.routes import Target, intercept
+    from cratecache.boundary.routes import Target, intercept
 
     got = intercept(shared_host, host, 443, host, path)
     assert (got.registry.name if isinstance(got, Target) else got) == expected

@@ -185,7 +185,7 @@ async def test_catching_up_never_replaces_a_newer_index_from_another_gateway(gat
 
 
 async def test_export_reads_the_buckets_newest_copy_not_a_stale_local_one(gateways, tmp_path):
-    from cratecache.bundle import export_bundle, import_bundle
+    from cratecache.airgap.bundle import export_bundle, import_bundle
 
     a, b = gateways(), gateways()
     first, second = (b'{"name":"foo","vers":"%s","cksum":"%s"}\n' % (v, b"0" * 64) for v in (b"1.0.0", b"2.0.0"))

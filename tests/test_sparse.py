@@ -6,8 +6,8 @@ import hashlib
 import json
 
 import pytest
-from cratecache import sparse
-from cratecache.sparse import IndexEntry
+from cratecache.protocols import sparse
+from cratecache.protocols.sparse import IndexEntry
 
 CKSUM = hashlib.sha256(b"serde-1.0.0.crate").hexdigest()
 CKSUM2 = hashlib.sha256(b"serde-1.0.1.crate").hexdigest()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import re
 
-from cratecache import dist
-from cratecache.staging import Progress, ToolchainPlan, stage_toolchains
+from cratecache.airgap.staging import Progress, ToolchainPlan, stage_toolchains
+from cratecache.protocols import dist
 
 from tests.test_dist import HOST, manifest_text
 from tests.test_dist_resolver import STABLE, A, Dist, make, net, up  # noqa: F401 (fixtures)

@@ -11,7 +11,7 @@ from pathlib import Path
 import bcrypt
 import httpx
 import pytest
-from cratecache.status import StatusAuth, StatusServer, Verified, Verifier
+from cratecache.operations.status import StatusAuth, StatusServer, Verified, Verifier
 
 pytestmark = pytest.mark.timeout(60)
 

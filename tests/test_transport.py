@@ -10,8 +10,8 @@ import struct
 
 import httpx
 import pytest
-from cratecache.transport import AiohttpTransport
-from cratecache.upstreams import describe_error
+from cratecache.upstreams.client import describe_error
+from cratecache.upstreams.transport import AiohttpTransport
 
 
 class Raw:

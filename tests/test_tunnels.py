@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from cratecache.tunnels import _destination_problem, forbidden, literal
+from cratecache.boundary.tunnels import _destination_problem, forbidden, literal
 
 
 @pytest.mark.parametrize(("address", "why"), [

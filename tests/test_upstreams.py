@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 from cratecache.config import Upstream
-from cratecache.upstreams import Attempt, UpstreamClient, UpstreamError, describe_error, status_outcome, summary, walk
+from cratecache.upstreams.client import Attempt, UpstreamClient, UpstreamError, describe_error, status_outcome, summary, walk
 
 PASSWORD = "hunter2-s3cret"
 TOKEN = base64.b64encode(f"ci:{PASSWORD}".encode()).decode()
@@ -205,7 +205,7 @@ async def test_walk_masks_credentials_a_library_put_in_an_error_message():
 
 
 async def test_a_full_connection_pool_never_puts_the_upstream_into_back_off():
-    from cratecache.health import Health
+    from cratecache.upstreams.health import Health
 
     health = Health(backoff=30, threshold=3)
     pool_full, asked = scripted(a=(httpx.PoolTimeout("no free connection"), None), b=("ok", "from b"))
@@ -282,7 +282,7 @@ async def test_a_gzip_answer_within_the_limit_is_decoded():
     ("https://mirror.example/", (), "file:///etc/passwd", False),
 ])
 def test_downloads_go_only_to_hosts_the_operator_configured(index, download_hosts, url, allowed):
-    from cratecache.upstreams import download_allowed
+    from cratecache.upstreams.client import download_allowed
 
     assert download_allowed(url, Upstream(name="a", url=index, download_hosts=download_hosts)) is allowed
 
@@ -304,7 +304,7 @@ MIRROR = "https://mirror.example/index/"
     (MIRROR, "http://mirror.example/x", "ftp://mirror.example/x", (), "not http(s) (ftp)"),
 ])
 def test_redirects_go_only_where_a_dl_may(index, source, target, download_hosts, reason):
-    from cratecache.upstreams import redirect_refusal
+    from cratecache.upstreams.client import redirect_refusal
 
     up = Upstream(name="a", url=index, download_hosts=download_hosts)
     refused = redirect_refusal(httpx.URL(source), httpx.URL(target), up)
@@ -312,7 +312,7 @@ def test_redirects_go_only_where_a_dl_may(index, source, target, download_hosts,
 
 
 def test_only_an_upstreams_own_host_and_download_hosts_may_be_internal_addresses():
-    from cratecache.upstreams import configured_hosts
+    from cratecache.upstreams.client import configured_hosts
 
     up = Upstream(name="a", url="http://127.0.0.1:9000/index/", download_hosts=("cdn.corp:8443", "files.corp"))
     assert configured_hosts(up) == ("127.0.0.1", "cdn.corp:8443", "files.corp")
@@ -326,7 +326,7 @@ def test_only_an_upstreams_own_host_and_download_hosts_may_be_internal_addresses
     ("0.0.0.0", "a private address"), ("100.64.0.1", "not a public address"), ("224.0.0.1", "a multicast address"),
 ])
 def test_which_addresses_a_name_that_is_not_configured_may_resolve_to(address, refusal):
-    from cratecache.transport import address_refusal
+    from cratecache.upstreams.transport import address_refusal
 
     assert address_refusal(address) == refusal
 

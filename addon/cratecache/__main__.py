@@ -1,4 +1,4 @@
 from .cli import main
-from .exiting import leave
+from .operations.exiting import leave
 
 leave(main())

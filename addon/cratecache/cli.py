@@ -21,13 +21,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from . import catalog, dist
-from .bundle import BundleError, export_bundle, import_bundle
+from .airgap.bundle import BundleError, export_bundle, import_bundle
+from .airgap.staging import Progress, ToolchainPlan, stage, stage_toolchains
+from .boundary.routes import ConfigRoute, CrateRoute, IndexRoute
 from .config import ConfigError, Settings, load_settings
-from .lockfile import find_lockfiles, plan, read_lockfile
+from .operations import catalog
+from .protocols import dist
+from .protocols.lockfile import find_lockfiles, plan, read_lockfile
 from .resolver import Resolver
-from .routes import ConfigRoute, CrateRoute, IndexRoute
-from .staging import Progress, ToolchainPlan, stage, stage_toolchains
 from .storage import Storage, StorageUnavailable, open_storage
 
 DEFAULT_PROXIES = Path(__file__).resolve().parents[2] / "proxies.yaml"

@@ -17,16 +17,16 @@ from collections.abc import Callable
 
 import httpx
 
-from . import dist
+from .boundary.routes import Route
 from .config import Registry, Settings, Toolchains
 from .engine import Engine, NotFound, NotStaged, ResolveError, Served, Unavailable
-from .health import Health
+from .protocols import dist
 from .protocols.base import Protocol
 from .protocols.cargo import Cargo
 from .protocols.rustup import ManifestsDisagree, Rustup
-from .routes import Route
 from .storage import Entry, Storage
-from .upstreams import Attempt, UpstreamClient
+from .upstreams.client import Attempt, UpstreamClient
+from .upstreams.health import Health
 
 __all__ = ["ManifestsDisagree", "NotFound", "NotStaged", "ResolveError", "Resolver", "Served", "Unavailable",
            "not_staged_status"]

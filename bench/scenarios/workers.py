@@ -1,6 +1,6 @@
 """Scenario 11: cache-hit throughput with 1 and 2 workers (`make run WORKERS=N`) on this 2-core machine.
 
-The workers are started as `make run WORKERS=N` starts them: `python -m cratecache.workers --workers N --port P
+The workers are started as `make run WORKERS=N` starts them: `python -m cratecache.operations.workers --workers N --port P
 --status-port S -- <mitmdump args>` (PYTHONPATH: the addon folder), N mitmdumps sharing one port through
 SO_REUSEPORT and one cache folder. The load generator's clients each open their own connection, so the kernel
 spreads them over the workers. Per-worker CPU comes from /proc of each worker's pid, per-worker request counts
@@ -54,7 +54,7 @@ def _free_run(count: int) -> int:
 
 
 class Workers:
-    """`python -m cratecache.workers` with `count` workers on one port, as `make run WORKERS=count` starts it."""
+    """`python -m cratecache.operations.workers` with `count` workers on one port, as `make run WORKERS=count` starts it."""
 
     def __init__(self, bench: Bench, label: str, count: int, config: Path):
         self.bench, self.label, self.count = bench, label, count
@@ -74,7 +74,7 @@ class Workers:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def start(self, timeout: float = 60) -> Workers:
-        cmd = [sys.executable, "-m", "cratecache.workers", "--workers", str(self.count), "--port", str(self.port),
+        cmd = [sys.executable, "-m", "cratecache.operations.workers", "--workers", str(self.count), "--port", str(self.port),
                "--status-port", str(self.status_port), "--", *self.args]
         env = clean_env() | {"PYTHONPATH": str(self.bench.addon_script.parent)}
         with open(self.log_path, "wb") as log:
@@ -124,7 +124,7 @@ def _problem(line: str) -> str | None:
 
 def _method(bench: Bench, requests: int, files: int) -> str:
     return f"""
-`make run WORKERS=N` as it starts the proxy: `python -m cratecache.workers --workers N --port P --status-port S --
+`make run WORKERS=N` as it starts the proxy: `python -m cratecache.operations.workers --workers N --port P --status-port S --
 <mitmdump args>` (`PYTHONPATH` the addon folder), N mitmdumps listening on one port with SO_REUSEPORT and sharing
 one cache folder (the default proxies.yaml settings; index files fresh for 10 days), for N = {", ".join(map(str, COUNTS))}.
 The load: the {files} index files of the registry (median 2 KB), requested in a shuffled cycle by {CLIENTS} clients

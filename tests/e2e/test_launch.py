@@ -85,7 +85,7 @@ def mitmdump_args(config: Path, confdir: Path, port: int) -> list[str]:
 
 
 def launcher(workers: int, port: int, status_port: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "cratecache.workers", "--workers", str(workers), "--port", str(port),
+    return [sys.executable, "-m", "cratecache.operations.workers", "--workers", str(workers), "--port", str(port),
             "--status-port", str(status_port), "--", *args]
 
 

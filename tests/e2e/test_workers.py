@@ -66,8 +66,9 @@ def test_two_workers_share_the_port_serve_cargo_reload_on_sighup_are_replaced_wh
         for i in (0, 1):  # a status page per worker
             assert httpx.get(f"http://127.0.0.1:{status + i}/healthz", timeout=10).status_code == 200
 
-        supervisor = next(int(p) for p in subprocess.run(["pgrep", "-f", f"cratecache.workers --workers 2 --port {port}"],
-                                                          capture_output=True, text=True).stdout.split())
+        found = subprocess.run(["pgrep", "-f", f"cratecache.operations.workers --workers 2 --port {port}"],
+                               capture_output=True, text=True)
+        supervisor = next(int(p) for p in found.stdout.split())
         os.kill(supervisor, signal.SIGHUP)  # passed on: every worker re-reads proxies.yaml
         wait_for(lambda: len(re.findall(r"^w\d \| .*configuration reloaded \(SIGHUP\)", text(), re.M)) == 2,
                  "both workers to reload")

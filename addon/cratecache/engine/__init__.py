@@ -5,6 +5,7 @@ back-off, verify against an expected digest while streaming, store, revalidate, 
   core.py      `Engine`: read, freshness, the walk, downloads, stores, serve-stale
   flights.py   one fetch per entry at a time: in-process single-flight and the store's leases
   outcomes.py  `Served` and the errors a resolution ends in
+  freshness.py fresh / revalidate / serve stale, validators, client conditional requests (pure)
 """
 
 from .core import Engine

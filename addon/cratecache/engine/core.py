@@ -19,11 +19,11 @@ from dataclasses import replace
 
 import httpx
 
-from .. import freshness
 from ..config import Settings, Source
-from ..health import Health
 from ..storage import Entry, Spooled, Storage, make_entry
-from ..upstreams import Attempt, UpstreamClient, UpstreamError, status_outcome, summary, walk
+from ..upstreams.client import Attempt, UpstreamClient, UpstreamError, status_outcome, summary, walk
+from ..upstreams.health import Health
+from . import freshness
 from .flights import Fetch, Flights
 from .item import Expected, Item
 from .outcomes import NotFound, NotStaged, Served, Unavailable

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..storage import Entry
-from ..upstreams import Attempt
+from ..upstreams.client import Attempt
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,12 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .. import sparse
+from ..boundary.routes import ConfigRoute, CrateRoute, IndexRoute
 from ..config import Registry
 from ..engine import Expected, Item, NotFound, NotStaged, Served, Unavailable
-from ..routes import ConfigRoute, CrateRoute, IndexRoute
 from ..storage import Entry
-from ..upstreams import Attempt, UpstreamClient, UpstreamError, download_allowed, status_outcome, summary
+from ..upstreams.client import Attempt, UpstreamClient, UpstreamError, download_allowed, status_outcome, summary
+from . import sparse
 from .base import Protocol
 from .cargo_ahead import Ahead
 

@@ -8,10 +8,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from .. import ahead
 from ..config import Registry
 from ..engine import Engine, Item, Served
 from ..storage import Entry
+from . import ahead
 
 logger = logging.getLogger(__name__)
 

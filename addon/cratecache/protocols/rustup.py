@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from .. import dist
+from ..boundary.routes import DistRoute
 from ..config import Toolchains
 from ..engine import Expected, Item, NotFound, Served, Unavailable
-from ..routes import DistRoute
 from ..storage import Entry, make_entry
-from ..upstreams import Attempt, UpstreamClient, UpstreamError, status_outcome
+from ..upstreams.client import Attempt, UpstreamClient, UpstreamError, status_outcome
+from . import dist
 from .base import Protocol
 from .vouched import Vouched
 

@@ -9,8 +9,8 @@ import asyncio
 import functools
 from collections.abc import Callable
 
-from .. import dist
 from ..engine import Engine
+from . import dist
 
 PARSES_AT_ONCE = 2  # manifests parsed at the same time (distinct bytes; the same bytes are parsed once)
 LISTINGS_KEPT = 4  # parsed manifests kept (their file tables only), by the SHA-256 of their bytes

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mitmproxy.utils import htpasswd
 
-from .config import read_regular_file
+from ..config import read_regular_file
 
 logger = logging.getLogger(__name__)
 

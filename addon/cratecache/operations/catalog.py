@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from . import dist, sparse
-from .bundle import key_fields
-from .storage import Storage
-from .storage.local import KINDS
+from ..airgap.bundle import key_fields
+from ..protocols import dist, sparse
+from ..storage import Storage
+from ..storage.local import KINDS
 
 CRATE_KINDS = ("config", "index", "crate")
 

@@ -13,22 +13,23 @@ from pathlib import Path
 from mitmproxy import connection, ctx, http, tls
 from mitmproxy.addonmanager import Loader
 
-from . import cmdline, collector, hangup, reload
-from .activity import Activity, origin
+from ..config import Settings
+from ..operations import cmdline, hangup, reload
+from ..operations.activity import Activity, origin
+from ..operations.reload import ConfigState
+from ..operations.status import StatusAuth, StatusServer
+from ..protocols.pairs import Pairs
+from ..protocols.reasks import Reasks
+from ..resolver import Resolver
+from ..storage import open_storage
+from . import collector
 from .blobs import BlobServer
-from .config import Settings
 from .handler import Client, Reply, handle, text_reply
-from .pairs import Pairs
-from .reasks import Reasks
-from .reload import ConfigState
-from .resolver import Resolver
 from .routes import Rejection, Target, intercept
-from .status import StatusAuth, StatusServer
-from .storage import open_storage
 
 logger = logging.getLogger(__name__)
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
+PROJECT_DIR = Path(__file__).resolve().parents[3]
 DEFAULT_PROXIES = PROJECT_DIR / "proxies.yaml"
 DEFAULT_CONFDIR = PROJECT_DIR / "certs"
 MITMPROXY_DEFAULT_CONFDIR = "~/.mitmproxy"

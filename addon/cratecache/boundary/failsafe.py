@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from mitmproxy import http
 
-from .config import Settings
+from ..config import Settings
 from .routes import intercept
 
 logger = logging.getLogger(__name__)

@@ -17,11 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from . import dist
-from .config import Registry
-from .lockfile import Plan
-from .resolver import ResolveError, Resolver
-from .storage import Entry
+from ..config import Registry
+from ..protocols import dist
+from ..protocols.lockfile import Plan
+from ..resolver import ResolveError, Resolver
+from ..storage import Entry
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .config import CacheSettings, ConfigError, Settings, Source, Toolchains, Upstream, load_settings
+from ..config import CacheSettings, ConfigError, Settings, Source, Toolchains, Upstream, load_settings
 
 RESTART_FIELDS = ("directory", "size_limit", "eviction_policy", "backend", "s3")
 LIVE_CACHE_FIELDS = ("index_ttl", "negative_ttl", "upstream_backoff", "backoff_after", "lease_seconds", "offline",

@@ -21,7 +21,7 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import server_hooks
 
-from .config import Settings
+from ..config import Settings
 
 logger = logging.getLogger(__name__)
 

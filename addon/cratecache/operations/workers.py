@@ -1,6 +1,6 @@
 """`make run`: N mitmdump workers sharing one listening port (Linux SO_REUSEPORT) and one cache.
 
-    python -m cratecache.workers --workers N --port 8080 [--status-port 8081] -- MITMDUMP ARGS...
+    python -m cratecache.operations.workers --workers N --port 8080 [--status-port 8081] -- MITMDUMP ARGS...
 
 MITMDUMP ARGS win over the launcher's own: `--listen-port`/`-p` or `--set listen_port=` over `--port`,
 `--set cargo_status_port=` over `--status-port`, and a single-valued option given twice is passed once, with
@@ -12,7 +12,7 @@ two configurations and caches. `--workers 1` runs mitmdump in this process, with
 One mitmdump process uses one core. The kernel spreads the connections to the shared port over the workers;
 they share the cache folder (diskcache is safe across processes, and leases make concurrent misses fetch once
 across workers). mitmproxy binds its port before any addon script runs, so each worker is started through
-`python -m cratecache.workers --worker`, which asks asyncio for SO_REUSEPORT on the proxy port only and then
+`python -m cratecache.operations.workers --worker`, which asks asyncio for SO_REUSEPORT on the proxy port only and then
 runs mitmdump in-process. Worker i has its own status page on `--status-port + i` (request counts are summed
 across workers by `make cache-stats`; Prometheus sums the workers' /metrics). This supervisor prefixes each
 worker's log lines with `w{i} |`, starts a new worker when one dies (at most RESTARTS_PER_MINUTE a minute, then
@@ -71,11 +71,11 @@ class Supervisor:
 
     def command(self, index: int) -> list[str]:
         """Worker `index`'s command: `args` (which set neither port; see main) and its two ports, each once."""
-        return [sys.executable, "-m", "cratecache.workers", "--worker", "--",
+        return [sys.executable, "-m", "cratecache.operations.workers", "--worker", "--",
                 *worker_args(self.args, self.port, self.status_port + index if self.status_port else 0)]
 
     def start(self, index: int) -> None:
-        env = os.environ | {LISTEN_PORT_ENV: str(self.port), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        env = os.environ | {LISTEN_PORT_ENV: str(self.port), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         with hangup.blocked():  # it starts with SIGHUP blocked, until its handler is in place (worker())
             proc = subprocess.Popen(self.command(index), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True, bufsize=1, errors="replace")
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--worker"]:
         return worker(argv[2:] if argv[1:2] == ["--"] else argv[1:], int(os.environ[LISTEN_PORT_ENV]))
     hangup.hold()
-    parser = argparse.ArgumentParser(prog="cratecache.workers", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="cratecache.operations.workers", description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--status-port", type=int, default=8081, help="worker i's status page: this + i (0: none)")

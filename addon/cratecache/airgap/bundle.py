@@ -34,11 +34,12 @@ import tomllib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from . import dist, jsonstream, sparse
-from .config import DEFAULT_MAX_CRATE_SIZE, DEFAULT_MAX_DIST_FILE_SIZE, DEFAULT_MAX_INDEX_SIZE, TOOLCHAINS, Settings
-from .storage import Meta, Storage
-from .storage.local import as_file
-from .storage.records import meta_problem
+from ..config import DEFAULT_MAX_CRATE_SIZE, DEFAULT_MAX_DIST_FILE_SIZE, DEFAULT_MAX_INDEX_SIZE, TOOLCHAINS, Settings
+from ..protocols import dist, sparse
+from ..storage import Meta, Storage
+from ..storage.local import as_file
+from ..storage.records import meta_problem
+from . import jsonstream
 
 FORMAT = "cargo-cache-bundle/1"
 IMPORTED_KINDS = ("config", "index", "crate", *dist.KINDS)
@@ -48,7 +49,7 @@ MAX_ENTRY_BYTES = 4096  # one manifest entry (export writes ~480 bytes; a key is
 MAX_MANIFEST_BYTES = MAX_ENTRIES * 512  # read entry by entry, never held whole
 COPY_CHUNK = 1 << 20
 _RUSTUP_VERSION = re.compile(r"\d{1,4}\.\d{1,4}\.\d{1,4}\Z")
-_REGISTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # as config.py allows
+_REGISTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # as config/fields.py allows
 
 
 class BundleError(Exception):

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import Registry, Settings
 from . import sparse
-from .config import Registry, Settings
 
 CRATES_IO_SOURCES = ("registry+https://github.com/rust-lang/crates.io-index", "sparse+https://index.crates.io/")
 CRATES_IO_INDEX_HOST = "index.crates.io"

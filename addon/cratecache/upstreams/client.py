@@ -23,7 +23,7 @@ from typing import Protocol, TypeVar
 
 import httpx
 
-from .config import Upstream
+from ..config import Upstream
 from .health import Health
 from .transport import AiohttpTransport, DestinationRefused
 

@@ -1,6 +1,6 @@
 """httpx's transport API on aiohttp's client: what every upstream request goes through.
 
-The addon speaks httpx (`upstreams.py`: auth, redirects, timeouts, streaming); below it, httpx's default transport
+The addon speaks httpx (`client.py`: auth, redirects, timeouts, streaming); below it, httpx's default transport
 (httpcore on anyio) costs about 1 ms of CPU per request in a burst of a hundred (encode/httpx#3215: locks and
 pool checks on every request), against 0.3-0.4 ms for aiohttp's C-accelerated client on the same requests
 (BENCHMARKS.md section 9). On a proxy whose event loop is the bottleneck, that is the cost of every revalidation

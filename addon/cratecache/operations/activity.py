@@ -1,7 +1,7 @@
 """What this worker has been doing: recent requests, counts and metrics, and the status snapshot.
 
 The snapshot never contains credentials: upstreams are shown by name, URL (which may not carry
-credentials, see config.py), priority and health.
+credentials, see config/), priority and health.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from collections import Counter, deque
 from typing import Any
 from urllib.parse import urlsplit
 
-from .config import Settings
-from .health import Health
+from ..config import Settings
+from ..upstreams.client import Attempt, UpstreamClient
+from ..upstreams.health import Health
 from .metrics import KINDS, Metrics
-from .upstreams import Attempt, UpstreamClient
 
 RECENT = 50
 

@@ -10,9 +10,11 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from . import dist, freshness, ranges
-from .config import Source
-from .resolver import NotFound, NotStaged, Resolver, Served, Unavailable
+from ..config import Source
+from ..engine import freshness
+from ..protocols import dist
+from ..resolver import NotFound, NotStaged, Resolver, Served, Unavailable
+from . import ranges
 from .routes import DistRoute, IndexRoute, Rejection, Route, classify
 
 logger = logging.getLogger(__name__)

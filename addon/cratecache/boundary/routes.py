@@ -6,7 +6,7 @@ Routes:
 - `CrateRoute`    GET {index path}crates/{name}/{version}/download or .../crates/{name}/{name}-{version}.crate
                   on the download host
 The index path is `/` for a registry configured by `index_host`, the path of its `index_url` otherwise.
-- `DistRoute`     GET of a file of rustup's dist layout on the toolchains host (what it is: `dist.py`)
+- `DistRoute`     GET of a file of rustup's dist layout on the toolchains host (what it is: `protocols/dist.py`)
 - `Rejection`     anything else, with a 4xx status and a one-line reason
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import dist, sparse
-from .config import Registry, Settings, Source, Toolchains
+from ..config import Registry, Settings, Source, Toolchains
+from ..protocols import dist, sparse
 
 MAX_PATH_LENGTH = 512
 ALLOWED_METHODS = ("GET", "HEAD")
