@@ -1,7 +1,9 @@
 """Entry point for `mitmdump -s addon/cargo_cache.py`: puts the package on the path, lists the addons.
 
-mitmproxy loads this file outside `sys.modules`, so the real code lives in the `cratecache`
-package beside it (see README.md).
+mitmproxy loads this file outside `sys.modules`, so the real code lives in the `cratecache` package beside it
+(see README.md). Each addon has one concern; what they share (the settings and resolver in force, the activity,
+the reload state, the blob server) is one `Runtime`, made here and passed to each. mitmproxy calls every hook
+in this order, `done` included.
 """
 
 import sys
@@ -13,11 +15,16 @@ from cratecache.boundary.addon import CargoCache  # noqa: E402
 from cratecache.boundary.descriptors import DescriptorGuard  # noqa: E402
 from cratecache.boundary.failsafe import FailClosed  # noqa: E402
 from cratecache.boundary.tunnels import LoopbackGuard  # noqa: E402
+from cratecache.operations.configuration import Configuration  # noqa: E402
+from cratecache.operations.upkeep import Upkeep  # noqa: E402
+from cratecache.runtime import Runtime  # noqa: E402
 
-cache = CargoCache()
+runtime = Runtime()
 addons = [
     DescriptorGuard(),  # out of file descriptors: one warning a minute, no spinning
-    LoopbackGuard(lambda: cache.settings, lambda: ("127.0.0.1", cache.blobs.port) if cache.blobs.port else None),
-    cache,  # answers every request on the registry and toolchains hosts
-    FailClosed(lambda: cache.settings),  # last: refuses what no hook answered on those hosts
+    LoopbackGuard(lambda: runtime.settings, runtime.blob_address),  # clients kept off loopback, not the blob server
+    Configuration(runtime),  # options, proxies.yaml applied at start, reloaded and watched; interception scope
+    CargoCache(runtime),  # answers every request on the registry and toolchains hosts
+    Upkeep(runtime),  # status server, request counts, store upkeep; last to stop: closes the resolver
+    FailClosed(lambda: runtime.settings),  # last: refuses what no hook answered on those hosts
 ]

@@ -6,11 +6,12 @@ import logging
 from pathlib import Path
 
 import pytest
-from cratecache.boundary.addon import DEFAULT_CONFDIR, CargoCache
+from cratecache.operations.configuration import DEFAULT_CONFDIR
 from mitmproxy.addons.next_layer import NextLayer
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons, tflow, tutils
 
+from tests.addons import CacheAddons
 from tests.fixtures.registry import build_registry
 from tests.fixtures.upstream import UpstreamServer
 from tests.harness import write_proxies
@@ -34,13 +35,14 @@ def flow(host: str, path: str, method: str = "GET"):
 
 
 async def test_registry_request_is_answered_from_upstream_then_cache(config, upstream, caplog):
-    addon = CargoCache()
-    with taddons.context(addon) as tctx, caplog.at_level(logging.INFO, "cratecache"):
+    cache = CacheAddons()
+    addon = cache.requests
+    with taddons.context(*cache.addons) as tctx, caplog.at_level(logging.INFO, "cratecache"):
         tctx.configure(addon, cargo_proxies=str(config))
         first, second = flow("index.crates.io", "/an/yh/anyhow"), flow("index.crates.io", "/an/yh/anyhow")
         await addon.request(first)
         await addon.request(second)
-        await addon.done()
+        await cache.done()
 
     assert first.response.status_code == 200 and first.response.headers["X-Cache"] == "MISS"
     assert second.response.headers["X-Cache"] == "HIT"
@@ -51,15 +53,16 @@ async def test_registry_request_is_answered_from_upstream_then_cache(config, ups
 
 
 async def test_other_hosts_and_answered_flows_are_left_alone(config, upstream):
-    addon = CargoCache()
-    with taddons.context(addon) as tctx:
+    cache = CacheAddons()
+    addon = cache.requests
+    with taddons.context(*cache.addons) as tctx:
         tctx.configure(addon, cargo_proxies=str(config))
         other = flow("example.com", "/an/yh/anyhow")
         answered = flow("index.crates.io", "/an/yh/anyhow")
         answered.response = tutils.tresp()
         await addon.request(other)
         await addon.request(answered)
-        await addon.done()
+        await cache.done()
 
     assert other.response is None
     assert answered.response.content == tutils.tresp().content
@@ -67,22 +70,24 @@ async def test_other_hosts_and_answered_flows_are_left_alone(config, upstream):
 
 
 async def test_rejections_and_methods(config):
-    addon = CargoCache()
-    with taddons.context(addon) as tctx:
+    cache = CacheAddons()
+    addon = cache.requests
+    with taddons.context(*cache.addons) as tctx:
         tctx.configure(addon, cargo_proxies=str(config))
         post = flow("index.crates.io", "/config.json", method="POST")
         bad = flow("static.crates.io", "/crates/foo/../../etc/download")
         await addon.request(post)
         await addon.request(bad)
-        await addon.done()
+        await cache.done()
 
     assert post.response.status_code == 405
     assert bad.response.status_code == 400 and bad.response.text == "path traversal is not allowed\n"
 
 
 def test_configure_limits_interception_to_registry_hosts(config):
-    addon = CargoCache()
-    with taddons.context(Proxyserver(), NextLayer(), addon) as tctx:
+    cache = CacheAddons()
+    addon = cache.requests
+    with taddons.context(Proxyserver(), NextLayer(), *cache.addons) as tctx:
         tctx.options.allow_hosts = ["^git\\.example\\.com:443$"]
         tctx.configure(addon, cargo_proxies=str(config))
 
@@ -93,8 +98,9 @@ def test_configure_limits_interception_to_registry_hosts(config):
 
 
 def test_default_confdir_is_the_projects_certs_folder(config):
-    addon = CargoCache()
-    with taddons.context(addon) as tctx:
+    cache = CacheAddons()
+    addon = cache.requests
+    with taddons.context(*cache.addons) as tctx:
         tctx.configure(addon, cargo_proxies=str(config))
         tctx.configure(addon, confdir="~/.mitmproxy")
         assert tctx.options.confdir == str(DEFAULT_CONFDIR)
@@ -105,8 +111,9 @@ def test_default_confdir_is_the_projects_certs_folder(config):
 def test_invalid_config_is_one_clear_error_and_keeps_the_running_settings(config, tmp_path, caplog):
     bad = tmp_path / "bad.yaml"
     bad.write_text(config.read_text().replace("size_limit: 1GB", "size_limit: 1GB\n  colour: blue"))
-    addon = CargoCache()
-    with taddons.context(addon) as tctx:
+    cache = CacheAddons()
+    addon = cache.requests
+    with taddons.context(*cache.addons) as tctx:
         tctx.configure(addon, cargo_proxies=str(config))
         with caplog.at_level(logging.ERROR):
             tctx.configure(addon, cargo_proxies=str(bad))
@@ -114,18 +121,19 @@ def test_invalid_config_is_one_clear_error_and_keeps_the_running_settings(config
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "\n" not in errors[0]
     assert errors[0].startswith(f"cargo-cache: invalid configuration: {bad}: cache.colour: unknown field (allowed: ")
-    assert addon.settings.source == str(config)
+    assert cache.runtime.settings.source == str(config)
 
 
 async def test_head_never_carries_a_body_even_on_errors(config, upstream):
-    addon = CargoCache()
-    with taddons.context(addon) as tctx:
+    cache = CacheAddons()
+    addon = cache.requests
+    with taddons.context(*cache.addons) as tctx:
         tctx.configure(addon, cargo_proxies=str(config))
         missing = flow("index.crates.io", "/3/z/zzz", method="HEAD")
         found = flow("index.crates.io", "/an/yh/anyhow", method="HEAD")
         await addon.request(missing)
         await addon.request(found)
-        await addon.done()
+        await cache.done()
 
     assert missing.response.status_code == 404 and missing.response.content == b""
     assert int(missing.response.headers["Content-Length"]) > 0
@@ -140,15 +148,16 @@ async def test_an_error_anywhere_in_the_request_hook_is_answered_never_forwarded
         def __getattr__(self, name):
             raise RuntimeError("routing bug")
 
-    addon = CargoCache()
-    with taddons.context(addon) as tctx:
+    cache = CacheAddons()
+    addon = cache.requests
+    with taddons.context(*cache.addons) as tctx:
         tctx.configure(addon, cargo_proxies=str(config))
-        working = addon.settings
-        addon.settings = BrokenRouting()
+        working = cache.runtime.settings
+        cache.runtime.settings = BrokenRouting()
         broken = flow("index.crates.io", "/an/yh/anyhow")
         await addon.request(broken)
-        addon.settings = working
-        await addon.done()
+        cache.runtime.settings = working
+        await cache.done()
 
     assert broken.response.status_code == 500
     assert broken.response.text == "cargo-cache internal error: RuntimeError\n"
@@ -165,8 +174,9 @@ registries:
     index_url: https://dl.cloudsmith.io/SECRET-TOKEN/org/repo/cargo/index/
     proxies: [{{name: up, url: "https://dl.cloudsmith.io/SECRET-TOKEN/org/repo/cargo/index/"}}]
 """)
-    addon = CargoCache()
-    with taddons.context(addon) as tctx, caplog.at_level(logging.INFO, "cratecache"):
+    cache = CacheAddons()
+    addon = cache.requests
+    with taddons.context(*cache.addons) as tctx, caplog.at_level(logging.INFO, "cratecache"):
         tctx.configure(addon, cargo_proxies=str(config))
 
     assert "intercepting dl.cloudsmith.io/…; cache disk" in caplog.text

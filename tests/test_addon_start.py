@@ -9,40 +9,40 @@ import os
 import signal
 from pathlib import Path
 
-from cratecache.boundary.addon import CargoCache
 from cratecache.operations import hangup
 from mitmproxy.test import taddons
 
+from tests.addons import CacheAddons
 from tests.harness import write_proxies
 
 
 async def test_running_without_a_configuration_refuses_to_serve(caplog):
     """If mitmproxy never applied our options (e.g. one given twice), `running` ends the process, with one line."""
-    addon = CargoCache()
-    with taddons.context(addon) as tctx, caplog.at_level(logging.INFO, "cratecache"):
-        assert addon.settings is None
-        await addon.running()
+    cache = CacheAddons()
+    with taddons.context(*cache.addons) as tctx, caplog.at_level(logging.INFO, "cratecache"):
+        assert cache.runtime.settings is None
+        await cache.running()
         await asyncio.sleep(0)  # Master.shutdown sets should_exit from the loop's next turn
         assert tctx.master.should_exit.is_set()
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
         assert errors == ["cargo-cache: not serving: the configuration (cargo_proxies) was never applied"]
-        assert addon._watcher is None and addon.status is None  # nothing started
+        assert cache.configuration._watcher is None and cache.upkeep.status is None  # nothing started
 
 
 async def test_a_sighup_before_running_is_a_reload_once_running(tmp_path: Path, caplog):
     config = write_proxies(tmp_path / "proxies.yaml", [{"name": "up", "url": "http://127.0.0.1:1/"}],
                            tmp_path / "cache")
-    addon = CargoCache()
+    cache = CacheAddons()
     previous = signal.getsignal(signal.SIGHUP)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
     try:
-        with taddons.context(addon) as tctx, caplog.at_level(logging.INFO, "cratecache"):
-            tctx.configure(addon, cargo_proxies=str(config), cargo_status_port=0)
+        with taddons.context(*cache.addons) as tctx, caplog.at_level(logging.INFO, "cratecache"):
+            tctx.configure(cache.configuration, cargo_proxies=str(config), cargo_status_port=0)
             os.kill(os.getpid(), signal.SIGHUP)  # held since load(): without it, this process would end here
-            await addon.running()
-            why = await addon.config.asked(5)
+            await cache.running()
+            why = await cache.runtime.config.asked(5)
             assert why == "SIGHUP during start"
-            await addon.done()
+            await cache.done()
     finally:
         signal.signal(signal.SIGHUP, previous)
         hangup.take()

@@ -1,4 +1,4 @@
-"""Large cached files to clients without holding them in memory: a loopback HTTP server owned by the addon.
+"""Large cached files to clients without holding them in memory: a loopback HTTP server of the request addon.
 
 mitmproxy sends a body an addon sets in one piece (and for HTTP/2 copies it into frames first); it streams
 only bodies it receives from a server. So for a large cached file the addon answers nothing itself: it

@@ -25,7 +25,7 @@ REASON = "cargo-cache produced no answer for this request (an internal error: se
 
 class FailClosed:
     def __init__(self, settings: Callable[[], Settings | None]) -> None:
-        self.settings = settings  # the cache addon's current settings (None until they are applied)
+        self.settings = settings  # the settings in force (runtime.py; None until they are applied)
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or flow.metadata.get("cargo_cache_streamed"):

@@ -50,7 +50,7 @@ def literal(host: str) -> Address | None:
 
 class LoopbackGuard:
     def __init__(self, settings: Callable[[], Settings | None], own: Callable[[], tuple[str, int] | None]) -> None:
-        self.settings = settings  # the cache addon's settings: its intercepted hosts are answered, not connected to
+        self.settings = settings  # the settings in force (runtime.py): intercepted hosts are answered, not connected to
         self.own = own  # the address of the cache's own loopback server (blobs.py), which mitmproxy fetches from
 
     def load(self, loader: Loader) -> None:

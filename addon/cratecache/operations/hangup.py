@@ -1,11 +1,12 @@
 """SIGHUP before the addon runs: held, never fatal.
 
-SIGHUP asks for a reload (the addon re-reads proxies.yaml). Its default action ends the process, and the addon
-can only install its handler once mitmproxy runs (`running`, on the event loop), so a SIGHUP during start (a
-reload asked for while a worker starts, or forwarded by the launcher during a restart) used to kill the worker.
-`hold()` is called first thing (by the worker launcher before it imports mitmproxy, and by the addon's `load`):
-from then on a SIGHUP is only noted, and `take()` tells the addon, once it runs, to reload once. The launcher
-also starts workers with SIGHUP blocked, so one that arrives before `hold()` waits in the kernel until then.
+SIGHUP asks for a reload (the configuration addon re-reads proxies.yaml). Its default action ends the process,
+and the addon can only install its handler once mitmproxy runs (`running`, on the event loop), so a SIGHUP during
+start (a reload asked for while a worker starts, or forwarded by the launcher during a restart) used to kill the
+worker. `hold()` is called first thing (by the worker launcher before it imports mitmproxy, and by the
+configuration addon's `load`): from then on a SIGHUP is only noted, and `take()` tells the addon, once it runs, to
+reload once. The launcher also starts workers with SIGHUP blocked, so one that arrives before `hold()` waits in the
+kernel until then.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ the meta: a gateway whose local copy is due claims the key, and the claim reads 
 gateway's revalidation refreshes the entry for all of them.
 
 When the bucket is down (bucket.py) reads use the local tier, leases fall back to this host's, and writes
-go to the local tier with their keys marked pending there; `maintain` (the addon's upkeep) and `flush`
+go to the local tier with their keys marked pending there; `maintain` (the upkeep addon's) and `flush`
 (the command line's) upload them once the bucket answers. Listing, purging and import need the bucket.
 """
 
