@@ -78,7 +78,7 @@ def make_confdir(path: Path) -> Path:
 def addon_args(script: Path, config: Path) -> list[str]:
     """`mitmdump -s script` (the addon's entry file) with `config` as its proxies.yaml."""
     args = ["-s", str(script), "--set", f"cargo_proxies={config}"]
-    if "cargo_status_port" in (script.parent / "cratecache" / "addon.py").read_text():
+    if any("cargo_status_port" in f.read_text() for f in (script.parent / "cratecache").rglob("*.py")):
         # The status page stays on, as deployed, but on a free port: several proxies run at once.
         args += ["--set", f"cargo_status_port={free_port()}"]
     return args
