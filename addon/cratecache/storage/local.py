@@ -24,12 +24,13 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import diskcache
 
 from . import spool
+from .entries import Entry, Meta
 from .keyscan import KeyScan
 from .marks import HostLeases, PendingMarks
 from .memory import MemoryTier
@@ -43,27 +44,6 @@ FILE_KINDS = ("crate/", "component/", "rustup/")  # what may be kept as a file; 
 # channel manifests are always read whole
 HASH_OFFLOAD_BYTES = 1024 * 1024
 DEFAULT_HOT_BYTES = 64 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Meta:
-    sha256: str
-    size: int
-    upstream: str  # name of the upstream that supplied the bytes
-    stored_at: float  # when the bytes were stored
-    checked_at: float  # when an upstream last confirmed them (200 or 304)
-    etag: str | None = None  # the upstream's validators, for revalidation
-    last_modified: str | None = None
-
-
-@dataclass(frozen=True)
-class Entry:
-    """Stored bytes and their provenance. A large entry (above FILE_THRESHOLD) is never read into memory: its
-    `body` is None and `file` is the stored file, which the proxy streams to clients."""
-
-    meta: Meta
-    body: bytes | None
-    file: str | None = None
 
 
 class _Adopt:

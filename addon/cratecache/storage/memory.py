@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .local import Entry, Meta
+    from .entries import Entry, Meta
 
 HOT_ITEM_LIMIT = 1024 * 1024
 
