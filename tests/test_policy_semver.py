@@ -247,3 +247,31 @@ def test_every_requirement_of_the_rustsec_snapshot_parses() -> None:
     assert len(set(requirements)) == 727
     for text in requirements:
         assert parse_req(text).comparators, text
+
+
+def _around(cmp: Comparator) -> set[Version]:
+    """Release versions on and either side of each part of a comparator's version."""
+    near = lambda n: {0, 1} | ({n - 1, n, n + 1} - {-1}) if n is not None else {0, 1, 7}  # noqa: E731
+    return {Version(a, b, c) for a in near(cmp.major) for b in near(cmp.minor) for c in near(cmp.patch)}
+
+
+def test_release_versions_take_a_shortcut_with_the_same_answers() -> None:
+    """Req.matches answers a release version from a range worked out at parse time: it must agree with
+    eval.rs's comparator-by-comparator rules on every version near every requirement."""
+    from cratecache.policy.semver import _matches
+
+    texts = set(_rustsec_requirements()) | {case[0] for case in CASES}
+    texts |= {
+        f"{op}{v}"
+        for op in ["=", ">", ">=", "<", "<=", "~", "^", ""]
+        for v in ["0", "1", "0.0", "0.3", "2.1", "0.0.0", "0.0.4", "0.5.1", "1.2.3", "1.2.3-rc.1", "0.0.3-a", "0.*", "1.2.*"]
+        if not (v.endswith("*") and op)
+    }
+    checked = 0
+    for text in texts:
+        req = parse_req(text)
+        versions = set().union(*(_around(c) for c in req.comparators)) if req.comparators else {Version(0, 0, 1)}
+        for version in versions:
+            assert req.matches(version) == all(_matches(c, version) for c in req.comparators), (text, version)
+            checked += 1
+    assert checked > 30_000

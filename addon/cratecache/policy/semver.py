@@ -15,6 +15,7 @@ The rules, as Cargo has them:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 OPS = ("=", ">", ">=", "<", "<=", "~", "^", "*")
@@ -47,9 +48,11 @@ class Version:
     pre: tuple[str | int, ...] = ()
     build: str = ""
     _key: tuple = field(init=False, repr=False, compare=False, hash=False)
+    release: tuple[int, int, int] = field(init=False, repr=False, compare=False, hash=False)  # (major, minor, patch)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_key", (self.major, self.minor, self.patch, _pre_key(self.pre)))
+        object.__setattr__(self, "release", (self.major, self.minor, self.patch))
 
     def __lt__(self, other: Version) -> bool:
         return self._key < other._key
@@ -105,14 +108,21 @@ class Req:
 
     text: str = field(compare=False)
     comparators: tuple[Comparator, ...]
+    # the release versions it matches, [low, high) over (major, minor, patch), worked out once
+    release_range: tuple = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "release_range", _release_range(self.comparators))
 
     def matches(self, version: Version) -> bool:
         """Cargo's `VersionReq::matches` (semver crate, eval.rs `matches_req`)."""
+        if not version.pre:
+            # the same answer as the comparators below, for a release version, in two tuple comparisons
+            low, high = self.release_range
+            return low <= version.release < high
         for comparator in self.comparators:
             if not _matches(comparator, version):
                 return False
-        if not version.pre:
-            return True
         # a pre-release is allowed only if a comparator with the same major.minor.patch has a pre-release too
         for comparator in self.comparators:
             if _pre_is_compatible(comparator, version):
@@ -121,6 +131,50 @@ class Req:
 
     def __str__(self) -> str:
         return ", ".join(str(c) for c in self.comparators) if self.comparators else "*"
+
+
+_NO_END = (math.inf,)  # above every (major, minor, patch)
+
+
+def _comparator_range(cmp: Comparator) -> tuple[tuple, tuple]:
+    """The release versions (no pre-release) that `cmp` matches, as [low, high) over (major, minor, patch):
+    eval.rs's functions worked out for `ver.pre` empty, which sorts above any pre-release of the same triple."""
+    op, major, minor, patch, pre = cmp.op, cmp.major, cmp.minor, cmp.patch, bool(cmp.pre)
+    start = (major, minor or 0, patch or 0)
+    if minor is None:
+        after = (major + 1, 0, 0)  # past every M.x.y
+    elif patch is None:
+        after = (major, minor + 1, 0)  # past every M.m.y
+    else:
+        after = (major, minor, patch + 1)
+    zero = (0, 0, 0)
+    if op in ("=", "*"):
+        return (start, start) if pre else (start, after)  # a pre-release comparator is never a release's
+    if op == ">":
+        return (start if pre else after), _NO_END
+    if op == ">=":
+        return start, _NO_END
+    if op == "<":
+        return zero, start
+    if op == "<=":
+        return zero, (start if pre else after)
+    if op == "~":
+        return start, (major + 1, 0, 0) if minor is None else (major, minor + 1, 0)
+    # "^": the leftmost non-zero part of the version stays
+    if minor is None or major > 0:
+        return start, (major + 1, 0, 0)
+    if patch is None or minor > 0:
+        return start, (0, minor + 1, 0)
+    return start, (0, 0, patch + 1)
+
+
+def _release_range(comparators: tuple[Comparator, ...]) -> tuple[tuple, tuple]:
+    """All comparators must match: the intersection of their ranges (empty when low >= high)."""
+    low, high = (0, 0, 0), _NO_END
+    for cmp in comparators:
+        cmp_low, cmp_high = _comparator_range(cmp)
+        low, high = max(low, cmp_low), min(high, cmp_high)
+    return low, high
 
 
 # ---- matching (eval.rs) ----
