@@ -135,3 +135,22 @@ def test_rotated_s3_keys_apply_live_and_other_s3_fields_wait_for_a_restart():
     assert rotated.settings.cache.s3.secret_access_key == "new-secret"
     moved = reload.plan(running, settings(s3(access_key_id="AKIA1", secret_access_key="old-secret", prefix="b/")))
     assert moved.needs_restart == ("cache.s3",) and moved.settings.cache.s3 == running.cache.s3
+
+
+def test_a_changed_policy_is_named_by_its_parts_and_applies_live():
+    def change(doc):
+        doc["policy"] = {"quarantine": {"min_age": "3d"}, "rules": [{"deny": "left-pad"}]}
+
+    planned = reload.plan(settings(BASE), settings(edited(change)))
+    assert planned.changes == ("policy changed (quarantine, rules)",)  # the registry follows the global section
+    assert planned.settings.registries[0].policy.quarantine.min_age == 3 * 86400
+
+
+def test_a_registrys_own_policy_change_is_named_with_the_registry():
+    def change(doc):
+        doc["registries"][0]["policy"] = {"dry_run": True}
+
+    planned = reload.plan(settings(BASE), settings(edited(change)))
+    assert planned.changes == ("registry crates-io: policy changed (dry_run)",)
+    assert reload.plan(settings(edited(change)), settings(BASE)).changes == ("registry crates-io: policy changed "
+                                                                              "(dry_run)",)

@@ -5,6 +5,7 @@
   models.py     the file as declared: one pydantic model per section (and the JSON Schema from them)
   load.py       read the file, check it against the models, read secret files, resolve paths -> Settings
   settings.py   what the proxy runs with: frozen dataclasses (Settings, Registry, Toolchains, Upstream, ...)
+  policy.py     the supply-chain policy it runs with: frozen dataclasses (Policy, Quarantine, Rule, CrateMatch, ...)
   files.py      regular files of bounded size only (proxies.yaml, secrets)
   errors.py     ConfigError: `file: field: problem` on one line, whatever failed
 
@@ -35,9 +36,10 @@ from .defaults import (
     TOOLCHAINS,
 )
 from .errors import ConfigError, shown_url
-from .fields import parse_size
+from .fields import parse_duration, parse_size
 from .files import read_regular_file, read_secret
 from .load import load_settings, parse_settings
+from .policy import AdvisoryPolicy, CrateMatch, Policy, Quarantine, Rule, parse_crate_match
 from .settings import CacheSettings, Registry, S3Settings, Settings, Source, Toolchains, Upstream
 
 __all__ = [
@@ -47,4 +49,5 @@ __all__ = [
     "DEFAULT_TIMEOUT_MS", "EVICTION_POLICIES", "MAX_CONFIG_BYTES", "MAX_SECRET_BYTES", "TOOLCHAINS",
     "CacheSettings", "ConfigError", "Registry", "S3Settings", "Settings", "Source", "Toolchains", "Upstream",
     "load_settings", "parse_settings", "parse_size", "read_regular_file", "read_secret", "shown_url",
+    "AdvisoryPolicy", "CrateMatch", "Policy", "Quarantine", "Rule", "parse_crate_match", "parse_duration",
 ]

@@ -1,5 +1,6 @@
 """The field types of proxies.yaml, for what a Python type alone cannot say: `${VAR}` in strings, names, hosts
-(`host[:port]`), http(s) URLs and index URLs, sizes such as `64MiB`, lower bounds, one of a few words.
+(`host[:port]`), http(s) URLs and index URLs, sizes such as `64MiB`, durations such as `3d`, lower bounds, one of
+a few words, the policy's crate matches (`tokio@1.48.0`) and advisory ids.
 
 Each is an `Annotated` type: the check runs after the type's own (a string is a string before it is expanded,
 then checked). `${VAR}` is expanded from the environment given as the validation context (`{"env": ...}`).
@@ -8,13 +9,14 @@ then checked). `${VAR}` is expanded from the environment given as the validation
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, WithJsonSchema
 
-from .errors import problem, shown_url
+from .errors import problem, shown_url, type_name
+from .policy import ADVISORY_ID, ADVISORY_ID_PATTERN, parse_crate_match
 
 ENV_PATTERN = r"\$\{[A-Za-z_][A-Za-z0-9_]*\}"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -26,6 +28,9 @@ _UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G"
           "GB": 1000**3, "T": 1000**4, "TB": 1000**4, "KIB": 1024, "MIB": 1024**2,
           "GIB": 1024**3, "TIB": 1024**4, "KI": 1024, "MI": 1024**2, "GI": 1024**3, "TI": 1024**4}
 SIZE_PATTERN = r"^\s*\d+(\.\d+)?\s*([KMGTkmgt][iI]?)?[bB]?\s*$"
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*\Z")
+_SECONDS_IN = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+DURATION_PATTERN = r"^\s*\d+\s*[smhd]?\s*$"
 
 
 def _expand(value: str, info: ValidationInfo) -> str:
@@ -116,6 +121,50 @@ def parse_size(value: Any) -> int:
     return int(size)
 
 
+def parse_duration(value: Any) -> int:
+    """'3d' / '90m' / '12h' / '30s' / '0' / 600 -> seconds. Raises ValueError."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    m = _DURATION.match(value) if isinstance(value, str) else None
+    if not m:
+        shown = repr(value) if isinstance(value, str) else type_name(value)
+        raise ValueError(f"expected a duration such as 3d, 12h, 90m, 30s or plain seconds, got {shown}")
+    seconds = int(m.group(1)) * _SECONDS_IN[m.group(2)]
+    if seconds >= 2**63:
+        raise ValueError(f"duration {value!r} is too long")
+    return seconds
+
+
+def _duration(value: Any) -> int:
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise problem(str(e)) from None
+
+
+def _crate_match(value: str) -> str:
+    try:
+        parse_crate_match(value)
+    except ValueError as e:
+        raise problem(str(e)) from None
+    return value.strip()
+
+
+def _advisory_id(value: str) -> str:
+    if not ADVISORY_ID.match(value):
+        raise problem(f"{value!r} is not a RustSec advisory id (RUSTSEC-YYYY-NNNN; its GHSA- or CVE- aliases are "
+                      "not accepted)")
+    return value
+
+
+def _one_line(value: str) -> str:
+    if not value.strip() or any(c in value for c in "\r\n\x00"):
+        raise problem("expected one line of text")
+    return value.strip()
+
+
 def _size(value: Any) -> int:
     try:
         return parse_size(value)
@@ -149,23 +198,30 @@ def non_empty(what: str) -> BeforeValidator:
     return BeforeValidator(check)
 
 
-def _listed(what: str) -> Callable[[Any], Any]:
+def listed(what: str) -> BeforeValidator:
+    """A list (maybe empty); the error says what the items are."""
     def check(value: Any) -> Any:
         if not isinstance(value, list):
             raise problem(f"expected a list of {what}")
         return value
-    return check
+    return BeforeValidator(check)
 
 
 Name = Annotated[Text, AfterValidator(_name)]
 Host = Annotated[Text, AfterValidator(host)]
-Hosts = Annotated[list[Host], BeforeValidator(_listed("host names"))]
+Hosts = Annotated[list[Host], listed("host names")]
 Url = Annotated[Text, AfterValidator(url)]
 IndexUrl = Annotated[Text, AfterValidator(_index_url)]
 FilePath = Annotated[Text, AfterValidator(_path)]
 Size = Annotated[int, BeforeValidator(_size), WithJsonSchema(
     {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": SIZE_PATTERN}]})]
 Seconds = Annotated[int, Field(ge=0)]
+Duration = Annotated[int, BeforeValidator(_duration), WithJsonSchema(
+    {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": DURATION_PATTERN}]})]
+CrateMatchText = Annotated[Text, AfterValidator(_crate_match)]  # built into a CrateMatch by load.py
+AdvisoryId = Annotated[Text, AfterValidator(_advisory_id), WithJsonSchema(
+    {"anyOf": [{"type": "string", "pattern": ADVISORY_ID_PATTERN}, {"type": "string", "pattern": ENV_PATTERN}]})]
+OneLine = Annotated[Text, AfterValidator(_one_line)]
 
 
 def _bucket(value: str) -> str:

@@ -1,5 +1,6 @@
 """proxies.yaml -> Settings: read the file, check it against the models, then what needs the file system (secret
-files, CA bundles, paths relative to the file's folder), each error naming its field."""
+files, CA bundles, the advisory database, paths relative to the file's folder), each error naming its field; and
+each registry's effective policy, its own `policy:` merged over the global one."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from . import models
 from .defaults import MAX_CONFIG_BYTES
 from .errors import ConfigError, from_validation
 from .files import read_regular_file, read_secret
+from .policy import ACTIONS, AdvisoryPolicy, Policy, Quarantine, Rule, parse_crate_match
 from .settings import CacheSettings, Registry, S3Settings, Settings, Toolchains, Upstream
 
 
@@ -51,14 +53,15 @@ class _Builder:
 
     def settings(self, doc: models.ProxiesFile) -> Settings:
         cache = self.cache(doc.cache)
-        registries = tuple(self.registry(r, f"registries[{i}]", cache.index_ttl)
+        policy = self.policy(doc.policy.model_dump(), {}, "policy", "policy")
+        registries = tuple(self.registry(r, f"registries[{i}]", cache.index_ttl, doc.policy)
                            for i, r in enumerate(doc.registries or ()))
         toolchains = None
         if (tc := doc.toolchains) is not None:
             ups = self.upstreams(tc.proxies, "toolchains.proxies")
             toolchains = Toolchains(host=tc.host, upstreams=ups, ttl=tc.ttl, max_file_size=tc.max_file_size)
         return Settings(source=str(self.path), cache=cache, registries=registries, toolchains=toolchains,
-                        secret_files=tuple(dict.fromkeys(self.secret_files)))
+                        secret_files=tuple(dict.fromkeys(self.secret_files)), policy=policy)
 
     def cache(self, c: models.Cache) -> CacheSettings:
         fields = c.model_dump(exclude={"directory", "s3"})
@@ -74,11 +77,40 @@ class _Builder:
             ssl_validation=s3.ssl_validation, timeout_ms=s3.timeout_ms,
             ca_bundle=self.ca_bundle(s3.ca_bundle, f"{where}.ca_bundle"))
 
-    def registry(self, r: models.Registry, where: str, default_ttl: int) -> Registry:
+    def registry(self, r: models.Registry, where: str, default_ttl: int, policy: models.Policy) -> Registry:
         index_host, index_path = r.location
+        own = r.policy.model_dump(exclude_unset=True) if r.policy is not None else {}
         return Registry(name=r.name, index_host=index_host, download_host=r.download_host or index_host,
                         upstreams=self.upstreams(r.proxies, f"{where}.proxies"),
-                        index_ttl=default_ttl if r.index_ttl is None else r.index_ttl, index_path=index_path)
+                        index_ttl=default_ttl if r.index_ttl is None else r.index_ttl, index_path=index_path,
+                        policy=self.policy(policy.model_dump(), own, "policy", f"{where}.policy"))
+
+    def policy(self, section: dict, own: dict, where: str, own_where: str) -> Policy:
+        """The global section (`where`) with a registry's own part (`own`, at `own_where`) merged over it."""
+        doc = merged(section, own)
+        q, a = doc["quarantine"], doc["advisories"]
+        database_at = own_where if "database" in own.get("advisories", {}) else where
+        return Policy(
+            dry_run=doc["dry_run"],
+            quarantine=Quarantine(min_age=q["min_age"], pinned=q["pinned"], missing_pubtime=q["missing_pubtime"],
+                                  exempt=tuple(parse_crate_match(text) for text in q["exempt"])),
+            advisories=AdvisoryPolicy(
+                database=self.database(a["database"], f"{database_at}.advisories.database"),
+                malicious=a["malicious"], vulnerable=a["vulnerable"], informational=a["informational"],
+                ignore=tuple(dict.fromkeys(a["ignore"]))),
+            rules=tuple(_rule(r) for r in doc["rules"]))
+
+    def database(self, text: str | None, where: str) -> str | None:
+        """A checkout of the RustSec advisory database: a folder with `crates/` (read by the runtime, not here)."""
+        if text is None:
+            return None
+        path = self.path_value(text, where)
+        for folder in (path, path / "crates"):
+            if not folder.is_dir():
+                what = "not a directory" if folder.exists() else "no such directory"
+                raise ConfigError(self.path, where, f"{what}: {folder} (expected a checkout of the RustSec advisory "
+                                                    "database, https://github.com/rustsec/advisory-db)")
+        return str(path)
 
     def upstreams(self, ups: list[models.DistUpstream], where: str) -> tuple[Upstream, ...]:
         built = [self.upstream(u, f"{where}[{i}]") for i, u in enumerate(ups)]
@@ -123,3 +155,16 @@ class _Builder:
             return path if path.is_absolute() else (self.path.parent / path).resolve()
         except (OSError, RuntimeError, ValueError) as e:
             raise ConfigError(self.path, where, f"not a usable path: {e}") from None
+
+
+def merged(base: dict, part: dict) -> dict:
+    """`part` over `base`, key by key: a mapping merges into a mapping; anything else, a list too, replaces."""
+    out = dict(base)
+    for key, value in part.items():
+        out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def _rule(rule: dict) -> Rule:
+    action = next(a for a in ACTIONS if rule.get(a) is not None)  # the model let exactly one through
+    return Rule(action=action, match=parse_crate_match(rule[action]), reason=rule.get("reason"))

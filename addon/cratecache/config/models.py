@@ -9,18 +9,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from . import defaults as d
+from . import policy as p
 from .errors import problem, type_name
 from .fields import (
+    AdvisoryId,
     Bucket,
+    CrateMatchText,
+    Duration,
     Endpoint,
     FilePath,
     Host,
     Hosts,
     IndexUrl,
     Name,
+    OneLine,
     Prefix,
     Region,
     Seconds,
@@ -29,6 +34,7 @@ from .fields import (
     Url,
     at_least,
     index_location,
+    listed,
     non_empty,
     one_of,
 )
@@ -84,6 +90,81 @@ class Upstream(DistUpstream):
     download_hosts: Hosts = Field([], description="hosts (host[:port]) its config.json's dl may name besides its own")
 
 
+class Quarantine(Section):
+    """The cooldown of new versions (`policy.quarantine`)."""
+
+    min_age: Duration = Field(0, description="a version younger than this is hidden (3d, 12h, 90m, 30s or seconds; "
+                                             "0: off)")
+    pinned: one_of(p.PINNED) = Field("allow", description="a hidden young version a Cargo.lock still asks for: allow "
+                                                          "(downloads) or deny (refused)")
+    exempt: Annotated[list[CrateMatchText], listed("crate matches")] = Field(
+        [], description="never quarantined: names, name@version, globs")
+    missing_pubtime: one_of(p.MISSING_PUBTIME) = Field(
+        "first-seen", description="a version without pubtime: first-seen (aged from the proxy's first sighting) or "
+                                  "allow")
+
+
+class Advisories(Section):
+    """What RustSec advisories do (`policy.advisories`)."""
+
+    database: FilePath | None = Field(None, description="a checkout of the RustSec advisory database (relative: to "
+                                                        "this file's folder); none: no advisories")
+    malicious: one_of(p.MALICIOUS) = Field("deny", description="a version with a malicious advisory: hide or deny")
+    vulnerable: one_of(p.VULNERABLE) = Field("hide", description="a version with a vulnerability: warn, hide or deny")
+    informational: one_of(p.INFORMATIONAL) = Field("warn", description="unmaintained, unsound, notice: warn or hide")
+    ignore: Annotated[list[AdvisoryId], listed("advisory ids")] = Field(
+        [], description="advisory ids (RUSTSEC-YYYY-NNNN) that affect nothing")
+
+
+class Rule(Section):
+    """An explicit decision (`policy.rules[]`): exactly one of allow, warn, hide, deny, and an optional reason."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": [a]} for a in p.ACTIONS]})
+
+    allow: CrateMatchText | None = Field(None, description="these crates are served whatever advisories and the "
+                                                           "quarantine say")
+    warn: CrateMatchText | None = Field(None, description="served, logged and counted")
+    hide: CrateMatchText | None = Field(None, description="served yanked: a fresh resolve skips them")
+    deny: CrateMatchText | None = Field(None, description="hidden, and their download refused")
+    reason: OneLine | None = Field(None, description="said in the log and in a refused download's body")
+
+    @model_validator(mode="after")
+    def _one_action(self) -> Rule:
+        given = [a for a in p.ACTIONS if getattr(self, a) is not None]
+        if not given:
+            raise problem(f"expected one of {', '.join(p.ACTIONS)} (with the crates it is about)")
+        if len(given) > 1:
+            raise problem(f"set one of {' and '.join(given)} per rule, not both", given[1])
+        return self
+
+
+class Policy(Section):
+    """The supply-chain policy (`policy:`): applied to every registry, unless a registry overrides part of it."""
+
+    dry_run: bool = Field(False, description="decide, log, count and label, but serve as if there were no policy")
+    quarantine: Quarantine = Field(default_factory=Quarantine, description="the cooldown of new versions")
+    advisories: Advisories = Field(default_factory=Advisories, description="what RustSec advisories do")
+    rules: Annotated[list[Rule], listed("rules")] = Field(
+        [], description="explicit decisions, first match wins; allow beats advisories and quarantine")
+
+
+def partial(model: type[Section], name: str) -> type[Section]:
+    """`model` with every field optional and unset by default: a part of the section, to merge over it (a section
+    within it becomes partial too). Unknown fields stay errors; the checks of the fields are the section's."""
+    fields: dict[str, Any] = {}
+    for key, f in model.model_fields.items():
+        kind = f.annotation
+        if isinstance(kind, type) and issubclass(kind, Section):
+            kind = partial(kind, kind.__name__ + "Override")
+        elif f.metadata:
+            kind = Annotated[(kind, *f.metadata)]
+        fields[key] = (kind | None, Field(None, description=f.description))
+    return create_model(name, __base__=Section, __doc__=f"A part of {model.__name__}, merged over it.", **fields)
+
+
+PolicyOverride = partial(Policy, "PolicyOverride")
+
+
 class Registry(Section):
     """A registry whose hosts are intercepted (`registries[]`)."""
 
@@ -96,6 +177,8 @@ class Registry(Section):
     index_ttl: Seconds | None = Field(None, description="seconds an index file is fresh (default: cache.index_ttl)")
     proxies: Annotated[list[Upstream], non_empty("upstreams"), Field(min_length=1)] = Field(
         description="upstream sparse registries, tried by priority")
+    policy: PolicyOverride | None = Field(None, description="this registry's own policy: any part of the policy "
+                                                            "section, merged over it key by key (a list replaces)")
 
     @model_validator(mode="after")
     def _checks(self) -> Registry:
@@ -205,6 +288,8 @@ class ProxiesFile(Section):
         None, description="the registries whose hosts are intercepted (required without toolchains)")
     toolchains: Toolchains | None = Field(None, description="rustup's dist server; without it toolchains are not "
                                                             "intercepted")
+    policy: Policy = Field(default_factory=Policy, description="the supply-chain policy of every registry: quarantine, "
+                                                               "advisories, rules")
 
     @model_validator(mode="after")
     def _checks(self) -> ProxiesFile:

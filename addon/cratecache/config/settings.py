@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from . import defaults as d
+from .policy import Policy
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Registry:
     upstreams: tuple[Upstream, ...]
     index_ttl: int = d.DEFAULT_INDEX_TTL
     index_path: str = "/"  # where the index is on index_host (from index_url); downloads live under it too
+    policy: Policy = Policy()  # effective: the global policy with this registry's own part merged over it
 
     @property
     def index_url(self) -> str:
@@ -135,6 +137,7 @@ class Settings:
     registries: tuple[Registry, ...]
     toolchains: Toolchains | None = None
     secret_files: tuple[str, ...] = ()  # the files secrets were read from (watched, like the file itself)
+    policy: Policy = Policy()  # the global `policy:` section (each registry's effective one: Registry.policy)
 
     @property
     def sources(self) -> tuple[Source, ...]:

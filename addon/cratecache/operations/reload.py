@@ -1,7 +1,8 @@
 """A configuration re-read while serving: what changed, what applies live, what waits for a restart (pure).
 
 Live: the registries and the toolchains section (hosts, upstreams, their order, credentials, timeouts, TLS
-settings, active switches), every TTL, the back-off settings, the lease time, offline mode, the size limits.
+settings, active switches), every TTL, the back-off settings, the lease time, offline mode, the size limits, the
+supply-chain policy (global and per registry).
 At restart only: where and how the cache is kept (`cache.directory`, `size_limit`, `eviction_policy`,
 `backend`, `s3` but its keys), because moving a cache under running requests is not something to half-do. A reload that
 changes one of those keeps the running value and says so. (`fingerprint` is the one stat call that tells a
@@ -16,7 +17,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..config import CacheSettings, ConfigError, Settings, Source, Toolchains, Upstream, load_settings
+from ..config import CacheSettings, ConfigError, Policy, Registry, Settings, Source, Toolchains, Upstream, load_settings
 
 RESTART_FIELDS = ("directory", "size_limit", "eviction_policy", "backend", "s3")
 LIVE_CACHE_FIELDS = ("index_ttl", "negative_ttl", "upstream_backoff", "backoff_after", "lease_seconds", "offline",
@@ -42,6 +43,7 @@ def plan(running: Settings, new: Settings) -> Reload:
         changes.append("cache.s3 credentials changed")
     restart = tuple(f"cache.{f}" for f in changed)
     kept = replace(new.cache, **{f: getattr(running.cache, f) for f in RESTART_FIELDS if f != "s3"}, s3=s3)
+    changes += _policy("policy", running.policy, new.policy)
     changes += _sources(running, new)
     return Reload(replace(new, cache=kept), tuple(changes), restart)
 
@@ -53,7 +55,16 @@ def _sources(running: Settings, new: Settings) -> list[str]:
     out += [f"{label} removed" for label in old if label not in now]
     for label in now.keys() & old.keys():
         out += [f"{label}: {change}" for change in _source(old[label], now[label])]
+        if isinstance(now[label], Registry) and (old[label].policy != running.policy or
+                                                 now[label].policy != new.policy):  # its own policy: say so
+            out += [f"{label}: {change}" for change in _policy("policy", old[label].policy, now[label].policy)]
     return out
+
+
+def _policy(label: str, old: Policy, new: Policy) -> list[str]:
+    """'policy changed (quarantine, rules)': the parts of a policy that changed, never their values."""
+    parts = [f for f in ("dry_run", "quarantine", "advisories", "rules") if getattr(old, f) != getattr(new, f)]
+    return [f"{label} changed ({', '.join(parts)})"] if parts else []
 
 
 def _label(source: Source) -> str:
