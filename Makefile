@@ -22,7 +22,7 @@ PROFILE ?=
 COMPONENTS ?=
 CLI     := PYTHONPATH=addon $(PY) -m cratecache --proxies $(abspath $(PROXIES))
 
-.PHONY: run test test-deps ca clean help stage export import cache-ls cache-stats cache-purge seaweedfs
+.PHONY: run test test-deps ca clean help stage export import audit cache-ls cache-stats cache-purge seaweedfs
 
 help:
 	@echo "make run   [HOST=127.0.0.1] [PORT=8080] [WORKERS=nproc] [STATUS_PORT=8081] [PROXIES=proxies.yaml] [ARGS=...]"
@@ -35,6 +35,7 @@ help:
 	@echo "           [COMPONENTS='clippy rust-src'] | TOOLCHAIN_FILE=rust-toolchain.toml   stage rustup toolchains"
 	@echo "make export BUNDLE=file [LOCKFILE=...]   write the cache (or a lockfile's subset) to a bundle"
 	@echo "make import BUNDLE=file                  verify a bundle and load it into the cache"
+	@echo "make audit LOCKFILE='a/Cargo.lock dir/'  list locked crates the policy would hide or deny (exit 1: denied)"
 	@echo "make cache-ls | cache-stats | cache-purge ARGS='--crate NAME | --older-than 30d | --all'"
 	@echo "make seaweedfs [S3_PORT=8333]            a local S3 server to try the s3 backend (fleet)"
 	@echo "all of them: $(CLI) --help"
@@ -83,6 +84,10 @@ export: $(STAMP)
 import: $(STAMP)
 	@test -n "$(BUNDLE)" || { echo "usage: make import BUNDLE=file"; exit 2; }
 	@$(CLI) import $(BUNDLE)
+
+audit: $(STAMP)
+	@test -n "$(LOCKFILE)" || { echo "usage: make audit LOCKFILE=path/to/Cargo.lock [LOCKFILE='a b dir/']"; exit 2; }
+	@$(CLI) audit $(LOCKFILE) $(ARGS)
 
 # The commands' own output only (no echo of the command line): `make cache-ls ARGS=--json | jq` works.
 cache-ls: $(STAMP)

@@ -15,6 +15,7 @@ from cratecache.boundary.addon import CargoCache  # noqa: E402
 from cratecache.boundary.descriptors import DescriptorGuard  # noqa: E402
 from cratecache.boundary.failsafe import FailClosed  # noqa: E402
 from cratecache.boundary.tunnels import LoopbackGuard  # noqa: E402
+from cratecache.operations.advisory_watch import AdvisoryWatch  # noqa: E402
 from cratecache.operations.configuration import Configuration  # noqa: E402
 from cratecache.operations.upkeep import Upkeep  # noqa: E402
 from cratecache.runtime import Runtime  # noqa: E402
@@ -24,6 +25,7 @@ addons = [
     DescriptorGuard(),  # out of file descriptors: one warning a minute, no spinning
     LoopbackGuard(lambda: runtime.settings, runtime.blob_address),  # clients kept off loopback, not the blob server
     Configuration(runtime),  # options, proxies.yaml applied at start, reloaded and watched; interception scope
+    AdvisoryWatch(runtime),  # the policy's advisory databases re-read when their checkout changes
     CargoCache(runtime),  # answers every request on the registry and toolchains hosts
     Upkeep(runtime),  # status server, request counts, store upkeep; last to stop: closes the resolver
     FailClosed(lambda: runtime.settings),  # last: refuses what no hook answered on those hosts

@@ -26,6 +26,7 @@ from .airgap.staging import Progress, ToolchainPlan, stage, stage_toolchains
 from .boundary.routes import ConfigRoute, CrateRoute, IndexRoute
 from .config import ConfigError, Settings, load_settings
 from .operations import catalog
+from .policy import audit as policy_audit
 from .protocols import dist
 from .protocols.lockfile import find_lockfiles, plan, read_lockfile
 from .resolver import Resolver
@@ -124,6 +125,15 @@ def parser() -> argparse.ArgumentParser:
                                     "cache state (hit, miss, revalidated, updated, stale, not_found, error).")
     st.add_argument("--json", action="store_true")
     st.set_defaults(run=cmd_stats)
+
+    au = command("audit", help="list the locked crates the policy would hide or deny",
+                        description="Decide on every registry package of the lockfiles as the proxy would serve it "
+                                    "now (its index file from the cache or fetched as the proxy would; the kept "
+                                    "publish times, advisories and rules of proxies.yaml's policy). Lists each one "
+                                    "the policy would deny, hide or warn about, with the reason; exits 1 if any "
+                                    "would be denied (Cargo could not download it through the proxy).")
+    au.add_argument("lockfiles", nargs="+", metavar="LOCKFILE", help="a Cargo.lock, or a folder searched for them")
+    au.set_defaults(run=cmd_audit)
 
     pu = command("purge", help="remove entries by crate name, by age, or all",
                         description="Remove cached entries. --crate NAME removes its index file and every "
@@ -224,6 +234,24 @@ async def _stage_lockfiles(args, settings: Settings, store: Storage) -> int:
     print(f"fetched {result.fetched}, already cached {result.cached}, failed {len(failed)}, "
           f"skipped {len(set(wanted.skipped))}, {result.bytes} bytes downloaded")
     return len(failed)
+
+
+async def cmd_audit(args, settings: Settings, store: Storage) -> int:
+    lockfiles = find_lockfiles(args.lockfiles)
+    wanted = plan([pkg for path in lockfiles for pkg in read_lockfile(path)], settings)
+    resolver = Resolver(settings, store)
+    try:
+        found = await policy_audit.audit(resolver.policy, {r.name: r for r in settings.registries}, wanted)
+    finally:
+        await resolver.aclose()
+    for line in found.lines:
+        print(line)
+    for package, reason in sorted(set(wanted.unservable), key=lambda s: (s[0].name, s[0].version)):
+        print(f"FAILED {package.name} {package.version}: {reason}")
+    failed = found.failed + len(set(wanted.unservable))
+    print(f"audited {found.checked} crates from {len(lockfiles)} lockfile(s): {found.denied} denied, "
+          f"{found.hidden} hidden, {found.warned} warned, {failed} could not be decided on")
+    return 1 if found.denied or failed else 0
 
 
 async def cmd_export(args, settings: Settings, store: Storage) -> int:

@@ -2,6 +2,7 @@
 one engine (`engine/`: cache -> lease -> upstreams in priority order -> verify -> cache). A protocol says what a
 path is, where it lives upstream, what its bytes must hash to and whether it may change; the engine does the rest,
 once for all protocols. A new protocol is a module with a `protocols.base.Protocol`, listed in PROTOCOLS.
+The supply-chain policy (`policy/`) is such a module too: `PolicyGate` wraps Cargo's and takes its routes.
 
 The resolver knows nothing about mitmproxy; the addon (and the command-line tools) call it.
 Failures are raised as `NotFound` (every upstream said "not here"; `NotStaged` in offline mode, with the
@@ -19,7 +20,9 @@ import httpx
 
 from .boundary.routes import Route
 from .config import Registry, Settings, Toolchains
-from .engine import Engine, NotFound, NotStaged, ResolveError, Served, Unavailable
+from .engine import Engine, NotFound, NotStaged, Refused, ResolveError, Served, Unavailable
+from .policy.databases import Databases
+from .policy.gate import PolicyGate
 from .protocols import dist
 from .protocols.base import Protocol
 from .protocols.cargo import Cargo
@@ -28,7 +31,7 @@ from .storage import Entry, Storage
 from .upstreams.client import Attempt, UpstreamClient
 from .upstreams.health import Health
 
-__all__ = ["ManifestsDisagree", "NotFound", "NotStaged", "ResolveError", "Resolver", "Served", "Unavailable",
+__all__ = ["ManifestsDisagree", "NotFound", "NotStaged", "Refused", "ResolveError", "Resolver", "Served", "Unavailable",
            "not_staged_status"]
 
 PROTOCOLS: tuple[type[Protocol], ...] = (Cargo, Rustup)
@@ -36,11 +39,17 @@ PROTOCOLS: tuple[type[Protocol], ...] = (Cargo, Rustup)
 
 class Resolver:
     def __init__(self, settings: Settings, store: Storage, clock: Callable[[], float] = time.time,
-                 transport: httpx.AsyncBaseTransport | None = None):
+                 transport: httpx.AsyncBaseTransport | None = None, databases: Databases | None = None):
         self.engine = Engine(settings, store, clock, transport)
         self.protocols = [protocol(self.engine) for protocol in PROTOCOLS]
+        self.rustup = self._of(Rustup)
+        if databases is None:  # at start, before serving: read the advisory databases the policy names
+            databases = Databases()
+            databases.load(advisory_paths(settings))
+        self.policy = PolicyGate(self.engine, self._of(Cargo), databases)  # Cargo's routes, under the policy
+        self.protocols = [self.policy if isinstance(p, Cargo) else p for p in self.protocols]
         self._by_route = {kind: protocol for protocol in self.protocols for kind in protocol.routes}
-        self.cargo, self.rustup = self._of(Cargo), self._of(Rustup)
+        self.cargo = self.policy
 
     def _of(self, kind: type[Protocol]):
         return next(p for p in self.protocols if isinstance(p, kind))
@@ -112,6 +121,12 @@ class Resolver:
     @parse_listing.setter
     def parse_listing(self, parse: Callable[[bytes], dist.Listing]) -> None:  # runs in a worker thread
         self.rustup.vouched.parse_listing = parse
+
+
+def advisory_paths(settings: Settings) -> list[str]:
+    """The advisory databases the policy of some registry names."""
+    paths = [reg.policy.advisories.database for reg in settings.registries]
+    return list(dict.fromkeys(p for p in paths if p is not None))
 
 
 def not_staged_status(route: Route) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from ..config import Source
 from ..engine import freshness
 from ..protocols import dist
-from ..resolver import NotFound, NotStaged, Resolver, Served, Unavailable
+from ..resolver import NotFound, NotStaged, Refused, Resolver, Served, Unavailable
 from . import ranges
 from .routes import DistRoute, IndexRoute, Rejection, Route, classify
 
@@ -42,7 +42,7 @@ class Reply:
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
     source: str = "-"  # cache, an upstream's name, or '-' when nothing was served
-    state: str = "rejected"  # hit | miss | revalidated | updated | stale | not_found | error | rejected
+    state: str = "rejected"  # hit | miss | revalidated | updated | stale | not_found | refused | error | rejected
     kind: str = "-"
     size: int = 0  # bytes of the entity (also for HEAD and 304)
     reason: str = ""  # why nothing was served (4xx/5xx), for the log line and the status page
@@ -71,6 +71,9 @@ async def _answer(
         return text_reply(e.status, str(e), "not_found", route.kind)
     except NotFound as e:
         return text_reply(404, str(e), "not_found", route.kind)
+    except Refused as e:  # the policy's deny: Cargo shows the body in its error
+        refused = text_reply(e.status, str(e), "refused", route.kind)
+        return replace(refused, headers={**refused.headers, **dict(e.headers)})
     except Unavailable as e:
         return text_reply(502, str(e), "error", route.kind)
     except Exception as e:  # never let a request fall through to the real registry host
@@ -113,6 +116,7 @@ def entry_reply(kind: str, served: Served, request_headers: Mapping[str, str], c
         "Last-Modified": last_modified,
         "X-Cache": served.state.upper(),
         "X-Cache-Upstream": meta.upstream,
+        **dict(served.headers),
     }
     if served.state == "stale":
         headers["Warning"] = '110 cargo-cache "Response is stale: every upstream failed"'

@@ -10,6 +10,6 @@ back-off, verify against an expected digest while streaming, store, revalidate, 
 
 from .core import Engine
 from .item import Expected, Item
-from .outcomes import NotFound, NotStaged, ResolveError, Served, Unavailable
+from .outcomes import NotFound, NotStaged, Refused, ResolveError, Served, Unavailable
 
-__all__ = ["Engine", "Expected", "Item", "NotFound", "NotStaged", "ResolveError", "Served", "Unavailable"]
+__all__ = ["Engine", "Expected", "Item", "NotFound", "NotStaged", "Refused", "ResolveError", "Served", "Unavailable"]

@@ -4,6 +4,7 @@
     ResolveError
     ├── NotFound        every upstream said "not here" (or the protocol knows it does not exist)
     │   └── NotStaged   offline mode: never staged; `status` is the answer under which the client shows why
+    ├── Refused         it exists, but a decision (the supply-chain policy) refuses to serve it
     └── Unavailable     something failed and nothing usable is cached
 """
 
@@ -21,6 +22,7 @@ class Served:
     source: str  # "cache" or the name of the upstream that answered
     state: str  # hit | miss | revalidated | updated | stale
     attempts: tuple[Attempt, ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()  # extra response headers (e.g. the policy's decisions about it)
 
 
 class ResolveError(Exception):
@@ -41,6 +43,15 @@ class NotStaged(NotFound):
     def __init__(self, message: str, status: int = 404):
         super().__init__(message)
         self.status = status
+
+
+class Refused(ResolveError):
+    """It exists and could be fetched, but a decision refuses it (the policy's `deny`): `status` (403) with the
+    message as the body (Cargo shows it), and `headers` saying which decision."""
+
+    def __init__(self, message: str, status: int = 403, headers: tuple[tuple[str, str], ...] = ()):
+        super().__init__(message)
+        self.status, self.headers = status, headers
 
 
 class Unavailable(ResolveError):

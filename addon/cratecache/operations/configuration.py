@@ -152,6 +152,7 @@ class Configuration:
         store.on_call = runtime.activity.metrics.storage_call
         runtime.settings, runtime.resolver = settings, Resolver(settings, store)
         runtime.resolver.on_attempt = runtime.activity.upstream_attempt
+        runtime.activity.metrics.policy.counts = lambda: runtime.resolver.policy.journal.counts if runtime.resolver else {}
         hosts = ", ".join(dict.fromkeys([*(host + ("/…" if reg.index_path.strip("/") else "")  # a path may hold a token
                                            for reg in settings.registries for host in (reg.index_host, reg.download_host)),
                                          *([settings.toolchains.host] if settings.toolchains else [])]))

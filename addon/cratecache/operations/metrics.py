@@ -11,21 +11,44 @@
 - cargo_cache_storage_duration_seconds{backend,operation}     their latency
 - cargo_cache_storage_up{backend}                             1, or 0 while the shared store is unreachable
 - cargo_cache_storage_pending                                 entries waiting to be uploaded to it
+- cargo_cache_policy_decisions_total{action,reason}           the policy's decisions on what was served: action
+                                                              warn, hide, deny (would-… in dry_run); reason
+                                                              quarantine, malicious, vulnerable, informational, rule
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 from ..storage.local import KINDS
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
+class PolicyDecisions:
+    """A collector of the policy journal's counts, read at scrape time."""
+
+    def __init__(self) -> None:
+        self.counts: Callable[[], Mapping[tuple[str, str], int]] = dict
+
+    def collect(self):
+        family = CounterMetricFamily("cargo_cache_policy_decisions", "Decisions of the supply-chain policy on what "
+                                     "was served (per version in an index file, per refused download)",
+                                     labels=["action", "reason"])
+        for (action, reason), n in sorted(self.counts().items()):
+            family.add_metric([action, reason], n)
+        yield family
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.policy = PolicyDecisions()
+        r.register(self.policy)
         self.requests = Counter("cargo_cache_requests", "Requests answered on registry hosts",
                                 ["registry", "kind", "outcome"], registry=r)
         self.upstream_requests = Counter("cargo_cache_upstream_requests", "Attempts on upstream registries",

@@ -16,6 +16,7 @@ from mitmproxy import ctx
 from mitmproxy.addonmanager import Loader
 
 from ..boundary import collector
+from ..policy import view as policy_view
 from ..runtime import Runtime
 from .status import StatusAuth, StatusServer
 
@@ -89,8 +90,10 @@ class Upkeep:
         runtime = self.runtime
         store = runtime.resolver.store
         figures = await store.figures()
+        gate = runtime.resolver.policy
         return runtime.activity.snapshot(runtime.settings, runtime.resolver.health, figures, store.health()) | {
-            "config": runtime.config.snapshot(runtime.settings.source)}
+            "config": runtime.config.snapshot(runtime.settings.source),
+            "policy": policy_view.snapshot(runtime.settings, gate.databases, gate.journal)}
 
     async def _metrics(self) -> bytes:
         store = self.runtime.resolver.store

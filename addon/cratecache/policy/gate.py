@@ -1,0 +1,211 @@
+"""The supply-chain policy over Cargo's protocol module: index files are served with the versions it hides marked
+yanked and with the publish times the proxy keeps; downloads it denies are refused with 403 and the reason.
+
+It wraps `protocols.cargo.Cargo` (which fetches and verifies as without a policy) and decides with pure functions
+(decide.py, rewrite.py, sightings.py). What is served for an index file is remembered per copy, record, policy and
+database until a quarantine in it ends, so a hit costs a dictionary lookup. With `dry_run` every decision is logged,
+counted and labelled `would-…`, and the bytes served are the ones without a policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass, replace
+
+from ..boundary.routes import ConfigRoute, CrateRoute, IndexRoute
+from ..config import Registry
+from ..config.policy import Policy
+from ..engine import Engine, Refused, Served, Unavailable
+from ..protocols.base import Protocol
+from ..protocols.cargo import Cargo
+from ..storage import Entry
+from . import rewrite, sightings
+from .databases import Databases
+from .decide import ALLOWED, Verdict, decide_all, timestamp
+from .journal import Journal, header
+from .sightings import Sightings
+
+logger = logging.getLogger(__name__)
+
+INLINE_PARSE = 64 * 1024  # an index file larger than this is parsed in a thread
+KEPT_ANSWERS = 20_000  # index files whose policed answer is remembered
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the policy made of one copy of an index file."""
+    basis: tuple  # (entry sha256, record upto, policy, database fingerprint): what it was made from
+    until: float  # it must be made again at this time (a quarantine ends)
+    entry: Entry  # what is served (the same entry when nothing changed)
+    verdicts: dict[str, Verdict]
+    headers: tuple[tuple[str, str], ...]
+
+
+class PolicyGate(Protocol):
+    routes = (ConfigRoute, IndexRoute, CrateRoute)
+
+    def __init__(self, engine: Engine, inner: Cargo, databases: Databases | None = None,
+                 journal: Journal | None = None):
+        super().__init__(engine)
+        self.inner = inner
+        self.databases = databases or Databases()
+        self.journal = journal or Journal(engine.clock)
+        self._answers: dict[str, Answer] = {}
+        self._records: dict[str, Sightings] = {}  # sightings key -> the record as last read or written here
+
+    @staticmethod
+    def not_staged_status(route) -> int:
+        return Cargo.not_staged_status(route)
+
+    async def resolve(self, route, reasked: bool = False, pinned: str | None = None) -> Served:
+        if isinstance(route, IndexRoute):
+            return await self._police(route.registry, route.name, await self.inner.resolve(route, reasked))
+        if isinstance(route, CrateRoute):
+            return await self._download(route, lambda: self.inner.resolve(route))
+        return await self.inner.resolve(route, reasked, pinned)
+
+    # -- what staging, bundles and the tests call (as on Cargo) ------------------------------------
+
+    async def config(self, reg: Registry, force: bool = False) -> Served:
+        return await self.inner.config(reg, force)
+
+    async def index(self, reg: Registry, name: str, force: bool = False) -> Served:
+        return await self._police(reg, name, await self.inner.index(reg, name, force))
+
+    async def crate(self, reg: Registry, name: str, version: str) -> Served:
+        return await self._download(CrateRoute(reg, name, version), lambda: self.inner.crate(reg, name, version))
+
+    # -- downloads ---------------------------------------------------------------------------------
+
+    async def _download(self, route: CrateRoute, fetch) -> Served:
+        policy = route.registry.policy
+        if not policy.active:
+            return await fetch()
+        verdict = await self._verdict(route)
+        if verdict is None:  # not in our copy of the index: the download revalidates it; decide on what it finds
+            served = await fetch()
+            verdict = await self._verdict(route) or ALLOWED
+        else:
+            served = None
+        refusal = verdict.refusal
+        if refusal is not None:
+            self.journal.served(route.registry.name, route.name, route.version, (refusal,), policy.dry_run)
+            if not policy.dry_run:
+                raise Refused(refusal.message, 403, header([refusal], False))
+        served = served or await fetch()
+        return replace(served, headers=header([refusal], True)) if refusal is not None else served
+
+    async def verdict(self, reg: Registry, name: str, version: str) -> Verdict | None:
+        """The verdict on `name` `version` as the proxy would serve it now (for audit); None if it is not listed."""
+        if not reg.policy.active:
+            return ALLOWED
+        return await self._verdict(CrateRoute(reg, name, version))
+
+    async def _verdict(self, route: CrateRoute) -> Verdict | None:
+        """The verdict on a download's version, from the index file as served now; None if it is not listed."""
+        reg = route.registry
+        index = await self.inner.resolve(IndexRoute(reg, route.name.lower()))
+        answer = await self._answer(reg, route.name.lower(), index)
+        if answer is None:
+            return None
+        verdict = answer.verdicts.get(route.version)
+        if verdict is not None:
+            return verdict
+        listed = any(version == route.version for version, _ in rewrite.lines(index.entry.body or b""))
+        return ALLOWED if listed else None
+
+    # -- index files -------------------------------------------------------------------------------
+
+    async def _police(self, reg: Registry, name: str, served: Served) -> Served:
+        policy = reg.policy
+        if not policy.active or served.entry.body is None:
+            return served
+        answer = await self._answer(reg, name, served)
+        if answer is None:
+            return served
+        for version, verdict in answer.verdicts.items():
+            self.journal.served(reg.name, name, version, verdict.findings, policy.dry_run)
+        entry = served.entry if policy.dry_run else answer.entry
+        return replace(served, entry=entry, headers=served.headers + answer.headers)
+
+    async def _answer(self, reg: Registry, name: str, served: Served) -> Answer | None:
+        policy, entry = reg.policy, served.entry
+        if entry.body is None:
+            return None
+        database = self._database(policy)
+        record = await self._sightings(reg, name, entry) if policy.quarantine.min_age > 0 else None
+        basis = (entry.meta.sha256, record.upto if record else None, policy,
+                 database.fingerprint if database else None)
+        key, now = IndexRoute(reg, name).key, self.engine.clock()
+        held = self._answers.get(key)
+        if held is not None and held.basis == basis and now < held.until:
+            return held
+        if len(entry.body) > INLINE_PARSE:
+            answer = await asyncio.to_thread(_make, policy, database, name, entry, record, basis, now)
+        else:
+            answer = _make(policy, database, name, entry, record, basis, now)
+        if len(self._answers) >= KEPT_ANSWERS:
+            self._answers.clear()
+        self._answers[key] = answer
+        return answer
+
+    def _database(self, policy: Policy):
+        path = policy.advisories.database
+        if path is None:
+            return None
+        database = self.databases.get(path)
+        if database is None:  # fail closed: never serve as if there were no advisories
+            why = self.databases.errors.get(path, "not loaded yet")
+            raise Unavailable(f"cargo-cache policy: the advisory database {path} is not available ({why})")
+        return database
+
+    async def _sightings(self, reg: Registry, name: str, entry: Entry) -> Sightings:
+        """The kept publish times of crate `name`, up to date with the index copy `entry` (merged and stored when
+        it is newer than what the record has seen)."""
+        key = f"policy/sightings/{reg.name}/{name.lower()}"
+        record = self._records.get(key)
+        stored_at = entry.meta.stored_at
+        if record is not None and record.upto is not None and record.upto >= stored_at:
+            return record
+        record = await self._read_record(key) or Sightings()  # another worker or gateway may have merged it
+        if record.upto is None or record.upto < stored_at:
+            lines = [(v, sightings.parse_pubtime(obj.get("pubtime"))) for v, obj in rewrite.lines(entry.body)]
+            record = sightings.merge(record, stored_at, lines)
+            await self.engine.best_effort(self.engine.store.put, key, sightings.encode(record), "policy")
+        self._records[key] = record
+        return record
+
+    async def _read_record(self, key: str) -> Sightings | None:
+        stored = await self.engine.store.get(key)
+        if stored is None or stored.body is None:
+            return None
+        try:
+            return sightings.decode(stored.body)
+        except ValueError as e:
+            logger.error("cargo-cache policy: the kept publish times %s are damaged (%s): set aside, started anew",
+                         key, e)
+            return None
+
+
+def _make(policy: Policy, database, name: str, entry: Entry, record: Sightings | None, basis: tuple,
+          now: float) -> Answer:
+    """Decide on every version of one index copy and make what is served (pure)."""
+    first_seen = policy.quarantine.missing_pubtime == "first-seen"
+    published, pubtimes = {}, {}
+    for version, _line in rewrite.lines(entry.body):
+        when = record.published(version, first_seen) if record else None
+        published[version] = when
+        if record is not None and when is not None:
+            pubtimes[version] = timestamp(when)
+    verdicts = decide_all(policy, database, name, published, now)
+    hidden = {version for version, verdict in verdicts.items() if verdict.hidden}
+    body = rewrite.rewrite(entry.body, hidden, pubtimes)
+    served = entry
+    if body is not entry.body:
+        meta = replace(entry.meta, sha256=hashlib.sha256(body).hexdigest(), size=len(body), last_modified=None)
+        served = Entry(meta, body)
+    until = min((v.until for v in verdicts.values() if v.until is not None), default=float("inf"))
+    findings = [f for verdict in verdicts.values() for f in verdict.findings]
+    return Answer(basis, until, served, verdicts, header(findings, policy.dry_run))
