@@ -61,5 +61,5 @@ class Journal:
             self._logged[key] = now
             shown = label(finding, dry_run)
             self.last.appendleft(Decision(now, registry, crate, version, shown, finding.message))
-            logger.warning("cargo-cache policy: %s %s %s in registry %s: %s", shown, crate, version, registry,
+            logger.warning("cargo-cache policy: %s (registry %s): %s", shown, registry,
                            finding.message.removeprefix("cargo-cache policy: "))
