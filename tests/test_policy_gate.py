@@ -9,13 +9,13 @@ import logging
 
 import pytest
 import yaml
+from cratecache.boundary.routes import CrateRoute, IndexRoute
 from cratecache.config import parse_settings
 from cratecache.policy.databases import Databases
-from cratecache.boundary.routes import CrateRoute, IndexRoute
 from cratecache.resolver import Refused, Resolver, Unavailable
 from cratecache.storage import open_storage
 
-from tests.fake_registry import A, A_DL, DOWNLOAD_HOST, INDEX_HOST, FakeNet, a_download
+from tests.fake_registry import A_DL, DOWNLOAD_HOST, INDEX_HOST, A, FakeNet, a_download
 
 DAY = 86400
 FOO_1, FOO_2 = b"\x1f\x8b foo 1.0.0", b"\x1f\x8b foo 1.1.0"
