@@ -121,8 +121,9 @@ def parser() -> argparse.ArgumentParser:
     ls.set_defaults(run=cmd_ls)
 
     st = command("stats", help="totals and hit/miss counts",
-                        description="Entries and bytes by kind, disk usage, and requests served by kind and "
-                                    "cache state (hit, miss, revalidated, updated, stale, not_found, error).")
+                        description="Entries and bytes by kind, disk usage, requests served by kind and "
+                                    "cache state (hit, miss, revalidated, updated, stale, not_found, error), and "
+                                    "any damaged cache database that was set aside (when, where, why).")
     st.add_argument("--json", action="store_true")
     st.set_defaults(run=cmd_stats)
 
@@ -331,6 +332,10 @@ async def cmd_stats(args, settings: Settings, store: Storage) -> int:
         states = ", ".join(f"{k} {n}" for k, n in sorted(r["by_state"].items())) or "none"
         print(f"{kind:<9} {t['entries']:>7} entries {t['bytes']:>12} bytes   requests {r['requests']:>7} "
               f"hit ratio {ratio:>6} ({states})")
+    for aside in totals["damaged"]:
+        print(f"damaged database set aside at {aside['when']} (UTC) in {aside['folder']}: {aside['reason']} "
+              f"({aside['files']} files, {aside['bytes']} bytes; the cache started empty; delete the folder once "
+              "it is not needed)")
     return 0
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import diskcache
 
-from . import spool
+from . import recovery, spool
 from .entries import Entry, Meta
 from .keyscan import KeyScan
 from .marks import HostLeases, PendingMarks
@@ -92,8 +92,8 @@ class LocalStore:
         self.directory = directory
         # cull_limit=0: no eviction inside each write (two more queries per write, on the store thread every miss
         # waits for); `upkeep` evicts down to the size limit every few seconds instead, and `close` once more.
-        self._cache = diskcache.Cache(
-            str(directory), size_limit=size_limit, eviction_policy=eviction_policy, statistics=False,
+        self._cache = recovery.open_cache(  # a damaged database is set aside (logged), not raised
+            directory, size_limit=size_limit, eviction_policy=eviction_policy, statistics=False,
             disk=_AdoptingDisk, cull_limit=0,
         )
         spool.sweep(directory)
