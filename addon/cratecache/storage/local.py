@@ -327,3 +327,13 @@ class LocalStore:
 
     def volume(self) -> int:
         return self._cache.volume()
+
+    def read_blob(self, sha256: str):
+        """A blob's bytes as they are on disk now, unchecked (for `verify`): an open file for one kept as a file (the
+        caller closes it), bytes for one kept in the database, None if there is none."""
+        return self._cache.get(f"blob:{sha256}", read=True)
+
+    def delete_blob(self, sha256: str) -> bool:
+        """Drop a blob whose bytes went bad, so the next store of those bytes writes them again (`put_entry_file`
+        keeps a blob of the right size that is already there)."""
+        return bool(self._cache.delete(f"blob:{sha256}"))
