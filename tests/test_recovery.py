@@ -172,3 +172,21 @@ async def test_the_s3_backends_local_tier_is_set_aside_too_and_the_bucket_still_
         await again.close()
     assert len(set_aside(tmp_path / "tier")) == 1
     assert "is damaged (file is not a database)" in caplog.text
+
+
+def test_a_damaged_pending_uploads_database_is_set_aside_too(tmp_path):
+    folder = tmp_path / "cache"
+    store = LocalStore(folder, 1 << 30)
+    store.mark_pending("crate/crates-io/foo/1.0.0")
+    store.close()
+    overwrite_header(folder / "pending" / "cache.db")
+
+    store = LocalStore(folder, 1 << 30)
+    try:
+        assert store.pending() == []
+        store.mark_pending("crate/crates-io/bar/1.0.0")
+        assert store.pending() == ["crate/crates-io/bar/1.0.0"]
+    finally:
+        store.close()
+    [aside] = set_aside(folder)
+    assert aside.folder.parent == folder / "pending" and "file is not a database" in aside.reason

@@ -118,10 +118,11 @@ def set_damaged_aside(directory: Path, reason: str, now: float | None = None) ->
 
 
 def set_aside(directory: Path) -> list[SetAside]:
-    """What was set aside in the cache folder (oldest first), for `stats`."""
+    """What was set aside in the cache folder and its subfolders' databases (`pending/`), oldest first, for `stats`."""
     if not directory.is_dir():
         return []
-    return [_describe(p) for p in sorted(directory.glob(f"{ASIDE_PREFIX}*")) if p.is_dir()]
+    found = [*directory.glob(f"{ASIDE_PREFIX}*"), *directory.glob(f"*/{ASIDE_PREFIX}*")]
+    return [_describe(p) for p in sorted(found, key=lambda p: p.name) if p.is_dir()]
 
 
 def _describe(folder: Path) -> SetAside:
