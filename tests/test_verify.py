@@ -215,3 +215,24 @@ def test_on_a_terminal_the_progress_is_a_bar_redrawn_in_place():
     assert shown.startswith("\r[###############...............] 1/2 disk 3 MiB  crate/crates-io/foo/1.0.0")
     assert "\r[##############################] 2/2 disk 3 MiB  index/crates-io/foo" in shown
     assert shown.endswith("\n") and shown.count("\n") == 1
+
+
+async def test_bytes_the_size_limit_evicted_are_no_damage_but_a_file_deleted_behind_the_stores_back_is(
+        tmp_path, capsys):
+    folder = tmp_path / "cache"
+    store = open_storage(CacheSettings(directory=folder, size_limit=10**9))
+    await fill(store)
+    big = await store.get("crate/crates-io/big/1.0.0")
+    store.local.delete_blob(sha(SMALL))  # what diskcache's culling does: the blob's row goes, its meta may stay
+    await store.close()
+    config = write_proxies(tmp_path / "proxies.yaml", [{"name": "up", "url": "http://127.0.0.1:9"}], folder)
+
+    status, lines = await run(config, capsys)
+    assert status == 0
+    assert lines == ["checked 8 entries (" + lines[0].split("(", 1)[1].split(")")[0] + "): 0 bad, 1 whose bytes were "
+                     "evicted (a miss, fetched again when asked for)"]
+
+    os.unlink(big.file)
+    status, lines = await run(config, capsys)
+    assert status == 1
+    assert lines[0] == "BAD crate/crates-io/big/1.0.0 (disk): its stored bytes are missing"

@@ -44,6 +44,9 @@ class Digest:
     size: int
 
 
+EVICTED = Digest("", -1)  # the bytes were evicted (size limit) before the meta naming them: a miss, not damage
+
+
 @dataclass(frozen=True)
 class Bad:
     key: str
@@ -61,7 +64,8 @@ class Report:
     checked: int = 0
     bytes: int = 0
     bad: list[Bad] = field(default_factory=list)
-    evicted: int = 0
+    evicted: int = 0  # bad entries evicted by --repair
+    without_bytes: int = 0  # entries whose bytes the size limit evicted already (the proxy fetches them again)
 
     def by_kind(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -114,6 +118,8 @@ def summary(report: Report, repair: bool) -> list[str]:
     kinds = ", ".join(f"{kind} {n}" for kind, n in report.by_kind().items())
     total = f"checked {report.checked} entries ({report.bytes} bytes): {len(report.bad)} bad"
     total += f" ({kinds})" if kinds else ""
+    if report.without_bytes:
+        total += f", {report.without_bytes} whose bytes were evicted (a miss, fetched again when asked for)"
     if repair and report.bad:
         total += f"; {report.evicted} evicted, fetched again when next asked for"
     elif report.bad:
@@ -190,8 +196,8 @@ class _Local(_Source):
 
     def _hash(self, sha256: str) -> Digest | None:
         stored = self.local.read_blob(sha256)
-        if stored is None:
-            return None
+        if stored is None:  # a row whose file is gone is damage; no row, an eviction
+            return None if self.local.has_blob(sha256) else EVICTED
         if isinstance(stored, bytes):
             return Digest(hashlib.sha256(stored).hexdigest(), len(stored))
         with stored:
@@ -287,8 +293,11 @@ async def _verify_source(source: _Source, report: Report, progress: Progress, re
                 problems, bytes_bad = await checker.check(key, meta, again=True)
             if problems and await _still(source, key, meta):
                 found.append((Bad(key, source.where, "; ".join(problems), bytes_bad), meta))
-            report.checked += 1
-            report.bytes += meta.size
+            if checker.evicted(meta):
+                report.without_bytes += 1
+            else:
+                report.checked += 1
+                report.bytes += meta.size
             progress.step(key, meta.size)
 
     for start in range(0, len(entries), 256):  # a bounded number of tasks at a time
@@ -321,6 +330,8 @@ class _Checker:
         """The problems of one entry, and whether its bytes themselves are bad (`again`: hashed again)."""
         if again or meta.sha256 not in self._digests:
             self._digests[meta.sha256] = await self.source.digest(meta.sha256)
+        if self._digests[meta.sha256] is EVICTED:
+            return [], False
         problems = []
         if problem := digest_problem(meta, self._digests[meta.sha256]):
             problems.append(problem)
@@ -330,6 +341,9 @@ class _Checker:
         if key.startswith("component/") and (problem := component_problem(key, meta, await self._date_tables(key))):
             problems.append(problem)
         return problems, bytes_bad
+
+    def evicted(self, meta: Meta) -> bool:
+        return self._digests.get(meta.sha256) is EVICTED
 
     async def _index(self, crate_key: str) -> bytes | None:
         _, registry, name, _version = crate_key.split("/", 3)
@@ -361,6 +375,6 @@ class _Checker:
         if meta is None or meta.size > BODY_LIMIT:
             return None
         body = await self.source.body(meta.sha256)
-        if body is None or len(body) != meta.size or hashlib.sha256(body).hexdigest() != meta.sha256:
+        if not isinstance(body, bytes) or len(body) != meta.size or hashlib.sha256(body).hexdigest() != meta.sha256:
             return None
         return body

@@ -333,6 +333,10 @@ class LocalStore:
         caller closes it), bytes for one kept in the database, None if there is none."""
         return self._cache.get(f"blob:{sha256}", read=True)
 
+    def has_blob(self, sha256: str) -> bool:
+        """Whether the database still names the blob (eviction may have dropped it before the meta naming it)."""
+        return f"blob:{sha256}" in self._cache
+
     def delete_blob(self, sha256: str) -> bool:
         """Drop a blob whose bytes went bad, so the next store of those bytes writes them again (`put_entry_file`
         keeps a blob of the right size that is already there)."""
