@@ -29,8 +29,8 @@ import yaml
 
 from tests.fixtures.registry import build_registry, index_path
 from tests.fixtures.upstream import UpstreamServer
-from tests.fixtures.versions import add_version, seconds
-from tests.harness import DOWNLOAD_HOST, INDEX_HOST, ROOT, Proxy, free_port, free_ports, write_proxies
+from tests.fixtures.versions import add_version, pubtime, seconds
+from tests.harness import DOWNLOAD_HOST, INDEX_HOST, ROOT, Cargo, Proxy, free_port, free_ports, make_project, write_proxies
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -261,3 +261,110 @@ def test_a_git_pull_in_the_advisory_database_and_sighup_re_read_it_live_and_a_re
     assert still.headers[POLICY_HEADER] == "deny:RUSTSEC-2099-0001" and lines(still)["1.0.2"]["yanked"]
     assert still_refused.status_code == 403  # the old database keeps acting
     assert len(re_reads(proxy, database)) == 2
+
+
+# -- 3. what an operator observes -----------------------------------------------------------------------------------
+
+def newest_advisory_date(database: Path) -> str:
+    return max(re.search(r'(?m)^date\s*=\s*"([0-9-]+)"', path.read_text()).group(1)
+               for path in (database / "crates").glob("*/RUSTSEC-*.md"))
+
+
+def test_the_policy_header_metrics_status_page_and_log_say_what_was_decided_and_untouched_files_are_served_as_before(
+        run_proxy, confdir: Path, tmp_path: Path):
+    registry = build_registry(only=["itoa", "memchr", "ryu"])
+    young = pubtime(time.time() - 60)
+    add_version(registry, "itoa", "1.0.2", pubtime=young)  # published a minute ago
+    ca = confdir / "mitmproxy-ca-cert.pem"
+    status = free_port()
+    policy = {"quarantine": {"min_age": "3d"},
+              "advisories": {"database": str(SNAPSHOT), "vulnerable": "warn"},
+              "rules": [{"warn": "memchr", "reason": "memchr is under review"}]}
+
+    with UpstreamServer(registry, name="origin") as origin:
+        config = write_config(tmp_path / "proxies.yaml", origin, tmp_path / "cache", policy)
+        proxy = run_proxy(config, *WATCH, "--set", f"cargo_status_port={status}")
+        served = {name: [get(proxy.url, ca, index_url(name)) for _ in range(2)] for name in ("itoa", "memchr", "ryu")}
+        metrics = httpx.get(f"http://127.0.0.1:{status}/metrics", timeout=10).text
+        page = httpx.get(f"http://127.0.0.1:{status}/status.json", timeout=10).json()["policy"]
+
+        write_config(config, origin, tmp_path / "cache")  # the same proxy without a policy
+        wait_for(lambda: "configuration reloaded" in proxy.log(),
+                 "the reload without a policy")
+        plain = {name: get(proxy.url, ca, index_url(name)) for name in ("itoa", "memchr", "ryu")}
+    log = proxy.log()
+
+    itoa = [lines(r) for r in served["itoa"]]
+    assert all(r.headers[POLICY_HEADER] == "hide:quarantine" for r in served["itoa"])
+    assert all(v["1.0.2"]["yanked"] and v["1.0.2"]["pubtime"] == young for v in itoa)
+    assert all(r.headers[POLICY_HEADER] == "warn:rule" for r in served["memchr"])  # decided about: labelled
+    for name in ("memchr", "ryu"):  # bytes unchanged: the same bytes and ETag as without a policy
+        assert all(r.content == plain[name].content == registry.index_files[name] for r in served[name])
+        assert all(r.headers["ETag"] == plain[name].headers["ETag"] for r in served[name])
+    assert all(POLICY_HEADER not in r.headers for r in [*served["ryu"], *plain.values()])  # nothing decided
+    assert plain["itoa"].content == registry.index_files["itoa"] != served["itoa"][0].content
+
+    assert 'cargo_cache_policy_decisions_total{action="hide",reason="quarantine"} 2.0' in metrics
+    assert 'cargo_cache_policy_decisions_total{action="warn",reason="rule"} 2.0' in metrics
+    assert len(re.findall(r"^cargo_cache_policy_decisions_total\{", metrics, re.M)) == 2
+
+    (database,) = page["databases"]
+    assert database["path"] == str(SNAPSHOT) and database["advisories"] == SNAPSHOT_ADVISORIES
+    assert database["newest"] == newest_advisory_date(SNAPSHOT) and database["error"] is None
+    last = {(d["crate"], d["version"], d["decision"]) for d in page["last"]}
+    assert last == {("itoa", "1.0.2", "hide:quarantine"), ("memchr", "2.5.0", "warn:rule")}
+    assert sorted((c["action"], c["reason"], c["n"]) for c in page["counts"]) == [
+        ("hide", "quarantine", 2), ("warn", "rule", 2)]
+
+    # one log line per version and decision, though each was served twice
+    assert len(re.findall(r"cargo-cache policy: warn:rule \(registry crates-io\): memchr 2\.5\.0", log)) == 1
+    assert len(re.findall(r"cargo-cache policy: hide:quarantine \(registry crates-io\): itoa 1\.0\.2 is in "
+                          r"quarantine until ", log)) == 1
+
+
+# -- 4. the end of a quarantine reaches clients that revalidate ----------------------------------------------------
+
+def locked_version(project: Path, name: str) -> str:
+    import tomllib
+
+    return next(p["version"] for p in tomllib.loads((project / "Cargo.lock").read_text())["package"]
+                if p["name"] == name)
+
+
+def test_when_a_quarantine_ends_the_index_files_etag_changes_and_a_conditional_request_gets_the_version_unhidden(
+        run_proxy, confdir: Path, tmp_path: Path):
+    registry = build_registry(only=["itoa"])
+    ca = confdir / "mitmproxy-ca-cert.pem"
+    min_age = 20
+    project = make_project(tmp_path / "app", 'itoa = "1"\n')
+    (tmp_path / "cargo-home").mkdir()
+
+    with UpstreamServer(registry, name="origin") as origin:
+        config = write_config(tmp_path / "proxies.yaml", origin, tmp_path / "cache", {"quarantine": {"min_age": min_age}},
+                              index_ttl=1)
+        proxy = run_proxy(config)
+        cargo = Cargo(tmp_path / "cargo-home", proxy)
+        assert cargo.run(project, "generate-lockfile").returncode == 0 and locked_version(project, "itoa") == "1.0.1"
+
+        published = time.time() - min_age + 12  # its kept pubtime: in quarantine for 12 more seconds
+        add_version(registry, "itoa", "1.0.2", pubtime=pubtime(published))
+        ends = seconds(pubtime(published)) + min_age
+        hidden = wait_for(lambda: (r := get(proxy.url, ca, index_url("itoa"))) and "1.0.2" in lines(r) and r,
+                          "the new version to be served")
+        updated_young = cargo.run(project, "update")  # Cargo keeps this copy and its ETag
+        locked_young = locked_version(project, "itoa")
+        unchanged = get(proxy.url, ca, index_url("itoa"), **{"If-None-Match": hidden.headers["ETag"]})
+        assert time.time() < ends, "too slow: the quarantine ended before its copy was checked"
+
+        time.sleep(max(0.0, ends - time.time()) + 0.5)  # until the quarantine has ended, by the proxy's clock too
+        released = get(proxy.url, ca, index_url("itoa"), **{"If-None-Match": hidden.headers["ETag"]})
+        updated_old = cargo.run(project, "update")
+
+    assert lines(hidden)["1.0.2"]["yanked"] and hidden.headers[POLICY_HEADER] == "hide:quarantine"
+    assert updated_young.returncode == 0 and locked_young == "1.0.1", updated_young.stderr  # hidden from a resolve
+    assert unchanged.status_code == 304  # while young, the client's copy is current
+    assert released.status_code == 200, released.status_code  # never a 304 keeping the old decision
+    assert released.headers["ETag"] != hidden.headers["ETag"] and POLICY_HEADER not in released.headers
+    assert not lines(released)["1.0.2"]["yanked"] and lines(released)["1.0.2"]["pubtime"] == pubtime(published)
+    assert updated_old.returncode == 0, updated_old.stderr
+    assert locked_version(project, "itoa") == "1.0.2"  # Cargo's next index refresh sees it
