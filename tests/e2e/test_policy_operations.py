@@ -358,6 +358,7 @@ def test_when_a_quarantine_ends_the_index_files_etag_changes_and_a_conditional_r
 
         time.sleep(max(0.0, ends - time.time()) + 0.5)  # until the quarantine has ended, by the proxy's clock too
         released = get(proxy.url, ca, index_url("itoa"), **{"If-None-Match": hidden.headers["ETag"]})
+        by_date = get(proxy.url, ca, index_url("itoa"), **{"If-Modified-Since": hidden.headers["Last-Modified"]})
         updated_old = cargo.run(project, "update")
 
     assert lines(hidden)["1.0.2"]["yanked"] and hidden.headers[POLICY_HEADER] == "hide:quarantine"
@@ -366,5 +367,6 @@ def test_when_a_quarantine_ends_the_index_files_etag_changes_and_a_conditional_r
     assert released.status_code == 200, released.status_code  # never a 304 keeping the old decision
     assert released.headers["ETag"] != hidden.headers["ETag"] and POLICY_HEADER not in released.headers
     assert not lines(released)["1.0.2"]["yanked"] and lines(released)["1.0.2"]["pubtime"] == pubtime(published)
+    assert by_date.status_code == 200 and by_date.content == released.content  # nor by date (If-Modified-Since)
     assert updated_old.returncode == 0, updated_old.stderr
     assert locked_version(project, "itoa") == "1.0.2"  # Cargo's next index refresh sees it
