@@ -1,15 +1,19 @@
-"""What the policy gate serves for one index copy (policy/gate.py's pure part, `_make`): the validators a client
-revalidates with follow what is served."""
+"""What the policy gate serves for an index copy: the validators a client revalidates with follow what is served
+(`_make`, the pure part), and workers that raced to record a first sighting end up serving one time."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from dataclasses import replace
+from types import SimpleNamespace
 
 from cratecache.config.policy import Policy, Quarantine
-from cratecache.engine import freshness
+from cratecache.engine import Served, freshness
 from cratecache.policy.decide import timestamp
-from cratecache.policy.gate import _make
+from cratecache.policy.gate import PolicyGate, _make
 from cratecache.policy.sightings import Sightings
+from cratecache.storage import Entry
 from cratecache.storage.local import make_entry
 
 STORED_AT = 1_000_000.0
@@ -53,3 +57,62 @@ def test_a_copy_whose_versions_were_never_in_quarantine_while_it_was_served_keep
     answer, entry = served(body, record, STORED_AT + 50)
 
     assert answer.entry is entry and last_modified(answer) == UPSTREAM_LAST_MODIFIED
+
+
+class SharedStore:
+    """The cache that every worker shares; each call yields to the event loop, as real storage I/O does."""
+
+    def __init__(self) -> None:
+        self.bodies: dict[str, bytes] = {}
+
+    async def latest(self, key: str):
+        await asyncio.sleep(0)
+        body = self.bodies.get(key)
+        return None if body is None else make_entry(body, "policy", now=STORED_AT)
+
+    get = latest
+
+    async def put(self, key: str, body: bytes, upstream: str):
+        await asyncio.sleep(0)
+        self.bodies[key] = body
+
+
+def worker(store: SharedStore) -> PolicyGate:
+    async def best_effort(write, key, *args):
+        return await write(key, *args)
+
+    engine = SimpleNamespace(store=store, clock=lambda: STORED_AT + 20, best_effort=best_effort)
+    return PolicyGate(engine, None)
+
+
+def copy(body: bytes, stored_at: float, checked_at: float | None = None) -> Served:
+    entry = make_entry(body, "origin", None, None, stored_at)
+    return Served(Entry(replace(entry.meta, checked_at=checked_at or stored_at), body), "origin", "updated")
+
+
+def pubtimes(served: Served) -> dict[str, str | None]:
+    return {line["vers"]: line.get("pubtime") for line in map(json.loads, served.entry.body.splitlines())}
+
+
+def test_two_workers_that_each_fetched_the_copy_with_a_new_version_serve_one_first_sighting_after_revalidating():
+    """Workers on one cache folder revalidate an index file without a lease: both may fetch the copy in which a
+    version without pubtime first appears, and each merges its own before it can read the other's record."""
+    registry = SimpleNamespace(name="crates-io", policy=Policy(quarantine=Quarantine(min_age=3600)))
+    first, later = index(**{"1_0_1": None}), index(**{"1_0_1": None, "1_0_2": None})
+    store = SharedStore()
+    a, b = worker(store), worker(store)
+
+    async def scenario():
+        await a._police(registry, "itoa", copy(first, STORED_AT))
+        # b's record write lands first, a's last: the record keeps a's sighting, b holds its own
+        raced = await asyncio.gather(b._police(registry, "itoa", copy(later, STORED_AT + 11.7)),
+                                     a._police(registry, "itoa", copy(later, STORED_AT + 10.2)))
+        # the index file as the cache holds it now (b's copy, the last written), revalidated by each worker
+        revalidated = copy(later, STORED_AT + 11.7, checked_at=STORED_AT + 400)
+        return raced, [await w._police(registry, "itoa", revalidated) for w in (a, b)]
+
+    raced, after = asyncio.run(scenario())
+
+    assert {pubtimes(s)["1.0.2"] for s in raced} == {timestamp(STORED_AT + 10.2), timestamp(STORED_AT + 11.7)}
+    assert [pubtimes(s)["1.0.2"] for s in after] == [timestamp(STORED_AT + 10.2)] * 2  # the earliest sighting
+    assert all(pubtimes(s)["1.0.1"] is None for s in after)  # the first copy's version: old

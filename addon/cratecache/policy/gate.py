@@ -21,7 +21,7 @@ from ..config.policy import Policy
 from ..engine import Engine, Refused, Served, Unavailable, freshness
 from ..protocols.base import Protocol
 from ..protocols.cargo import Cargo
-from ..storage import Entry
+from ..storage import Entry, StorageUnavailable
 from . import rewrite, sightings
 from .databases import Databases
 from .decide import ALLOWED, Verdict, decide_all, timestamp
@@ -37,7 +37,7 @@ KEPT_ANSWERS = 20_000  # index files whose policed answer is remembered
 @dataclass(frozen=True)
 class Answer:
     """What the policy made of one copy of an index file."""
-    basis: tuple  # (entry sha256, record upto, policy, database fingerprint): what it was made from
+    basis: tuple  # (entry sha256, sightings record, policy, database fingerprint): what it was made from
     until: float  # it must be made again at this time (a quarantine ends)
     entry: Entry  # what is served (the same entry when nothing changed)
     verdicts: dict[str, Verdict]
@@ -55,6 +55,7 @@ class PolicyGate(Protocol):
         self.journal = journal or Journal(engine.clock)
         self._answers: dict[str, Answer] = {}
         self._records: dict[str, Sightings] = {}  # sightings key -> the record as last read or written here
+        self._checked: dict[str, float] = {}  # sightings key -> checked_at of the index copy it was last read for
 
     @staticmethod
     def not_staged_status(route) -> int:
@@ -137,7 +138,7 @@ class PolicyGate(Protocol):
             return None
         database = self._database(policy)
         record = await self._sightings(reg, name, entry) if policy.quarantine.min_age > 0 else None
-        basis = (entry.meta.sha256, record.upto if record else None, policy,
+        basis = (entry.meta.sha256, record, policy,
                  database.fingerprint if database else None)
         key, now = IndexRoute(reg, name).key, self.engine.clock()
         held = self._answers.get(key)
@@ -166,20 +167,31 @@ class PolicyGate(Protocol):
         """The kept publish times of crate `name`, up to date with the index copy `entry` (merged and stored when
         it is newer than what the record has seen)."""
         key = f"policy/sightings/{reg.name}/{name.lower()}"
-        record = self._records.get(key)
+        held, checked = self._records.get(key), self._checked.get(key)
         stored_at = entry.meta.stored_at
-        if record is not None and record.upto is not None and record.upto >= stored_at:
-            return record
-        record = await self._read_record(key) or Sightings()  # another worker or gateway may have merged it
+        if held is not None and held.upto is not None and held.upto >= stored_at \
+                and checked is not None and checked >= entry.meta.checked_at:
+            return held
+        # Read again when the copy is newer or was revalidated since: another worker or gateway may have merged
+        # it, or kept an earlier sighting of a version that this process saw too (both fetched the new copy);
+        # the records combine to the earliest sighting, so every process ends up serving the same time.
+        stored = await self._read_record(key) or Sightings()
+        record = sightings.combine(stored, held) if held is not None else stored
         if record.upto is None or record.upto < stored_at:
             lines = [(v, sightings.parse_pubtime(obj.get("pubtime"))) for v, obj in rewrite.lines(entry.body)]
             record = sightings.merge(record, stored_at, lines)
+        if record != stored:
             await self.engine.best_effort(self.engine.store.put, key, sightings.encode(record), "policy")
-        self._records[key] = record
-        return record
+        if record != held:
+            self._records[key] = record
+        self._checked[key] = entry.meta.checked_at
+        return self._records[key]
 
     async def _read_record(self, key: str) -> Sightings | None:
-        stored = await self.engine.store.get(key)
+        try:  # the shared store's newest (the bucket's, on s3: not a copy this gateway wrote before)
+            stored = await self.engine.store.latest(key)
+        except StorageUnavailable:
+            stored = await self.engine.store.get(key)
         if stored is None or stored.body is None:
             return None
         try:
