@@ -145,6 +145,7 @@ def test_two_workers_and_two_gateways_on_one_bucket_serve_one_first_sighting_whi
             b = run_proxy(config("b"), ca_dir=LAUNCHER_CA_DIR)
             first = lines(get(a, ca, index_url("itoa")))
             assert set(first) == {"1.0.1"} and "pubtime" not in first["1.0.1"] and not first["1.0.1"]["yanked"]
+            assert lines(get(b.url, ca, index_url("itoa"))) == first  # each holds the first copy and its record
 
             added = time.time()
             add_version(registry, "itoa", "1.0.2")  # no pubtime: aged from the proxy's first sighting
