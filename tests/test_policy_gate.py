@@ -1,5 +1,5 @@
-"""What the policy gate serves for an index copy: the validators a client revalidates with follow what is served
-(`_make`, the pure part), and workers that raced to record a first sighting end up serving one time."""
+"""What the policy gate serves for an index copy: only its ETag (the digest of what is served) answers a client's
+conditional request, and workers that raced to record a first sighting end up serving one time."""
 
 from __future__ import annotations
 
@@ -8,17 +8,16 @@ import json
 from dataclasses import replace
 from types import SimpleNamespace
 
+from cratecache.boundary.handler import entry_reply
 from cratecache.config.policy import Policy, Quarantine
 from cratecache.engine import Served, freshness
 from cratecache.policy.decide import timestamp
-from cratecache.policy.gate import PolicyGate, _make
-from cratecache.policy.sightings import Sightings
+from cratecache.policy.gate import PolicyGate
 from cratecache.storage import Entry
 from cratecache.storage.local import make_entry
 
 STORED_AT = 1_000_000.0
-UPSTREAM_LAST_MODIFIED = freshness.http_date(STORED_AT - 500)
-POLICY = Policy(quarantine=Quarantine(min_age=100))
+REGISTRY = SimpleNamespace(name="crates-io", policy=Policy(quarantine=Quarantine(min_age=3600)))
 
 
 def index(**pubtimes: float | None) -> bytes:
@@ -26,37 +25,6 @@ def index(**pubtimes: float | None) -> bytes:
     return b"".join(json.dumps({"name": "itoa", "vers": v.replace("_", "."), "deps": [], "cksum": "0" * 64,
                                 "features": {}, "yanked": False} | ({"pubtime": timestamp(t)} if t else {}),
                                separators=(",", ":")).encode() + b"\n" for v, t in pubtimes.items())
-
-
-def served(body: bytes, record: Sightings, now: float):
-    entry = make_entry(body, "origin", '"up"', UPSTREAM_LAST_MODIFIED, STORED_AT)
-    return _make(POLICY, None, "itoa", entry, record, (), now), entry
-
-
-def last_modified(answer) -> str:
-    meta = answer.entry.meta
-    return meta.last_modified or freshness.http_date(meta.stored_at)
-
-
-def test_when_a_quarantine_ends_while_a_copy_is_served_its_last_modified_moves_to_that_time():
-    body = index(**{"1_0_1": None, "1_0_2": None})
-    record = Sightings(STORED_AT, {"1.0.1": (None, None), "1.0.2": (None, STORED_AT)})  # 1.0.2 first seen in it
-    young, _ = served(body, record, STORED_AT + 50)
-    released, _ = served(body, record, STORED_AT + 100.5)
-
-    assert "1.0.2" in young.verdicts and b'"yanked":true' in young.entry.body
-    assert not released.verdicts and b'"yanked":true' not in released.entry.body
-    assert last_modified(released) == freshness.http_date(STORED_AT + 100)
-    assert not freshness.client_not_modified(None, last_modified(young), freshness.etag_for(released.entry.meta.sha256),
-                                             last_modified(released))  # a client's copy of the young one: 200
-
-
-def test_a_copy_whose_versions_were_never_in_quarantine_while_it_was_served_keeps_its_validators():
-    body = index(**{"1_0_1": STORED_AT - 900, "1_0_2": STORED_AT - 200})
-    record = Sightings(STORED_AT, {"1.0.1": (STORED_AT - 900, None), "1.0.2": (STORED_AT - 200, None)})
-    answer, entry = served(body, record, STORED_AT + 50)
-
-    assert answer.entry is entry and last_modified(answer) == UPSTREAM_LAST_MODIFIED
 
 
 class SharedStore:
@@ -97,7 +65,7 @@ def pubtimes(served: Served) -> dict[str, str | None]:
 def test_two_workers_that_each_fetched_the_copy_with_a_new_version_serve_one_first_sighting_after_revalidating():
     """Workers on one cache folder revalidate an index file without a lease: both may fetch the copy in which a
     version without pubtime first appears, and each merges its own before it can read the other's record."""
-    registry = SimpleNamespace(name="crates-io", policy=Policy(quarantine=Quarantine(min_age=3600)))
+    registry = REGISTRY
     first, later = index(**{"1_0_1": None}), index(**{"1_0_1": None, "1_0_2": None})
     store = SharedStore()
     a, b = worker(store), worker(store)
@@ -116,3 +84,16 @@ def test_two_workers_that_each_fetched_the_copy_with_a_new_version_serve_one_fir
     assert {pubtimes(s)["1.0.2"] for s in raced} == {timestamp(STORED_AT + 10.2), timestamp(STORED_AT + 11.7)}
     assert [pubtimes(s)["1.0.2"] for s in after] == [timestamp(STORED_AT + 10.2)] * 2  # the earliest sighting
     assert all(pubtimes(s)["1.0.1"] is None for s in after)  # the first copy's version: old
+
+
+def test_an_index_file_under_a_policy_is_not_modified_only_by_its_etag_never_by_its_date():
+    """What is served changes with no new copy (a quarantine ends, an advisory arrives): a client asking by date
+    (If-Modified-Since, no ETag) could keep an outdated decision, so it gets the file."""
+    gate = worker(SharedStore())
+    served = asyncio.run(gate._police(REGISTRY, "itoa", copy(index(**{"1_0_1": STORED_AT - 60}), STORED_AT)))
+    after = freshness.http_date(STORED_AT + 60)
+
+    assert entry_reply("index", served, {"if-modified-since": after}).status == 200
+    assert entry_reply("index", served, {"if-none-match": freshness.etag_for(served.entry.meta.sha256)}).status == 304
+    unpoliced = copy(index(**{"1_0_1": STORED_AT - 60}), STORED_AT)
+    assert entry_reply("index", unpoliced, {"if-modified-since": after}).status == 304  # as without a policy

@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import math
 from dataclasses import dataclass, replace
 
 from ..boundary.routes import ConfigRoute, CrateRoute, IndexRoute
 from ..config import Registry
 from ..config.policy import Policy
-from ..engine import Engine, Refused, Served, Unavailable, freshness
+from ..engine import Engine, Refused, Served, Unavailable
 from ..protocols.base import Protocol
 from ..protocols.cargo import Cargo
 from ..storage import Entry, StorageUnavailable
@@ -130,7 +129,9 @@ class PolicyGate(Protocol):
         for version, verdict in answer.verdicts.items():
             self.journal.served(reg.name, name, version, verdict.findings, policy.dry_run)
         entry = served.entry if policy.dry_run else answer.entry
-        return replace(served, entry=entry, headers=served.headers + answer.headers)
+        # What is served changes without a new copy (a quarantine ends, an advisory arrives, a rule goes): its
+        # date cannot say so, so only the ETag (the served bytes' digest) may answer a conditional request.
+        return replace(served, entry=entry, headers=served.headers + answer.headers, dated=False)
 
     async def _answer(self, reg: Registry, name: str, served: Served) -> Answer | None:
         policy, entry = reg.policy, served.entry
@@ -219,17 +220,7 @@ def _make(policy: Policy, database, name: str, entry: Entry, record: Sightings |
     if body is not entry.body:
         meta = replace(entry.meta, sha256=hashlib.sha256(body).hexdigest(), size=len(body), last_modified=None)
         served = Entry(meta, body)
-    ended = _quarantine_ended(policy, published, entry.meta.stored_at, now)
-    if ended is not None:  # what is served changed then: a client's copy from before fails If-Modified-Since
-        served = Entry(replace(served.meta, last_modified=freshness.http_date(math.ceil(ended))), served.body)
     until = min((v.until for v in verdicts.values() if v.until is not None), default=float("inf"))
     findings = [f for verdict in verdicts.values() for f in verdict.findings]
     return Answer(basis, until, served, verdicts, header(findings, policy.dry_run))
 
-
-def _quarantine_ended(policy: Policy, published: dict[str, float | None], stored_at: float, now: float) -> float | None:
-    """The latest time a quarantine of a version in this copy (stored at `stored_at`) ended, if one ended while the
-    copy was served: the copy has been served with that version hidden, and without it since (pure)."""
-    min_age = policy.quarantine.min_age
-    ends = [when + min_age for when in published.values() if when is not None and stored_at < when + min_age <= now]
-    return max(ends, default=None) if min_age > 0 else None
