@@ -244,9 +244,11 @@ def test_a_git_pull_in_the_advisory_database_and_sighup_re_read_it_live_and_a_re
         denied = wait_for(lambda: (r := get(proxy.url, ca, index_url("ryu"))).headers.get(POLICY_HEADER) and r,
                           "the new advisory to act", timeout=15)
         took = time.monotonic() - pulled
+        by_date = get(proxy.url, ca, index_url("ryu"), **{"If-Modified-Since": before.headers["Last-Modified"]})
 
         assert took < 10, f"{took:.1f} s"  # within seconds, without a restart
         assert denied.headers[POLICY_HEADER] == "deny:RUSTSEC-2099-0001" and lines(denied)["1.0.2"]["yanked"]
+        assert by_date.status_code == 200 and lines(by_date)["1.0.2"]["yanked"]  # a client asking by date sees it too
         refused = get(proxy.url, ca, download_url("ryu", "1.0.2"))
         assert refused.status_code == 403 and refused.text.startswith(
             "cargo-cache policy: ryu 1.0.2: RUSTSEC-2099-0001 (malicious)")
