@@ -54,6 +54,17 @@ def test_first_copy_is_old_later_versions_are_seen_at_their_copy():
     assert sightings.merge(later, 1500.0, [("1.2.0", None)]).upto == 2000.0
 
 
+def test_records_of_racing_processes_combine_to_each_versions_earliest_sighting_in_either_order():
+    a = Sightings(2000.0, {"1.0.0": (None, None), "1.2.0": (None, 2000.0), "1.3.0": (1500.0, 2000.0)})
+    b = Sightings(2010.0, {"1.0.0": (None, None), "1.2.0": (None, 2010.0), "1.3.0": (1500.0, 2010.0),
+                           "1.4.0": (None, 2010.0)})
+    combined = sightings.combine(a, b)
+    assert combined == sightings.combine(b, a)
+    assert combined == Sightings(2010.0, {"1.0.0": (None, None), "1.2.0": (None, 2000.0), "1.3.0": (1500.0, 2000.0),
+                                          "1.4.0": (None, 2010.0)})
+    assert sightings.combine(Sightings(), a) == a
+
+
 def test_published_follows_missing_pubtime():
     record = Sightings(10.0, {"1.0.0": (None, None), "1.1.0": (None, 500.0), "1.2.0": (400.0, 500.0)})
     assert record.published("1.0.0", True) is None

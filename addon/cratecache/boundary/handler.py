@@ -121,7 +121,8 @@ def entry_reply(kind: str, served: Served, request_headers: Mapping[str, str], c
     if served.state == "stale":
         headers["Warning"] = '110 cargo-cache "Response is stale: every upstream failed"'
     not_modified = kind not in ("crate", "component") and freshness.client_not_modified(
-        request_headers.get("if-none-match"), request_headers.get("if-modified-since"), etag, last_modified
+        request_headers.get("if-none-match"), request_headers.get("if-modified-since") if served.dated else None,
+        etag, last_modified
     )
     if not_modified:
         return Reply(304, b"", headers, served.source, served.state, kind, meta.size)

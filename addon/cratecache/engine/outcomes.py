@@ -23,6 +23,7 @@ class Served:
     state: str  # hit | miss | revalidated | updated | stale
     attempts: tuple[Attempt, ...] = ()
     headers: tuple[tuple[str, str], ...] = ()  # extra response headers (e.g. the policy's decisions about it)
+    dated: bool = True  # its Last-Modified may answer If-Modified-Since (False: only its ETag may give a 304)
 
 
 class ResolveError(Exception):

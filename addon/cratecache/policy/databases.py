@@ -1,6 +1,8 @@
 """The advisory databases the policy uses, loaded and kept current: read at start (before the proxy serves), then
-re-read off the event loop when a checkout changes (a `git pull`) or when asked (SIGHUP). A database that cannot be
-read keeps the copy already loaded; one never loaded is `None`, and the policy fails closed on it.
+re-read off the event loop when a checkout changes (a `git pull`) and the change has settled, or when asked
+(SIGHUP). A database that cannot be read, or that changed while it was read, keeps the copy already loaded (a
+checkout caught half-way through a pull or a clone would drop advisories); one never loaded is `None`, and the
+policy fails closed on it. A failure is logged once, not at every look.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class Databases:
         self._loaded: dict[str, Database] = {}
         self.errors: dict[str, str] = {}  # path -> why its last reading failed
         self.loaded_at: dict[str, float] = {}  # path -> when it was last read
+        self._changing: dict[str, tuple] = {}  # path -> its files' fingerprint at the last look, if not the loaded one
 
     def get(self, path: str) -> Database | None:
         return self._loaded.get(path)
@@ -36,17 +39,24 @@ class Databases:
                 self._read(path)
 
     async def refresh(self, paths: Iterable[str], force: bool = False) -> list[str]:
-        """Re-read (off the event loop) each database whose files changed since it was loaded, or every one when
-        `force`d, and the ones never loaded. The paths that were (re)loaded."""
+        """Re-read (off the event loop) each database whose files changed since it was loaded and have not changed
+        since the look before (a `git pull` or a new clone under way is read once it is done, never half-way), or
+        every one when `force`d, and the ones never loaded. The paths that were (re)loaded."""
         done = []
         for path in dict.fromkeys(paths):
             held = self._loaded.get(path)
             if held is not None and not force:
                 try:
-                    if await asyncio.to_thread(advisories.fingerprint, path) == held.fingerprint:
-                        continue
+                    now = await asyncio.to_thread(advisories.fingerprint, path)
                 except OSError as e:
                     self._failed(path, e)
+                    continue
+                if now == held.fingerprint:
+                    self._changing.pop(path, None)
+                    self.errors.pop(path, None)
+                    continue
+                if self._changing.get(path) != now:  # changed since the last look: maybe still being written
+                    self._changing[path] = now
                     continue
             if await asyncio.to_thread(self._read, path):
                 done.append(path)
@@ -55,11 +65,18 @@ class Databases:
     def _read(self, path: str) -> bool:
         try:
             database = advisories.load(path)
+            after = advisories.fingerprint(path)
         except (OSError, ValueError) as e:
             self._failed(path, e)
             return False
+        if after != database.fingerprint and path in self._loaded:  # changed while it was read: read it once settled
+            self._changing[path] = after
+            logger.info("cargo-cache policy: advisory database %s changed while it was read; read again once it "
+                        "settles (the copy loaded before stays in use)", path)
+            return False
         old = self._loaded.get(path)
         self._loaded[path] = database
+        self._changing.pop(path, None)
         self.loaded_at[path] = time.time()
         self.errors.pop(path, None)
         logger.info("cargo-cache policy: advisory database %s %s: %d advisories (newest %s)%s", path,
@@ -68,6 +85,9 @@ class Databases:
         return True
 
     def _failed(self, path: str, error: Exception) -> None:
-        self.errors[path] = f"{type(error).__name__}: {error}"
+        why = f"{type(error).__name__}: {error}"
+        if self.errors.get(path) == why:  # said at the last look already
+            return
+        self.errors[path] = why
         kept = " (the copy loaded before stays in use)" if path in self._loaded else ""
         logger.error("cargo-cache policy: advisory database %s cannot be read: %s%s", path, error, kept)

@@ -20,7 +20,7 @@ from ..config.policy import Policy
 from ..engine import Engine, Refused, Served, Unavailable
 from ..protocols.base import Protocol
 from ..protocols.cargo import Cargo
-from ..storage import Entry
+from ..storage import Entry, StorageUnavailable
 from . import rewrite, sightings
 from .databases import Databases
 from .decide import ALLOWED, Verdict, decide_all, timestamp
@@ -36,7 +36,7 @@ KEPT_ANSWERS = 20_000  # index files whose policed answer is remembered
 @dataclass(frozen=True)
 class Answer:
     """What the policy made of one copy of an index file."""
-    basis: tuple  # (entry sha256, kept publish times, policy, database fingerprint): what it was made from
+    basis: tuple  # (entry sha256, sightings record, policy, database fingerprint): what it was made from
     until: float  # it must be made again at this time (a quarantine ends)
     entry: Entry  # what is served (the same entry when nothing changed)
     verdicts: dict[str, Verdict]
@@ -55,6 +55,7 @@ class PolicyGate(Protocol):
         self._answers: dict[str, Answer] = {}
         self._records: dict[str, Sightings] = {}  # sightings key -> the record as last read or written here
         self._covered: dict[str, str] = {}  # sightings key -> the sha256 of the index copy its record covers
+        self._checked: dict[str, float] = {}  # sightings key -> checked_at of the index copy it was last read for
 
     @staticmethod
     def not_staged_status(route) -> int:
@@ -129,7 +130,9 @@ class PolicyGate(Protocol):
         for version, verdict in answer.verdicts.items():
             self.journal.served(reg.name, name, version, verdict.findings, policy.dry_run)
         entry = served.entry if policy.dry_run else answer.entry
-        return replace(served, entry=entry, headers=served.headers + answer.headers)
+        # What is served changes without a new copy (a quarantine ends, an advisory arrives, a rule goes): its
+        # date cannot say so, so only the ETag (the served bytes' digest) may answer a conditional request.
+        return replace(served, entry=entry, headers=served.headers + answer.headers, dated=False)
 
     async def _answer(self, reg: Registry, name: str, served: Served) -> Answer | None:
         policy, entry = reg.policy, served.entry
@@ -165,23 +168,34 @@ class PolicyGate(Protocol):
         """The kept publish times of crate `name`, covering every version of the index copy `entry` (a version not
         kept yet is added, seen at the copy's `stored_at`, and the record stored for the other workers)."""
         key = f"policy/sightings/{reg.name}/{name.lower()}"
-        record = self._records.get(key)
-        if record is not None and self._covered.get(key) == entry.meta.sha256:
-            return record
+        held, checked = self._records.get(key), self._checked.get(key)
+        if held is not None and checked is not None and checked >= entry.meta.checked_at \
+                and self._covered.get(key) == entry.meta.sha256:
+            return held
+        # Read again when the copy changed or was revalidated since: another worker or gateway may have merged
+        # it, or kept an earlier sighting of a version that this process saw too (both fetched the new copy);
+        # the records combine to the earliest sighting, so every process ends up serving the same time.
         versions = [(v, sightings.parse_pubtime(obj.get("pubtime"))) for v, obj in rewrite.lines(entry.body)]
-        if record is None or not record.covers(versions):
-            record = await self._read_record(key) or Sightings()  # another worker or gateway may have added them
-            if record.upto is None or not record.covers(versions):
-                record = sightings.merge(record, entry.meta.stored_at, versions)
-                await self.engine.best_effort(self.engine.store.put, key, sightings.encode(record), "policy")
+        stored = await self._read_record(key) or Sightings()
+        record = sightings.combine(stored, held) if held is not None else stored
+        if not record.covers(versions):  # a version not kept yet: seen in this copy
+            record = sightings.merge(record, entry.meta.stored_at, versions)
+        if record != stored:
+            await self.engine.best_effort(self.engine.store.put, key, sightings.encode(record), "policy")
         if len(self._records) >= KEPT_ANSWERS:
             self._records.clear()
+            self._checked.clear()
             self._covered.clear()
-        self._records[key], self._covered[key] = record, entry.meta.sha256
-        return record
+        if record != held:
+            self._records[key] = record
+        self._checked[key], self._covered[key] = entry.meta.checked_at, entry.meta.sha256
+        return self._records.get(key, record)
 
     async def _read_record(self, key: str) -> Sightings | None:
-        stored = await self.engine.store.get(key)
+        try:  # the shared store's newest (the bucket's, on s3: not a copy this gateway wrote before)
+            stored = await self.engine.store.latest(key)
+        except StorageUnavailable:
+            stored = await self.engine.store.get(key)
         if stored is None or stored.body is None:
             return None
         try:
@@ -212,3 +226,4 @@ def _make(policy: Policy, database, name: str, entry: Entry, record: Sightings |
     until = min((v.until for v in verdicts.values() if v.until is not None), default=float("inf"))
     findings = [f for verdict in verdicts.values() for f in verdict.findings]
     return Answer(basis, until, served, verdicts, header(findings, policy.dry_run))
+

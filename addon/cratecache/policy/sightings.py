@@ -58,6 +58,22 @@ def merge(record: Sightings, stored_at: float, lines: Iterable[tuple[str, float 
     return Sightings(max(stored_at, record.upto or stored_at), versions)
 
 
+def combine(a: Sightings, b: Sightings) -> Sightings:
+    """Two records of one crate kept by processes that raced (each merged a copy of its own before it could read
+    the other's): each version's earliest sighting (a first copy's None before any time), the later `upto`.
+    The same whichever comes first, so every worker and gateway converges on one time."""
+    versions = dict(a.versions)
+    for version, times in b.versions.items():
+        versions[version] = min(versions.get(version, times), times, key=_earliest)
+    uptos = [u for u in (a.upto, b.upto) if u is not None]
+    return Sightings(max(uptos) if uptos else None, versions)
+
+
+def _earliest(times: tuple[float | None, float | None]) -> tuple:
+    pubtime, seen = times
+    return (seen is not None, seen or 0.0, pubtime is None, pubtime or 0.0)
+
+
 def encode(record: Sightings) -> bytes:
     return json.dumps({"upto": record.upto, "versions": {v: list(t) for v, t in record.versions.items()}},
                       separators=(",", ":"), sort_keys=True).encode()
