@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.fixtures.rustsec import SNAPSHOT
+
 from .. import cargo
 from ..context import UPSTREAM_NAME, Bench, index_url
 from ..procs import Mitmdump
@@ -27,7 +29,7 @@ from .cargo_fetch import PACKAGES, _rotate, _timed
 
 WITH, WITHOUT = "cargo-cache with the policy", "cargo-cache without a policy"
 LIMIT = 1.05
-DATABASE = Path(os.environ.get("CARGO_CACHE_BENCH_RUSTSEC", "/work/shared/rustsec-advisory-db"))
+DATABASE = Path(os.environ.get("CARGO_CACHE_BENCH_RUSTSEC", SNAPSHOT))  # the repository's copy of the snapshot
 ADVISORIES = 1205  # in the snapshot
 POLICY = {
     "quarantine": {"min_age": "3d"},
