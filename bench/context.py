@@ -10,6 +10,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from tests.fixtures.registry import CrateFile, Registry, build_registry, index_path
 from tests.harness import DOWNLOAD_HOST, INDEX_HOST, free_port, write_proxies
 
@@ -91,10 +93,14 @@ class Bench:
         return {"name": UPSTREAM_NAME, "url": self.nginx.index_url}
 
     def addon(self, label: str, cache_dir: Path, upstreams: list[dict] | None = None,
-              env: dict[str, str] | None = None, **cache: object) -> Mitmdump:
-        """mitmdump with the addon (not started), its cache in `cache_dir`; `env` is added to its environment."""
+              env: dict[str, str] | None = None, policy: dict | None = None, **cache: object) -> Mitmdump:
+        """mitmdump with the addon (not started), its cache in `cache_dir`; `env` is added to its environment;
+        `policy` is proxies.yaml's `policy:` section (none if not given)."""
         config = write_proxies(self.work / "config" / f"{label}.yaml", upstreams or [self.nginx_upstream()],
                                cache_dir, **({"size_limit": "50GB", "index_ttl": LONG_TTL} | cache))
+        if policy is not None:
+            doc = yaml.safe_load(config.read_text())
+            config.write_text(yaml.safe_dump({**doc, "policy": policy}, sort_keys=False))
         return Mitmdump(label, addon_args(self.addon_script, config), self.confdir, self.log_path(label),
                         env=env or {})
 
@@ -137,6 +143,7 @@ class Bench:
 
 
 _REQUEST_LINE = re.compile(r"^\[[^\]]+\] \S+ (GET|HEAD|\S+) \S+ (\d{3}) ")
+_POLICY_DECISION = re.compile(r"cargo-cache policy: (?:would-)?(?:warn|hide|deny):\S+ \(registry ")  # expected
 _TROUBLE = re.compile(r"traceback|exception|error|failed|warning|stale|timed out|refused|reset", re.I)
 _NOISE = re.compile(r"\[\d\d:\d\d:\d\d\.\d+\]|\[[0-9.:]+\]|\b127\.0\.0\.1:\d+|\d+ms\b|\b\d+B\b")
 
@@ -146,6 +153,6 @@ def log_problem(line: str) -> str | None:
     if match := _REQUEST_LINE.match(line):
         if int(match.group(2)) < 500:
             return None
-    elif not _TROUBLE.search(line):
+    elif not _TROUBLE.search(line) or _POLICY_DECISION.search(line):
         return None
     return _NOISE.sub("", line).strip()[:200]

@@ -1,7 +1,7 @@
 """`make bench`: run the scenarios of issue 6 against their baselines and write BENCHMARKS.md.
 
     .venv/bin/python -m bench.run [--scenarios warm,cold,hits,slow,memory,cache-size,s3,toolchain,expired,latency,
-                                               workers,profile]
+                                               workers,profile,policy]
                                   [--repeat 5] [--quick] [--out BENCHMARKS.md] [--addon DIR]
 
 Everything listens on 127.0.0.1: nginx serving the registry, the proxies, the slow upstream. The proxy
@@ -40,6 +40,7 @@ from .scenarios import (
     hits,
     latency,
     memory,
+    policy,
     profile_hits,
     s3_backend,
     slow_upstream,
@@ -60,6 +61,7 @@ SCENARIOS = {
     "latency": latency.run,
     "workers": workers.run,
     "profile": profile_hits.run,
+    "policy": policy.run,
 }
 WORK = ROOT / "BENCHMARKS.tmp"
 

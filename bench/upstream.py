@@ -10,6 +10,9 @@ Layout under `root/www` (static files only, so nginx answers with sendfile, ETag
 (`https://static.crates.io/crates`): the plain-mitmdump baseline maps index.crates.io to it,
 so downloads come back through that proxy, as they do through the addon. `/relay-index/` serves them with
 `root/relay-config.json`, which a scenario writes when it puts a relay in front of nginx (its `dl` names the relay).
+`/policy-index/` (`www/policy-index/`) is the same registry whose every index line carries an old `pubtime`
+(`OLD_PUBTIME`), for the policy scenario: a quarantine then decides on every version and hides none. The other
+scenarios never ask for it, so their bytes are unchanged.
 
 nginx logs only conditional requests (If-None-Match or If-Modified-Since), to `root/conditional.log` as
 `STATUS URI`: the proof that a proxy revalidated (`Nginx.conditional()` counts them). Nothing else is logged.
@@ -28,6 +31,14 @@ from pathlib import Path
 from tests.fixtures.registry import Registry, index_path
 
 CRATES_IO_DL = "https://static.crates.io/crates"
+OLD_PUBTIME = "2020-01-01T00:00:00Z"  # older than any quarantine
+
+
+def with_pubtime(data: bytes, pubtime: str = OLD_PUBTIME) -> bytes:
+    """An index file whose every line carries `pubtime` (replacing any it had); blank lines are dropped."""
+    lines = [json.loads(line) for line in data.splitlines() if line.strip()]
+    return b"".join(json.dumps(line | {"pubtime": pubtime}, separators=(",", ":")).encode() + b"\n"
+                    for line in lines)
 
 
 def write_tree(reg: Registry, root: Path, port: int) -> Path:
@@ -37,11 +48,15 @@ def write_tree(reg: Registry, root: Path, port: int) -> Path:
         path = www / "index" / index_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
+        path = www / "policy-index" / index_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(with_pubtime(data))
     for crate in reg.crates.values():
         path = www / "crates" / crate.name / crate.version / "download"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(crate.data)
-    (www / "index" / "config.json").write_text(json.dumps({"dl": f"http://127.0.0.1:{port}/crates"}))
+    for index in ("index", "policy-index"):
+        (www / index / "config.json").write_text(json.dumps({"dl": f"http://127.0.0.1:{port}/crates"}))
     (root / "mitm-config.json").write_text(json.dumps({"dl": CRATES_IO_DL}))
     for path in [root, *root.rglob("*")]:  # nginx's workers run as nobody
         path.chmod(0o755 if path.is_dir() else 0o644)
@@ -73,6 +88,8 @@ http {{
         root {root}/www;
         location = /index/config.json {{ default_type application/json; }}
         location /index/ {{ default_type text/plain; }}
+        location = /policy-index/config.json {{ default_type application/json; }}
+        location /policy-index/ {{ default_type text/plain; }}
         location = /mitm-index/config.json {{ default_type application/json; alias {root}/mitm-config.json; }}
         location /mitm-index/ {{ default_type text/plain; alias {root}/www/index/; }}
         location = /relay-index/config.json {{ default_type application/json; alias {root}/relay-config.json; }}
@@ -101,6 +118,11 @@ class Nginx:
     @property
     def index_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/index/"
+
+    @property
+    def policy_index_url(self) -> str:
+        """The index whose lines all carry `OLD_PUBTIME`."""
+        return f"http://127.0.0.1:{self.port}/policy-index/"
 
     @property
     def mitm_index_url(self) -> str:

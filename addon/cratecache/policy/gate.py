@@ -41,6 +41,7 @@ class Answer:
     entry: Entry  # what is served (the same entry when nothing changed)
     verdicts: dict[str, Verdict]
     headers: tuple[tuple[str, str], ...]
+    listed: frozenset[str]  # every version the copy lists (a download's verdict needs no parse)
 
 
 class PolicyGate(Protocol):
@@ -115,8 +116,7 @@ class PolicyGate(Protocol):
         verdict = answer.verdicts.get(route.version)
         if verdict is not None:
             return verdict
-        listed = any(version == route.version for version, _ in rewrite.lines(index.entry.body or b""))
-        return ALLOWED if listed else None
+        return ALLOWED if route.version in answer.listed else None
 
     # -- index files -------------------------------------------------------------------------------
 
@@ -225,5 +225,5 @@ def _make(policy: Policy, database, name: str, entry: Entry, record: Sightings |
         served = Entry(meta, body)
     until = min((v.until for v in verdicts.values() if v.until is not None), default=float("inf"))
     findings = [f for verdict in verdicts.values() for f in verdict.findings]
-    return Answer(basis, until, served, verdicts, header(findings, policy.dry_run))
+    return Answer(basis, until, served, verdicts, header(findings, policy.dry_run), frozenset(published))
 
