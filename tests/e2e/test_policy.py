@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -21,7 +22,7 @@ from tests.e2e.test_faults import proxy_client
 from tests.fixtures.registry import Registry, build_registry
 from tests.fixtures.upstream import UpstreamServer
 from tests.fixtures.versions import add_version, pubtime, seconds, set_pubtimes
-from tests.harness import DOWNLOAD_HOST, INDEX_HOST, Proxy, cli, locked_packages, make_project
+from tests.harness import DOWNLOAD_HOST, INDEX_HOST, Proxy, cli, free_port, locked_packages, make_project
 
 SNAPSHOT = Path("/work/shared/rustsec-advisory-db")
 HEADER = "X-Cargo-Cache-Policy"
@@ -63,8 +64,13 @@ def proxies(confdir: Path, tmp_path: Path) -> Iterator[Callable[[Path], Proxy]]:
     """Start mitmdump on a proxies.yaml (re-read every 200 ms); every one started is stopped at the end."""
     started: list[Proxy] = []
 
-    def start(config: Path) -> Proxy:
-        proxy = Proxy(config, confdir, tmp_path / f"mitmdump-{len(started)}.log", ("--set", "cargo_reload_ms=200"))
+    def start(config: Path, status_page: bool = False) -> Proxy:
+        args = ("--set", "cargo_reload_ms=200")
+        port = free_port() if status_page else None
+        if port is not None:
+            args += ("--set", f"cargo_status_port={port}")
+        proxy = Proxy(config, confdir, tmp_path / f"mitmdump-{len(started)}.log", args)
+        proxy.status_url = f"http://127.0.0.1:{port}"
         started.append(proxy)
         return proxy.start()
 
@@ -217,10 +223,13 @@ def test_a_version_without_pubtime_is_aged_from_its_first_sighting_and_appears_w
                 response = c.get(index_url("scopeguard"))
             return response if not lines(response.content)["1.2.0"]["yanked"] else None
 
-        appeared = wait_for(released, 20, "scopeguard 1.2.0 leaves its quarantine")
+        appeared = wait_for(released, 20, "scopeguard 1.2.0 leaves its quarantine", step=0.25)
         appeared_at = time.time()
         fresh = cargo.run(project, "generate-lockfile")
         log = proxy.log()
+        proxy.stop()
+        with proxy_client(proxies(config)) as c:  # the same cache: the kept first sighting survives a restart
+            restarted = c.get(index_url("scopeguard"))
 
     # The versions of the first copy the proxy saw count as old: served as published, no pubtime added.
     assert first.status_code == 200 and first.content == first_copy and HEADER not in first.headers
@@ -239,6 +248,7 @@ def test_a_version_without_pubtime_is_aged_from_its_first_sighting_and_appears_w
     assert locked_packages(project).keys() == {("scopeguard", "1.2.0")}
     assert "scopeguard 1.2.0 is in quarantine until" in log and "(min_age 5s)" in log
     assert log.count("proxy listening at") == 1
+    assert restarted.content == appeared.content
 
 
 def test_a_registrys_own_policy_overrides_the_global_one(proxies, new_cargo, tmp_path):
@@ -309,7 +319,8 @@ def test_advisories_deny_the_malicious_and_hide_the_vulnerable_until_ignored_or_
         regs = [registry_doc(origin)]
         config = write_config(tmp_path / "proxies.yaml", tmp_path / "cache", regs, policy, index_ttl=0)
         proxy = proxies(config)
-        resolved = new_cargo(proxy).run(project, "generate-lockfile")
+        cargo = new_cargo(proxy)  # kept: its cached index copies must not keep a lifted decision
+        resolved = cargo.run(project, "generate-lockfile")
         resolved_lock = locked_packages(project)
         refused = new_cargo(proxy, CARGO_NET_RETRY="0").run(pinned, "fetch", "--locked")
         with proxy_client(proxy) as c:
@@ -319,7 +330,7 @@ def test_advisories_deny_the_malicious_and_hide_the_vulnerable_until_ignored_or_
         reload(proxy, config, regs, policy | {"advisories": policy["advisories"] | {"ignore": [VULNERABLE]},
                                               "rules": [{"allow": "itoa"}]}, tmp_path / "cache", index_ttl=0)
         (project / "Cargo.lock").unlink()
-        lifted = new_cargo(proxy).run(project, "generate-lockfile")
+        lifted = cargo.run(project, "generate-lockfile")
         allowed = new_cargo(proxy).run(pinned, "fetch", "--locked")
         with proxy_client(proxy) as c:
             itoa_after, bytes_after = c.get(index_url("itoa")), c.get(index_url("bytes"))
@@ -354,17 +365,20 @@ def test_dry_run_serves_everything_as_without_a_policy_and_says_what_it_would_do
     db = advisory_db(tmp_path)
     registry = advisory_registry()
     add_version(registry, "itoa", "1.0.2", pubtime(time.time() - 60))
-    policy = {"dry_run": True, "quarantine": {"min_age": "3d", "pinned": "deny"},
-              "advisories": {"database": str(db), "malicious": "deny", "vulnerable": "hide"}}
+    policy = {"dry_run": True, "quarantine": {"min_age": "3d", "pinned": "deny"},  # database: relative to the file
+              "advisories": {"database": db.name, "malicious": "deny", "vulnerable": "hide"}}
     project = make_project(tmp_path / "app", 'itoa = "1"\nbytes = "1"\n')
 
     with UpstreamServer(registry, name="origin") as origin:
-        proxy = proxies(write_config(tmp_path / "proxies.yaml", tmp_path / "cache", [registry_doc(origin)], policy))
+        proxy = proxies(write_config(tmp_path / "proxies.yaml", tmp_path / "cache", [registry_doc(origin)], policy),
+                        status_page=True)
         fetched = new_cargo(proxy).fetch(project)
         with proxy_client(proxy) as c:
             itoa, bytes_index = c.get(index_url("itoa")), c.get(index_url("bytes"))
             young, malicious = c.get(download_url("itoa", "1.0.2")), c.get(download_url("itoa", "1.0.1"))
         log = proxy.log()
+        metrics = httpx.get(proxy.status_url + "/metrics", timeout=10).text
+        status = httpx.get(proxy.status_url + "/status.json", timeout=10).json()["policy"]
 
     assert fetched.returncode == 0, fetched.stderr
     assert locked_packages(project).keys() == {("itoa", "1.0.2"), ("bytes", "1.2.1")}
@@ -378,6 +392,16 @@ def test_dry_run_serves_everything_as_without_a_policy_and_says_what_it_would_do
     assert f"cargo-cache policy: would-deny:{MALICIOUS} (registry crates-io): itoa 1.0.1" in log
     assert "cargo-cache policy: would-deny:quarantine (registry crates-io): itoa 1.0.2 is in quarantine" in log
     assert f"cargo-cache policy: would-hide:{VULNERABLE} (registry crates-io): bytes 1.2.1" in log
+    # What an operator watches: the counters and the status page say the same.
+    counted = {m.group(1, 2): float(m.group(3)) for m in re.finditer(
+        r'^cargo_cache_policy_decisions_total\{action="([^"]+)",reason="([^"]+)"\} (\S+)$', metrics, re.M)}
+    assert counted.keys() == {("would-deny", "malicious"), ("would-deny", "quarantine"), ("would-hide", "vulnerable")}
+    assert all(n >= 1 for n in counted.values())
+    assert status["registries"][0]["dry_run"] is True
+    assert status["databases"][0]["path"] == str(db) and status["databases"][0]["advisories"] == 1206
+    assert {(d["crate"], d["version"], d["decision"]) for d in status["last"]} >= {
+        ("itoa", "1.0.1", f"would-deny:{MALICIOUS}"), ("itoa", "1.0.2", "would-deny:quarantine"),
+        ("bytes", "1.2.1", f"would-hide:{VULNERABLE}")}
 
 
 def lockfile(folder: Path, registry: Registry, packages: list[tuple[str, str]]) -> Path:
