@@ -36,7 +36,7 @@ KEPT_ANSWERS = 20_000  # index files whose policed answer is remembered
 @dataclass(frozen=True)
 class Answer:
     """What the policy made of one copy of an index file."""
-    basis: tuple  # (entry sha256, record upto, policy, database fingerprint): what it was made from
+    basis: tuple  # (entry sha256, kept publish times, policy, database fingerprint): what it was made from
     until: float  # it must be made again at this time (a quarantine ends)
     entry: Entry  # what is served (the same entry when nothing changed)
     verdicts: dict[str, Verdict]
@@ -54,6 +54,7 @@ class PolicyGate(Protocol):
         self.journal = journal or Journal(engine.clock)
         self._answers: dict[str, Answer] = {}
         self._records: dict[str, Sightings] = {}  # sightings key -> the record as last read or written here
+        self._covered: dict[str, str] = {}  # sightings key -> the sha256 of the index copy its record covers
 
     @staticmethod
     def not_staged_status(route) -> int:
@@ -136,8 +137,7 @@ class PolicyGate(Protocol):
             return None
         database = self._database(policy)
         record = await self._sightings(reg, name, entry) if policy.quarantine.min_age > 0 else None
-        basis = (entry.meta.sha256, record.upto if record else None, policy,
-                 database.fingerprint if database else None)
+        basis = (entry.meta.sha256, record, policy, database.fingerprint if database else None)
         key, now = IndexRoute(reg, name).key, self.engine.clock()
         held = self._answers.get(key)
         if held is not None and held.basis == basis and now < held.until:
@@ -162,19 +162,22 @@ class PolicyGate(Protocol):
         return database
 
     async def _sightings(self, reg: Registry, name: str, entry: Entry) -> Sightings:
-        """The kept publish times of crate `name`, up to date with the index copy `entry` (merged and stored when
-        it is newer than what the record has seen)."""
+        """The kept publish times of crate `name`, covering every version of the index copy `entry` (a version not
+        kept yet is added, seen at the copy's `stored_at`, and the record stored for the other workers)."""
         key = f"policy/sightings/{reg.name}/{name.lower()}"
         record = self._records.get(key)
-        stored_at = entry.meta.stored_at
-        if record is not None and record.upto is not None and record.upto >= stored_at:
+        if record is not None and self._covered.get(key) == entry.meta.sha256:
             return record
-        record = await self._read_record(key) or Sightings()  # another worker or gateway may have merged it
-        if record.upto is None or record.upto < stored_at:
-            lines = [(v, sightings.parse_pubtime(obj.get("pubtime"))) for v, obj in rewrite.lines(entry.body)]
-            record = sightings.merge(record, stored_at, lines)
-            await self.engine.best_effort(self.engine.store.put, key, sightings.encode(record), "policy")
-        self._records[key] = record
+        versions = [(v, sightings.parse_pubtime(obj.get("pubtime"))) for v, obj in rewrite.lines(entry.body)]
+        if record is None or not record.covers(versions):
+            record = await self._read_record(key) or Sightings()  # another worker or gateway may have added them
+            if record.upto is None or not record.covers(versions):
+                record = sightings.merge(record, entry.meta.stored_at, versions)
+                await self.engine.best_effort(self.engine.store.put, key, sightings.encode(record), "policy")
+        if len(self._records) >= KEPT_ANSWERS:
+            self._records.clear()
+            self._covered.clear()
+        self._records[key], self._covered[key] = record, entry.meta.sha256
         return record
 
     async def _read_record(self, key: str) -> Sightings | None:

@@ -26,6 +26,10 @@ class Sightings:
     upto: float | None = None  # None: no index copy seen yet
     versions: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # version -> (pubtime, seen)
 
+    def covers(self, lines: Iterable[tuple[str, float | None]]) -> bool:
+        """Every version of these (version, pubtime) lines is kept already."""
+        return self.upto is not None and all(version in self.versions for version, _ in lines)
+
     def published(self, version: str, first_seen: bool) -> float | None:
         """When `version` counts as published: its kept pubtime, else (with `missing_pubtime: first-seen`) its first
         sighting; None: unknown (old)."""
