@@ -417,11 +417,15 @@ def crates_in_cache(config: Path) -> set[tuple[str, str]]:
 
 def test_audit_and_stage_report_what_the_policy_denies_and_stage_never_caches_it(tmp_path):
     db = advisory_db(tmp_path)
-    registry = advisory_registry("anyhow", "cfg-if")  # anyhow 1.0.69: RUSTSEC-2026-0190 (unsound): warned
-    policy = {"advisories": {"database": str(db), "malicious": "deny", "vulnerable": "hide", "informational": "warn"},
+    registry = advisory_registry("anyhow", "cfg-if", "either")  # anyhow 1.0.69: RUSTSEC-2026-0190 (unsound)
+    young = pubtime(time.time() - 60)
+    add_version(registry, "either", "1.6.2", young)
+    policy = {"quarantine": {"min_age": "3d", "pinned": "allow"},
+              "advisories": {"database": db.name, "malicious": "deny", "vulnerable": "hide",
+                             "informational": "warn"},  # the database relative to proxies.yaml's folder
               "rules": [{"deny": "cfg-if@<2", "reason": "cfg-if is not welcome here"}]}
     denied = lockfile(tmp_path / "denied", registry, [("itoa", "1.0.1"), ("bytes", "1.2.1"), ("cfg-if", "1.0.0")])
-    flagged = lockfile(tmp_path / "flagged", registry, [("bytes", "1.2.1"), ("anyhow", "1.0.69")])
+    flagged = lockfile(tmp_path / "flagged", registry, [("bytes", "1.2.1"), ("anyhow", "1.0.69"), ("either", "1.6.2")])
 
     with UpstreamServer(registry, name="origin") as origin:
         config = write_config(tmp_path / "proxies.yaml", tmp_path / "cache", [registry_doc(origin)], policy)
@@ -439,7 +443,9 @@ def test_audit_and_stage_report_what_the_policy_denies_and_stage_never_caches_it
     assert passing.returncode == 0, passing.stdout + passing.stderr
     assert f"HIDE bytes 1.2.1 (crates-io): bytes 1.2.1: {VULNERABLE} (vulnerable)" in passing.stdout
     assert "WARN anyhow 1.0.69 (crates-io): anyhow 1.0.69: RUSTSEC-2026-0190 (unsound)" in passing.stdout
-    assert "audited 2 crates from 1 lockfile(s): 0 denied, 1 hidden, 1 warned" in passing.stdout
+    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds(young) + 3 * DAY))
+    assert f"HIDE either 1.6.2 (crates-io): either 1.6.2 is in quarantine until {until} (min_age 3d)" in passing.stdout
+    assert "audited 3 crates from 1 lockfile(s): 0 denied, 2 hidden, 1 warned" in passing.stdout
 
     assert staged.returncode == 1, staged.stdout + staged.stderr
     assert f"FAILED itoa 1.0.1: cargo-cache policy: itoa 1.0.1: {MALICIOUS} (malicious)" in staged.stdout
@@ -483,8 +489,8 @@ def test_a_broken_advisory_file_is_skipped_with_a_warning_and_a_new_one_acts_wit
     (db / "crates" / "itoa" / f"{MALICIOUS}.md").unlink()  # added later, as a `git pull` would
     broken = db / "crates" / "bytes" / "RUSTSEC-2026-9002.md"
     broken.write_text('```toml\n[advisory]\nid = "RUSTSEC-2026-9002"\npackage = "bytes\n```\n\n# Broken\n')
-    registry = advisory_registry()
-    policy = {"advisories": {"database": str(db), "vulnerable": "hide"}}
+    registry = advisory_registry("anyhow")
+    policy = {"advisories": {"database": str(db), "vulnerable": "hide", "informational": "warn"}}
 
     with UpstreamServer(registry, name="origin") as origin:
         config = write_config(tmp_path / "proxies.yaml", tmp_path / "cache", [registry_doc(origin)], policy,
@@ -492,6 +498,7 @@ def test_a_broken_advisory_file_is_skipped_with_a_warning_and_a_new_one_acts_wit
         proxy = proxies(config)
         with proxy_client(proxy) as c:
             bytes_index, itoa_before = c.get(index_url("bytes")), c.get(index_url("itoa"))
+            anyhow = c.get(index_url("anyhow"))
             (db / "crates" / "itoa" / f"{MALICIOUS}.md").write_text(
                 (SNAPSHOT / "crates" / "acceptxmr-rs" / "RUSTSEC-2023-0115.md").read_text()
                 .replace("RUSTSEC-2023-0115", MALICIOUS).replace("acceptxmr-rs", "itoa"))
@@ -502,6 +509,9 @@ def test_a_broken_advisory_file_is_skipped_with_a_warning_and_a_new_one_acts_wit
     assert re.search(rf"advisory database: skipped {re.escape(str(broken))}: bad TOML", log), log
     assert "1205 advisories" in log  # the snapshot's own, all loaded
     assert bytes_index.headers[HEADER] == f"hide:{VULNERABLE}" and lines(bytes_index.content)["1.2.1"]["yanked"]
+    assert anyhow.headers[HEADER] == "warn:RUSTSEC-2026-0190" and anyhow.content == registry.index_files["anyhow"]
+    assert "cargo-cache policy: warn:RUSTSEC-2026-0190 (registry crates-io): anyhow 1.0.69: RUSTSEC-2026-0190 " \
+           "(unsound): Unsoundness in `Error::downcast_mut()`" in log
     assert HEADER not in itoa_before.headers
     assert itoa_after.headers[HEADER] == f"deny:{MALICIOUS}" and lines(itoa_after.content)["1.0.1"]["yanked"]
 
