@@ -541,3 +541,33 @@ def test_a_rule_whose_version_requirement_does_not_parse_is_a_configuration_erro
     assert audited.returncode == 2
     assert audited.stderr.startswith(f"cargo-cache: invalid configuration: {config}: policy.rules[1].deny: "
                                      "'itoa@>=1.0, <<2': the version requirement does not parse")
+
+
+def test_a_first_sighting_stays_when_a_full_cache_evicts_its_record(proxies, tmp_path):
+    """The kept publish times live in the cache, which evicts the least recently used entries when full; a record
+    gone that way must not turn the next copy into a "first copy" whose new versions count as old."""
+    registry = build_registry(only=["scopeguard", "libc", "syn", "tokio"])
+    policy = {"quarantine": {"min_age": "1h", "missing_pubtime": "first-seen"}}
+
+    with UpstreamServer(registry, name="origin") as origin:
+        config = write_config(tmp_path / "proxies.yaml", tmp_path / "cache", [registry_doc(origin)], policy,
+                              index_ttl=0, size_limit="600KB")
+        proxy = proxies(config)
+        with proxy_client(proxy) as c:
+            first = c.get(index_url("scopeguard"))
+            for name, version in (("libc", "0.2.139"), ("syn", "1.0.107"), ("tokio", "1.24.2")):  # 1.5 MB
+                assert c.get(download_url(name, version)).status_code == 200
+        # Untouched (a listing would read, so refresh, every entry) until the cache has evicted a crate: the
+        # oldest entries, scopeguard's index file and the record of its versions, are gone before the first crate.
+        crates = sum(len(registry.crate(n, v).data) for n, v in (("libc", "0.2.139"), ("syn", "1.0.107"),
+                                                                 ("tokio", "1.24.2")))
+        wait_for(lambda: sum(f.stat().st_size for f in (tmp_path / "cache").rglob("*.val")) < crates, 30,
+                 "the cache evicts its oldest entries", step=0.5)
+        add_version(registry, "scopeguard", "1.2.0")  # no pubtime: aged from its first sighting
+        with proxy_client(proxy) as c:
+            later = c.get(index_url("scopeguard"))
+
+    assert first.status_code == 200 and HEADER not in first.headers
+    assert later.headers.get(HEADER) == "hide:quarantine", later.content
+    assert lines(later.content)["1.2.0"]["yanked"] is True and "pubtime" in lines(later.content)["1.2.0"]
+    assert all("pubtime" not in lines(later.content)[v] for v in registry.versions("scopeguard") if v != "1.2.0")

@@ -170,7 +170,9 @@ class PolicyGate(Protocol):
             return record
         versions = [(v, sightings.parse_pubtime(obj.get("pubtime"))) for v, obj in rewrite.lines(entry.body)]
         if record is None or not record.covers(versions):
-            record = await self._read_record(key) or Sightings()  # another worker or gateway may have added them
+            # Another worker or gateway may have added them. A record gone from the store (evicted from a full
+            # cache, or damaged) does not make this a first copy: what this worker holds is kept, and stored again.
+            record = await self._read_record(key) or record or Sightings()
             if record.upto is None or not record.covers(versions):
                 record = sightings.merge(record, entry.meta.stored_at, versions)
                 await self.engine.best_effort(self.engine.store.put, key, sightings.encode(record), "policy")
