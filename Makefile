@@ -22,7 +22,7 @@ PROFILE ?=
 COMPONENTS ?=
 CLI     := PYTHONPATH=addon $(PY) -m cratecache --proxies $(abspath $(PROXIES))
 
-.PHONY: run test test-deps ca clean help stage export import audit cache-ls cache-stats cache-purge seaweedfs
+.PHONY: run test test-deps ca clean help stage export import audit cache-ls cache-stats cache-verify cache-purge seaweedfs
 
 help:
 	@echo "make run   [HOST=127.0.0.1] [PORT=8080] [WORKERS=nproc] [STATUS_PORT=8081] [PROXIES=proxies.yaml] [ARGS=...]"
@@ -37,6 +37,7 @@ help:
 	@echo "make import BUNDLE=file                  verify a bundle and load it into the cache"
 	@echo "make audit LOCKFILE='a/Cargo.lock dir/'  list locked crates the policy would hide or deny (exit 1: denied)"
 	@echo "make cache-ls | cache-stats | cache-purge ARGS='--crate NAME | --older-than 30d | --all'"
+	@echo "make cache-verify [ARGS=--repair]        re-hash every cached entry (exit 1 if any is bad); --repair evicts them"
 	@echo "make seaweedfs [S3_PORT=8333]            a local S3 server to try the s3 backend (fleet)"
 	@echo "all of them: $(CLI) --help"
 
@@ -95,6 +96,9 @@ cache-ls: $(STAMP)
 
 cache-stats: $(STAMP)
 	@$(CLI) stats $(ARGS)
+
+cache-verify: $(STAMP)
+	@$(CLI) verify $(ARGS)
 
 cache-purge: $(STAMP)
 	@test -n "$(ARGS)" || { echo "usage: make cache-purge ARGS='--crate NAME | --older-than 30d | --all'"; exit 2; }

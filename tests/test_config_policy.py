@@ -27,7 +27,9 @@ from cratecache.config.load import merged
 from cratecache.operations import reload
 from cratecache.policy.semver import parse_req, parse_version
 
-SNAPSHOT = Path("/work/shared/rustsec-advisory-db")
+from tests.fixtures.rustsec import SNAPSHOT as SNAPSHOT_DIR
+
+SNAPSHOT = SNAPSHOT_DIR
 FILE = Path("/etc/cargo-cache/proxies.yaml")
 
 

@@ -13,7 +13,9 @@ import pytest
 from cratecache.policy.advisories import Database, fingerprint, load, parse
 from cratecache.policy.semver import parse_version
 
-RUSTSEC = Path("/work/shared/rustsec-advisory-db")
+from tests.fixtures.rustsec import SNAPSHOT as SNAPSHOT_DIR
+
+RUSTSEC = SNAPSHOT_DIR
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,14 @@
 """The policy's decisions (decide.py): pure, against the real RustSec snapshot where advisories matter."""
 
-from pathlib import Path
 
 import pytest
 from cratecache.config.policy import AdvisoryPolicy, Policy, Quarantine, Rule, parse_crate_match
 from cratecache.policy import advisories
 from cratecache.policy.decide import decide, decide_all, duration, timestamp
 
-SNAPSHOT = Path(__file__).resolve().parents[2] / "shared" / "rustsec-advisory-db"
+from tests.fixtures.rustsec import SNAPSHOT as SNAPSHOT_DIR
+
+SNAPSHOT = SNAPSHOT_DIR
 DAY = 86400
 NOW = 1_800_000_000.0
 

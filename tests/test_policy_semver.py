@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import re
 import tomllib
-from pathlib import Path
 
 import pytest
 from cratecache.policy.semver import Comparator, Req, Version, parse_req, parse_version
 
-RUSTSEC = Path("/work/shared/rustsec-advisory-db")
+from tests.fixtures.rustsec import SNAPSHOT as SNAPSHOT_DIR
+
+RUSTSEC = SNAPSHOT_DIR
 
 # (requirement, versions it matches, versions it does not): tests/test_version_req.rs of dtolnay/semver
 CASES = [

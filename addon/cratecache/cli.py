@@ -25,7 +25,7 @@ from .airgap.bundle import BundleError, export_bundle, import_bundle
 from .airgap.staging import Progress, ToolchainPlan, stage, stage_toolchains
 from .boundary.routes import ConfigRoute, CrateRoute, IndexRoute
 from .config import ConfigError, Settings, load_settings
-from .operations import catalog
+from .operations import catalog, verify
 from .policy import audit as policy_audit
 from .protocols import dist
 from .protocols.lockfile import find_lockfiles, plan, read_lockfile
@@ -121,8 +121,9 @@ def parser() -> argparse.ArgumentParser:
     ls.set_defaults(run=cmd_ls)
 
     st = command("stats", help="totals and hit/miss counts",
-                        description="Entries and bytes by kind, disk usage, and requests served by kind and "
-                                    "cache state (hit, miss, revalidated, updated, stale, not_found, error).")
+                        description="Entries and bytes by kind, disk usage, requests served by kind and "
+                                    "cache state (hit, miss, revalidated, updated, stale, not_found, error), and "
+                                    "any damaged cache database that was set aside (when, where, why).")
     st.add_argument("--json", action="store_true")
     st.set_defaults(run=cmd_stats)
 
@@ -134,6 +135,17 @@ def parser() -> argparse.ArgumentParser:
                                     "would be denied (Cargo could not download it through the proxy).")
     au.add_argument("lockfiles", nargs="+", metavar="LOCKFILE", help="a Cargo.lock, or a folder searched for them")
     au.set_defaults(run=cmd_audit)
+
+    ve = command("verify", help="re-hash every cached entry; --repair evicts the bad ones",
+                        description="Re-hash every cached entry (streamed, a piece at a time) against the digest "
+                                    "stored with it; crates also against the cksum of their version in the cached "
+                                    "index file, toolchain components against the hash their manifest gives. With "
+                                    "the s3 backend, the bucket's objects and this host's local tier. One line per "
+                                    "bad entry, then a summary; exits 1 if anything is wrong. Safe while the proxy "
+                                    "serves.")
+    ve.add_argument("--repair", action="store_true",
+                    help="evict each bad entry (and its bad bytes), so that the next request fetches it again")
+    ve.set_defaults(run=cmd_verify)
 
     pu = command("purge", help="remove entries by crate name, by age, or all",
                         description="Remove cached entries. --crate NAME removes its index file and every "
@@ -331,7 +343,18 @@ async def cmd_stats(args, settings: Settings, store: Storage) -> int:
         states = ", ".join(f"{k} {n}" for k, n in sorted(r["by_state"].items())) or "none"
         print(f"{kind:<9} {t['entries']:>7} entries {t['bytes']:>12} bytes   requests {r['requests']:>7} "
               f"hit ratio {ratio:>6} ({states})")
+    for aside in totals["damaged"]:
+        print(f"damaged database set aside at {aside['when']} (UTC) in {aside['folder']}: {aside['reason']} "
+              f"({aside['files']} files, {aside['bytes']} bytes; the cache started empty; delete the folder once "
+              "it is not needed)")
     return 0
+
+
+async def cmd_verify(args, settings: Settings, store: Storage) -> int:
+    report = await verify.verify(store, verify.Progress(sys.stderr), repair=args.repair)
+    for line in verify.summary(report, args.repair):
+        print(line)
+    return 1 if report.bad else 0
 
 
 async def cmd_purge(args, settings: Settings, store: Storage) -> int:

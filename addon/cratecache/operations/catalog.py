@@ -9,6 +9,7 @@ from ..airgap.bundle import key_fields
 from ..protocols import dist, sparse
 from ..storage import Storage
 from ..storage.local import KINDS
+from ..storage.recovery import set_aside
 
 CRATE_KINDS = ("config", "index", "crate")
 
@@ -77,7 +78,9 @@ async def totals(store: Storage, now: float) -> dict:
         requests[kind] = {"requests": served, "hits": hits, "hit_ratio": hits / served if served else None,
                           "by_state": {k.split(":", 1)[1]: n for k, n in counts.items() if k.startswith(f"{kind}:")}}
     figures = await store.figures()
-    return {"kinds": by_kind, "disk_bytes": figures["bytes"], "requests": requests}
+    damaged = [{"folder": str(a.folder), "when": a.when, "reason": a.reason, "files": a.files, "bytes": a.bytes}
+               for a in set_aside(store.directory)]
+    return {"kinds": by_kind, "disk_bytes": figures["bytes"], "requests": requests, "damaged": damaged}
 
 
 async def purge(store: Storage, now: float, crate: str | None = None, older_than: float | None = None,

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import diskcache
 
-from . import spool
+from . import recovery, spool
 from .entries import Entry, Meta
 from .keyscan import KeyScan
 from .marks import HostLeases, PendingMarks
@@ -92,8 +92,8 @@ class LocalStore:
         self.directory = directory
         # cull_limit=0: no eviction inside each write (two more queries per write, on the store thread every miss
         # waits for); `upkeep` evicts down to the size limit every few seconds instead, and `close` once more.
-        self._cache = diskcache.Cache(
-            str(directory), size_limit=size_limit, eviction_policy=eviction_policy, statistics=False,
+        self._cache = recovery.open_cache(  # a damaged database is set aside (logged), not raised
+            directory, size_limit=size_limit, eviction_policy=eviction_policy, statistics=False,
             disk=_AdoptingDisk, cull_limit=0,
         )
         spool.sweep(directory)
@@ -327,3 +327,17 @@ class LocalStore:
 
     def volume(self) -> int:
         return self._cache.volume()
+
+    def read_blob(self, sha256: str):
+        """A blob's bytes as they are on disk now, unchecked (for `verify`): an open file for one kept as a file (the
+        caller closes it), bytes for one kept in the database, None if there is none."""
+        return self._cache.get(f"blob:{sha256}", read=True)
+
+    def has_blob(self, sha256: str) -> bool:
+        """Whether the database still names the blob (eviction may have dropped it before the meta naming it)."""
+        return f"blob:{sha256}" in self._cache
+
+    def delete_blob(self, sha256: str) -> bool:
+        """Drop a blob whose bytes went bad, so the next store of those bytes writes them again (`put_entry_file`
+        keeps a blob of the right size that is already there)."""
+        return bool(self._cache.delete(f"blob:{sha256}"))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import diskcache
 
+from . import recovery
+
 
 class HostLeases:
     """Leases and negative records of the processes sharing one cache folder (so local to this host)."""
@@ -66,7 +68,7 @@ class PendingMarks:
     @property
     def _cache(self) -> diskcache.Cache:
         if self._marks is None:
-            self._marks = diskcache.Cache(str(self._directory), eviction_policy="none", statistics=False)
+            self._marks = recovery.open_cache(self._directory, eviction_policy="none", statistics=False)
         return self._marks
 
     def mark(self, key: str) -> None:

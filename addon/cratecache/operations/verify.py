@@ -1,0 +1,380 @@
+"""`verify`: every cached entry re-hashed, and what is wrong with each one found.
+
+What is wrong with an entry is decided by pure functions over plain data: its bytes against the digest and size
+stored with it (`digest_problem`), a crate's recorded SHA-256 against the `cksum` of its version's line in the
+cached index file (`crate_problem`), a toolchain component's against the hash the held manifests of its date
+vouch for (`component_problem`, over the `dist-hashes/` tables the proxy keeps).
+
+The walk reads the entries through their store, on its own connection, so it may run while the proxy serves:
+with the disk backend the cache folder; with the s3 backend the bucket's objects and this host's local tier, each
+on its own (a bad local copy is dropped from the tier only). Bytes are streamed in pieces, never held whole, except
+the index files and hash tables a crate or component is compared with. A problem is confirmed before it is
+reported: an entry replaced or evicted by the proxy meanwhile is not bad. `--repair` evicts each bad entry through
+the store's delete (and the bad blob with it), so the next request fetches it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from ..protocols import dist, sparse
+from ..storage import Meta, Storage
+from ..storage.local import LocalStore
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 1024 * 1024  # a stored file is hashed in pieces this size
+BODY_LIMIT = 256 * 1024 * 1024  # an index file or hash table larger than this is not read to compare with
+INDEXES_KEPT = 64  # index files kept while their crates are checked (entries come in key order)
+BUCKET_READS = 8  # bucket objects hashed at once (each streams in pieces of bucket.BLOB_PART)
+
+
+@dataclass(frozen=True)
+class Digest:
+    """What the stored bytes hash to, as read now."""
+
+    sha256: str
+    size: int
+
+
+EVICTED = Digest("", -1)  # the bytes were evicted (size limit) before the meta naming them: a miss, not damage
+
+
+@dataclass(frozen=True)
+class Bad:
+    key: str
+    where: str  # "disk", "bucket" or "local tier"
+    problem: str
+    bytes_bad: bool  # the stored bytes themselves (their blob goes too), not only what the entry says they are
+
+    @property
+    def kind(self) -> str:
+        return self.key.split("/", 1)[0]
+
+
+@dataclass
+class Report:
+    checked: int = 0
+    bytes: int = 0
+    bad: list[Bad] = field(default_factory=list)
+    evicted: int = 0  # bad entries evicted by --repair
+    without_bytes: int = 0  # entries whose bytes the size limit evicted already (the proxy fetches them again)
+
+    def by_kind(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for bad in self.bad:
+            counts[bad.kind] = counts.get(bad.kind, 0) + 1
+        return dict(sorted(counts.items()))
+
+
+# -- what is wrong (pure) ---------------------------------------------------------------------
+
+
+def digest_problem(meta: Meta, found: Digest | None) -> str | None:
+    """The stored bytes against the digest and size recorded when they were stored."""
+    if found is None:
+        return "its stored bytes are missing"
+    if found.size != meta.size:
+        return f"{found.size} bytes stored, {meta.size} recorded"
+    if found.sha256 != meta.sha256:
+        return f"its bytes changed on the storage: SHA-256 {found.sha256[:16]}…, recorded {meta.sha256[:16]}…"
+    return None
+
+
+def crate_problem(key: str, meta: Meta, index_body: bytes | None) -> str | None:
+    """A crate (`crate/<registry>/<name>/<version>`) against its version's line in the cached index file; nothing
+    to say when the index file is not cached or does not list the version."""
+    parts = key.split("/")
+    if len(parts) != 4 or index_body is None:
+        return None
+    listed = sparse.find_version(index_body, parts[2], parts[3])
+    if listed is None or listed.cksum == meta.sha256:
+        return None
+    return f"its SHA-256 {meta.sha256[:16]}… differs from its index line's cksum {listed.cksum[:16]}…"
+
+
+def component_problem(key: str, meta: Meta, tables: dict[str, dict[str, str]]) -> str | None:
+    """A component (`component/dist/<date>/<file>`) against the hash its date's manifests vouch for (manifest path ->
+    {file: hash}, as `dist.read_vouched` reads the stored tables); nothing to say when none lists it."""
+    try:
+        expected = dist.agreed_hash(key.split("/", 1)[1], tables)
+    except dist.ManifestConflict as e:
+        return str(e)
+    if expected is None or expected == meta.sha256:
+        return None
+    return f"its SHA-256 {meta.sha256[:16]}… differs from the hash its manifest gives, {expected[:16]}…"
+
+
+def summary(report: Report, repair: bool) -> list[str]:
+    """The lines printed at the end: one per bad entry, then the totals."""
+    lines = [f"BAD {bad.key} ({bad.where}): {bad.problem}" for bad in report.bad]
+    kinds = ", ".join(f"{kind} {n}" for kind, n in report.by_kind().items())
+    total = f"checked {report.checked} entries ({report.bytes} bytes): {len(report.bad)} bad"
+    total += f" ({kinds})" if kinds else ""
+    if report.without_bytes:
+        total += f", {report.without_bytes} whose bytes were evicted (a miss, fetched again when asked for)"
+    if repair and report.bad:
+        total += f"; {report.evicted} evicted, fetched again when next asked for"
+    elif report.bad:
+        total += "; `verify --repair` evicts them"
+    return lines + [total]
+
+
+# -- the walk (I/O) ---------------------------------------------------------------------------
+
+
+class Progress:
+    """A progress bar on a terminal; otherwise a plain count now and then."""
+
+    def __init__(self, stream: TextIO | None = None, every: float = 10.0):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.every, self._said, self._drawn = every, time.monotonic(), 0.0
+        self.total = self.done = self.bytes = 0
+
+    def start(self, total: int, where: str) -> None:
+        self.total, self.done, self.bytes = total, 0, 0
+        self.where = where
+        if not self.tty:
+            self._line(f"verifying {total} entries ({where})")
+
+    def step(self, key: str, size: int) -> None:
+        self.done += 1
+        self.bytes += size
+        if self.tty and (self.done == self.total or time.monotonic() - self._drawn >= 0.1):
+            self._drawn = time.monotonic()
+            width = 30
+            filled = int(width * self.done / max(self.total, 1))
+            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {self.where} "
+                              f"{self.bytes >> 20} MiB  {key[-40:]:<40}")
+            if self.done == self.total:
+                self.stream.write("\n")
+            self.stream.flush()
+        elif not self.tty and (self.done == self.total or time.monotonic() - self._said >= self.every):
+            self._line(f"verified {self.done}/{self.total} entries ({self.where}), {self.bytes} bytes")
+
+    def _line(self, text: str) -> None:
+        self._said = time.monotonic()
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+class _Source:
+    """One place entries are kept: their metas, their bytes hashed, a small body read, an entry evicted."""
+
+    where: str
+    reads: int = 1
+
+    async def entries(self) -> list[tuple[str, Meta]]: ...
+    async def meta(self, key: str) -> Meta | None: ...
+    async def digest(self, sha256: str) -> Digest | None: ...
+    async def body(self, sha256: str) -> bytes | None: ...
+    async def evict(self, bad: Bad, meta: Meta) -> None: ...
+
+
+class _Local(_Source):
+    """The cache folder (the disk backend), or the s3 backend's local tier."""
+
+    def __init__(self, local: LocalStore, where: str, delete: Callable[[str], Awaitable[bool]]):
+        self.local, self.where, self._delete = local, where, delete
+
+    async def entries(self) -> list[tuple[str, Meta]]:
+        return await asyncio.to_thread(lambda: list(self.local.entries()))
+
+    async def meta(self, key: str) -> Meta | None:
+        return await asyncio.to_thread(self.local.meta, key)
+
+    async def digest(self, sha256: str) -> Digest | None:
+        return await asyncio.to_thread(self._hash, sha256)
+
+    def _hash(self, sha256: str) -> Digest | None:
+        stored = self.local.read_blob(sha256)
+        if stored is None:  # a row whose file is gone is damage; no row, an eviction
+            return None if self.local.has_blob(sha256) else EVICTED
+        if isinstance(stored, bytes):
+            return Digest(hashlib.sha256(stored).hexdigest(), len(stored))
+        with stored:
+            h, size = hashlib.sha256(), 0
+            while piece := stored.read(CHUNK):
+                h.update(piece)
+                size += len(piece)
+        return Digest(h.hexdigest(), size)
+
+    async def body(self, sha256: str) -> bytes | None:
+        def read() -> bytes | None:
+            stored = self.local.read_blob(sha256)
+            if stored is None or isinstance(stored, bytes):
+                return stored
+            with stored:
+                return stored.read(BODY_LIMIT + 1)
+
+        return await asyncio.to_thread(read)
+
+    async def evict(self, bad: Bad, meta: Meta) -> None:
+        await self._delete(bad.key)
+        if bad.bytes_bad:
+            await asyncio.to_thread(self.local.delete_blob, meta.sha256)
+
+
+class _Bucket(_Source):
+    """The s3 backend's bucket: metas and blobs as objects, blobs streamed."""
+
+    where = "bucket"
+    reads = BUCKET_READS
+
+    def __init__(self, store):
+        self.store = store
+
+    async def entries(self) -> list[tuple[str, Meta]]:
+        return await self.store.entries()
+
+    async def meta(self, key: str) -> Meta | None:
+        return await self.store.remote.meta(key)
+
+    async def digest(self, sha256: str) -> Digest | None:
+        sink = _HashingSink()
+        if not await self.store.bucket.get_into(f"blob/{sha256}", sink):
+            return None
+        return Digest(sink.hash.hexdigest(), sink.size)
+
+    async def body(self, sha256: str) -> bytes | None:
+        got = await self.store.bucket.get(f"blob/{sha256}")
+        return got[0] if got is not None else None
+
+    async def evict(self, bad: Bad, meta: Meta) -> None:
+        await self.store.delete(bad.key)  # the local tier's copy too, and a purge record for the other gateways
+        if bad.bytes_bad:
+            await self.store.bucket.delete(f"blob/{meta.sha256}")
+
+
+class _HashingSink:
+    def __init__(self):
+        self.hash, self.size = hashlib.sha256(), 0
+
+    def write(self, piece: bytes) -> None:
+        self.hash.update(piece)
+        self.size += len(piece)
+
+
+def sources(store: Storage) -> list[_Source]:
+    """Where `store` keeps entries, each verified on its own."""
+    local = getattr(store, "local", None)
+    if store.backend == "s3":
+        return [_Bucket(store), _Local(local, "local tier", store.tier.delete)]
+    return [_Local(local, "disk", store.delete)]
+
+
+async def verify(store: Storage, progress: Progress | None = None, repair: bool = False) -> Report:
+    report = Report()
+    for source in sources(store):
+        await _verify_source(source, report, progress or Progress(), repair)
+    return report
+
+
+async def _verify_source(source: _Source, report: Report, progress: Progress, repair: bool) -> None:
+    entries = await source.entries()
+    metas = dict(entries)
+    progress.start(len(entries), source.where)
+    checker = _Checker(source, metas)
+    limit = asyncio.Semaphore(source.reads)
+    found: list[tuple[Bad, Meta]] = []
+
+    async def one(key: str, meta: Meta) -> None:
+        async with limit:
+            problems, bytes_bad = await checker.check(key, meta)
+            if problems:  # checked again, as the store is now: the proxy may have replaced or evicted it meanwhile
+                problems, bytes_bad = await checker.check(key, meta, again=True)
+            if problems and await _still(source, key, meta):
+                found.append((Bad(key, source.where, "; ".join(problems), bytes_bad), meta))
+            if checker.evicted(meta):
+                report.without_bytes += 1
+            else:
+                report.checked += 1
+                report.bytes += meta.size
+            progress.step(key, meta.size)
+
+    for start in range(0, len(entries), 256):  # a bounded number of tasks at a time
+        await asyncio.gather(*(one(k, m) for k, m in entries[start:start + 256]))
+    found.sort(key=lambda f: f[0].key)
+    report.bad.extend(bad for bad, _ in found)
+    if repair:
+        for bad, meta in found:
+            await source.evict(bad, meta)
+            report.evicted += 1
+            logger.info("cargo-cache: verify evicted %s (%s): %s", bad.key, bad.where, bad.problem)
+
+
+async def _still(source: _Source, key: str, meta: Meta) -> bool:
+    """Whether the entry is still the one checked."""
+    now = await source.meta(key)
+    return now is not None and now.sha256 == meta.sha256
+
+
+class _Checker:
+    """The checks of one source's entries, with the index files and hash tables they are compared with."""
+
+    def __init__(self, source: _Source, metas: dict[str, Meta]):
+        self.source, self.metas = source, metas
+        self._digests: dict[str, Digest | None] = {}  # blobs named by several keys are hashed once
+        self._indexes: dict[str, bytes | None] = {}
+        self._tables: dict[str, dict[str, dict[str, str]]] = {}
+
+    async def check(self, key: str, meta: Meta, again: bool = False) -> tuple[list[str], bool]:
+        """The problems of one entry, and whether its bytes themselves are bad (`again`: hashed again)."""
+        if again or meta.sha256 not in self._digests:
+            self._digests[meta.sha256] = await self.source.digest(meta.sha256)
+        if self._digests[meta.sha256] is EVICTED:
+            return [], False
+        problems = []
+        if problem := digest_problem(meta, self._digests[meta.sha256]):
+            problems.append(problem)
+        bytes_bad = bool(problems)
+        if key.startswith("crate/") and (problem := crate_problem(key, meta, await self._index(key))):
+            problems.append(problem)
+        if key.startswith("component/") and (problem := component_problem(key, meta, await self._date_tables(key))):
+            problems.append(problem)
+        return problems, bytes_bad
+
+    def evicted(self, meta: Meta) -> bool:
+        return self._digests.get(meta.sha256) is EVICTED
+
+    async def _index(self, crate_key: str) -> bytes | None:
+        _, registry, name, _version = crate_key.split("/", 3)
+        index_key = f"index/{registry}/{name}"
+        if index_key not in self._indexes:
+            if len(self._indexes) >= INDEXES_KEPT:
+                self._indexes.clear()
+            self._indexes[index_key] = await self._good_body(index_key)
+        return self._indexes[index_key]
+
+    async def _date_tables(self, component_key: str) -> dict[str, dict[str, str]]:
+        parts = component_key.split("/")
+        date = parts[2] if len(parts) == 4 and parts[1] == "dist" else None
+        if date is None:
+            return {}
+        if date not in self._tables:
+            prefix = f"dist-hashes/{date}/"
+            tables = {}
+            for key in (k for k in self.metas if k.startswith(prefix)):
+                body = await self._good_body(key)
+                if body is not None:
+                    tables[key[len(prefix):]] = dist.read_vouched(key[len(prefix):], date, body)
+            self._tables[date] = tables
+        return self._tables[date]
+
+    async def _good_body(self, key: str) -> bytes | None:
+        """A small entry's bytes if they match their stored digest (bad ones are reported as such, not used)."""
+        meta = self.metas.get(key)
+        if meta is None or meta.size > BODY_LIMIT:
+            return None
+        body = await self.source.body(meta.sha256)
+        if not isinstance(body, bytes) or len(body) != meta.size or hashlib.sha256(body).hexdigest() != meta.sha256:
+            return None
+        return body

@@ -1,0 +1,238 @@
+"""verify.py and `python -m cratecache verify [--repair]`: real stores in tmp_path (and a real SeaweedFS bucket)
+with each kind of damage made on the storage itself; what the command prints, its exit status, what --repair
+leaves behind."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+from cratecache.cli import main
+from cratecache.config import CacheSettings
+from cratecache.operations import verify
+from cratecache.storage import Meta, open_storage
+from cratecache.storage.local import FILE_THRESHOLD
+
+from tests.harness import write_proxies
+
+LARGE = os.urandom(FILE_THRESHOLD + 4096)  # kept as a file of its own
+SMALL = os.urandom(2000)  # kept inside diskcache's SQLite database
+OTHER = os.urandom(3000)
+COMPONENT = os.urandom(5000)
+DATE = "2026-11-30"
+COMPONENT_KEY = f"component/dist/{DATE}/rustc-1.95.0-x86_64-unknown-linux-gnu.tar.xz"
+TABLE_KEY = f"dist-hashes/{DATE}/dist/{DATE}/channel-rust-1.95.0.toml"
+
+
+def sha(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def index_file(*versions: tuple[str, str, bytes | str]) -> bytes:
+    return b"".join(json.dumps({"name": name, "vers": vers, "deps": [], "features": {}, "yanked": False,
+                                "cksum": body if isinstance(body, str) else sha(body)}).encode() + b"\n"
+                    for name, vers, body in versions)
+
+
+async def fill(store, component_hash: str | None = None) -> None:
+    """A good cache: index files vouching for each crate, a component its manifest's table vouches for."""
+    await store.put("config/crates-io", b'{"dl":"https://static.crates.io/crates"}', "up")
+    await store.put("index/crates-io/big", index_file(("big", "1.0.0", LARGE)), "up")
+    await store.put("crate/crates-io/big/1.0.0", LARGE, "up")
+    await store.put("index/crates-io/small", index_file(("small", "1.0.0", SMALL)), "up")
+    await store.put("crate/crates-io/small/1.0.0", SMALL, "up")
+    await store.put("index/crates-io/other", index_file(("other", "1.0.0", component_hash and "0" * 64 or OTHER)),
+                    "up")
+    await store.put("crate/crates-io/other/1.0.0", OTHER, "up")
+    table = {"date": DATE, "files": {COMPONENT_KEY.split("/", 1)[1]: component_hash or sha(COMPONENT)}}
+    await store.put(TABLE_KEY, json.dumps(table).encode(), "up")
+    await store.put(COMPONENT_KEY, COMPONENT, "up")
+
+
+def flip_file_byte(path: str) -> None:
+    with open(path, "r+b") as f:
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def flip_sqlite_blob(folder: Path, body: bytes) -> None:
+    changed = bytes([body[0] ^ 0xFF]) + body[1:]
+    with sqlite3.connect(folder / "cache.db") as db:
+        updated = db.execute("UPDATE Cache SET value = ? WHERE key = ?", (changed, f"blob:{sha(body)}")).rowcount
+    assert updated == 1  # the small crate really is inside the database
+
+
+async def run(config: Path, capsys, *args: str) -> tuple[int, list[str]]:
+    """The command as a user runs it (its own event loop, so in a thread here)."""
+    status = await asyncio.to_thread(main, ["verify", "--proxies", str(config), *args])
+    return status, capsys.readouterr().out.splitlines()
+
+
+async def test_verify_finds_each_damage_on_disk_and_repair_evicts_it(tmp_path, capsys):
+    folder = tmp_path / "cache"
+    store = open_storage(CacheSettings(directory=folder, size_limit=10**9))
+    await fill(store, component_hash=sha(b"what the manifest says"))
+    big = await store.get("crate/crates-io/big/1.0.0")
+    await store.close()
+    flip_file_byte(big.file)  # a large crate's file rotted
+    flip_sqlite_blob(folder, SMALL)  # a small crate's bytes rotted inside SQLite
+    config = write_proxies(tmp_path / "proxies.yaml", [{"name": "up", "url": "http://127.0.0.1:9"}], folder)
+
+    status, lines = await run(config, capsys)
+
+    assert status == 1
+    bad = {line.split()[1]: line for line in lines if line.startswith("BAD ")}
+    assert set(bad) == {"crate/crates-io/big/1.0.0", "crate/crates-io/small/1.0.0", "crate/crates-io/other/1.0.0",
+                        COMPONENT_KEY}
+    assert "(disk): its bytes changed on the storage: SHA-256" in bad["crate/crates-io/big/1.0.0"]
+    assert "(disk): its bytes changed on the storage" in bad["crate/crates-io/small/1.0.0"]
+    assert f"differs from its index line's cksum {'0' * 16}" in bad["crate/crates-io/other/1.0.0"]
+    assert "differs from the hash its manifest gives" in bad[COMPONENT_KEY]
+    assert lines[-1].startswith("checked 9 entries (") and ": 4 bad (component 1, crate 3)" in lines[-1]
+
+    status, lines = await run(config, capsys, "--repair")
+    assert status == 1 and lines[-1].endswith("4 evicted, fetched again when next asked for")
+
+    status, lines = await run(config, capsys)
+    assert (status, lines) == (0, [lines[-1]]) and lines[-1].startswith("checked 5 entries (")
+    store = open_storage(CacheSettings(directory=folder, size_limit=10**9))
+    try:
+        assert await store.get("crate/crates-io/big/1.0.0") is None  # the next request fetches it again
+        await store.put("crate/crates-io/big/1.0.0", LARGE, "up")  # as the proxy would, after a fetch
+        assert Path((await store.get("crate/crates-io/big/1.0.0")).file).read_bytes() == LARGE  # not the bad blob
+        assert (await store.get("index/crates-io/big")).body == index_file(("big", "1.0.0", LARGE))  # good ones kept
+    finally:
+        await store.close()
+    assert (await run(config, capsys))[0] == 0
+
+
+async def test_a_clean_cache_verifies_with_exit_0_and_a_plain_count_off_a_terminal(tmp_path, capsys):
+    folder = tmp_path / "cache"
+    store = open_storage(CacheSettings(directory=folder, size_limit=10**9))
+    await fill(store)
+    progress = verify.Progress(io.StringIO(), every=0)
+    try:
+        report = await verify.verify(store, progress)
+        stored = sum(meta.size for _, meta in await store.entries())
+    finally:
+        await store.close()
+    assert report.bad == [] and report.checked == 9
+    assert report.bytes == stored > len(LARGE)  # every entry's bytes counted
+    text = progress.stream.getvalue().splitlines()
+    assert text[0] == "verifying 9 entries (disk)" and text[-1] == f"verified 9/9 entries (disk), {report.bytes} bytes"
+
+
+async def test_verify_on_s3_finds_a_changed_bucket_object_and_a_rotten_local_copy(seaweed, tmp_path, capsys):
+    prefix = seaweed.new_prefix("verify")
+    folder = tmp_path / "tier"
+    config = write_proxies(tmp_path / "proxies.yaml", [{"name": "up", "url": "http://127.0.0.1:9"}], folder,
+                           backend="s3", s3=seaweed.yaml(prefix))
+    store = open_storage(CacheSettings(directory=folder, size_limit=10**9, backend="s3",
+                                       s3=seaweed.settings(prefix)))
+    try:
+        await fill(store)
+        await store.bucket.put(f"blob/{sha(LARGE)}", bytes([LARGE[0] ^ 1]) + LARGE[1:])  # changed in the bucket
+        small = await store.tier.get("crate/crates-io/small/1.0.0")
+        assert small is not None
+    finally:
+        await store.close()
+    flip_sqlite_blob(folder, SMALL)  # this gateway's local copy rotted; the bucket's is good
+
+    status, lines = await run(config, capsys)
+
+    assert status == 1
+    bad = [line for line in lines if line.startswith("BAD ")]
+    assert len(bad) == 2
+    assert bad[0].startswith("BAD crate/crates-io/big/1.0.0 (bucket): its bytes changed on the storage")
+    assert bad[1].startswith("BAD crate/crates-io/small/1.0.0 (local tier): its bytes changed on the storage")
+    assert ": 2 bad (crate 2)" in lines[-1]
+
+    assert (await run(config, capsys, "--repair"))[0] == 1
+    assert (await run(config, capsys))[0] == 0
+    store = open_storage(CacheSettings(directory=folder, size_limit=10**9, backend="s3", s3=seaweed.settings(prefix)))
+    try:
+        assert await store.get("crate/crates-io/big/1.0.0") is None  # evicted from the bucket: fetched again
+        assert (await store.get("crate/crates-io/small/1.0.0")).body == SMALL  # the bucket's good copy serves
+        assert await store.bucket.get(f"blob/{sha(LARGE)}") is None  # the changed object is gone
+    finally:
+        await store.close()
+
+
+META = Meta(sha(b"abc"), 3, "up", 0.0, 0.0)
+
+
+@pytest.mark.parametrize("found, problem", [
+    (verify.Digest(sha(b"abc"), 3), None),
+    (None, "its stored bytes are missing"),
+    (verify.Digest(sha(b"ab"), 2), "2 bytes stored, 3 recorded"),
+    (verify.Digest(sha(b"abd"), 3), f"its bytes changed on the storage: SHA-256 {sha(b'abd')[:16]}…, recorded "
+                                    f"{sha(b'abc')[:16]}…"),
+])
+def test_digest_problem(found, problem):
+    assert verify.digest_problem(META, found) == problem
+
+
+@pytest.mark.parametrize("index, problem", [
+    (None, None),  # the index file is not cached: nothing to compare with
+    (index_file(("foo", "2.0.0", "1" * 64)), None),  # the version is not listed
+    (index_file(("Foo", "1.0.0", b"abc")), None),
+    (index_file(("foo", "1.0.0", "1" * 64)), f"its SHA-256 {sha(b'abc')[:16]}… differs from its index line's cksum "
+                                             f"{'1' * 16}…"),
+])
+def test_crate_problem(index, problem):
+    assert verify.crate_problem("crate/crates-io/foo/1.0.0", META, index) == problem
+
+
+def test_component_problem():
+    key, path = f"component/dist/{DATE}/x.tar.xz", f"dist/{DATE}/x.tar.xz"
+    assert verify.component_problem(key, META, {}) is None
+    assert verify.component_problem(key, META, {"dist/a.toml": {path: META.sha256}}) is None
+    assert "differs from the hash its manifest gives, 2222" in verify.component_problem(
+        key, META, {"dist/a.toml": {path: "2" * 64}})
+    assert "disagree on its hash" in verify.component_problem(
+        key, META, {"dist/a.toml": {path: "2" * 64}, "dist/b.toml": {path: META.sha256}})
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_the_progress_is_a_bar_redrawn_in_place():
+    progress = verify.Progress(Terminal())
+    progress.start(2, "disk")
+    progress.step("crate/crates-io/foo/1.0.0", 3 << 20)
+    progress.step("index/crates-io/foo", 100)
+    shown = progress.stream.getvalue()
+    assert shown.startswith("\r[###############...............] 1/2 disk 3 MiB  crate/crates-io/foo/1.0.0")
+    assert "\r[##############################] 2/2 disk 3 MiB  index/crates-io/foo" in shown
+    assert shown.endswith("\n") and shown.count("\n") == 1
+
+
+async def test_bytes_the_size_limit_evicted_are_no_damage_but_a_file_deleted_behind_the_stores_back_is(
+        tmp_path, capsys):
+    folder = tmp_path / "cache"
+    store = open_storage(CacheSettings(directory=folder, size_limit=10**9))
+    await fill(store)
+    big = await store.get("crate/crates-io/big/1.0.0")
+    store.local.delete_blob(sha(SMALL))  # what diskcache's culling does: the blob's row goes, its meta may stay
+    await store.close()
+    config = write_proxies(tmp_path / "proxies.yaml", [{"name": "up", "url": "http://127.0.0.1:9"}], folder)
+
+    status, lines = await run(config, capsys)
+    assert status == 0
+    assert lines == ["checked 8 entries (" + lines[0].split("(", 1)[1].split(")")[0] + "): 0 bad, 1 whose bytes were "
+                     "evicted (a miss, fetched again when asked for)"]
+
+    os.unlink(big.file)
+    status, lines = await run(config, capsys)
+    assert status == 1
+    assert lines[0] == "BAD crate/crates-io/big/1.0.0 (disk): its stored bytes are missing"
