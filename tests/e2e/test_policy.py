@@ -20,11 +20,11 @@ import yaml
 
 from tests.e2e.test_faults import proxy_client
 from tests.fixtures.registry import Registry, build_registry
+from tests.fixtures.rustsec import SNAPSHOT
 from tests.fixtures.upstream import UpstreamServer
 from tests.fixtures.versions import add_version, pubtime, seconds, set_pubtimes
 from tests.harness import DOWNLOAD_HOST, INDEX_HOST, Proxy, cli, free_port, locked_packages, make_project
 
-SNAPSHOT = Path("/work/shared/rustsec-advisory-db")
 HEADER = "X-Cargo-Cache-Policy"
 DAY = 86400
 CRATES_IO = "registry+https://github.com/rust-lang/crates.io-index"
