@@ -177,6 +177,8 @@ class PolicyGate(Protocol):
         # the records combine to the earliest sighting, so every process ends up serving the same time.
         versions = [(v, sightings.parse_pubtime(obj.get("pubtime"))) for v, obj in rewrite.lines(entry.body)]
         stored = await self._read_record(key) or Sightings()
+        # A record gone from the store (evicted from a full cache, damaged) does not make this a first copy: what
+        # this worker holds is kept, and stored again.
         record = sightings.combine(stored, held) if held is not None else stored
         if not record.covers(versions):  # a version not kept yet: seen in this copy
             record = sightings.merge(record, entry.meta.stored_at, versions)
