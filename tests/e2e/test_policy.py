@@ -65,7 +65,7 @@ def proxies(confdir: Path, tmp_path: Path) -> Iterator[Callable[[Path], Proxy]]:
     started: list[Proxy] = []
 
     def start(config: Path, status_page: bool = False) -> Proxy:
-        args = ("--set", "cargo_reload_ms=200")
+        args = ("--set", "cargo_reload_ms=200", "--set", "cargo_advisory_reload_ms=200")
         port = free_port() if status_page else None
         if port is not None:
             args += ("--set", f"cargo_status_port={port}")

@@ -39,7 +39,7 @@ SNAPSHOT = SNAPSHOT_DIR  # RustSec's advisory-db at a known commit (see its SNAP
 SNAPSHOT_ADVISORIES = 1205
 POLICY_HEADER = "X-Cargo-Cache-Policy"
 LAUNCHER_CA_DIR = ROOT / "certs"  # `make run` (the launcher) makes its CA here
-WATCH = ("--set", "cargo_reload_ms=200")
+WATCH = ("--set", "cargo_reload_ms=200", "--set", "cargo_advisory_reload_ms=200")
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
