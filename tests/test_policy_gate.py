@@ -9,9 +9,9 @@ import logging
 
 import pytest
 import yaml
-from cratecache.boundary.routes import CrateRoute, IndexRoute
 from cratecache.config import parse_settings
 from cratecache.policy.databases import Databases
+from cratecache.protocols.routes import CrateRoute, IndexRoute
 from cratecache.resolver import Refused, Resolver, Unavailable
 from cratecache.storage import open_storage
 

@@ -23,12 +23,12 @@ from pathlib import Path
 
 from .airgap.bundle import BundleError, export_bundle, import_bundle
 from .airgap.staging import Progress, ToolchainPlan, stage, stage_toolchains
-from .boundary.routes import ConfigRoute, CrateRoute, IndexRoute
 from .config import ConfigError, Settings, load_settings
 from .operations import catalog, verify
 from .policy import audit as policy_audit
 from .protocols import dist
 from .protocols.lockfile import find_lockfiles, plan, read_lockfile
+from .protocols.routes import ConfigRoute, CrateRoute, IndexRoute
 from .resolver import Resolver
 from .storage import Storage, StorageUnavailable, open_storage
 

@@ -18,7 +18,6 @@ from collections.abc import Callable
 
 import httpx
 
-from .boundary.routes import Route
 from .config import Registry, Settings, Toolchains
 from .engine import Engine, NotFound, NotStaged, Refused, ResolveError, Served, Unavailable
 from .policy.databases import Databases
@@ -26,6 +25,7 @@ from .policy.gate import PolicyGate
 from .protocols import dist
 from .protocols.base import Protocol
 from .protocols.cargo import Cargo
+from .protocols.routes import Route
 from .protocols.rustup import ManifestsDisagree, Rustup
 from .storage import Entry, Storage
 from .upstreams.client import Attempt, UpstreamClient

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field, replace
 from ..config import Source
 from ..engine import freshness
 from ..protocols import dist
+from ..protocols.routes import DistRoute, IndexRoute, Route
 from ..resolver import NotFound, NotStaged, Refused, Resolver, Served, Unavailable
 from . import ranges
-from .routes import DistRoute, IndexRoute, Rejection, Route, classify
+from .routes import Rejection, classify
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""A request on a registry host -> what it asks for, or why it is refused (pure).
+"""A request on a registry host -> what it asks for (its route, declared in `protocols/routes.py`), or why it is
+refused (pure).
 
 Routes:
 - `ConfigRoute`   GET {index path}config.json on the index host
@@ -16,75 +17,16 @@ from dataclasses import dataclass
 
 from ..config import Registry, Settings, Source, Toolchains
 from ..protocols import dist, sparse
+from ..protocols.routes import ConfigRoute, CrateRoute, DistRoute, IndexRoute, Route
 
 MAX_PATH_LENGTH = 512
 ALLOWED_METHODS = ("GET", "HEAD")
 
 
 @dataclass(frozen=True)
-class ConfigRoute:
-    registry: Registry
-
-    @property
-    def key(self) -> str:
-        return f"config/{self.registry.name}"
-
-    @property
-    def kind(self) -> str:
-        return "config"
-
-
-@dataclass(frozen=True)
-class IndexRoute:
-    registry: Registry
-    name: str  # lowercase, as in the index path
-
-    @property
-    def key(self) -> str:
-        return f"index/{self.registry.name}/{self.name}"
-
-    @property
-    def kind(self) -> str:
-        return "index"
-
-
-@dataclass(frozen=True)
-class CrateRoute:
-    registry: Registry
-    name: str
-    version: str
-
-    @property
-    def key(self) -> str:
-        return f"crate/{self.registry.name}/{self.name.lower()}/{self.version}"
-
-    @property
-    def kind(self) -> str:
-        return "crate"
-
-
-@dataclass(frozen=True)
-class DistRoute:
-    registry: Toolchains
-    file: dist.DistFile
-
-    @property
-    def key(self) -> str:
-        """The stored file's key: 'manifest/dist/channel-rust-stable.toml', 'component/dist/2026-04-16/…'."""
-        return f"{self.file.kind}/{self.file.path}"
-
-    @property
-    def kind(self) -> str:
-        return self.file.kind
-
-
-@dataclass(frozen=True)
 class Rejection:
     status: int
     reason: str
-
-
-Route = ConfigRoute | IndexRoute | CrateRoute | DistRoute
 
 
 @dataclass(frozen=True)

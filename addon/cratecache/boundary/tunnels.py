@@ -12,7 +12,6 @@ cache, never connected to, and are not affected; neither are the proxy's own req
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 from collections.abc import Callable
@@ -22,30 +21,22 @@ from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import server_hooks
 
 from ..config import Settings
+from ..upstreams import addresses
+from ..upstreams.addresses import Address, literal
 
 logger = logging.getLogger(__name__)
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+# What clients may not reach, in the words of the 403 (private networks, where corporate mirrors live, they may).
+CLIENT_POLICY = {
+    addresses.LOOPBACK: "a loopback address",
+    addresses.LINK_LOCAL: "a link-local address",
+    addresses.UNSPECIFIED: "the unspecified address (this host)",
+}
 
 
 def forbidden(address: Address) -> str | None:
     """Why a destination address is not for clients (None: it is allowed). Pure."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if address.is_loopback:
-        return "a loopback address"
-    if address.is_link_local:
-        return "a link-local address"
-    if address.is_unspecified:
-        return "the unspecified address (this host)"
-    return None
-
-
-def literal(host: str) -> Address | None:
-    try:
-        return ipaddress.ip_address(host.strip("[]").partition("%")[0])
-    except ValueError:
-        return None
+    return addresses.refusal(address, CLIENT_POLICY)
 
 
 class LoopbackGuard:

@@ -4,6 +4,7 @@ back-off, verify against an expected digest while streaming, store, revalidate, 
   item.py      what a protocol says about one entry (`Item`) and what a download must hash to (`Expected`)
   core.py      `Engine`: read, freshness, the walk, downloads, stores, serve-stale
   flights.py   one fetch per entry at a time: in-process single-flight and the store's leases
+  writes.py    a cache write whose failure does not fail the request (logged, None)
   outcomes.py  `Served` and the errors a resolution ends in
   freshness.py fresh / revalidate / serve stale, validators, client conditional requests (pure)
 """

@@ -27,6 +27,7 @@ from . import freshness
 from .flights import Fetch, Flights
 from .item import Expected, Item
 from .outcomes import NotFound, NotStaged, Served, Unavailable
+from .writes import best_effort
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class Engine:
             for src in settings.sources
             for up in src.active_upstreams
         }
-        self.flights = Flights(self)
+        self.flights = Flights(lambda: self.store, lambda: self.settings.cache.lease_seconds, self.fresh)
         self.background: set[asyncio.Task] = set()  # work started ahead of the clients (e.g. revalidations)
         cache = settings.cache
         self.health = Health(backoff=cache.upstream_backoff, threshold=cache.backoff_after)
@@ -265,10 +266,4 @@ class Engine:
         """A negative entry: asked for again within `negative_ttl`, it is not found without an upstream."""
         await self.best_effort(self.store.set_negative, key, reason, self.settings.cache.negative_ttl)
 
-    async def best_effort(self, write, key: str, *args):
-        """A cache write whose failure (full disk, ...) must not fail the request: logged, None returned."""
-        try:
-            return await write(key, *args)
-        except Exception as e:
-            logger.error("cache write failed for %s (%s: %s) in %s", key, type(e).__name__, e, write.__name__)
-            return None
+    best_effort = staticmethod(best_effort)  # a cache write whose failure must not fail the request (writes.py)

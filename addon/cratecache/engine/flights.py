@@ -7,14 +7,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
-from ..storage import Entry
+from ..storage import Entry, Storage
 from .item import Item
 from .outcomes import NotFound, Served
-
-if TYPE_CHECKING:
-    from .core import Engine
+from .writes import best_effort
 
 logger = logging.getLogger(__name__)
 
@@ -22,8 +19,12 @@ Fetch = Callable[[Entry | None], Awaitable[Served]]
 
 
 class Flights:
-    def __init__(self, engine: Engine):
-        self.engine = engine
+    """Given by its owner (the engine) what it reads at each fetch: the store in use, the lease period in force (both
+    may change while it runs) and whether a stored entry is fresh for an item."""
+
+    def __init__(self, store: Callable[[], Storage], lease_seconds: Callable[[], float],
+                 fresh: Callable[[Item, Entry], bool]):
+        self.store, self.lease_seconds, self.fresh = store, lease_seconds, fresh
         self.inflight: dict[str, asyncio.Task] = {}
         self.leases: set[str] = set()  # keys this process fetches under its lease (given back with their write)
 
@@ -42,13 +43,13 @@ class Flights:
         conditional request, cheaper than the lease's two store transactions, and workers that revalidate one file
         at the same moment cost a few 304s. (On s3 the lease stays: reading under it is how one gateway's
         revalidation refreshes the entry for the whole fleet.)"""
-        if cached is not None and cached.body is not None and self.engine.store.backend == "disk":
+        if cached is not None and cached.body is not None and self.store().backend == "disk":
             return await self.single(item.key, lambda: fetch(cached))
         return await self.single(item.key, lambda: self._leased(item, since, fetch))
 
     async def _leased(self, item: Item, since: float, fetch: Fetch) -> Served:
         """Fetch under a lease in the shared store; while another process holds it, wait for its result."""
-        store, key, lease = self.engine.store, item.key, self.engine.settings.cache.lease_seconds
+        store, key, lease = self.store(), item.key, self.lease_seconds()
         deadline, waiting_on = time.monotonic() + lease, None
 
         def usable(stored: Entry) -> bool:  # what the store holds answers without a fetch (and without the lease)
@@ -77,7 +78,7 @@ class Flights:
                 finally:
                     if owned and key in self.leases:  # not given back with a write of the entry
                         self.leases.discard(key)
-                        await self.engine.best_effort(store.release_lease, key)
+                        await best_effort(store.release_lease, key)
             await asyncio.sleep(store.poll_seconds)  # never a busy loop, even if the lease ends at once
             while time.monotonic() < deadline and waiting_on is not None \
                     and await store.lease_holder(key) == waiting_on:
@@ -85,7 +86,7 @@ class Flights:
 
     def _answered_meanwhile(self, cached: Entry | None, negative: str | None, since: float, item: Item) -> Served | None:
         if cached is not None:
-            if cached.meta.checked_at > since or self.engine.fresh(item, cached):
+            if cached.meta.checked_at > since or self.fresh(item, cached):
                 return Served(cached, "cache", "hit")
             return None
         if negative:

@@ -14,12 +14,12 @@ import hashlib
 import logging
 from dataclasses import dataclass, replace
 
-from ..boundary.routes import ConfigRoute, CrateRoute, IndexRoute
 from ..config import Registry
 from ..config.policy import Policy
 from ..engine import Engine, Refused, Served, Unavailable
 from ..protocols.base import Protocol
 from ..protocols.cargo import Cargo
+from ..protocols.routes import ConfigRoute, CrateRoute, IndexRoute
 from ..storage import Entry, StorageUnavailable
 from . import rewrite, sightings
 from .databases import Databases

@@ -2,6 +2,7 @@
 and whether they may change; the engine (`../engine`) does the fetching, verifying and storing.
 
   base.py        `Protocol`, the interface every protocol module implements
+  routes.py      the routes they answer (`ConfigRoute`, `IndexRoute`, `CrateRoute`, `DistRoute`) and their keys
   cargo.py       Cargo's sparse registries: config.json, index files, crates (uses sparse.py)
   cargo_ahead.py revalidating index files ahead of Cargo (uses ahead.py)
   rustup.py      rustup's dist tree: manifests with their .sha256, components against the manifests (uses dist.py)

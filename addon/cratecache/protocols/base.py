@@ -11,7 +11,7 @@ from ..engine import Engine, Served
 
 
 class Protocol(ABC):
-    routes: ClassVar[tuple[type, ...]]  # the route types (boundary/routes.py) this protocol answers
+    routes: ClassVar[tuple[type, ...]]  # the route types (routes.py) this protocol answers
 
     def __init__(self, engine: Engine):
         self.engine = engine

@@ -12,7 +12,6 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..boundary.routes import ConfigRoute, CrateRoute, IndexRoute
 from ..config import Registry
 from ..engine import Expected, Item, NotFound, NotStaged, Served, Unavailable
 from ..storage import Entry
@@ -20,6 +19,7 @@ from ..upstreams.client import Attempt, UpstreamClient, UpstreamError, download_
 from . import sparse
 from .base import Protocol
 from .cargo_ahead import Ahead
+from .routes import ConfigRoute, CrateRoute, IndexRoute
 
 FORCED_REVALIDATION_SECONDS = 10.0  # a re-ask or an unlisted version revalidates an index file at most this often
 FORCED_KEPT = 10_000

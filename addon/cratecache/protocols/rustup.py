@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from ..boundary.routes import DistRoute
 from ..config import Toolchains
 from ..engine import Expected, Item, NotFound, Served, Unavailable
 from ..storage import Entry, make_entry
 from ..upstreams.client import Attempt, UpstreamClient, UpstreamError, status_outcome
 from . import dist
 from .base import Protocol
+from .routes import DistRoute
 from .vouched import Vouched
 
 DIST_DEADLINE = 1800.0  # seconds for a whole toolchain component (rustc is ~70 MB)

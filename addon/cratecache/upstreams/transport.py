@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import ipaddress
 import logging
 import re
 import socket
@@ -39,6 +38,8 @@ import httpx
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
+from . import addresses
+
 logger = logging.getLogger(__name__)
 
 READ_PIECE = 1024 * 1024  # at most this much of a body per piece handed to httpx
@@ -49,16 +50,23 @@ class DestinationRefused(OSError):
     """A host that is not configured resolved to an address only a configured host may have."""
 
 
+# Where a host that is not configured may not resolve to: anything but a public address (first kind found, in order).
+UPSTREAM_POLICY = {
+    addresses.LOOPBACK: "a loopback address",
+    addresses.LINK_LOCAL: "a link-local address",
+    addresses.PRIVATE: "a private address",
+    addresses.UNSPECIFIED: "a unspecified address",
+    addresses.MULTICAST: "a multicast address",
+    addresses.NOT_PUBLIC: "not a public address",
+}
+
+
 def address_refusal(address: str) -> str | None:
     """Why a connection to `address` is refused unless its host is configured, or None for a public address."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    for kind, test in (("loopback", ip.is_loopback), ("link-local", ip.is_link_local), ("private", ip.is_private),
-                       ("unspecified", ip.is_unspecified), ("multicast", ip.is_multicast)):
-        if test:
-            return f"a {kind} address"
-    return None if ip.is_global else "not a public address"
+    ip = addresses.literal(address)
+    if ip is None:
+        raise ValueError(f"{address!r} is not an IP address")
+    return addresses.refusal(ip, UPSTREAM_POLICY)
 
 
 class GuardedResolver(AbstractResolver):
