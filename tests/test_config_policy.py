@@ -25,7 +25,7 @@ from cratecache.config import (
 )
 from cratecache.config.load import merged
 from cratecache.operations import reload
-from cratecache.policy.semver import parse_req, parse_version
+from cratecache.semver import parse_req, parse_version
 
 from tests.fixtures.rustsec import SNAPSHOT as SNAPSHOT_DIR
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from cratecache.policy.advisories import Database, fingerprint, load, parse
-from cratecache.policy.semver import parse_version
+from cratecache.semver import parse_version
 
 from tests.fixtures.rustsec import SNAPSHOT as SNAPSHOT_DIR
 

@@ -12,10 +12,8 @@ import fnmatch
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ..policy.semver import Req, Version
+from ..semver import Req, Version, parse_req
 
 ACTIONS = ("allow", "warn", "hide", "deny")  # what a rule decides, in the order the README explains them
 PINNED = ("allow", "deny")
@@ -64,8 +62,6 @@ def parse_crate_match(text: str) -> CrateMatch:
     requirement = requirement.strip()
     if not requirement:
         raise ValueError(f"{text!r} is not a crate match: no version or requirement after '@'")
-    from ..policy.semver import parse_req  # here, not at the top: cratecache.policy imports these settings
-
     try:
         req = parse_req(f"={requirement}" if _PLAIN_VERSION.match(requirement) else requirement)
     except ValueError as e:

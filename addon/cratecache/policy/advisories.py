@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from .semver import Req, Version, parse_req
+from ..semver import Req, Version, parse_req
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ..config.policy import CrateMatch, Policy
+from ..semver import Version, parse_version
 from .advisories import Database
-from .semver import Version, parse_version
 
 STRENGTH = {"allow": 0, "warn": 1, "hide": 2, "deny": 3}
 

@@ -7,7 +7,7 @@ import re
 import tomllib
 
 import pytest
-from cratecache.policy.semver import Comparator, Req, Version, parse_req, parse_version
+from cratecache.semver import Comparator, Req, Version, parse_req, parse_version
 
 from tests.fixtures.rustsec import SNAPSHOT as SNAPSHOT_DIR
 
@@ -259,7 +259,7 @@ def _around(cmp: Comparator) -> set[Version]:
 def test_release_versions_take_a_shortcut_with_the_same_answers() -> None:
     """Req.matches answers a release version from a range worked out at parse time: it must agree with
     eval.rs's comparator-by-comparator rules on every version near every requirement."""
-    from cratecache.policy.semver import _matches
+    from cratecache.semver import _matches
 
     texts = set(_rustsec_requirements()) | {case[0] for case in CASES}
     texts |= {
