@@ -191,6 +191,24 @@ def fingerprint(path: str | Path) -> tuple:
     return (count, digest.hexdigest())
 
 
+def folders(path: str | Path) -> tuple:
+    """A cheaper look than `fingerprint`: the modification times of crates/ and of each crate's folder (one stat per
+    folder, none per file). A `git pull` adds, removes or replaces (renames over) files, which changes their
+    folder's time; only a file rewritten in place is missed, and the full fingerprint catches that later."""
+    root = os.fspath(_crates_dir(path))
+    digest = hashlib.blake2b(digest_size=16)
+    top = os.stat(root)
+    digest.update(f"{top.st_mtime_ns}\0{top.st_ino}\n".encode())
+    with os.scandir(root) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            try:
+                stat = entry.stat()
+            except FileNotFoundError:
+                continue
+            digest.update(f"{entry.name}\0{stat.st_mtime_ns}\0{stat.st_ino}\n".encode())
+    return digest.hexdigest()
+
+
 def _read(file: str) -> str:
     with open(file, "rb") as f:
         data = f.read(MAX_FILE_BYTES + 1)

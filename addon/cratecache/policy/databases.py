@@ -17,12 +17,15 @@ from .advisories import Database
 
 logger = logging.getLogger(__name__)
 
+FULL_LOOK_EVERY = 12  # looks by the folders' times between two looks at every file
+
 
 class Databases:
     def __init__(self) -> None:
         self._loaded: dict[str, Database] = {}
         self.errors: dict[str, str] = {}  # path -> why its last reading failed
         self.loaded_at: dict[str, float] = {}  # path -> when it was last read
+        self._folders: dict[str, tuple[str, int]] = {}  # path -> (its folders' times at the last look, looks since)
         self._changing: dict[str, tuple] = {}  # path -> its files' fingerprint at the last look, if not the loaded one
 
     def get(self, path: str) -> Database | None:
@@ -47,6 +50,8 @@ class Databases:
             held = self._loaded.get(path)
             if held is not None and not force:
                 try:
+                    if path not in self._changing and await asyncio.to_thread(self._same_folders, path):
+                        continue
                     now = await asyncio.to_thread(advisories.fingerprint, path)
                 except OSError as e:
                     self._failed(path, e)
@@ -61,6 +66,15 @@ class Databases:
             if await asyncio.to_thread(self._read, path):
                 done.append(path)
         return done
+
+    def _same_folders(self, path: str) -> bool:
+        """Nothing changed since the last look, by the folders' times alone (one stat per crate folder); every
+        FULL_LOOK_EVERY looks the whole fingerprint is taken anyway (a file rewritten in place)."""
+        seen = advisories.folders(path)
+        last, looks = self._folders.get(path, ("", 0))
+        same = seen == last and looks < FULL_LOOK_EVERY
+        self._folders[path] = (seen, looks + 1 if same else 0)
+        return same
 
     def _read(self, path: str) -> bool:
         try:
