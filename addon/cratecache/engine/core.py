@@ -7,11 +7,16 @@ have, `Expected`, checked as the bytes stream to a spool), or its own `attempt` 
 `revalidating_walk`/`walk` (what neither fits). The engine reads the cache, decides freshness, coalesces concurrent
 misses (`flights.py`), walks the upstreams, stores what is verified, records revalidations, and serves the stale
 copy when every upstream fails. It knows no protocol.
+
+When the cache folder cannot be written (disk full, read-only: `storage/faults.py`), an answer is still served,
+verified as usual, and not kept: a small one from memory, a large one from its spooled file (in the temporary
+folder, or the cache folder's `partial/`), which is deleted once served (`PASSED_FILE_SECONDS`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,7 +25,7 @@ from dataclasses import replace
 import httpx
 
 from ..config import Settings, Source
-from ..storage import Entry, Spooled, Storage, make_entry
+from ..storage import Entry, Meta, Spooled, Storage, make_entry
 from ..upstreams.client import Attempt, UpstreamClient, UpstreamError, status_outcome, summary, walk
 from ..upstreams.health import Health
 from . import freshness
@@ -31,6 +36,9 @@ from .outcomes import NotFound, NotStaged, Served, Unavailable
 logger = logging.getLogger(__name__)
 
 # attempt(client) -> (what happened, None or (upstream name, the answer)); the answer None means "unchanged"
+PASSED_FILE_SECONDS = 120.0  # a large answer the cache could not keep: its file is deleted this long after (the
+# clients it answers open it at once: see boundary/blobs.py)
+
 Attempting = Callable[[UpstreamClient], Awaitable[tuple[Attempt, tuple[str, object] | None]]]
 
 
@@ -221,8 +229,10 @@ class Engine:
 
     async def save(self, key: str, body: bytes, upstream: str, etag: str | None = None,
                    last_modified: str | None = None) -> Entry:
-        """Store an answer; if the cache cannot be written (disk full), still answer."""
-        stored = await self._write_entry(self.store.put, key, body, upstream, etag, last_modified, self.clock())
+        """Store an answer; if the cache cannot be written (disk full, read-only), still answer (not kept)."""
+        stored = None
+        if self.store.writability.keep():
+            stored = await self._write_entry(self.store.put, key, body, upstream, etag, last_modified, self.clock())
         return stored or make_entry(body, upstream, etag, last_modified, self.clock())
 
     def save_fetched(self, key: str) -> Callable[[str, object], Awaitable[Entry]]:
@@ -233,23 +243,43 @@ class Engine:
     async def store_spooled(self, key: str, spooled: Spooled, upstream: str) -> Entry:
         if spooled.body is not None:
             return await self.save(key, spooled.body, upstream)
+        if spooled.passing:  # the cache folder could not take it while it arrived
+            return self.passed(spooled, upstream)
         return await self._save_file(key, spooled, upstream)
 
     async def _save_file(self, key: str, spooled: Spooled, upstream: str) -> Entry:
-        """Store a verified spooled file; if the cache cannot take it, the request still fails cleanly."""
+        """Store a verified spooled file; if the cache cannot take it (disk full, read-only), serve it from the spool
+        without keeping it; if it is gone too, the request fails cleanly."""
+        # (not `writability.keep()` again: the spool decided to keep it, and wrote it to the cache folder)
         stored = await self._write_entry(self.store.put_file, key, spooled, upstream, None, None, self.clock())
-        if stored is None or stored.file is None:
-            spooled.discard()
-            raise Unavailable(f"{key}: fetched and verified, but the cache could not store it (see the log)")
-        return stored
+        if stored is not None and stored.file is not None:
+            return stored
+        if spooled.path is not None and spooled.path.exists():  # a failed write moved it back (local.py `_undoing`)
+            return self.passed(spooled, upstream)
+        spooled.discard()
+        raise Unavailable(f"{key}: fetched and verified, but the cache could not store it (see the log)")
+
+    def passed(self, spooled: Spooled, upstream: str) -> Entry:
+        """A verified spooled file answered without being kept: served from where it is, deleted a while after."""
+        now = self.clock()
+        path = spooled.path
+
+        def delete() -> None:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+
+        asyncio.get_running_loop().call_later(PASSED_FILE_SECONDS, delete)
+        return Entry(Meta(spooled.sha256, spooled.size, upstream, now, now), None, str(path))
 
     async def _write_entry(self, write, key: str, *args) -> Entry | None:
         """`best_effort` for `put`/`put_file`: a lease this process holds on `key` is given back with the write."""
         leases = self.flights.leases
         release = key in leases
         stored = await self.best_effort(write, key, *args, release)
-        if stored is not None and release:
-            leases.discard(key)
+        if stored is not None:
+            self.store.writability.succeeded()
+            if release:
+                leases.discard(key)
         return stored
 
     async def touch(self, key: str, cached: Entry) -> Entry:
@@ -270,5 +300,6 @@ class Engine:
         try:
             return await write(key, *args)
         except Exception as e:
-            logger.error("cache write failed for %s (%s: %s) in %s", key, type(e).__name__, e, write.__name__)
+            if not self.store.writability.failed(getattr(write, "__name__", "write"), e, key):  # else warned once a minute
+                logger.error("cache write failed for %s (%s: %s) in %s", key, type(e).__name__, e, write.__name__)
             return None

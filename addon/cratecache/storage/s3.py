@@ -58,6 +58,7 @@ class S3Storage(Storage):
 
     def __init__(self, local: LocalStore, settings: S3Settings):
         self.local = local
+        self.writability = local.writability
         self.tier = DiskStorage(local)
         self.directory = local.directory
         self.bucket = Bucket(settings)
@@ -295,7 +296,7 @@ class S3Storage(Storage):
 
     def health(self) -> dict[str, Any]:
         return {"backend": self.backend, "target": self.bucket.target, "local_tier": str(self.directory),
-                "pending": len(self.uploads), **self.bucket.health()}
+                "pending": len(self.uploads), "folder": self.writability.snapshot(), **self.bucket.health()}
 
     async def close(self) -> None:
         await self.tier.close()

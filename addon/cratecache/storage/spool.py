@@ -4,22 +4,37 @@ Partial files live in the cache folder's `partial/` (the same file system as the
 is moved into place, never copied) and are named after the process writing them, so a process that starts
 can delete those of processes that died mid-download (`sweep`). A spool that is not finished is discarded:
 nothing partial is ever stored.
+
+When the cache folder cannot take the file (disk full, read-only: `faults.py`), the spool moves to the system's
+temporary folder (`PASS_FOLDER`, usually another file system) with what it has so far and goes on there: the answer
+is then passed through, served from that file and not kept (`Spooled.passing`). While the cache folder is known not
+to be writable, a spool starts there at once (except for the periodic retry that finds out it is writable again).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
+import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from .faults import Writability
 
 logger = logging.getLogger(__name__)
 
 PARTIAL_FOLDER = "partial"
 OFFLOAD_BYTES = 1024 * 1024  # a large answer is hashed and written in pieces this size, off the event loop
+PASS_FOLDER = "cargo-cache-pass-through"  # in the temporary folder: answers the cache folder could not take
+
+
+def pass_folder() -> Path:
+    return Path(tempfile.gettempdir()) / PASS_FOLDER
 
 
 @dataclass(frozen=True)
@@ -28,6 +43,7 @@ class Spooled:
     size: int
     body: bytes | None  # the bytes, when they stayed in memory
     path: Path | None  # else the finished partial file (the caller moves it into the store or discards it)
+    passing: bool = False  # the file is in the temporary folder: the cache folder could not take it
 
     def discard(self) -> None:
         if self.path is not None:
@@ -35,8 +51,12 @@ class Spooled:
 
 
 class Spool:
-    def __init__(self, directory: Path, threshold: int):
+    def __init__(self, directory: Path, threshold: int, writability: Writability | None = None,
+                 elsewhere: Path | None = None):
         self.folder, self.threshold = directory / PARTIAL_FOLDER, threshold
+        self.writability, self.elsewhere = writability, elsewhere or pass_folder()
+        self.passing = False
+        self._written = 0  # bytes in the partial file
         self._hash = hashlib.sha256()
         self._memory = bytearray()
         self._file = None
@@ -66,16 +86,57 @@ class Spool:
             self._memory += data
             return
         self._open()
-        self._file.write(data)
+        self._put(data)
 
     def _open(self) -> None:
-        """Move to a partial file (what is in memory first)."""
-        if self._file is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self.path = self.folder / f"{os.getpid()}-{uuid.uuid4().hex}.part"
-            self._file = open(self.path, "xb")  # noqa: SIM115 - closed by finish or discard
-            self._file.write(self._memory)
-            self._memory = bytearray()
+        """Move to a partial file (what is in memory first): in the cache folder, or elsewhere if it cannot take it."""
+        if self._file is not None:
+            return
+        held, self._memory = bytes(self._memory), bytearray()
+        if self.writability is not None and not self.writability.keep():
+            self._open_in(self.elsewhere, passing=True)
+        else:
+            try:
+                self._open_in(self.folder)
+            except OSError as e:
+                self._pass_on(e)
+        self._put(held)
+
+    def _open_in(self, folder: Path, passing: bool = False) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{os.getpid()}-{uuid.uuid4().hex}.part"
+        # unbuffered: a failed write (a full disk) leaves exactly `_written` bytes in the file, which move on
+        self._file = open(path, "xb", buffering=0)  # noqa: SIM115 - closed by finish or discard
+        self.path, self.passing, self._written = path, passing, 0
+
+    def _put(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = self._file.write(view)
+            except OSError as e:
+                self._pass_on(e)
+                continue
+            view, self._written = view[n:], self._written + n
+
+    def _pass_on(self, error: OSError) -> None:
+        """The cache folder failed (full, read-only): go on in the temporary folder with what was written so far.
+        Any other error, or one there too, ends the download (raised; `discard` cleans up)."""
+        if self.passing or self.writability is None or not self.writability.failed("spool", error):
+            raise error
+        old, old_path, written = self._file, self.path, self._written
+        self._file = self.path = None
+        try:
+            self._open_in(self.elsewhere, passing=True)
+            if old is not None:
+                with open(old_path, "rb") as kept:
+                    shutil.copyfileobj(_limited(kept, written), self._file)
+                self._written = written
+        finally:
+            if old is not None:
+                old.close()
+                with contextlib.suppress(OSError):
+                    old_path.unlink(missing_ok=True)
 
     def finish(self) -> Spooled:
         if self._pending:  # less than OFFLOAD_BYTES
@@ -84,7 +145,7 @@ class Spool:
         if self._file is None:
             return Spooled(self._hash.hexdigest(), self.size, bytes(self._memory), None)
         self._file.close()
-        return Spooled(self._hash.hexdigest(), self.size, None, self.path)
+        return Spooled(self._hash.hexdigest(), self.size, None, self.path, self.passing)
 
     def discard(self) -> None:
         self._pending, self._pending_size = [], 0
@@ -94,14 +155,29 @@ class Spool:
         self._memory = bytearray()
 
 
+class _limited:
+    """The first `size` bytes of a file (what a failed spool had written)."""
+
+    def __init__(self, file, size: int):
+        self.file, self.left = file, size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        data = self.file.read(n) if n else b""
+        self.left -= len(data)
+        return data
+
+
 def sweep(directory: Path) -> int:
-    """Delete partial files left by processes that no longer run; returns how many."""
+    """Delete partial files left by processes that no longer run (in the cache folder, and answers passed through
+    from the temporary folder); returns how many."""
     removed = 0
-    for path in (directory / PARTIAL_FOLDER).glob("*.part"):
+    for path in [*(directory / PARTIAL_FOLDER).glob("*.part"), *pass_folder().glob("*.part")]:
         pid = path.name.split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
-            path.unlink(missing_ok=True)
-            removed += 1
+            with contextlib.suppress(OSError):  # a read-only folder: they stay, unused
+                path.unlink(missing_ok=True)
+                removed += 1
     if removed:
         logger.info("cargo-cache: removed %d partial download(s) left by stopped processes", removed)
     return removed
