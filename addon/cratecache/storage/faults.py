@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -113,6 +114,8 @@ class Writability:
         description = describe(error)
         if description is None:
             return False
+        if description.startswith("cannot write"):  # SQLite says "disk I/O error" on a folder turned read-only
+            description = self._folder_state() or description
         now = self.clock()
         self.errors[op] = self.errors.get(op, 0) + 1
         if self.on_error is not None:
@@ -128,6 +131,18 @@ class Writability:
                            self.where, description, RETRY_SECONDS,
                            f" ({more} more failed write(s) in the last minute)" if more else "")
         return True
+
+    def _folder_state(self) -> str | None:
+        """What the file system says of itself, when the error does not."""
+        try:
+            stat = os.statvfs(self.where)
+        except OSError:
+            return None
+        if stat.f_flag & os.ST_RDONLY:
+            return "read-only file system"
+        if stat.f_bavail == 0:
+            return "disk full"
+        return None
 
     def succeeded(self) -> None:
         """A write to the cache folder succeeded: it is writable (again)."""
