@@ -206,3 +206,35 @@ def test_a_cache_folder_turned_read_only_under_a_running_proxy_serves_hits_and_p
     assert writable == 0 and errors >= 1
     assert folder["writable"] is False and folder["error"].startswith("read-only file system")
     assert "cache not writable since" in page
+
+
+def test_rustup_installs_a_toolchain_whose_large_component_does_not_fit_on_the_full_disk(start_proxy, tmp_path):
+    from tests.fixtures.dist import ToolchainSpec, write_toolchain
+    from tests.fixtures.dist_server import DistServer
+    from tests.fixtures.rustup import Rustup
+
+    spec = ToolchainSpec(big={"rustc": 12_000_000})  # rustc's tarball does not fit in what is left
+    (tmp_path / "tree").mkdir()
+    built = write_toolchain(tmp_path / "tree", spec)
+    with tmpfs(tmp_path / "disk", 16 * MiB) as disk, DistServer(tmp_path / "tree", name="origin") as origin:
+        port = free_port()
+        proxy = start_proxy([], cache_dir=disk / "cache", args=("--set", f"cargo_status_port={port}"),
+                            toolchains={"host": "static.rust-lang.org", "ttl": 3600,
+                                        "proxies": [{"name": "origin", "url": origin.url}]})
+        proxy.status_url = f"http://127.0.0.1:{port}"
+        fill(disk)  # full before rustup starts: the manifest, its hashes and the components are not kept
+        rustup = Rustup(tmp_path / "rustup", {"HTTPS_PROXY": proxy.url, "SSL_CERT_FILE": str(proxy.ca_cert)})
+        rustup.install("stable")
+        version = rustup.rustc_version("stable")
+        left_in_folder = [f for f in files(disk) if f.startswith("cache/partial/") or f.endswith(".part")]
+        writable = metric(proxy, "cargo_cache_store_writable")
+        log = proxy.log()
+        proxy.stop()
+
+    assert version == spec.rustc_output  # installed: every component verified against the manifest and served
+    assert f"GET static.rust-lang.org/{spec.component_path('rustc')} 200 origin miss" in log
+    assert all(path in origin.paths() or f"/{path}" in origin.paths() for path in built.minimal_paths)
+    assert left_in_folder == []
+    assert log.count(WARNING) == 1, log
+    assert "Traceback" not in log and "internal error" not in log
+    assert writable == 0
