@@ -142,6 +142,15 @@ class Writability:
             return "read-only file system"
         if stat.f_bavail == 0:
             return "disk full"
+        probe = os.path.join(self.where, f".probe-{os.getpid()}")  # a file system the kernel turned read-only after
+        try:  # an error (ext4's emergency read-only) does not say so in statvfs: creating a file does
+            os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            os.unlink(probe)
+        except FileExistsError:
+            return None
+        except OSError as e:
+            found = describe(e)
+            return found if found and not found.startswith("cannot write") else None
         return None
 
     def succeeded(self) -> None:
