@@ -207,6 +207,7 @@ async def test_a_large_crate_on_a_full_disk_is_served_not_kept_then_cached_once_
         served = await resolver.crate(reg, "big", "1.0.0")
         assert served.state == "miss" and open(served.entry.file, "rb").read() == big
         assert not served.entry.file.startswith(str(small_disk))  # served from the temporary folder
+        assert list(resolver.engine.passing) == [served.entry.file]  # deleted a while after (or at close)
         assert [f for f in files(small_disk) if f.startswith("cache/partial")] == []
         assert await resolver.store.get("crate/crates-io/big/1.0.0") is None
         assert not resolver.store.writability.writable
@@ -226,3 +227,4 @@ async def test_a_large_crate_on_a_full_disk_is_served_not_kept_then_cached_once_
     finally:
         await resolver.aclose()
         await resolver.store.close()
+    assert not os.path.exists(served.entry.file)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -61,6 +62,7 @@ class Engine:
         cache = settings.cache
         self.health = Health(backoff=cache.upstream_backoff, threshold=cache.backoff_after)
         self.on_attempt: Callable[[UpstreamClient, Attempt], None] | None = None  # e.g. metrics
+        self.passing: dict[str, asyncio.TimerHandle] = {}  # files of answers served without being kept -> deletion
 
     def reconfigure(self, settings: Settings) -> None:
         """Run with new settings (a reload) on the same store: a client is kept for each upstream whose settings
@@ -77,6 +79,10 @@ class Engine:
         self.settings = settings
 
     async def aclose(self) -> None:
+        for path, timer in list(self.passing.items()):
+            timer.cancel()
+            _delete(path)
+        self.passing.clear()
         for task in list(self.background):
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
@@ -261,15 +267,14 @@ class Engine:
 
     def passed(self, spooled: Spooled, upstream: str) -> Entry:
         """A verified spooled file answered without being kept: served from where it is, deleted a while after."""
-        now = self.clock()
-        path = spooled.path
+        now, path = self.clock(), str(spooled.path)
 
         def delete() -> None:
-            with contextlib.suppress(OSError):
-                path.unlink(missing_ok=True)
+            self.passing.pop(path, None)
+            _delete(path)
 
-        asyncio.get_running_loop().call_later(PASSED_FILE_SECONDS, delete)
-        return Entry(Meta(spooled.sha256, spooled.size, upstream, now, now), None, str(path))
+        self.passing[path] = asyncio.get_running_loop().call_later(PASSED_FILE_SECONDS, delete)
+        return Entry(Meta(spooled.sha256, spooled.size, upstream, now, now), None, path)
 
     async def _write_entry(self, write, key: str, *args) -> Entry | None:
         """`best_effort` for `put`/`put_file`: a lease this process holds on `key` is given back with the write."""
@@ -303,3 +308,8 @@ class Engine:
             if not self.store.writability.failed(getattr(write, "__name__", "write"), e, key):  # else warned once a minute
                 logger.error("cache write failed for %s (%s: %s) in %s", key, type(e).__name__, e, write.__name__)
             return None
+
+
+def _delete(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
