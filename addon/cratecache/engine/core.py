@@ -237,7 +237,7 @@ class Engine:
                    last_modified: str | None = None) -> Entry:
         """Store an answer; if the cache cannot be written (disk full, read-only), still answer (not kept)."""
         stored = None
-        if self.store.writability.keep():
+        if self.store.keeps():
             stored = await self._write_entry(self.store.put, key, body, upstream, etag, last_modified, self.clock())
         return stored or make_entry(body, upstream, etag, last_modified, self.clock())
 

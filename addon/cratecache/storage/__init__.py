@@ -73,6 +73,11 @@ class Storage(ABC):
         temporary folder if the cache folder cannot take it)."""
         return Spool(self.directory, FILE_THRESHOLD, self.writability)
 
+    def keeps(self) -> bool:
+        """Whether to write the next answer (False: serve it without trying, the cache folder refuses writes; see
+        `faults.keep`)."""
+        return self.writability.keep()
+
     @property
     def on_fault(self) -> Callable[[str], None] | None:
         """Called with the operation of each write the cache folder refused (e.g. metrics)."""

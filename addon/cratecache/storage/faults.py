@@ -126,7 +126,7 @@ class Writability:
         if self.throttle.allow(now):
             more = self.throttle.take_suppressed()
             logger.warning("cargo-cache: cache write failed%s (%s: %s) in %s: the cache folder %s cannot be written "
-                           "(%s): answers are passed through without being kept, hits are served; trying again "
+                           "(%s): answers are passed through without being kept here, hits are served; trying again "
                            "every %.0f s%s", f" for {key}" if key else "", type(error).__name__, error, op,
                            self.where, description, RETRY_SECONDS,
                            f" ({more} more failed write(s) in the last minute)" if more else "")

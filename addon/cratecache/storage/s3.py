@@ -70,6 +70,10 @@ class S3Storage(Storage):
         self.listings = Listings(self.remote)
         self._rescan_at = time.monotonic() + PENDING_RESCAN_SECONDS
 
+    def keeps(self) -> bool:
+        """Always: what the local tier cannot take still goes to the bucket (`put`)."""
+        return True
+
     # -- memory ------------------------------------------------------------------------------
     def peek(self, key: str) -> Entry | None:
         return self.tier.peek(key)
@@ -120,8 +124,9 @@ class S3Storage(Storage):
                 await self.remote.publish(key, entry)
             except BucketDown:
                 raise e from None  # stored nowhere: the resolver logs the local failure
-            logger.warning("cargo-cache: local tier write failed for %s (%s: %s); stored in the bucket only",
-                           key, type(e).__name__, e)
+            if not self.writability.failed("put", e, key):  # else warned once a minute
+                logger.warning("cargo-cache: local tier write failed for %s (%s: %s); stored in the bucket only",
+                               key, type(e).__name__, e)
             return entry
         try:
             await self.remote.publish(key, entry)
