@@ -228,3 +228,28 @@ async def test_a_large_crate_on_a_full_disk_is_served_not_kept_then_cached_once_
         await resolver.aclose()
         await resolver.store.close()
     assert not os.path.exists(served.entry.file)
+
+
+async def test_an_s3_gateway_whose_local_tier_is_full_serves_the_buckets_entries_without_keeping_them(
+    seaweed, small_disk, tmp_path
+):
+    from tests.fixtures.seaweed import s3_cache
+
+    prefix = seaweed.new_prefix("full-tier")
+    writer = open_storage(s3_cache(tmp_path / "writer", seaweed.settings(prefix)))
+    reader = open_storage(s3_cache(small_disk / "tier", seaweed.settings(prefix)))
+    big, small = os.urandom(3 * MiB), b"\x1f\x8b small crate"
+    try:
+        await writer.put("crate/crates-io/big/1.0.0", big, "up")
+        await writer.put("crate/crates-io/tin/1.0.0", small, "up")
+        fill(small_disk)
+        got_big = await reader.get("crate/crates-io/big/1.0.0")
+        got_small = await reader.get("crate/crates-io/tin/1.0.0")
+        assert got_big is not None and open(got_big.file, "rb").read() == big
+        assert got_small is not None and got_small.body == small
+        assert [f for f in files(small_disk) if "partial" in f or f.endswith(".part")] == []
+        assert not reader.writability.writable and sum(reader.writability.errors.values()) >= 2
+        os.unlink(got_big.file)
+    finally:
+        await writer.close()
+        await reader.close()

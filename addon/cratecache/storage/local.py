@@ -313,12 +313,14 @@ class LocalStore:
         return self.get(key) or Entry(meta, None, None)
 
     def put_entry_file(self, key: str, meta: Meta, path: Path) -> None:
-        """Like put_entry, for bytes in a file of this cache folder's file system, which is moved in."""
-        if self._blob_file(meta) is None:
-            self._cache.set(f"blob:{meta.sha256}", _Adopt(path))
-        else:
-            path.unlink(missing_ok=True)  # the same bytes are stored already
-        self._cache.set(f"meta:{key}", asdict(meta))
+        """Like put_entry, for bytes in a file of this cache folder's file system, which is moved in (and back to
+        `path` if the write fails)."""
+        with self._undoing(), self._cache.transact():
+            if self._blob_file(meta) is None:
+                self._cache.set(f"blob:{meta.sha256}", _Adopt(path))
+            else:
+                path.unlink(missing_ok=True)  # the same bytes are stored already
+            self._cache.set(f"meta:{key}", asdict(meta))
         self._memory.forget(key)
 
     def put_entry(self, key: str, meta: Meta, body: bytes, remember: bool = False) -> None:
