@@ -36,10 +36,10 @@ from .outcomes import NotFound, NotStaged, Served, Unavailable
 
 logger = logging.getLogger(__name__)
 
-# attempt(client) -> (what happened, None or (upstream name, the answer)); the answer None means "unchanged"
 PASSED_FILE_SECONDS = 120.0  # a large answer the cache could not keep: its file is deleted this long after (the
 # clients it answers open it at once: see boundary/blobs.py)
 
+# attempt(client) -> (what happened, None or (upstream name, the answer)); the answer None means "unchanged"
 Attempting = Callable[[UpstreamClient], Awaitable[tuple[Attempt, tuple[str, object] | None]]]
 
 

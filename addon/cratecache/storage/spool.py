@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -130,8 +129,9 @@ class Spool:
             self._open_in(self.elsewhere, passing=True)
             if old is not None:
                 with open(old_path, "rb") as kept:
-                    shutil.copyfileobj(_limited(kept, written), self._file)
-                self._written = written
+                    while written > 0 and (piece := kept.read(min(written, OFFLOAD_BYTES))):
+                        self._put(piece)
+                        written -= len(piece)
         finally:
             if old is not None:
                 old.close()
@@ -153,19 +153,6 @@ class Spool:
             self._file.close()
             self.path.unlink(missing_ok=True)
         self._memory = bytearray()
-
-
-class _limited:
-    """The first `size` bytes of a file (what a failed spool had written)."""
-
-    def __init__(self, file, size: int):
-        self.file, self.left = file, size
-
-    def read(self, n: int = -1) -> bytes:
-        n = self.left if n < 0 else min(n, self.left)
-        data = self.file.read(n) if n else b""
-        self.left -= len(data)
-        return data
 
 
 def sweep(directory: Path) -> int:
