@@ -20,7 +20,7 @@ from cratecache.resolver import Resolver
 from cratecache.storage import open_storage
 from cratecache.storage.faults import RETRY_SECONDS, WARN_SECONDS, Throttle, Writability, describe, is_full, keep
 from cratecache.storage.local import LocalStore
-from cratecache.storage.spool import Spool
+from cratecache.storage.spool import NoRoom, Spool
 
 from tests.fake_registry import A_DL, A, FakeNet, a_download, make_settings, upstream
 from tests.tmpfs import files, fill, tmpfs
@@ -138,6 +138,30 @@ async def test_a_spool_that_fills_the_disk_goes_on_in_the_temporary_folder_with_
     second.discard()
     spooled.discard()
     assert list(elsewhere.iterdir()) == []
+
+
+async def test_a_spool_neither_folder_can_take_is_held_in_memory_up_to_its_bound(small_disk, caplog):
+    state = Writability(str(small_disk))
+    fill(small_disk, leave=1 * MiB)
+    data = os.urandom(3 * MiB)
+    elsewhere = small_disk / "tmp"  # the temporary folder on the same full file system
+    spool = Spool(small_disk, 64 * 1024, state, elsewhere, memory_limit=4 * MiB)
+    with caplog.at_level(logging.WARNING):
+        for i in range(0, len(data), 64 * 1024):
+            await spool.awrite(data[i:i + 64 * 1024])
+    spooled = spool.finish()
+    assert spooled.passing and spooled.path is None and spooled.body == data
+    assert spooled.sha256 == hashlib.sha256(data).hexdigest()
+    assert [f for f in files(small_disk) if f.endswith(".part")] == []
+    assert "cannot take an answer the cache folder could not either" in caplog.text
+
+    bounded = Spool(small_disk, 64 * 1024, state, elsewhere, memory_limit=2 * MiB)
+    with pytest.raises(NoRoom, match="larger than 2097152 bytes"):
+        for i in range(0, len(data), 64 * 1024):
+            await bounded.awrite(data[i:i + 64 * 1024])
+        bounded.finish()
+    bounded.discard()
+    assert [f for f in files(small_disk) if f.endswith(".part")] == []
 
 
 def test_a_write_that_does_not_fit_leaves_no_file(small_disk):

@@ -247,10 +247,10 @@ class Engine:
                                                got.headers.get("last-modified"))
 
     async def store_spooled(self, key: str, spooled: Spooled, upstream: str) -> Entry:
-        if spooled.body is not None:
-            return await self.save(key, spooled.body, upstream)
         if spooled.passing:  # the cache folder could not take it while it arrived
             return self.passed(spooled, upstream)
+        if spooled.body is not None:
+            return await self.save(key, spooled.body, upstream)
         return await self._save_file(key, spooled, upstream)
 
     async def _save_file(self, key: str, spooled: Spooled, upstream: str) -> Entry:
@@ -266,8 +266,11 @@ class Engine:
         raise Unavailable(f"{key}: fetched and verified, but the cache could not store it (see the log)")
 
     def passed(self, spooled: Spooled, upstream: str) -> Entry:
-        """A verified spooled file answered without being kept: served from where it is, deleted a while after."""
+        """A verified spooled file answered without being kept: served from where it is, deleted a while after (or
+        from memory, where the temporary folder could not take it either)."""
         now, path = self.clock(), str(spooled.path)
+        if spooled.body is not None:
+            return Entry(Meta(spooled.sha256, spooled.size, upstream, now, now), spooled.body)
 
         def delete() -> None:
             self.passing.pop(path, None)

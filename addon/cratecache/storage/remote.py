@@ -231,6 +231,8 @@ UNKEPT_FILE_SECONDS = 120.0  # a pulled file the local tier could not keep is de
 
 def _unkept(meta: Meta, spooled: Spooled) -> Entry:
     """A verified pulled file served without being kept in the local tier; deleted a while after."""
+    if spooled.body is not None:  # the temporary folder could not take it either: held in memory
+        return Entry(meta, spooled.body)
     path = spooled.path
     asyncio.get_running_loop().call_later(UNKEPT_FILE_SECONDS, lambda: path.unlink(missing_ok=True))
     return Entry(meta, None, str(path))

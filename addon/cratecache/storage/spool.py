@@ -9,6 +9,8 @@ When the cache folder cannot take the file (disk full, read-only: `faults.py`), 
 temporary folder (`PASS_FOLDER`, usually another file system) with what it has so far and goes on there: the answer
 is then passed through, served from that file and not kept (`Spooled.passing`). While the cache folder is known not
 to be writable, a spool starts there at once (except for the periodic retry that finds out it is writable again).
+If the temporary folder cannot take it either (the same full file system), the last resort is memory, up to
+`PASS_MEMORY_BYTES` per answer; beyond that the download fails (`NoRoom`).
 """
 
 from __future__ import annotations
@@ -19,17 +21,26 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .faults import Writability
+from .faults import Throttle, Writability, describe
 
 logger = logging.getLogger(__name__)
 
 PARTIAL_FOLDER = "partial"
 OFFLOAD_BYTES = 1024 * 1024  # a large answer is hashed and written in pieces this size, off the event loop
 PASS_FOLDER = "cargo-cache-pass-through"  # in the temporary folder: answers the cache folder could not take
+PASS_MEMORY_BYTES = 256 * 1024 * 1024  # an answer neither the cache folder nor the temporary folder can take: held
+# in memory up to this size (a large toolchain component fits; a bigger answer fails with a 502 naming the reason)
+
+_elsewhere_warnings = Throttle()
+
+
+class NoRoom(RuntimeError):
+    """Neither the cache folder, the temporary folder nor the memory bound could hold an answer."""
 
 
 def pass_folder() -> Path:
@@ -42,7 +53,8 @@ class Spooled:
     size: int
     body: bytes | None  # the bytes, when they stayed in memory
     path: Path | None  # else the finished partial file (the caller moves it into the store or discards it)
-    passing: bool = False  # the file is in the temporary folder: the cache folder could not take it
+    passing: bool = False  # the cache folder could not take it: its file is in the temporary folder (or, if that
+    # could not take it either, its bytes are in `body`)
 
     def discard(self) -> None:
         if self.path is not None:
@@ -51,10 +63,12 @@ class Spooled:
 
 class Spool:
     def __init__(self, directory: Path, threshold: int, writability: Writability | None = None,
-                 elsewhere: Path | None = None):
+                 elsewhere: Path | None = None, memory_limit: int = PASS_MEMORY_BYTES):
         self.folder, self.threshold = directory / PARTIAL_FOLDER, threshold
         self.writability, self.elsewhere = writability, elsewhere or pass_folder()
+        self.memory_limit = memory_limit
         self.passing = False
+        self._in_memory = False  # the last resort: neither folder could take it
         self._written = 0  # bytes in the partial file
         self._hash = hashlib.sha256()
         self._memory = bytearray()
@@ -89,16 +103,17 @@ class Spool:
 
     def _open(self) -> None:
         """Move to a partial file (what is in memory first): in the cache folder, or elsewhere if it cannot take it."""
-        if self._file is not None:
+        if self._file is not None or self._in_memory:
             return
         held, self._memory = bytes(self._memory), bytearray()
-        if self.writability is not None and not self.writability.keep():
-            self._open_in(self.elsewhere, passing=True)
-        else:
-            try:
+        try:
+            if self.writability is not None and not self.writability.keep():
+                self.passing = True  # straight to the temporary folder
+                self._open_in(self.elsewhere, passing=True)
+            else:
                 self._open_in(self.folder)
-            except OSError as e:
-                self._pass_on(e)
+        except OSError as e:
+            self._pass_on(e)
         self._put(held)
 
     def _open_in(self, folder: Path, passing: bool = False) -> None:
@@ -109,24 +124,47 @@ class Spool:
         self.path, self.passing, self._written = path, passing, 0
 
     def _put(self, data: bytes) -> None:
+        if self._in_memory:
+            self._memory += data
+            if len(self._memory) > self.memory_limit:
+                raise NoRoom(f"no room to hold the answer: the cache folder and the temporary folder cannot take it "
+                             f"and it is larger than {self.memory_limit} bytes")
+            return
         view = memoryview(data)
         while view:
             try:
                 n = self._file.write(view)
             except OSError as e:
                 self._pass_on(e)
+                if self._in_memory:
+                    self._put(bytes(view))
+                    return
                 continue
             view, self._written = view[n:], self._written + n
 
     def _pass_on(self, error: OSError) -> None:
-        """The cache folder failed (full, read-only): go on in the temporary folder with what was written so far.
-        Any other error, or one there too, ends the download (raised; `discard` cleans up)."""
-        if self.passing or self.writability is None or not self.writability.failed("spool", error):
+        """The folder being written failed (full, read-only): from the cache folder on to the temporary folder, from
+        there on to memory, with what was written so far. Any other error ends the download (raised; `discard`
+        cleans up)."""
+        if self.writability is None or describe(error) is None:
             raise error
+        if not self.passing:
+            self.writability.failed("spool", error)
+        elif _elsewhere_warnings.allow(time.monotonic()):
+            logger.warning("cargo-cache: the temporary folder %s cannot take an answer the cache folder could not "
+                           "either (%s): holding it in memory (up to %d bytes)", self.elsewhere, describe(error),
+                           self.memory_limit)
         old, old_path, written = self._file, self.path, self._written
         self._file = self.path = None
         try:
-            self._open_in(self.elsewhere, passing=True)
+            if self.passing:
+                self._in_memory = True
+            else:
+                self.passing = True
+                try:
+                    self._open_in(self.elsewhere, passing=True)
+                except OSError as e:
+                    self._pass_on(e)  # on to memory
             if old is not None:
                 with open(old_path, "rb") as kept:
                     while written > 0 and (piece := kept.read(min(written, OFFLOAD_BYTES))):
@@ -143,7 +181,7 @@ class Spool:
             piece, self._pending, self._pending_size = b"".join(self._pending), [], 0
             self.write(piece)
         if self._file is None:
-            return Spooled(self._hash.hexdigest(), self.size, bytes(self._memory), None)
+            return Spooled(self._hash.hexdigest(), self.size, bytes(self._memory), None, self._in_memory)
         self._file.close()
         return Spooled(self._hash.hexdigest(), self.size, None, self.path, self.passing)
 
