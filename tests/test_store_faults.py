@@ -108,6 +108,12 @@ def test_writability_warns_once_a_minute_counts_each_failure_and_resumes(caplog)
     assert "(2 more failed write(s) in the last minute)" in caplog.text
     assert "is writable again" in caplog.text
     assert state.writable and state.keep() and state.snapshot()["since"] is None
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # a disk that flaps (a few KiB freed and taken again) within the minute
+        clock.now += 5
+        state.failed("spool", full)
+        state.succeeded()
+    assert caplog.text == "" and state.errors["spool"] == 2  # counted, not warned again
 
 
 # -- the write path on a real full tmpfs ----------------------------------------------------------------

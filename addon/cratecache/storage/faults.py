@@ -82,9 +82,6 @@ class Throttle:
         n, self.suppressed = self.suppressed, 0
         return n
 
-    def reset(self) -> None:
-        self._last, self.suppressed = None, 0
-
 
 class Writability:
     """Whether the cache folder takes writes now, since when not and why; the failures per operation."""
@@ -96,7 +93,8 @@ class Writability:
         self.error = ""
         self.last_attempt: float | None = None
         self.errors: dict[str, int] = {}
-        self.throttle = Throttle()
+        self.throttle = Throttle()  # not reset when writes succeed again: a disk that flaps warns once a minute
+        self._recoveries = Throttle()
         self.on_error: Callable[[str], None] | None = None  # (operation) of each failure; e.g. metrics
 
     def keep(self) -> bool:
@@ -157,10 +155,10 @@ class Writability:
         """A write to the cache folder succeeded: it is writable (again)."""
         if self.writable:
             return
-        logger.warning("cargo-cache: the cache folder %s is writable again after %.0f s (%s): caching resumes",
-                       self.where, self.clock() - (self.since or self.clock()), self.error)
+        if self._recoveries.allow(self.clock()):
+            logger.warning("cargo-cache: the cache folder %s is writable again after %.0f s (%s): caching resumes",
+                           self.where, self.clock() - (self.since or self.clock()), self.error)
         self.writable, self.since, self.error, self.last_attempt = True, None, "", None
-        self.throttle.reset()
 
     def snapshot(self) -> dict[str, Any]:
         """For status.json and /metrics."""
