@@ -7,12 +7,18 @@ have, `Expected`, checked as the bytes stream to a spool), or its own `attempt` 
 `revalidating_walk`/`walk` (what neither fits). The engine reads the cache, decides freshness, coalesces concurrent
 misses (`flights.py`), walks the upstreams, stores what is verified, records revalidations, and serves the stale
 copy when every upstream fails. It knows no protocol.
+
+When the cache folder cannot be written (disk full, read-only: `storage/faults.py`), an answer is still served,
+verified as usual, and not kept: a small one from memory, a large one from its spooled file (in the temporary
+folder, or the cache folder's `partial/`), which is deleted once served (`PASSED_FILE_SECONDS`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -20,16 +26,18 @@ from dataclasses import replace
 import httpx
 
 from ..config import Settings, Source
-from ..storage import Entry, Spooled, Storage, make_entry
+from ..storage import Entry, Meta, Spooled, Storage, make_entry
 from ..upstreams.client import Attempt, UpstreamClient, UpstreamError, status_outcome, summary, walk
 from ..upstreams.health import Health
 from . import freshness
 from .flights import Fetch, Flights
 from .item import Expected, Item
 from .outcomes import NotFound, NotStaged, Served, Unavailable
-from .writes import best_effort
 
 logger = logging.getLogger(__name__)
+
+PASSED_FILE_SECONDS = 120.0  # a large answer the cache could not keep: its file is deleted this long after (the
+# clients it answers open it at once: see boundary/blobs.py)
 
 # attempt(client) -> (what happened, None or (upstream name, the answer)); the answer None means "unchanged"
 Attempting = Callable[[UpstreamClient], Awaitable[tuple[Attempt, tuple[str, object] | None]]]
@@ -54,6 +62,7 @@ class Engine:
         cache = settings.cache
         self.health = Health(backoff=cache.upstream_backoff, threshold=cache.backoff_after)
         self.on_attempt: Callable[[UpstreamClient, Attempt], None] | None = None  # e.g. metrics
+        self.passing: dict[str, asyncio.TimerHandle] = {}  # files of answers served without being kept -> deletion
 
     def reconfigure(self, settings: Settings) -> None:
         """Run with new settings (a reload) on the same store: a client is kept for each upstream whose settings
@@ -70,6 +79,10 @@ class Engine:
         self.settings = settings
 
     async def aclose(self) -> None:
+        for path, timer in list(self.passing.items()):
+            timer.cancel()
+            _delete(path)
+        self.passing.clear()
         for task in list(self.background):
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
@@ -222,8 +235,10 @@ class Engine:
 
     async def save(self, key: str, body: bytes, upstream: str, etag: str | None = None,
                    last_modified: str | None = None) -> Entry:
-        """Store an answer; if the cache cannot be written (disk full), still answer."""
-        stored = await self._write_entry(self.store.put, key, body, upstream, etag, last_modified, self.clock())
+        """Store an answer; if the cache cannot be written (disk full, read-only), still answer (not kept)."""
+        stored = None
+        if self.store.keeps():
+            stored = await self._write_entry(self.store.put, key, body, upstream, etag, last_modified, self.clock())
         return stored or make_entry(body, upstream, etag, last_modified, self.clock())
 
     def save_fetched(self, key: str) -> Callable[[str, object], Awaitable[Entry]]:
@@ -232,25 +247,47 @@ class Engine:
                                                got.headers.get("last-modified"))
 
     async def store_spooled(self, key: str, spooled: Spooled, upstream: str) -> Entry:
+        if spooled.passing:  # the cache folder could not take it while it arrived
+            return self.passed(spooled, upstream)
         if spooled.body is not None:
             return await self.save(key, spooled.body, upstream)
         return await self._save_file(key, spooled, upstream)
 
     async def _save_file(self, key: str, spooled: Spooled, upstream: str) -> Entry:
-        """Store a verified spooled file; if the cache cannot take it, the request still fails cleanly."""
+        """Store a verified spooled file; if the cache cannot take it (disk full, read-only), serve it from the spool
+        without keeping it; if it is gone too, the request fails cleanly."""
+        # (not `writability.keep()` again: the spool decided to keep it, and wrote it to the cache folder)
         stored = await self._write_entry(self.store.put_file, key, spooled, upstream, None, None, self.clock())
-        if stored is None or stored.file is None:
-            spooled.discard()
-            raise Unavailable(f"{key}: fetched and verified, but the cache could not store it (see the log)")
-        return stored
+        if stored is not None and stored.file is not None:
+            return stored
+        if spooled.path is not None and spooled.path.exists():  # a failed write moved it back (local.py `_undoing`)
+            return self.passed(spooled, upstream)
+        spooled.discard()
+        raise Unavailable(f"{key}: fetched and verified, but the cache could not store it (see the log)")
+
+    def passed(self, spooled: Spooled, upstream: str) -> Entry:
+        """A verified spooled file answered without being kept: served from where it is, deleted a while after (or
+        from memory, where the temporary folder could not take it either)."""
+        now, path = self.clock(), str(spooled.path)
+        if spooled.body is not None:
+            return Entry(Meta(spooled.sha256, spooled.size, upstream, now, now), spooled.body)
+
+        def delete() -> None:
+            self.passing.pop(path, None)
+            _delete(path)
+
+        self.passing[path] = asyncio.get_running_loop().call_later(PASSED_FILE_SECONDS, delete)
+        return Entry(Meta(spooled.sha256, spooled.size, upstream, now, now), None, path)
 
     async def _write_entry(self, write, key: str, *args) -> Entry | None:
         """`best_effort` for `put`/`put_file`: a lease this process holds on `key` is given back with the write."""
         leases = self.flights.leases
         release = key in leases
         stored = await self.best_effort(write, key, *args, release)
-        if stored is not None and release:
-            leases.discard(key)
+        if stored is not None:
+            self.store.writability.succeeded()
+            if release:
+                leases.discard(key)
         return stored
 
     async def touch(self, key: str, cached: Entry) -> Entry:
@@ -266,4 +303,16 @@ class Engine:
         """A negative entry: asked for again within `negative_ttl`, it is not found without an upstream."""
         await self.best_effort(self.store.set_negative, key, reason, self.settings.cache.negative_ttl)
 
-    best_effort = staticmethod(best_effort)  # a cache write whose failure must not fail the request (writes.py)
+    async def best_effort(self, write, key: str, *args):
+        """A cache write whose failure (full disk, ...) must not fail the request: logged, None returned."""
+        try:
+            return await write(key, *args)
+        except Exception as e:
+            if not self.store.writability.failed(getattr(write, "__name__", "write"), e, key):  # else warned once a minute
+                logger.error("cache write failed for %s (%s: %s) in %s", key, type(e).__name__, e, write.__name__)
+            return None
+
+
+def _delete(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)

@@ -56,7 +56,12 @@ class Flights:
             return self._answered_meanwhile(stored, None, since, item) is not None
         while True:
             # Read under the lease: a fetch that finished meanwhile (here or in another process) may answer.
-            owned, cached, negative = await store.claim(key, lease, usable=usable)
+            try:
+                owned, cached, negative = await store.claim(key, lease, usable=usable)
+            except Exception as e:  # the cache folder cannot be written (a lease is a write): fetch without one
+                if not store.writability.failed("lease", e):
+                    raise
+                return await self._unleased(item, since, fetch)
             if not owned and cached is not None:
                 return Served(cached, "cache", "hit")
             if owned:
@@ -83,6 +88,18 @@ class Flights:
             while time.monotonic() < deadline and waiting_on is not None \
                     and await store.lease_holder(key) == waiting_on:
                 await asyncio.sleep(store.poll_seconds)
+
+    async def _unleased(self, item: Item, since: float, fetch: Fetch) -> Served:
+        """A fetch without the lease (the cache folder refuses writes): what is stored still answers if it can."""
+        try:
+            cached = await self.store().get(item.key)
+        except Exception as e:
+            if not self.store().writability.failed("get", e):
+                raise
+            cached = None
+        if answered := self._answered_meanwhile(cached, None, since, item):
+            return answered
+        return await fetch(cached)
 
     def _answered_meanwhile(self, cached: Entry | None, negative: str | None, since: float, item: Item) -> Served | None:
         if cached is not None:

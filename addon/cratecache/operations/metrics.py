@@ -11,6 +11,10 @@
 - cargo_cache_storage_duration_seconds{backend,operation}     their latency
 - cargo_cache_storage_up{backend}                             1, or 0 while the shared store is unreachable
 - cargo_cache_storage_pending                                 entries waiting to be uploaded to it
+- cargo_cache_store_writable                                  1, or 0 while this host's cache folder refuses writes
+                                                              (disk full, read-only): answers are passed through
+- cargo_cache_store_errors_total{op}                          writes the cache folder refused, per operation (put,
+                                                              put_file, spool, lease, upkeep, probe, ...)
 - cargo_cache_policy_decisions_total{action,reason}           the policy's decisions on what was served: action
                                                               warn, hide, deny (would-… in dry_run); reason
                                                               quarantine, malicious, vulnerable, informational, rule
@@ -67,6 +71,10 @@ class Metrics:
                                           ["backend", "operation"], buckets=LATENCY_BUCKETS, registry=r)
         self.storage_up = Gauge("cargo_cache_storage_up", "1 when the storage backend answers", ["backend"],
                                 registry=r)
+        self.store_writable = Gauge("cargo_cache_store_writable", "1 when this host's cache folder takes writes, 0 "
+                                    "while it refuses them (disk full, read-only)", registry=r)
+        self.store_errors = Counter("cargo_cache_store_errors", "Writes the cache folder refused (disk full, "
+                                    "read-only)", ["op"], registry=r)
         self.storage_pending = Gauge("cargo_cache_storage_pending", "Entries waiting to be uploaded to the shared "
                                      "store", registry=r)
 
@@ -85,6 +93,9 @@ class Metrics:
         self.storage_requests.labels(backend, operation, "ok" if ok else "error").inc()
         self.storage_duration.labels(backend, operation).observe(seconds)
 
+    def store_error(self, op: str) -> None:
+        self.store_errors.labels(op).inc()
+
     def render(self, figures: dict, storage: dict) -> bytes:
         """The exposition text, with the cache's `figures` and the storage's `health()` of now."""
         self.cache_bytes.set(figures["bytes"])
@@ -92,4 +103,5 @@ class Metrics:
             self.cache_entries.labels(kind).set(figures["entries"].get(kind, 0))
         self.storage_up.labels(storage["backend"]).set(1 if storage["state"] == "ok" else 0)
         self.storage_pending.set(storage.get("pending", 0))
+        self.store_writable.set(1 if storage.get("folder", {}).get("writable", True) else 0)
         return generate_latest(self.registry)

@@ -117,4 +117,5 @@ class Upkeep:
         try:
             await self.runtime.resolver.store.add_counts(counts)
         except Exception as e:  # statistics must never break serving
-            logger.warning("cargo-cache: could not record request counts: %s", e)
+            if not self.runtime.resolver.store.writability.failed("add_counts", e):  # else warned once a minute
+                logger.warning("cargo-cache: could not record request counts: %s", e)

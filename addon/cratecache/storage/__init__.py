@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import CacheSettings
+from .faults import Writability
 from .local import FILE_THRESHOLD, Entry, LocalStore, Meta, make_entry, sha256_hex
 from .spool import Spool, Spooled
 
@@ -37,6 +38,7 @@ class Storage(ABC):
     directory: Path  # this host's cache folder (the whole cache, or the local tier)
     poll_seconds: float  # how often a waiter re-checks another holder's lease
     on_call: Callable[[str, str, float, bool], None] | None = None  # (backend, operation, seconds, ok) of remote calls
+    writability: Writability  # whether this host's cache folder takes writes now (disk full, read-only: faults.py)
 
     # -- in memory, safe on the event loop --------------------------------------------------
     @abstractmethod
@@ -67,8 +69,23 @@ class Storage(ABC):
         them under its lease on `key`, which it gives back with the write."""
 
     def spool(self) -> Spool:
-        """Where an answer that may be large is written while it arrives (memory, then a partial file)."""
-        return Spool(self.directory, FILE_THRESHOLD)
+        """Where an answer that may be large is written while it arrives (memory, then a partial file; in the
+        temporary folder if the cache folder cannot take it)."""
+        return Spool(self.directory, FILE_THRESHOLD, self.writability)
+
+    def keeps(self) -> bool:
+        """Whether to write the next answer (False: serve it without trying, the cache folder refuses writes; see
+        `faults.keep`)."""
+        return self.writability.keep()
+
+    @property
+    def on_fault(self) -> Callable[[str], None] | None:
+        """Called with the operation of each write the cache folder refused (e.g. metrics)."""
+        return self.writability.on_error
+
+    @on_fault.setter
+    def on_fault(self, callback: Callable[[str], None] | None) -> None:
+        self.writability.on_error = callback
 
     @abstractmethod
     async def put_file(self, key: str, spooled: Spooled, upstream: str, etag: str | None = None,
@@ -162,6 +179,7 @@ class Storage(ABC):
 
 def open_storage(cache: CacheSettings) -> Storage:
     local = LocalStore(cache.directory, cache.size_limit, cache.eviction_policy)
+    local.warn_if_larger_than_disk()
     if cache.backend == "s3":
         from .s3 import S3Storage  # obstore is only imported when a bucket is configured
 

@@ -19,6 +19,7 @@ class DiskStorage(Storage):
 
     def __init__(self, local: LocalStore):
         self.local = local
+        self.writability = local.writability
         self.directory = local.directory
         # One thread for all of this process's SQLite work: the store's writes serialise on SQLite's lock anyway,
         # and several threads waiting for it (busy-handler sleeps) and for the GIL cost the event loop more. Short
@@ -115,13 +116,27 @@ class DiskStorage(Storage):
     async def maintain(self) -> None:
         # Background upkeep (a batch of recency touches and 304s, then eviction, every 5 s) on asyncio's pool, not the
         # store thread, so that requests' reads and writes never queue behind it.
-        await asyncio.to_thread(self.local.upkeep)
+        writability = self.writability
+        try:
+            await asyncio.to_thread(self.local.upkeep)
+        except Exception as e:
+            if not writability.failed("upkeep", e):
+                raise
+        if not writability.writable and writability.keep():  # no miss meanwhile: find out whether it is back
+            try:
+                await asyncio.to_thread(self.local.probe)
+            except Exception as e:
+                if not writability.failed("probe", e):
+                    raise
+            else:
+                writability.succeeded()
 
     async def flush(self) -> None:
         pass  # every write is already on disk
 
     def health(self) -> dict[str, Any]:
-        return {"backend": self.backend, "target": str(self.directory), "state": "ok"}
+        return {"backend": self.backend, "target": str(self.directory), "state": "ok",
+                "folder": self.writability.snapshot()}
 
     async def close(self) -> None:
         self.local.close()

@@ -19,9 +19,12 @@ hand-off, and concurrent readers of one large crate share a single copy of its b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
+import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
@@ -29,7 +32,7 @@ from pathlib import Path
 
 import diskcache
 
-from . import recovery, spool
+from . import faults, recovery, spool
 from .entries import Entry, Meta
 from .keyscan import KeyScan
 from .marks import HostLeases, PendingMarks
@@ -44,6 +47,7 @@ FILE_KINDS = ("crate/", "component/", "rustup/")  # what may be kept as a file; 
 # channel manifests are always read whole
 HASH_OFFLOAD_BYTES = 1024 * 1024
 DEFAULT_HOT_BYTES = 64 * 1024 * 1024
+ROOM_MARGIN = 1024 * 1024  # evicting for a write on a full disk frees this much more (for SQLite's own pages)
 
 
 class _Adopt:
@@ -54,13 +58,34 @@ class _Adopt:
 
 
 class _AdoptingDisk(diskcache.Disk):
+    """diskcache's files, plus: a verified partial file moved in (`_Adopt`), and a note of each file written, so a
+    write whose transaction fails (a full disk) leaves none behind (`LocalStore._undoing`)."""
+
+    written = threading.local()
+
     def store(self, value, read, key=diskcache.core.UNKNOWN):
         if isinstance(value, _Adopt):
             filename, full_path = self.filename(key, value)
             os.makedirs(os.path.dirname(full_path), exist_ok=True)
             os.rename(value.path, full_path)
+            self._note(full_path, value.path)
             return os.path.getsize(full_path), diskcache.core.MODE_BINARY, filename, None
         return super().store(value, read, key)
+
+    def _write(self, full_path, iterator, mode, encoding=None):
+        try:
+            size = super()._write(full_path, iterator, mode, encoding)
+        except BaseException:
+            with contextlib.suppress(OSError):  # diskcache leaves what it wrote of a file that did not fit
+                os.unlink(full_path)
+            raise
+        self._note(full_path, None)
+        return size
+
+    def _note(self, full_path: str, source: Path | None) -> None:
+        files = getattr(self.written, "files", None)
+        if files is not None:
+            files.append((full_path, source))
 
 
 async def sha256_hex(body: bytes) -> str:
@@ -96,6 +121,7 @@ class LocalStore:
             directory, size_limit=size_limit, eviction_policy=eviction_policy, statistics=False,
             disk=_AdoptingDisk, cull_limit=0,
         )
+        self.writability = faults.Writability(str(directory))
         spool.sweep(directory)
         self._memory = MemoryTier(hot_bytes, self._cache.get(PURGE_GENERATION, 0))
         self._writeback = WriteBack(self._cache, self._memory)
@@ -103,10 +129,95 @@ class LocalStore:
         self._pending = PendingMarks(directory / "pending")
         self._scan = KeyScan(self._cache)
 
+    @contextlib.contextmanager
     def transaction(self):
         """One SQLite transaction around several calls (the store thread's batches); calls inside it that open
         their own join it."""
-        return self._cache.transact()
+        with self._undoing(), self._cache.transact():
+            yield
+
+    @contextlib.contextmanager
+    def _undoing(self):
+        """Files written into the cache folder in here are removed again (a file moved in goes back) if it fails:
+        a rolled-back transaction must not leave files no entry names (a full disk fails the commit)."""
+        written = _AdoptingDisk.written
+        if getattr(written, "files", None) is not None:  # an outer one undoes
+            yield
+            return
+        written.files = []
+        try:
+            yield
+        except BaseException:
+            for full_path, source in reversed(written.files):
+                with contextlib.suppress(OSError):
+                    if source is not None:
+                        os.rename(full_path, source)
+                    else:
+                        os.unlink(full_path)
+            raise
+        finally:
+            written.files = None
+
+    def _making_room(self, needed: int, write: Callable[[], Entry]) -> Entry:
+        """`write()`; on a full disk, evict least recently used entries to make room for `needed` bytes and try once
+        more (if evicting can make that much room at all). Inside a batch's transaction it only raises: the batch is
+        rolled back and each call runs again alone (`batches.py`), where it may evict."""
+        in_batch = getattr(_AdoptingDisk.written, "files", None) is not None
+        try:
+            with self._undoing():
+                return write()
+        except Exception as e:
+            if in_batch or not faults.is_full(e) or not self.make_room(needed):
+                raise
+        with self._undoing():
+            return write()
+
+    def make_room(self, needed: int) -> bool:
+        """Evict least recently used entries until `needed` bytes (and a margin) are free on the cache's file system,
+        below the size limit if need be; False (nothing evicted) if even the whole cache would not free that much."""
+        free = shutil.disk_usage(self.directory).free
+        short = needed + ROOM_MARGIN - free
+        volume = self._cache.volume()
+        if short <= 0 or short > volume:
+            return False
+        limit = self._cache.size_limit
+        self._cache.reset("size_limit", max(0, volume - short), update=False)  # this process, for this cull only
+        try:
+            evicted = self._cache.cull()
+        except diskcache.Timeout:
+            evicted = 0
+        finally:
+            self._cache.reset("size_limit", limit, update=False)
+        if evicted:
+            logger.warning("cargo-cache: disk full: evicted %d least recently used entries to make room for %d bytes",
+                           evicted, needed)
+        return evicted > 0
+
+    def probe(self) -> None:
+        """A small write to the cache folder (a file and the database): raises if it cannot take writes."""
+        folder = self.directory / spool.PARTIAL_FOLDER
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{os.getpid()}-probe.part"
+        try:
+            path.write_bytes(b"\0" * 4096)
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        self._cache.set("writable-probe", time.time())
+
+    def warn_if_larger_than_disk(self) -> None:
+        """A size limit above what the cache's file system can hold is filled to a full disk (then evicting on each
+        full write): said at start."""
+        try:
+            usage = shutil.disk_usage(self.directory)
+        except OSError:
+            return
+        room = usage.free + self._cache.volume()
+        if self._cache.size_limit > room:
+            logger.warning("cargo-cache: cache size_limit %d bytes is above the space its file system %s can give "
+                           "it (%d bytes free, %d in the cache): the disk fills before the limit; entries are then "
+                           "evicted when a write finds it full", self._cache.size_limit, self.directory, usage.free,
+                           self._cache.volume())
 
     def close(self) -> None:
         self._writeback.write_checks()
@@ -172,11 +283,16 @@ class LocalStore:
             now: float | None = None, release: bool = False) -> Entry:
         """`release`: give back this store's lease on `key` in the same commit."""
         entry = make_entry(body, upstream, etag, last_modified, now)
-        with self._cache.transact():  # one commit (blob first, then the meta naming it) instead of two
-            self._cache.set(f"blob:{entry.meta.sha256}", body)
-            self._cache.set(f"meta:{key}", asdict(entry.meta))
-            if release:
-                self._leases.release(key)
+
+        def write() -> Entry:
+            with self._cache.transact():  # one commit (blob first, then the meta naming it) instead of two
+                self._cache.set(f"blob:{entry.meta.sha256}", body)
+                self._cache.set(f"meta:{key}", asdict(entry.meta))
+                if release:
+                    self._leases.release(key)
+            return entry
+
+        self._making_room(len(body), write)
         self._memory.remember(key, entry)
         return entry
 
@@ -185,25 +301,36 @@ class LocalStore:
         """Store a verified spooled file by moving it into the cache (the spool's file is gone afterwards)."""
         now = time.time() if now is None else now
         meta = Meta(spooled.sha256, spooled.size, upstream, now, now, etag, last_modified)
-        with self._cache.transact():
-            self.put_entry_file(key, meta, spooled.path)
-            if release:
-                self._leases.release(key)
+
+        def write() -> None:
+            with self._cache.transact():
+                self.put_entry_file(key, meta, spooled.path)
+                if release:
+                    self._leases.release(key)
+
+        # on a failure the file is moved back to `spooled.path` (`_undoing`): the caller can still serve it
+        self._making_room(ROOM_MARGIN, write)
         return self.get(key) or Entry(meta, None, None)
 
     def put_entry_file(self, key: str, meta: Meta, path: Path) -> None:
-        """Like put_entry, for bytes in a file of this cache folder's file system, which is moved in."""
-        if self._blob_file(meta) is None:
-            self._cache.set(f"blob:{meta.sha256}", _Adopt(path))
-        else:
-            path.unlink(missing_ok=True)  # the same bytes are stored already
-        self._cache.set(f"meta:{key}", asdict(meta))
+        """Like put_entry, for bytes in a file of this cache folder's file system, which is moved in (and back to
+        `path` if the write fails)."""
+        with self._undoing(), self._cache.transact():
+            if self._blob_file(meta) is None:
+                self._cache.set(f"blob:{meta.sha256}", _Adopt(path))
+            else:
+                path.unlink(missing_ok=True)  # the same bytes are stored already
+            self._cache.set(f"meta:{key}", asdict(meta))
         self._memory.forget(key)
 
     def put_entry(self, key: str, meta: Meta, body: bytes, remember: bool = False) -> None:
         """Store bytes with their recorded provenance (import, the shared tier). The caller verified `meta.sha256`."""
-        self._cache.set(f"blob:{meta.sha256}", body)
-        self._cache.set(f"meta:{key}", asdict(meta))
+        def write() -> None:
+            with self._cache.transact():
+                self._cache.set(f"blob:{meta.sha256}", body)
+                self._cache.set(f"meta:{key}", asdict(meta))
+
+        self._making_room(len(body), write)
         if remember:
             self._memory.remember(key, Entry(meta, body))
         else:

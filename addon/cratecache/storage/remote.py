@@ -15,7 +15,7 @@ from .bucket import Bucket
 from .disk import DiskStorage
 from .local import Entry, Meta, as_file, sha256_hex
 from .records import MAX_ENTRY_BYTES, load_record, meta_problem, number
-from .spool import Spool
+from .spool import Spool, Spooled
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +26,15 @@ LISTINGS_KEPT = 1024
 
 async def local_call(action: str, call, *args):
     """A local tier read or write whose failure (locked, full, damaged) must not fail a request the bucket can
-    answer: logged, None returned (a miss)."""
+    answer: logged, None returned (a miss). A write the local tier's folder refuses (full, read-only) is counted by
+    its `writability` (the store the called method belongs to) and warned about once a minute."""
     try:
         return await call(*args)
     except Exception as e:
-        logger.warning("cargo-cache: local tier %s failed (%s: %s)", action, type(e).__name__, e)
+        owner = next((o for fn in (call, *args[:1]) if (o := getattr(fn, "__self__", None)) is not None), None)
+        writability = getattr(owner, "writability", None)
+        if writability is None or not writability.failed(f"local {action}", e):
+            logger.warning("cargo-cache: local tier %s failed (%s: %s)", action, type(e).__name__, e)
         return None
 
 
@@ -85,7 +89,15 @@ class RemoteEntries:
             if found and spooled.sha256 != meta.sha256:
                 await self.bucket.delete(f"blob/{meta.sha256}")
             return known
-        await self.tier.put_entry_file(key, meta, spooled.path)  # above FILE_THRESHOLD: always spooled to a file
+        if spooled.passing:  # the local tier refuses writes (disk full, read-only): served from the spool
+            return _unkept(meta, spooled)
+        try:
+            await self.tier.put_entry_file(key, meta, spooled.path)  # above FILE_THRESHOLD: always spooled to a file
+        except Exception as e:
+            if not self.tier.writability.failed("put_entry_file", e, key) or not spooled.path.exists():
+                spooled.discard()
+                raise
+            return _unkept(meta, spooled)  # moved back by the failed write (local.py `_undoing`)
         return await local_call("read", self.tier.get, key) or known
 
     async def publish(self, key: str, entry: Entry, newer_only: bool = False) -> None:
@@ -211,3 +223,16 @@ def _meta(raw: bytes, key: str) -> Meta | None:
         return None
     return Meta(r["sha256"], r["size"], r["upstream"], float(r["stored_at"]), float(r["checked_at"]),
                 r.get("etag"), r.get("last_modified"))
+
+
+UNKEPT_FILE_SECONDS = 120.0  # a pulled file the local tier could not keep is deleted this long after (its clients
+# open it at once: see boundary/blobs.py)
+
+
+def _unkept(meta: Meta, spooled: Spooled) -> Entry:
+    """A verified pulled file served without being kept in the local tier; deleted a while after."""
+    if spooled.body is not None:  # the temporary folder could not take it either: held in memory
+        return Entry(meta, spooled.body)
+    path = spooled.path
+    asyncio.get_running_loop().call_later(UNKEPT_FILE_SECONDS, lambda: path.unlink(missing_ok=True))
+    return Entry(meta, None, str(path))

@@ -58,6 +58,7 @@ class S3Storage(Storage):
 
     def __init__(self, local: LocalStore, settings: S3Settings):
         self.local = local
+        self.writability = local.writability
         self.tier = DiskStorage(local)
         self.directory = local.directory
         self.bucket = Bucket(settings)
@@ -68,6 +69,10 @@ class S3Storage(Storage):
         self.uploads = Uploads(local, self.tier, self.bucket, self.purges, self.remote)
         self.listings = Listings(self.remote)
         self._rescan_at = time.monotonic() + PENDING_RESCAN_SECONDS
+
+    def keeps(self) -> bool:
+        """Always: what the local tier cannot take still goes to the bucket (`put`)."""
+        return True
 
     # -- memory ------------------------------------------------------------------------------
     def peek(self, key: str) -> Entry | None:
@@ -119,8 +124,9 @@ class S3Storage(Storage):
                 await self.remote.publish(key, entry)
             except BucketDown:
                 raise e from None  # stored nowhere: the resolver logs the local failure
-            logger.warning("cargo-cache: local tier write failed for %s (%s: %s); stored in the bucket only",
-                           key, type(e).__name__, e)
+            if not self.writability.failed("put", e, key):  # else warned once a minute
+                logger.warning("cargo-cache: local tier write failed for %s (%s: %s); stored in the bucket only",
+                               key, type(e).__name__, e)
             return entry
         try:
             await self.remote.publish(key, entry)
@@ -295,7 +301,7 @@ class S3Storage(Storage):
 
     def health(self) -> dict[str, Any]:
         return {"backend": self.backend, "target": self.bucket.target, "local_tier": str(self.directory),
-                "pending": len(self.uploads), **self.bucket.health()}
+                "pending": len(self.uploads), "folder": self.writability.snapshot(), **self.bucket.health()}
 
     async def close(self) -> None:
         await self.tier.close()
