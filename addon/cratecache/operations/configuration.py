@@ -150,6 +150,7 @@ class Configuration:
         old = runtime.resolver
         store = open_storage(settings.cache)
         store.on_call = runtime.activity.metrics.storage_call
+        store.damage.on_found = runtime.activity.metrics.corrupt_entry
         runtime.settings, runtime.resolver = settings, Resolver(settings, store)
         runtime.resolver.on_attempt = runtime.activity.upstream_attempt
         runtime.activity.metrics.policy.counts = lambda: runtime.resolver.policy.journal.counts if runtime.resolver else {}

@@ -11,6 +11,8 @@
 - cargo_cache_storage_duration_seconds{backend,operation}     their latency
 - cargo_cache_storage_up{backend}                             1, or 0 while the shared store is unreachable
 - cargo_cache_storage_pending                                 entries waiting to be uploaded to it
+- cargo_cache_corrupt_entries_total{kind}                     stored bytes found not to match their digest (bit rot):
+                                                              not served, evicted, fetched again
 - cargo_cache_policy_decisions_total{action,reason}           the policy's decisions on what was served: action
                                                               warn, hide, deny (would-… in dry_run); reason
                                                               quarantine, malicious, vulnerable, informational, rule
@@ -69,6 +71,10 @@ class Metrics:
                                 registry=r)
         self.storage_pending = Gauge("cargo_cache_storage_pending", "Entries waiting to be uploaded to the shared "
                                      "store", registry=r)
+        self.corrupt_entries = Counter("cargo_cache_corrupt_entries", "Stored entries whose bytes no longer match their "
+                                       "digest (bit rot): not served, evicted, fetched again", ["kind"], registry=r)
+        for kind in KINDS:
+            self.corrupt_entries.labels(kind)  # 0 from the start, so that an alert on its increase sees the first
 
     def request(self, registry: str, kind: str, outcome: str, seconds: float, size: int) -> None:
         self.requests.labels(registry, kind, outcome).inc()
@@ -84,6 +90,9 @@ class Metrics:
     def storage_call(self, backend: str, operation: str, seconds: float, ok: bool) -> None:
         self.storage_requests.labels(backend, operation, "ok" if ok else "error").inc()
         self.storage_duration.labels(backend, operation).observe(seconds)
+
+    def corrupt_entry(self, kind: str) -> None:
+        self.corrupt_entries.labels(kind).inc()
 
     def render(self, figures: dict, storage: dict) -> bytes:
         """The exposition text, with the cache's `figures` and the storage's `health()` of now."""

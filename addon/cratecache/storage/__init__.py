@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import CacheSettings
+from .integrity import Damage
 from .local import FILE_THRESHOLD, Entry, LocalStore, Meta, make_entry, sha256_hex
 from .spool import Spool, Spooled
 
@@ -37,6 +38,7 @@ class Storage(ABC):
     directory: Path  # this host's cache folder (the whole cache, or the local tier)
     poll_seconds: float  # how often a waiter re-checks another holder's lease
     on_call: Callable[[str, str, float, bool], None] | None = None  # (backend, operation, seconds, ok) of remote calls
+    damage: Damage  # the damaged entries found (bit rot): told once, counted by kind (`damage.on_found`: metrics)
 
     # -- in memory, safe on the event loop --------------------------------------------------
     @abstractmethod
@@ -83,6 +85,11 @@ class Storage(ABC):
     @abstractmethod
     async def put_entry(self, key: str, meta: Meta, body: bytes) -> None:
         """Store bytes with recorded provenance (import). The caller has verified `meta.sha256`."""
+
+    @abstractmethod
+    async def evict_damaged(self, key: str, sha256: str, actual: str) -> None:
+        """The bytes of `key` stored as `sha256` were read back as `actual` (a streamed file found damaged): told,
+        counted and evicted from this host's cache folder, so that the next request fetches them again."""
 
     @abstractmethod
     async def mark_checked(self, key: str, now: float, sha256: str | None = None) -> Meta | None:
