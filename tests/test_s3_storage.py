@@ -16,7 +16,7 @@ from cratecache.config import CacheSettings
 from cratecache.storage import StorageUnavailable, open_storage
 from cratecache.storage.bucket import Bucket, BucketDown, _describe, _is_outage, _s3_store
 
-from tests.fixtures.rot import flip_byte
+from tests.fixtures.rot import flip_byte, rot_blob
 from tests.fixtures.seaweed import SECRET_KEY, s3_cache
 from tests.fixtures.upstream import dead_url
 
@@ -99,6 +99,20 @@ async def test_an_object_whose_bytes_changed_in_the_bucket_is_a_miss_told_and_co
             f"{small.meta.sha256[:12]}…, its bytes now hash to {actual[:12]}…") in caplog.text
     assert await b.bucket.get(f"blob/{small.meta.sha256}") is None  # deleted: the next fetch can write it again
     assert b.local.keys() == []  # nothing damaged reached the local tier
+
+
+async def test_a_local_tier_copy_that_rotted_is_evicted_and_pulled_again_from_the_bucket(gateways):
+    a = gateways()
+    entry = await a.put("crate/crates-io/foo/1.0.0", CRATE, "up")
+    rot_blob(a.directory, entry.meta.sha256)
+    worker = open_storage(s3_cache(a.directory, a.bucket.settings))  # another worker on the tier: nothing in memory
+    try:
+        got = await worker.get("crate/crates-io/foo/1.0.0")
+        assert got is not None and got.body == CRATE  # from the bucket, checked there
+        assert worker.damage.counts == {"crate": 1}
+        assert rot_blob(a.directory, entry.meta.sha256) == "sqlite"  # the tier holds the bucket's copy again
+    finally:
+        await worker.close()
 
 
 async def test_with_the_bucket_down_the_local_tier_serves_and_writes_wait_to_be_uploaded(gateways, caplog):

@@ -274,7 +274,7 @@ def test_bytes_that_rotted_on_disk_are_a_miss_told_once_and_evicted_and_a_new_co
         actual = hashlib.sha256(flip_byte(body)).hexdigest()
         assert told == [f"cargo-cache: cache folder entry crate/crates-io/foo/1.0.0 is incomplete or damaged: stored "
                         f"as sha256 {meta.sha256[:12]}…, its bytes now hash to {actual[:12]}…; not served, evicted, "
-                        "fetched again on the next request"]
+                        "fetched again"]
 
         store.put("crate/crates-io/foo/1.0.0", body, "a", now=NOW)  # fetched again
         restarted = LocalStore(tmp_path / "cache", 10**9)

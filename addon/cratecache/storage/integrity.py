@@ -27,7 +27,7 @@ def kind_of(key: str) -> str:
 def damage_line(key: str, expected: str, actual: str, where: str) -> str:
     """The warning for a damaged entry (pure)."""
     return (f"cargo-cache: {where} entry {key} is incomplete or damaged: stored as sha256 {expected[:PREFIX]}…, its "
-            f"bytes now hash to {actual[:PREFIX]}…; not served, evicted, fetched again on the next request")
+            f"bytes now hash to {actual[:PREFIX]}…; not served, evicted, fetched again")
 
 
 class Damage:
