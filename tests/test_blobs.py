@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cratecache.boundary.blobs import BlobServer, Check
+from cratecache.boundary.blobs import BlobServer, Check, file_sha256
 
 from tests.fixtures.rot import flip_byte
 
@@ -109,3 +109,11 @@ async def test_a_checked_file_shorter_than_stored_is_cut(tmp_path: Path):
     finally:
         await blobs.stop()
     assert error is not None and body == b"" and told == [hashlib.sha256(data[:-1]).hexdigest()]
+
+
+def test_file_sha256_hashes_the_stored_size_in_pieces(tmp_path: Path):
+    data = os.urandom(1_300_000)  # three pieces
+    path = tmp_path / "file"
+    path.write_bytes(data + b"appended")
+    assert file_sha256(str(path), len(data)) == hashlib.sha256(data).hexdigest()
+    assert file_sha256(str(path), len(data) + 100) == hashlib.sha256(data + b"appended").hexdigest()  # shorter

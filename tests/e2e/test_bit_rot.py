@@ -27,7 +27,19 @@ from tests.harness import free_port, make_project
 
 BIG, BIG_VERSION = "anyhow", "1.0.69"
 BIG_URL = f"https://static.crates.io/crates/{BIG}/{BIG_VERSION}/download"
-PAYLOAD_BYTES = 6 * 1000 * 1000  # above the 2 MiB file threshold: streamed from its file through the blob server
+# Both above the 2 MiB file threshold (streamed from the file through the blob server); the big one above
+# PRECHECK_BYTES (16 MiB: hashed while it streams), the mid-size one below it (hashed before its first byte).
+BIG_PAYLOAD_BYTES, MID_PAYLOAD_BYTES = 20 * 1000 * 1000, 6 * 1000 * 1000
+
+
+@pytest.fixture
+def new_rustup_in(tmp_path):
+    from tests.fixtures.rustup import Rustup
+
+    def make(proxy, name: str):
+        return Rustup(tmp_path / f"rustup-{name}", {"HTTPS_PROXY": proxy.url, "SSL_CERT_FILE": str(proxy.ca_cert)})
+
+    return make
 
 
 def crate_downloads(upstream: UpstreamServer, name: str) -> list[str]:
@@ -113,19 +125,30 @@ def value_of(cache, sha256: str) -> bytes:
     return bytes(value) if file is None else open(file, "rb").read()
 
 
-@pytest.fixture(scope="module")
-def big_registry(registry: Registry, tmp_path_factory) -> Registry:
-    """The test registry with anyhow 1.0.69 replaced by a 6 MB .crate of the same sources plus a blob."""
-    source = tmp_path_factory.mktemp("big") / f"{BIG}-{BIG_VERSION}"
+def with_big_crate(registry: Registry, folder, payload_bytes: int) -> Registry:
+    """The test registry with anyhow 1.0.69 replaced by a .crate of the same sources plus `payload_bytes` of noise."""
+    source = folder / f"{BIG}-{BIG_VERSION}"
     shutil.copytree(f"/usr/share/cargo/registry/{BIG}-{BIG_VERSION}", source,
                     ignore=shutil.ignore_patterns("debian", ".cargo-checksum.json"))
-    (source / "payload.bin").write_bytes(os.urandom(PAYLOAD_BYTES))
+    (source / "payload.bin").write_bytes(os.urandom(payload_bytes))
     data = pack_crate(source, BIG, BIG_VERSION)
     cksum = hashlib.sha256(data).hexdigest()
     own = Registry(index_files=dict(registry.index_files), crates=dict(registry.crates))
     own.crates[(BIG, BIG_VERSION)] = CrateFile(BIG, BIG_VERSION, data, cksum)
     own.index_files[BIG] = encode_index([index_entry(load_manifest(source), cksum)])
     return own
+
+
+@pytest.fixture(scope="module")
+def big_registry(registry: Registry, tmp_path_factory) -> Registry:
+    """anyhow 1.0.69 as a 20 MB .crate: above PRECHECK_BYTES, checked while it streams."""
+    return with_big_crate(registry, tmp_path_factory.mktemp("big"), BIG_PAYLOAD_BYTES)
+
+
+@pytest.fixture(scope="module")
+def mid_registry(registry: Registry, tmp_path_factory) -> Registry:
+    """anyhow 1.0.69 as a 6 MB .crate: above the file threshold, at most PRECHECK_BYTES, checked before it streams."""
+    return with_big_crate(registry, tmp_path_factory.mktemp("mid"), MID_PAYLOAD_BYTES)
 
 
 async def _download_through(proxy) -> tuple[bytes, str | None]:
@@ -197,6 +220,32 @@ def test_real_cargo_retries_a_large_download_cut_for_rot_and_gets_it_with_one_ne
     assert 'cargo_cache_corrupt_entries_total{kind="crate"} 1.0' in text
 
 
+def test_real_cargo_gets_a_mid_size_crate_that_rotted_on_the_first_try_with_one_new_upstream_request(
+        mid_registry: Registry, entry, start_proxy, new_cargo, tmp_path):
+    data = mid_registry.crate(BIG, BIG_VERSION).data
+    project = make_project(tmp_path / "app", f'{BIG} = "={BIG_VERSION}"\n')
+    cache = tmp_path / "cache"
+    with UpstreamServer(mid_registry, name="origin") as origin:
+        proxy = start_proxy([entry(origin)], cache_dir=cache)
+        assert fetched(new_cargo(proxy).fetch(project))
+        assert blob_row(cache, hashlib.sha256(data).hexdigest())[1] is not None  # kept as a file
+        rot_blob(cache, hashlib.sha256(data).hexdigest(), at=len(data) // 2)
+        cargo = new_cargo(proxy)
+        result = cargo.fetch(project)
+        downloads = crate_downloads(origin, BIG)
+
+    assert fetched(result), result.stderr
+    assert "spurious" not in result.stderr  # checked before its first byte: no cut download to retry
+    assert downloads == [f"/crates/{BIG}/{BIG_VERSION}/download"] * 2
+    assert unpacked(cargo.home, BIG, BIG_VERSION) == data
+    log = proxy.log()
+    assert len(re.findall(f"cache folder entry crate/crates-io/{BIG}/{BIG_VERSION} is incomplete or damaged",
+                          log)) == 1
+    assert f"GET static.crates.io/crates/{BIG}/{BIG_VERSION}/download 200 origin miss {len(data)}B" in log
+    assert f"GET static.crates.io/crates/{BIG}/{BIG_VERSION}/download 200 cache hit" not in log.split(
+        "is incomplete or damaged")[1]
+
+
 def test_a_crate_changed_in_the_bucket_is_fetched_again_once_by_the_gateway_that_pulls_it(
         registry: Registry, seaweed, entry, start_proxy, new_cargo, tmp_path):
     from cratecache.storage.bucket import Bucket
@@ -234,3 +283,33 @@ def test_a_crate_changed_in_the_bucket_is_fetched_again_once_by_the_gateway_that
     assert 'cargo_cache_corrupt_entries_total{kind="crate"} 1.0' in text
     assert fetched(third), third.stderr
     assert last == after and "incomplete or damaged" not in c.log()
+
+
+def test_a_toolchain_component_that_rotted_is_fetched_again_once_for_rustup(start_proxy, new_rustup_in,
+                                                                                    tmp_path):
+    from tests.e2e.test_toolchains import STABLE, toolchains
+    from tests.fixtures.dist import write_toolchain
+    from tests.fixtures.dist_server import DistServer
+
+    write_toolchain(tmp_path / "tree", STABLE)
+    rustc = STABLE.component_path("rustc")  # 3 MB: above the file threshold, streamed
+    data = (tmp_path / "tree" / rustc).read_bytes()
+    sha256 = hashlib.sha256(data).hexdigest()
+    cache = tmp_path / "cache"
+    with DistServer(tmp_path / "tree", name="origin") as origin:
+        proxy = start_proxy([], cache_dir=cache, toolchains=toolchains(origin))
+        new_rustup_in(proxy, "first").install("stable")
+        assert blob_row(cache, sha256)[1] is not None  # kept as a file
+        rot_blob(cache, sha256, at=len(data) // 3)  # in its first half
+        rustup = new_rustup_in(proxy, "second")
+        rustup.install("stable")
+        asked = origin.count(rustc)
+
+    assert rustup.rustc_version("stable") == STABLE.rustc_output
+    assert asked == 2  # the first fill, and once after the rot
+    log = proxy.log()
+    assert f"cache folder entry component/{rustc} is incomplete or damaged" in log
+    after = log.split("is incomplete or damaged")[1]
+    assert f"GET static.rust-lang.org/{rustc} 200 origin miss {len(data)}B" in after  # mid-size: on the same request
+    assert f"GET static.rust-lang.org/{rustc} 200 cache hit" not in after
+    assert value_of(cache, sha256) == data

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 
 from mitmproxy import connection, http, tls
 from mitmproxy.addonmanager import Loader
@@ -20,7 +21,7 @@ from ..protocols.pairs import Pairs
 from ..protocols.reasks import Reasks
 from ..resolver import Resolver
 from ..runtime import Runtime
-from .blobs import Check
+from .blobs import PRECHECK_BYTES, Check, file_sha256
 from .handler import Client, Reply, handle, text_reply
 from .routes import Rejection, Target, intercept
 
@@ -93,6 +94,11 @@ class CargoCache:
             name, host = target.registry.name, target.host
             reply = await handle(resolver, target.registry, flow.request.method, host, flow.request.path,
                                  flow.request.headers, self._client(flow))
+            if reply.file is not None and reply.file_size <= PRECHECK_BYTES:
+                reply = await self._prechecked(reply, resolver)
+                if reply.file is None:  # its bytes rotted and were evicted: now a miss, fetched from an upstream
+                    reply = await handle(resolver, target.registry, flow.request.method, host, flow.request.path,
+                                         flow.request.headers, self._client(flow))
         if reply.file is not None:
             reply = await self._stream_from_file(flow, reply, resolver)
         if reply.file is None:
@@ -114,6 +120,19 @@ class CargoCache:
 
     def error(self, flow: http.HTTPFlow) -> None:
         self.blobs.discard(flow.metadata.get("cargo_cache_blob"))  # the client went away before it was fetched
+
+    @staticmethod
+    async def _prechecked(reply: Reply, resolver: Resolver) -> Reply:
+        """A mid-size file hashed before its first byte is sent (read twice, the second time from the page cache
+        by `sendfile`): as it is, without the streaming check, if intact; with no file if it rotted (evicted)."""
+        try:
+            actual = await asyncio.to_thread(file_sha256, reply.file, reply.file_size)
+        except OSError:
+            return reply  # the streaming path says what is wrong with it
+        if actual == reply.sha256:
+            return replace(reply, sha256="")
+        await resolver.store.evict_damaged(reply.key, reply.sha256, actual)
+        return replace(reply, file=None)
 
     async def _stream_from_file(self, flow: http.HTTPFlow, reply: Reply, resolver: Resolver) -> Reply:
         """Point the flow at the blob server, which mitmproxy streams from (see blobs.py), checking the file's

@@ -11,7 +11,9 @@ A file registered with the digest it was stored under (`Check`) is hashed whole 
 pieces, off the event loop; for a range, the bytes around it are hashed unsent), and the last piece of the body is
 held back until the whole file has hashed: bytes that changed on the disk (bit rot) end the connection without it,
 so the client sees a failed download and retries, and `Check.damaged` is told (to evict the entry). A file
-registered without one is copied with `sendfile`.
+registered without one is copied with `sendfile`: the request addon hashes a file of up to `PRECHECK_BYTES` before
+its first byte instead (read twice, the second time from the page cache), so that damage there is a miss fetched
+again on the same request rather than a cut download.
 
 It listens on 127.0.0.1 only, on a port of its own choosing, and answers nothing but registered tokens.
 """
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 UNCLAIMED_SECONDS = 30.0  # mitmproxy fetches a registration at once; one still unclaimed after this is closed
 MAX_HEADER_BYTES = 16 * 1024
 PIECE_BYTES = 512 * 1024  # read and hashed per hand-off to a thread while a checked file is sent
+PRECHECK_BYTES = 16 * 1024 * 1024  # a file up to this size is hashed before its first byte (`file_sha256`)
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,16 @@ async def _send_checked(writer: asyncio.StreamWriter, blob: _Blob, check: Check)
     if held:
         writer.write(held)
         await writer.drain()
+
+
+def file_sha256(path: str, size: int) -> str:
+    """The SHA-256 of the first `size` bytes of the file at `path` (blocking: for a thread)."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as file:
+        while size > 0 and (piece := file.read(min(PIECE_BYTES, size))):
+            hasher.update(piece)
+            size -= len(piece)
+    return hasher.hexdigest()
 
 
 def _read_hashed(fd: int, position: int, size: int, hasher) -> bytes:
