@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
@@ -317,3 +318,18 @@ def test_an_entry_that_rotted_in_another_workers_folder_is_evicted_from_every_wo
     finally:
         other.close()
         store.close()
+
+
+def test_a_damaged_file_a_read_only_folder_will_not_let_go_stays_a_miss(store, monkeypatch):
+    spool = Spool(store.directory, FILE_THRESHOLD)
+    spool.write(LARGE * 12)
+    entry = store.put_file("crate/crates-io/big/1.0.0", spool.finish(), "a", now=NOW)
+
+    def read_only():
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    monkeypatch.setattr(store._cache, "transact", read_only)  # what a remount read-only does to SQLite's writes
+    store.evict_damaged("crate/crates-io/big/1.0.0", entry.meta.sha256, "0" * 64)
+    assert store.meta("crate/crates-io/big/1.0.0") is not None  # still there...
+    assert store.get("crate/crates-io/big/1.0.0") is None  # ...and never served again
+    assert store.damage.counts == {"crate": 1}

@@ -49,7 +49,7 @@ class Reply:
     file: str | None = None  # a large entry: `size` bytes from `offset` of this file are the body (streamed)
     offset: int = 0
     key: str = ""  # the stored entry a file belongs to, and the digest and size the whole file was stored with
-    sha256: str = ""  # (checked while it is streamed)
+    sha256: str = ""  # (checked before or while it is streamed)
     file_size: int = 0
 
 

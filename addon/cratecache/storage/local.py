@@ -104,6 +104,7 @@ class LocalStore:
         self._pending = PendingMarks(directory / "pending")
         self._scan = KeyScan(self._cache)
         self.damage = Damage()
+        self._unevictable: set[str] = set()  # digests of damaged blobs a read-only folder kept: a miss here
 
     def transaction(self):
         """One SQLite transaction around several calls (the store thread's batches); calls inside it that open
@@ -127,6 +128,8 @@ class LocalStore:
             self._memory.forget(key)
             return None
         meta = self._memory.with_check(key, Meta(**raw))
+        if self._unevictable and meta.sha256 in self._unevictable:
+            return None  # found damaged, and the folder would not let it go
         known = self.peek(key)
         if as_file(key, meta.size):
             path = self._blob_file(meta)
@@ -325,6 +328,7 @@ class LocalStore:
                 self._cache.delete(f"blob:{sha256}")
                 self._cache.incr(PURGE_GENERATION, default=self._memory.generation)  # other workers drop theirs
         except Exception as e:
+            self._unevictable.add(sha256)
             logger.warning("cargo-cache: damaged entry %s could not be evicted (%s: %s); it stays a miss", key,
                            type(e).__name__, e)
 
