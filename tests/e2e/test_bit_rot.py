@@ -2,8 +2,10 @@
 still gets the right bytes, with one new upstream request per damaged object.
 
 A byte is flipped in place (tests/fixtures/rot.py): in a small crate whose bytes diskcache keeps in its SQLite file,
-in a crate and an index file kept as files, in a large crate streamed to clients from its file, and in a crate's
-object in the bucket of the s3 backend (SeaweedFS).
+in a crate and an index file kept as files (read whole), in a 20 MB crate checked while it streams (the download is
+cut: httpx sees it, cargo retries), in a 6 MB crate and a 3 MB toolchain component checked before their first byte
+(fetched again on the same request, for cargo and rustup), and in a crate's object in the bucket of the s3 backend
+(SeaweedFS).
 """
 
 from __future__ import annotations
