@@ -16,6 +16,7 @@ from cratecache.config import CacheSettings
 from cratecache.storage import StorageUnavailable, open_storage
 from cratecache.storage.bucket import Bucket, BucketDown, _describe, _is_outage, _s3_store
 
+from tests.fixtures.rot import flip_byte, rot_blob
 from tests.fixtures.seaweed import SECRET_KEY, s3_cache
 from tests.fixtures.upstream import dead_url
 
@@ -77,6 +78,41 @@ async def test_a_damaged_object_in_the_bucket_is_a_miss_and_the_next_fetch_repai
     assert "bucket entry crate/crates-io/foo/1.0.0 is incomplete or damaged" in caplog.text
     await b.put("crate/crates-io/foo/1.0.0", CRATE, "up")  # b fetched it from an upstream again
     assert (await gateways().get("crate/crates-io/foo/1.0.0")).body == CRATE
+
+
+async def test_an_object_whose_bytes_changed_in_the_bucket_is_a_miss_told_and_counted_small_or_large(gateways, caplog):
+    a = gateways()
+    small = await a.put("crate/crates-io/foo/1.0.0", CRATE, "up")
+    large_body = bytes(range(256)) * 12 * 1024  # 3 MiB: pulled through a spool into a file
+    spool = a.spool()
+    spool.write(large_body)
+    large = await a.put_file("component/dist/2026-04-16/rustc.tar.xz", spool.finish(), "up")
+    for entry, body in ((small, CRATE), (large, large_body)):
+        await a.bucket.put(f"blob/{entry.meta.sha256}", flip_byte(body))  # same size, one bit changed
+    b = gateways()
+
+    assert await b.get("crate/crates-io/foo/1.0.0") is None
+    assert await b.get("component/dist/2026-04-16/rustc.tar.xz") is None
+    assert b.damage.counts == {"crate": 1, "component": 1}
+    actual = hashlib.sha256(flip_byte(CRATE)).hexdigest()
+    assert (f"bucket entry crate/crates-io/foo/1.0.0 is incomplete or damaged: stored as sha256 "
+            f"{small.meta.sha256[:12]}…, its bytes now hash to {actual[:12]}…") in caplog.text
+    assert await b.bucket.get(f"blob/{small.meta.sha256}") is None  # deleted: the next fetch can write it again
+    assert b.local.keys() == []  # nothing damaged reached the local tier
+
+
+async def test_a_local_tier_copy_that_rotted_is_evicted_and_pulled_again_from_the_bucket(gateways):
+    a = gateways()
+    entry = await a.put("crate/crates-io/foo/1.0.0", CRATE, "up")
+    rot_blob(a.directory, entry.meta.sha256)
+    worker = open_storage(s3_cache(a.directory, a.bucket.settings))  # another worker on the tier: nothing in memory
+    try:
+        got = await worker.get("crate/crates-io/foo/1.0.0")
+        assert got is not None and got.body == CRATE  # from the bucket, checked there
+        assert worker.damage.counts == {"crate": 1}
+        assert rot_blob(a.directory, entry.meta.sha256) == "sqlite"  # the tier holds the bucket's copy again
+    finally:
+        await worker.close()
 
 
 async def test_with_the_bucket_down_the_local_tier_serves_and_writes_wait_to_be_uploaded(gateways, caplog):

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from cratecache.storage.local import LocalStore
+from cratecache.storage.local import FILE_THRESHOLD, LocalStore
+from cratecache.storage.spool import Spool
+
+from tests.fixtures.rot import flip_byte, rot_blob
 
 NOW = 1_700_000_000.0
 BODY = b'{"name":"foo","vers":"1.0.0"}\n'
@@ -252,3 +256,80 @@ def test_upkeep_evicts_the_least_recently_used_entries_down_to_the_size_limit(tm
     assert "crate/crates-io/c0/1.0.0" in kept and "crate/crates-io/c39/1.0.0" in kept
     assert "crate/crates-io/c1/1.0.0" not in kept and 5 < len(kept) < 30
     store.close()
+
+
+@pytest.mark.parametrize("body, where", [(BODY, "sqlite"), (LARGE, "file")])
+def test_bytes_that_rotted_on_disk_are_a_miss_told_once_and_evicted_and_a_new_copy_is_stored_anew(
+        tmp_path, caplog, body, where):
+    first = LocalStore(tmp_path / "cache", 10**9)
+    meta = first.put("crate/crates-io/foo/1.0.0", body, "a", now=NOW).meta
+    first.close()
+    assert rot_blob(tmp_path / "cache", meta.sha256) == where
+    store = LocalStore(tmp_path / "cache", 10**9)  # nothing in memory: the disk is read
+    try:
+        assert store.get("crate/crates-io/foo/1.0.0") is None
+        assert store.get("crate/crates-io/foo/1.0.0") is None  # evicted: no second warning
+        assert store.meta("crate/crates-io/foo/1.0.0") is None and f"blob:{meta.sha256}" not in store._cache
+        assert store.damage.counts == {"crate": 1}
+        told = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+        actual = hashlib.sha256(flip_byte(body)).hexdigest()
+        assert told == [f"cargo-cache: cache folder entry crate/crates-io/foo/1.0.0 is incomplete or damaged: stored "
+                        f"as sha256 {meta.sha256[:12]}…, its bytes now hash to {actual[:12]}…; not served, evicted, "
+                        "fetched again"]
+
+        store.put("crate/crates-io/foo/1.0.0", body, "a", now=NOW)  # fetched again
+        restarted = LocalStore(tmp_path / "cache", 10**9)
+        assert restarted.get("crate/crates-io/foo/1.0.0").body == body
+        restarted.close()
+    finally:
+        store.close()
+
+
+def test_a_large_file_found_damaged_is_evicted_and_its_next_copy_replaces_the_damaged_file(tmp_path):
+    store = LocalStore(tmp_path / "cache", 10**9)
+    try:
+        data = LARGE * 12  # 3 MiB: above FILE_THRESHOLD, kept and served as a file
+        spool = Spool(tmp_path / "cache", FILE_THRESHOLD)
+        spool.write(data)
+        entry = store.put_file("crate/crates-io/big/1.0.0", spool.finish(), "a", now=NOW)
+        assert entry.file is not None
+        rot_blob(tmp_path / "cache", entry.meta.sha256)
+        store.evict_damaged("crate/crates-io/big/1.0.0", entry.meta.sha256, "0" * 64)  # as the blob server does
+        assert store.get("crate/crates-io/big/1.0.0") is None
+
+        spool = Spool(tmp_path / "cache", FILE_THRESHOLD)
+        spool.write(data)
+        again = store.put_file("crate/crates-io/big/1.0.0", spool.finish(), "a", now=NOW)
+        assert Path(again.file).read_bytes() == data  # not the damaged file kept as "the same bytes already stored"
+        assert store.damage.counts == {"crate": 1}
+    finally:
+        store.close()
+
+
+def test_an_entry_that_rotted_in_another_workers_folder_is_evicted_from_every_workers_memory(tmp_path):
+    store = LocalStore(tmp_path / "cache", 10**9)
+    other = LocalStore(tmp_path / "cache", 10**9)  # another worker on the folder, holding the entry in memory
+    try:
+        meta = store.put("index/crates-io/foo", BODY, "a", now=NOW).meta
+        assert other.get("index/crates-io/foo").body == BODY
+        store.evict_damaged("index/crates-io/foo", meta.sha256, "0" * 64)
+        other.touch_hits()  # its upkeep
+        assert other.peek("index/crates-io/foo") is None
+    finally:
+        other.close()
+        store.close()
+
+
+def test_a_damaged_file_a_read_only_folder_will_not_let_go_stays_a_miss(store, monkeypatch):
+    spool = Spool(store.directory, FILE_THRESHOLD)
+    spool.write(LARGE * 12)
+    entry = store.put_file("crate/crates-io/big/1.0.0", spool.finish(), "a", now=NOW)
+
+    def read_only():
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    monkeypatch.setattr(store._cache, "transact", read_only)  # what a remount read-only does to SQLite's writes
+    store.evict_damaged("crate/crates-io/big/1.0.0", entry.meta.sha256, "0" * 64)
+    assert store.meta("crate/crates-io/big/1.0.0") is not None  # still there...
+    assert store.get("crate/crates-io/big/1.0.0") is None  # ...and never served again
+    assert store.damage.counts == {"crate": 1}

@@ -8,8 +8,10 @@ operations/upkeep.py's. This addon reads what they make through the `Runtime` on
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from dataclasses import replace
 
 from mitmproxy import connection, http, tls
 from mitmproxy.addonmanager import Loader
@@ -19,6 +21,7 @@ from ..protocols.pairs import Pairs
 from ..protocols.reasks import Reasks
 from ..resolver import Resolver
 from ..runtime import Runtime
+from .blobs import PRECHECK_BYTES, Check, file_sha256
 from .handler import Client, Reply, handle, text_reply
 from .routes import Rejection, Target, intercept
 
@@ -34,6 +37,7 @@ class CargoCache:
         self.blobs = runtime.blobs  # large cached files, streamed through mitmproxy
         self.reasks = Reasks()  # index files each client connection was given: a second ask is Cargo's re-ask
         self.pairs = Pairs()  # the manifest hash each client was given in a .sha256: it gets that manifest
+        self._evictions: set[asyncio.Task] = set()  # damaged files found while streamed, being evicted
 
     def load(self, loader: Loader) -> None:
         # Our own line per request says it all; mitmdump's root logger is at DEBUG, and httpcore's ~10
@@ -90,8 +94,13 @@ class CargoCache:
             name, host = target.registry.name, target.host
             reply = await handle(resolver, target.registry, flow.request.method, host, flow.request.path,
                                  flow.request.headers, self._client(flow))
+            if reply.file is not None and reply.file_size <= PRECHECK_BYTES:
+                reply = await self._prechecked(reply, resolver)
+                if reply.file is None:  # its bytes rotted and were evicted: now a miss, fetched from an upstream
+                    reply = await handle(resolver, target.registry, flow.request.method, host, flow.request.path,
+                                         flow.request.headers, self._client(flow))
         if reply.file is not None:
-            reply = await self._stream_from_file(flow, reply)
+            reply = await self._stream_from_file(flow, reply, resolver)
         if reply.file is None:
             self._answer(flow, reply)
         flow.metadata["cargo_cache"] = reply.state
@@ -112,11 +121,33 @@ class CargoCache:
     def error(self, flow: http.HTTPFlow) -> None:
         self.blobs.discard(flow.metadata.get("cargo_cache_blob"))  # the client went away before it was fetched
 
-    async def _stream_from_file(self, flow: http.HTTPFlow, reply: Reply) -> Reply:
-        """Point the flow at the blob server, which mitmproxy streams from (see blobs.py)."""
+    @staticmethod
+    async def _prechecked(reply: Reply, resolver: Resolver) -> Reply:
+        """A mid-size file hashed before its first byte is sent (read twice, the second time from the page cache
+        by `sendfile`): as it is, without the streaming check, if intact; with no file if it rotted (evicted)."""
+        try:
+            actual = await asyncio.to_thread(file_sha256, reply.file, reply.file_size)
+        except OSError:
+            return reply  # the streaming path says what is wrong with it
+        if actual == reply.sha256:
+            return replace(reply, sha256="")
+        await resolver.store.evict_damaged(reply.key, reply.sha256, actual)
+        return replace(reply, file=None)
+
+    async def _stream_from_file(self, flow: http.HTTPFlow, reply: Reply, resolver: Resolver) -> Reply:
+        """Point the flow at the blob server, which mitmproxy streams from (see blobs.py), checking the file's
+        digest on the way; damaged bytes are evicted from the store (the client's cut download is retried)."""
+        store = resolver.store
+
+        def damaged(actual: str) -> None:
+            task = asyncio.ensure_future(store.evict_damaged(reply.key, reply.sha256, actual))
+            self._evictions.add(task)
+            task.add_done_callback(self._evictions.discard)
+
+        check = Check(reply.sha256, reply.file_size, damaged) if reply.sha256 else None
         try:
             await self.blobs.start()  # listens from the first large file on, not at start-up
-            token = self.blobs.register(reply.file, reply.offset, reply.size, reply.status, reply.headers)
+            token = self.blobs.register(reply.file, reply.offset, reply.size, reply.status, reply.headers, check)
         except OSError as e:
             logger.warning("cargo-cache: cached file %s cannot be served (%s); answering 503", reply.file, e)
             why = "the cached file was removed while being served" if isinstance(e, FileNotFoundError) else \

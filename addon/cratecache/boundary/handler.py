@@ -49,6 +49,9 @@ class Reply:
     reason: str = ""  # why nothing was served (4xx/5xx), for the log line and the status page
     file: str | None = None  # a large entry: `size` bytes from `offset` of this file are the body (streamed)
     offset: int = 0
+    key: str = ""  # the stored entry a file belongs to, and the digest and size the whole file was stored with
+    sha256: str = ""  # (checked before or while it is streamed)
+    file_size: int = 0
 
 
 async def handle(
@@ -80,7 +83,8 @@ async def _answer(
     except Exception as e:  # never let a request fall through to the real registry host
         logger.exception("cargo-cache: internal error on %s %s%s", method, host, path)
         return text_reply(500, f"cargo-cache internal error: {type(e).__name__}", "error", route.kind)
-    return entry_reply(route.kind, served, headers, _content_type(route))
+    reply = entry_reply(route.kind, served, headers, _content_type(route))
+    return replace(reply, key=route.key) if reply.file is not None else reply
 
 
 async def _resolve(resolver: Resolver, route: Route, client: Client) -> Served:
@@ -139,7 +143,8 @@ def entry_reply(kind: str, served: Served, request_headers: Mapping[str, str], c
         headers["Content-Range"] = wanted.content_range(meta.size)
     entry = served.entry
     if entry.body is None:  # a large entry: streamed from its file
-        return Reply(status, b"", headers, served.source, served.state, kind, size, file=entry.file, offset=start)
+        return Reply(status, b"", headers, served.source, served.state, kind, size, file=entry.file, offset=start,
+                     sha256=meta.sha256, file_size=meta.size)
     body = entry.body if status == 200 else entry.body[start:start + size]
     return Reply(status, body, headers, served.source, served.state, kind, size)
 

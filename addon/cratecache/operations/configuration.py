@@ -151,6 +151,7 @@ class Configuration:
         store = open_storage(settings.cache)
         store.on_call = runtime.activity.metrics.storage_call
         store.on_fault = runtime.activity.metrics.store_error
+        store.damage.on_found = runtime.activity.metrics.corrupt_entry
         runtime.settings, runtime.resolver = settings, Resolver(settings, store)
         runtime.resolver.on_attempt = runtime.activity.upstream_attempt
         runtime.activity.metrics.policy.counts = lambda: runtime.resolver.policy.journal.counts if runtime.resolver else {}

@@ -15,6 +15,8 @@
                                                               (disk full, read-only): answers are passed through
 - cargo_cache_store_errors_total{op}                          writes the cache folder refused, per operation (put,
                                                               put_file, spool, lease, upkeep, probe, ...)
+- cargo_cache_corrupt_entries_total{kind}                     stored bytes found not to match their digest (bit rot):
+                                                              not served, evicted, fetched again
 - cargo_cache_policy_decisions_total{action,reason}           the policy's decisions on what was served: action
                                                               warn, hide, deny (would-… in dry_run); reason
                                                               quarantine, malicious, vulnerable, informational, rule
@@ -77,6 +79,10 @@ class Metrics:
                                     "read-only)", ["op"], registry=r)
         self.storage_pending = Gauge("cargo_cache_storage_pending", "Entries waiting to be uploaded to the shared "
                                      "store", registry=r)
+        self.corrupt_entries = Counter("cargo_cache_corrupt_entries", "Stored entries whose bytes no longer match their "
+                                       "digest (bit rot): not served, evicted, fetched again", ["kind"], registry=r)
+        for kind in KINDS:
+            self.corrupt_entries.labels(kind)  # 0 from the start, so that an alert on its increase sees the first
 
     def request(self, registry: str, kind: str, outcome: str, seconds: float, size: int) -> None:
         self.requests.labels(registry, kind, outcome).inc()
@@ -95,6 +101,9 @@ class Metrics:
 
     def store_error(self, op: str) -> None:
         self.store_errors.labels(op).inc()
+
+    def corrupt_entry(self, kind: str) -> None:
+        self.corrupt_entries.labels(kind).inc()
 
     def render(self, figures: dict, storage: dict) -> bytes:
         """The exposition text, with the cache's `figures` and the storage's `health()` of now."""

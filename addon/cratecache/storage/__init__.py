@@ -22,6 +22,7 @@ from typing import Any
 
 from ..config import CacheSettings
 from .faults import Writability
+from .integrity import Damage
 from .local import FILE_THRESHOLD, Entry, LocalStore, Meta, make_entry, sha256_hex
 from .spool import Spool, Spooled
 
@@ -39,6 +40,7 @@ class Storage(ABC):
     poll_seconds: float  # how often a waiter re-checks another holder's lease
     on_call: Callable[[str, str, float, bool], None] | None = None  # (backend, operation, seconds, ok) of remote calls
     writability: Writability  # whether this host's cache folder takes writes now (disk full, read-only: faults.py)
+    damage: Damage  # the damaged entries found (bit rot): told once, counted by kind (`damage.on_found`: metrics)
 
     # -- in memory, safe on the event loop --------------------------------------------------
     @abstractmethod
@@ -100,6 +102,11 @@ class Storage(ABC):
     @abstractmethod
     async def put_entry(self, key: str, meta: Meta, body: bytes) -> None:
         """Store bytes with recorded provenance (import). The caller has verified `meta.sha256`."""
+
+    @abstractmethod
+    async def evict_damaged(self, key: str, sha256: str, actual: str) -> None:
+        """The bytes of `key` stored as `sha256` were read back as `actual` (a streamed file found damaged): told,
+        counted and evicted from this host's cache folder, so that the next request fetches them again."""
 
     @abstractmethod
     async def mark_checked(self, key: str, now: float, sha256: str | None = None) -> Meta | None:

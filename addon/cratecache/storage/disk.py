@@ -21,6 +21,7 @@ class DiskStorage(Storage):
         self.local = local
         self.writability = local.writability
         self.directory = local.directory
+        self.damage = local.damage
         # One thread for all of this process's SQLite work: the store's writes serialise on SQLite's lock anyway,
         # and several threads waiting for it (busy-handler sleeps) and for the GIL cost the event loop more. Short
         # calls that queue up while it works run together, in one transaction (`batches`).
@@ -61,6 +62,9 @@ class DiskStorage(Storage):
 
     async def put_entry(self, key: str, meta: Meta, body: bytes, remember: bool = False) -> None:
         await self._run(self.local.put_entry, key, meta, body, remember)
+
+    async def evict_damaged(self, key: str, sha256: str, actual: str) -> None:
+        await self._run(self.local.evict_damaged, key, sha256, actual)
 
     async def mark_checked(self, key: str, now: float, sha256: str | None = None) -> Meta | None:
         """A 304 for an entry held in memory is recorded there and written back with the recency (`maintain`):

@@ -34,6 +34,7 @@ import diskcache
 
 from . import faults, recovery, spool
 from .entries import Entry, Meta
+from .integrity import Damage
 from .keyscan import KeyScan
 from .marks import HostLeases, PendingMarks
 from .memory import MemoryTier
@@ -128,6 +129,8 @@ class LocalStore:
         self._leases = HostLeases(self._cache)
         self._pending = PendingMarks(directory / "pending")
         self._scan = KeyScan(self._cache)
+        self.damage = Damage()
+        self._unevictable: set[str] = set()  # digests of damaged blobs a read-only folder kept: a miss here
 
     @contextlib.contextmanager
     def transaction(self):
@@ -236,6 +239,8 @@ class LocalStore:
             self._memory.forget(key)
             return None
         meta = self._memory.with_check(key, Meta(**raw))
+        if self._unevictable and meta.sha256 in self._unevictable:
+            return None  # found damaged, and the folder would not let it go
         known = self.peek(key)
         if as_file(key, meta.size):
             path = self._blob_file(meta)
@@ -248,6 +253,9 @@ class LocalStore:
             body = self._cache.get(f"blob:{meta.sha256}")
             if not isinstance(body, bytes) or len(body) != meta.size:
                 return None  # evicted (or damaged): a miss, never a partial answer
+            if (actual := hashlib.sha256(body).hexdigest()) != meta.sha256:  # bit rot: a miss, fetched again
+                self.evict_damaged(key, meta.sha256, actual)
+                return None
             entry = Entry(meta, body)
         self._memory.remember(key, entry)
         return entry
@@ -431,6 +439,25 @@ class LocalStore:
         if removed:
             self._cache.incr(PURGE_GENERATION)  # the other processes on this folder drop their memory copies
         return removed
+
+    def evict_damaged(self, key: str, sha256: str, actual: str) -> None:
+        """Bytes stored as `sha256` read back as `actual` (bit rot): told once and counted (`integrity.Damage`),
+        then the blob is deleted (every entry naming it becomes a miss, and a new copy of those bytes is stored
+        anew rather than taken for one already there) with `key`'s meta if it still names it. A cache folder that
+        cannot be written (read-only) keeps them: they stay a miss on every read, never served."""
+        self.damage.found(key, sha256, actual, "cache folder")
+        self._memory.forget(key)
+        try:
+            with self._cache.transact():
+                raw = self._cache.get(f"meta:{key}")
+                if raw is not None and raw.get("sha256") == sha256:
+                    self._cache.delete(f"meta:{key}")
+                self._cache.delete(f"blob:{sha256}")
+                self._cache.incr(PURGE_GENERATION, default=self._memory.generation)  # other workers drop theirs
+        except Exception as e:
+            self._unevictable.add(sha256)
+            logger.warning("cargo-cache: damaged entry %s could not be evicted (%s: %s); it stays a miss", key,
+                           type(e).__name__, e)
 
     def count(self, prefix: str = "") -> int:
         """How many entries have keys starting with `prefix`, without reading them."""

@@ -61,13 +61,13 @@ class RemoteEntries:
         if as_file(key, meta.size):
             return await self._pull_file(key, meta, known)
         got = await self.bucket.get(f"blob/{meta.sha256}")
-        damaged = got is not None and await sha256_hex(got[0]) != meta.sha256
-        if got is None or damaged or len(got[0]) != meta.size:
-            logger.warning("cargo-cache: bucket entry %s is incomplete or damaged (%s): ignored", key,
-                           "blob missing" if got is None else "blob does not match its name; deleted" if damaged
-                           else "size differs from its meta")
-            if damaged:  # so that the next writer of these bytes can create it again
-                await self.bucket.delete(f"blob/{meta.sha256}")
+        actual = await sha256_hex(got[0]) if got is not None else None
+        if actual is not None and actual != meta.sha256:  # changed in the bucket: a miss, fetched again
+            await self._damaged(key, meta.sha256, actual)
+            return known
+        if got is None or len(got[0]) != meta.size:
+            logger.warning("cargo-cache: bucket entry %s is incomplete (%s): ignored", key,
+                           "blob missing" if got is None else "size differs from its meta")
             return known
         entry = Entry(meta, got[0])
         await local_call("write", self.tier.put_entry, key, meta, entry.body, True)
@@ -84,10 +84,11 @@ class RemoteEntries:
             raise
         if not found or spooled.sha256 != meta.sha256 or spooled.size != meta.size:
             spooled.discard()
-            logger.warning("cargo-cache: bucket entry %s is incomplete or damaged (%s): ignored", key,
-                           "blob missing" if not found else "blob does not match its meta")
             if found and spooled.sha256 != meta.sha256:
-                await self.bucket.delete(f"blob/{meta.sha256}")
+                await self._damaged(key, meta.sha256, spooled.sha256)
+            else:
+                logger.warning("cargo-cache: bucket entry %s is incomplete (%s): ignored", key,
+                               "blob missing" if not found else "size differs from its meta")
             return known
         if spooled.passing:  # the local tier refuses writes (disk full, read-only): served from the spool
             return _unkept(meta, spooled)
@@ -99,6 +100,12 @@ class RemoteEntries:
                 raise
             return _unkept(meta, spooled)  # moved back by the failed write (local.py `_undoing`)
         return await local_call("read", self.tier.get, key) or known
+
+    async def _damaged(self, key: str, sha256: str, actual: str) -> None:
+        """A blob whose bytes do not hash to its name: told, counted, and deleted from the bucket so that the next
+        writer of those bytes (the fetch from an upstream this miss leads to) can create it again."""
+        self.tier.damage.found(key, sha256, actual, "bucket")
+        await self.bucket.delete(f"blob/{sha256}")
 
     async def publish(self, key: str, entry: Entry, newer_only: bool = False) -> None:
         """Blob first, then the meta that names it (the commit point).

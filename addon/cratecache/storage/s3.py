@@ -61,6 +61,7 @@ class S3Storage(Storage):
         self.writability = local.writability
         self.tier = DiskStorage(local)
         self.directory = local.directory
+        self.damage = local.damage
         self.bucket = Bucket(settings)
         self.bucket.on_call = lambda op, seconds, ok: self.on_call and self.on_call(self.backend, op, seconds, ok)
         self.leases = Leases(self.bucket, self.tier)
@@ -163,6 +164,10 @@ class S3Storage(Storage):
             await self.remote.publish(key, Entry(meta, body), newer_only=True)
         except BucketDown as e:
             raise StorageUnavailable(str(e)) from None
+
+    async def evict_damaged(self, key: str, sha256: str, actual: str) -> None:
+        """From the local tier; the bucket's copy is checked when it is pulled next."""
+        await local_call("write", self.tier.evict_damaged, key, sha256, actual)
 
     async def mark_checked(self, key: str, now: float, sha256: str | None = None) -> Meta | None:
         local = await local_call("write", self.tier.mark_checked, key, now, sha256)
