@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 
+from ..protocols import sparse
+
 
 def lines(body: bytes) -> Iterator[tuple[str, dict]]:
     """(version, the line's object) of each index line naming a version (others are skipped, as Cargo does)."""
@@ -40,10 +42,5 @@ def rewrite(body: bytes, hidden: set[str], pubtimes: Mapping[str, str]) -> bytes
 
 
 def _object(line: bytes) -> dict | None:
-    if not line.strip():
-        return None
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        return None
-    return obj if isinstance(obj, dict) and isinstance(obj.get("vers"), str) else None
+    obj = sparse.line_object(line)
+    return obj if obj is not None and isinstance(obj.get("vers"), str) else None

@@ -82,10 +82,11 @@ def parse_index(body: bytes) -> list[IndexEntry]:
     """The versions of an index file that can be served: lines with a string name and vers and a valid cksum.
     Any other line is skipped, as Cargo skips an index line it cannot parse (a newer format's line, one with a
     malformed checksum): such a version is never downloaded through the proxy, since it cannot be verified."""
-    return [entry for line in body.splitlines() if (entry := _entry(_line_object(line))) is not None]
+    return [entry for line in body.splitlines() if (entry := _entry(line_object(line))) is not None]
 
 
-def _line_object(line: bytes) -> dict | None:
+def line_object(line: bytes) -> dict | None:
+    """An index line as a JSON object, or None (blank, not JSON, not an object)."""
     if not line.strip():
         return None
     try:
@@ -111,7 +112,7 @@ def prune_index(body: bytes, keep: Callable[[IndexEntry], bool]) -> bytes:
     cannot be served are dropped)."""
     kept = []
     for line in body.splitlines(keepends=True):
-        entry = _entry(_line_object(line))
+        entry = _entry(line_object(line))
         if entry is not None and keep(entry):
             kept.append(line if line.endswith(b"\n") else line + b"\n")
     return b"".join(kept)
@@ -130,7 +131,7 @@ def listed_unverifiable(body: bytes, name: str, version: str) -> bool:
     """Whether `version` has a line that names it but cannot be served (no valid cksum, say)."""
     lower = name.lower()
     for line in body.splitlines():
-        obj = _line_object(line)
+        obj = line_object(line)
         if obj and obj.get("vers") == version and str(obj.get("name", "")).lower() == lower and _entry(obj) is None:
             return True
     return False
@@ -144,7 +145,7 @@ def validate_index(body: bytes, name: str) -> None:
     for number, line in enumerate(body.splitlines(), 1):
         if not line.strip():
             continue
-        obj = _line_object(line)
+        obj = line_object(line)
         if obj is None or not isinstance(obj.get("name"), str):
             first_other = first_other or number
             continue
