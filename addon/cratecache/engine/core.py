@@ -33,6 +33,7 @@ from . import freshness
 from .flights import Fetch, Flights
 from .item import Expected, Item
 from .outcomes import NotFound, NotStaged, Served, Unavailable
+from .writes import best_effort
 
 logger = logging.getLogger(__name__)
 
@@ -304,13 +305,8 @@ class Engine:
         await self.best_effort(self.store.set_negative, key, reason, self.settings.cache.negative_ttl)
 
     async def best_effort(self, write, key: str, *args):
-        """A cache write whose failure (full disk, ...) must not fail the request: logged, None returned."""
-        try:
-            return await write(key, *args)
-        except Exception as e:
-            if not self.store.writability.failed(getattr(write, "__name__", "write"), e, key):  # else warned once a minute
-                logger.error("cache write failed for %s (%s: %s) in %s", key, type(e).__name__, e, write.__name__)
-            return None
+        """A cache write whose failure (full disk, ...) must not fail the request (writes.py)."""
+        return await best_effort(self.store, write, key, *args)
 
 
 def _delete(path: str) -> None:

@@ -83,7 +83,7 @@ class Flights:
                 finally:
                     if owned and key in self.leases:  # not given back with a write of the entry
                         self.leases.discard(key)
-                        await best_effort(store.release_lease, key)
+                        await best_effort(store, store.release_lease, key)
             await asyncio.sleep(store.poll_seconds)  # never a busy loop, even if the lease ends at once
             while time.monotonic() < deadline and waiting_on is not None \
                     and await store.lease_holder(key) == waiting_on:
