@@ -145,10 +145,7 @@ class PolicyGate(Protocol):
         held = self._answers.get(key)
         if held is not None and held.basis == basis and now < held.until:
             return held
-        if len(entry.body) > INLINE_PARSE:
-            answer = await asyncio.to_thread(_make, policy, database, name, entry, record, basis, now)
-        else:
-            answer = _make(policy, database, name, entry, record, basis, now)
+        answer = await _off_loop(entry.body, _make, policy, database, name, entry, record, basis, now)
         if len(self._answers) >= KEPT_ANSWERS:
             self._answers.clear()
         self._answers[key] = answer
@@ -175,12 +172,16 @@ class PolicyGate(Protocol):
         # Read again when the copy changed or was revalidated since: another worker or gateway may have merged
         # it, or kept an earlier sighting of a version that this process saw too (both fetched the new copy);
         # the records combine to the earliest sighting, so every process ends up serving the same time.
-        versions = [(v, sightings.parse_pubtime(obj.get("pubtime"))) for v, obj in rewrite.lines(entry.body)]
+        # The copy's lines are read only when it is not the one the held record already covers (a revalidation that
+        # kept the bytes adds no version), and off the event loop when the file is large.
+        versions = None
+        if held is None or self._covered.get(key) != entry.meta.sha256:
+            versions = await _off_loop(entry.body, _versions, entry.body)
         stored = await self._read_record(key) or Sightings()
         # A record gone from the store (evicted from a full cache, damaged) does not make this a first copy: what
         # this worker holds is kept, and stored again.
         record = sightings.combine(stored, held) if held is not None else stored
-        if not record.covers(versions):  # a version not kept yet: seen in this copy
+        if versions is not None and not record.covers(versions):  # a version not kept yet: seen in this copy
             record = sightings.merge(record, entry.meta.stored_at, versions)
         if record != stored:
             await self.engine.best_effort(self.engine.store.put, key, sightings.encode(record), "policy")
@@ -206,6 +207,16 @@ class PolicyGate(Protocol):
             logger.error("cargo-cache policy: the kept publish times %s are damaged (%s): set aside, started anew",
                          key, e)
             return None
+
+
+async def _off_loop(body: bytes, work, *args):
+    """`work(*args)` over an index file: on the event loop when the file is small, in a thread when it is large."""
+    return await asyncio.to_thread(work, *args) if len(body) > INLINE_PARSE else work(*args)
+
+
+def _versions(body: bytes) -> list[tuple[str, float | None]]:
+    """(version, its line's pubtime) of each line of an index file (pure)."""
+    return [(v, sightings.parse_pubtime(obj.get("pubtime"))) for v, obj in rewrite.lines(body)]
 
 
 def _make(policy: Policy, database, name: str, entry: Entry, record: Sightings | None, basis: tuple,
