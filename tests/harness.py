@@ -170,6 +170,7 @@ class Cargo:
     home: Path
     proxy: Proxy
     extra_env: dict[str, str] = field(default_factory=dict)
+    binary: str | None = None  # another cargo than `cargo_binary()` (Debian's /usr/bin/cargo)
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CARGO_") and "proxy" not in k.lower()}
@@ -179,7 +180,7 @@ class Cargo:
         return env
 
     def run(self, project: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-        return subprocess.run([cargo_binary(), *args], cwd=project, env=self.env(), capture_output=True,
+        return subprocess.run([self.binary or cargo_binary(), *args], cwd=project, env=self.env(), capture_output=True,
                               text=True, timeout=timeout)
 
     def fetch(self, project: Path) -> subprocess.CompletedProcess:

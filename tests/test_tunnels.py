@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from cratecache.boundary.gitindex import hint
 from cratecache.boundary.tunnels import _destination_problem, forbidden, literal
 
 
@@ -43,3 +44,20 @@ def test_literal_addresses(host, expected):
 ])
 async def test_names_are_judged_by_what_they_resolve_to(host, expected):
     assert await _destination_problem(host, 80) == expected
+
+
+@pytest.mark.parametrize(("host", "port", "hinted"), [
+    ("github.com", 443, True),
+    ("api.github.com", 443, True),  # Cargo asks the API whether the index moved before fetching it
+    ("GitHub.com.", 443, True),
+    ("github.com", 22, False),  # not Cargo's HTTPS git fetch
+    ("codeload.github.com", 443, False),
+    ("gitlab.com", 443, False),
+])
+def test_a_failed_tunnel_to_github_says_the_git_index_is_not_served(host, port, hinted):
+    found = hint(host, port)
+    if hinted:
+        assert "github.com/rust-lang/crates.io-index" in found and "does not serve the git index" in found
+        assert "CARGO_UNSTABLE_SPARSE_REGISTRY=true" in found and "CARGO_REGISTRIES_CRATES_IO_PROTOCOL=sparse" in found
+    else:
+        assert found is None

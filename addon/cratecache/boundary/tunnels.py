@@ -23,6 +23,7 @@ from mitmproxy.proxy import server_hooks
 from ..config import Settings
 from ..upstreams import addresses
 from ..upstreams.addresses import Address, literal
+from .gitindex import hint
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +71,12 @@ class LoopbackGuard:
             logger.info("%s", data.server.error)
 
     def server_connect_error(self, data: server_hooks.ServerConnectionHookData) -> None:
-        """mitmproxy's own line gives the OS error only ("Name or service not known"): say which host it was."""
+        """mitmproxy's own line gives the OS error only ("Name or service not known"): say which host it was (and,
+        for GitHub, that Cargo's git index is not served: gitindex.py)."""
         client = data.client.peername[0] if data.client.peername else "-"
         host, port = data.server.address[:2] if data.server.address else ("?", 0)
-        logger.warning("cargo-cache: %s: connection to %s:%s failed: %s", client,
-                       host, port, data.server.error)
+        logger.warning("cargo-cache: %s: connection to %s:%s failed: %s%s", client,
+                       host, port, data.server.error, _hinted(host, port))
 
     async def _check(self, flow: http.HTTPFlow) -> None:
         if ctx.options.cargo_tunnel_loopback or flow.response is not None:
@@ -87,7 +89,7 @@ class LoopbackGuard:
             return
         client = flow.client_conn.peername[0] if flow.client_conn.peername else "-"
         reason = f"cargo-cache: {host}:{port} is {why}; the proxy does not connect its clients there"
-        logger.info("%s %s %s:%d refused: %s", client, flow.request.method, host, port, reason)
+        logger.info("%s %s %s:%d refused: %s%s", client, flow.request.method, host, port, reason, _hinted(host, port))
         flow.response = http.Response.make(403, (reason + "\n").encode(), {"Content-Type": "text/plain; charset=utf-8"})
 
     def _intercepted(self, host: str, port: int) -> bool:
@@ -100,6 +102,11 @@ class LoopbackGuard:
             if name == host and (not own_port or int(own_port) == port):
                 return True
         return False
+
+
+def _hinted(host: str, port: int) -> str:
+    found = hint(host, port)
+    return f" ({found})" if found else ""
 
 
 async def _destination_problem(host: str, port: int) -> str | None:
