@@ -45,7 +45,7 @@ RESTARTS_PER_MINUTE = 5
 STOP_SECONDS = 10
 LISTEN_PORT_ENV = "CARGO_CACHE_SHARED_PORT"
 
-logger = logging.getLogger(__name__)  # the supervisor's own lines (say), on stdout beside the workers'
+logger = logging.getLogger("cratecache.operations.workers")  # its own lines (say); not __main__ under -m
 
 
 def worker(args: list[str], shared: int | None = None, log_format: str = "text", index: int | None = None) -> int:
