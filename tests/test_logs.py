@@ -191,3 +191,19 @@ def test_the_supervisor_prefixes_text_lines_and_passes_json_lines_on():
     assert workers.relayed(ours, 1, "json") == ours
     crash = json.loads(workers.relayed("Traceback (most recent call last):\n", 1, "json"))
     assert (crash["worker"], crash["level"], crash["message"]) == (1, "error", "Traceback (most recent call last):")
+
+
+def test_the_supervisors_own_lines_are_text_or_json(capsys):
+    try:
+        workers.say_in("text")
+        workers.say("stopping 2 workers")
+        workers.say_in("json")
+        workers.say("worker 1 (pid 4242) exited (signal 9); starting a new one", logging.WARNING)
+    finally:
+        workers.logger.handlers.clear()
+    text, line = capsys.readouterr().out.splitlines()
+    assert text == "cargo-cache workers: stopping 2 workers"
+    fields = json.loads(line)
+    assert (fields["level"], fields["logger"], fields["message"]) == (
+        "warning", "cratecache.operations.workers", "worker 1 (pid 4242) exited (signal 9); starting a new one")
+    assert "worker" not in fields  # the supervisor's own line, not a worker's

@@ -157,10 +157,10 @@ class Supervisor:
                 how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"status {proc.returncode}"
                 if len(self.restarts) > RESTARTS_PER_MINUTE:
                     say(f"worker {index} (pid {proc.pid}) exited ({how}); more than {RESTARTS_PER_MINUTE} restarts "
-                        "in a minute: stopping all workers")
+                        "in a minute: stopping all workers", logging.ERROR)
                     self.stop()
                     return 1
-                say(f"worker {index} (pid {proc.pid}) exited ({how}); starting a new one")
+                say(f"worker {index} (pid {proc.pid}) exited ({how}); starting a new one", logging.WARNING)
                 self.start(index)
         return 0
 
@@ -186,10 +186,10 @@ class Supervisor:
                 proc.wait()
 
 
-def say(text: str) -> None:
+def say(text: str, level: int = logging.INFO) -> None:
     if not logger.handlers:
         say_in("text")
-    logger.info(text)
+    logger.log(level, text)
 
 
 def say_in(log_format: str) -> None:
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     busy = [taken(host, port)] + [taken(status_host, status_port + i) for i in range(opts.workers) if status_port]
     if problem := next((b for b in busy if b), None):
         say(f"not starting: {problem} (another cargo-cache, or another program; choose another PORT or "
-            "STATUS_PORT, or stop it)")
+            "STATUS_PORT, or stop it)", logging.ERROR)
         return 1
     if opts.workers == 1:  # one plain mitmdump, in this process: nothing to supervise
         say(f"worker 0 started (pid {os.getpid()}, status page port {status_port or 'off'}; in this process)")
