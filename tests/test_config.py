@@ -211,6 +211,7 @@ def _second_registry(**overrides):
         (_set("registries.0.proxies.1.timeout_ms", 0), f"{UP1}.timeout_ms", "must be at least 1"),
         (_set("cache.size_limit", "20XB"), "cache.size_limit", "expected a size"),
         (_set("cache.eviction_policy", "random"), "cache.eviction_policy", "expected one of"),
+        (_set("log_format", "xml"), "log_format", "expected one of text, json, got 'xml'"),
         (_set("registries.0.proxies.1.url", "ftp://mirror.example/"), f"{UP1}.url", "expected an http:// or https://"),
         (_set("registries.0.proxies.1.url", "https:///index/"), f"{UP1}.url", "expected an http:// or https://"),
         (_set("registries.0.proxies.1.url", "https://bob:pw@x.example/"), f"{UP1}.url", "credentials in the URL"),

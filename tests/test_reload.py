@@ -71,6 +71,12 @@ def test_where_the_cache_lives_waits_for_a_restart_and_keeps_its_running_value()
     assert planned.settings.cache.size_limit == running.cache.size_limit
 
 
+def test_the_log_format_waits_for_a_restart_and_keeps_its_running_value():
+    running = settings(BASE)
+    planned = reload.plan(running, settings(edited(lambda doc: doc.update(log_format="json"))))
+    assert (running.log_format, planned.needs_restart, planned.settings.log_format) == ("text", ("log_format",), "text")
+
+
 def test_registries_and_toolchains_added_and_removed():
     def change(doc):
         doc["registries"].append({"name": "corp", "index_url": "https://corp.example/api/index/",

@@ -17,6 +17,7 @@ from mitmproxy import connection, http, tls
 from mitmproxy.addonmanager import Loader
 
 from ..config import Settings
+from ..operations.logs import RequestLine, log_request
 from ..protocols.pairs import Pairs
 from ..protocols.reasks import Reasks
 from ..resolver import Resolver
@@ -198,7 +199,5 @@ def _announces_body(request: http.Request) -> bool:
 
 
 def _log_reply(flow: http.HTTPFlow, client: str, host: str, path: str, reply: Reply, ms: float) -> None:
-    level = logging.WARNING if reply.status >= 500 else logging.INFO
-    logger.log(level, "%s %s %s%s %d %s %s %dB %.0fms %s%s", client, flow.request.method, host, path,
-               reply.status, reply.source, reply.state, reply.size, ms, flow.request.http_version,
-               f": {reply.reason}" if reply.reason else "")
+    log_request(logger, RequestLine(client, flow.request.method, host, path, reply.status, reply.source, reply.state,
+                                    reply.size, ms, flow.request.http_version, reply.reason))

@@ -23,3 +23,5 @@ MAX_SECRET_BYTES = 64 * 1024  # a password_file and the like: one line
 TOOLCHAINS = "toolchains"  # the name of the dist source in logs, metrics and upstream health (not a registry name)
 EVICTION_POLICIES = ("least-recently-used", "least-recently-stored", "least-frequently-used", "none")
 BACKENDS = ("disk", "s3")
+LOG_FORMATS = ("text", "json")
+DEFAULT_LOG_FORMAT = "text"

@@ -290,6 +290,8 @@ class ProxiesFile(Section):
                                                             "intercepted")
     policy: Policy = Field(default_factory=Policy, description="the supply-chain policy of every registry: quarantine, "
                                                                "advisories, rules")
+    log_format: one_of(d.LOG_FORMATS, echo=True) = Field(d.DEFAULT_LOG_FORMAT, description="text: mitmdump's lines; "
+                                                         "json: one JSON object a line (--set cargo_log_format wins)")
 
     @model_validator(mode="after")
     def _checks(self) -> ProxiesFile:

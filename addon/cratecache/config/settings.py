@@ -138,6 +138,7 @@ class Settings:
     toolchains: Toolchains | None = None
     secret_files: tuple[str, ...] = ()  # the files secrets were read from (watched, like the file itself)
     policy: Policy = Policy()  # the global `policy:` section (each registry's effective one: Registry.policy)
+    log_format: str = d.DEFAULT_LOG_FORMAT  # text | json (operations/logs.py; the cargo_log_format option wins)
 
     @property
     def sources(self) -> tuple[Source, ...]:

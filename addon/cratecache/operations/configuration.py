@@ -12,20 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import signal
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from mitmproxy import ctx
+from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
 from ..config import Settings
 from ..resolver import Resolver
 from ..runtime import Runtime
 from ..storage import open_storage
-from . import cmdline, hangup, reload
+from . import cmdline, hangup, logs, reload
 from .activity import origin
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,14 @@ class Configuration:
             "How often (milliseconds) proxies.yaml and its secret files are checked for changes; a change is "
             "applied live. 0: only on SIGHUP.",
         )
+        loader.add_option(
+            "cargo_log_format", str, "",
+            "How log lines look: text (mitmdump's lines) or json (one JSON object a line: every request with client, "
+            "method, host, path, status, state, upstream, bytes, ms, reason; every other line with logger and "
+            "message). Empty: log_format in proxies.yaml (default text).",
+            choices=("", *logs.FORMATS),
+        )
+        logs.quiet_connections()  # mitmproxy's connect/disconnect lines: shown with -v only
         if twice := cmdline.repeated(getattr(loader.master.options, "deferred", {})):
             # mitmproxy would drop every cargo_ option and run as a plain proxy; an error stops mitmdump at start.
             logger.error("cargo-cache: not starting: %s given more than once (mitmproxy would then ignore every "
@@ -67,6 +76,11 @@ class Configuration:
     def configure(self, updated: set[str]) -> None:
         if "confdir" in updated and ctx.options.confdir == MITMPROXY_DEFAULT_CONFDIR:
             ctx.options.update(confdir=str(DEFAULT_CONFDIR))  # the CA lives in the project's certs/
+        if "cargo_log_format" in updated and ctx.options.cargo_log_format:  # before the configuration's first line
+            if ctx.options.cargo_log_format not in logs.FORMATS:
+                raise exceptions.OptionsError(f"cargo_log_format: expected one of {', '.join(logs.FORMATS)}, got "
+                                              f"{ctx.options.cargo_log_format!r}")
+            logs.use(ctx.options.cargo_log_format, logs.worker_index(os.environ))
         if {"cargo_proxies", "cargo_offline"} & updated:
             if self._watcher is None:
                 self.reload("start" if self.runtime.settings is None else "options")
@@ -148,6 +162,7 @@ class Configuration:
     def _install(self, settings: Settings) -> None:
         runtime = self.runtime
         old = runtime.resolver
+        logs.use(logs.chosen(ctx.options.cargo_log_format, settings.log_format), logs.worker_index(os.environ))
         store = open_storage(settings.cache)
         store.on_call = runtime.activity.metrics.storage_call
         store.on_fault = runtime.activity.metrics.store_error

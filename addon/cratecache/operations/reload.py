@@ -4,7 +4,8 @@ Live: the registries and the toolchains section (hosts, upstreams, their order, 
 settings, active switches), every TTL, the back-off settings, the lease time, offline mode, the size limits, the
 supply-chain policy (global and per registry).
 At restart only: where and how the cache is kept (`cache.directory`, `size_limit`, `eviction_policy`,
-`backend`, `s3` but its keys), because moving a cache under running requests is not something to half-do. A reload that
+`backend`, `s3` but its keys), because moving a cache under running requests is not something to half-do; and
+`log_format`, which the workers launcher's own lines follow too (a log shipper reads one format a process). A reload that
 changes one of those keeps the running value and says so. (`fingerprint` is the one stat call that tells a
 changed file; `read` reads the file and its secrets, off the event loop once the proxy runs; `ConfigState`
 holds the reloads asked for, by SIGHUP or a changed option, until the watcher does them one at a time.)
@@ -41,11 +42,11 @@ def plan(running: Settings, new: Settings) -> Reload:
                                                               secret_access_key=s3.secret_access_key) == s3:
         changed, s3 = [], new.cache.s3  # rotated keys: live
         changes.append("cache.s3 credentials changed")
-    restart = tuple(f"cache.{f}" for f in changed)
+    restart = tuple(f"cache.{f}" for f in changed) + (("log_format",) if running.log_format != new.log_format else ())
     kept = replace(new.cache, **{f: getattr(running.cache, f) for f in RESTART_FIELDS if f != "s3"}, s3=s3)
     changes += _policy("policy", running.policy, new.policy)
     changes += _sources(running, new)
-    return Reload(replace(new, cache=kept), tuple(changes), restart)
+    return Reload(replace(new, cache=kept, log_format=running.log_format), tuple(changes), restart)
 
 
 def _sources(running: Settings, new: Settings) -> list[str]:

@@ -15,10 +15,12 @@ across workers). mitmproxy binds its port before any addon script runs, so each 
 `python -m cratecache.operations.workers --worker`, which asks asyncio for SO_REUSEPORT on the proxy port only and then
 runs mitmdump in-process. Worker i has its own status page on `--status-port + i` (request counts are summed
 across workers by `make cache-stats`; Prometheus sums the workers' /metrics). This supervisor prefixes each
-worker's log lines with `w{i} |`, starts a new worker when one dies (at most RESTARTS_PER_MINUTE a minute, then
-it stops them all, exit 1), passes SIGHUP on to every worker (each re-reads proxies.yaml; a worker starts with
-SIGHUP blocked until its handler is in place, so one that comes during its start is a reload once it runs, see
-hangup.py), and stops all of them on Ctrl-C or SIGTERM.
+worker's log lines with `w{i} |` (with JSON logs, `log_format`/`cargo_log_format: json`, a worker's lines carry
+"worker": i instead and are passed on as they are, and the supervisor's own lines are JSON too; logs.py), starts a
+new worker when one dies (at most RESTARTS_PER_MINUTE a minute, then it stops them all, exit 1), passes SIGHUP on
+to every worker (each re-reads proxies.yaml; a worker starts with SIGHUP blocked until its handler is in place, so
+one that comes during its start is a reload once it runs, see hangup.py), and stops all of them on Ctrl-C or
+SIGTERM.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import argparse
 import asyncio
 import errno
 import functools
+import logging
 import os
 import signal
 import socket
@@ -36,16 +39,21 @@ import threading
 import time
 from pathlib import Path
 
-from . import cmdline, hangup
+from . import cmdline, hangup, logs
 
 RESTARTS_PER_MINUTE = 5
 STOP_SECONDS = 10
 LISTEN_PORT_ENV = "CARGO_CACHE_SHARED_PORT"
 
+logger = logging.getLogger("cratecache.operations.workers")  # its own lines (say); not __main__ under -m
 
-def worker(args: list[str], shared: int | None = None) -> int:
-    """One worker: mitmdump in this process, its proxy port `shared` opened with SO_REUSEPORT (None: alone)."""
+
+def worker(args: list[str], shared: int | None = None, log_format: str = "text", index: int | None = None) -> int:
+    """One worker: mitmdump in this process, its proxy port `shared` opened with SO_REUSEPORT (None: alone), its
+    lines in `log_format` from mitmproxy's first one on (worker `index`, when one of several)."""
     hangup.hold()  # first: a SIGHUP while mitmproxy starts is a reload for later (the launcher started us with it blocked)
+    if log_format == "json":
+        _json_from_the_start(index)
     if shared is not None:
         original = asyncio.start_server
 
@@ -61,9 +69,50 @@ def worker(args: list[str], shared: int | None = None) -> int:
     return mitmdump(args) or 0
 
 
+def _json_from_the_start(index: int | None) -> None:
+    """mitmdump logs its first line (`Loading script …`) before any addon is loaded: its terminal handler is given
+    the JSON formatter as soon as it exists, when mitmdump's master is made."""
+    from mitmproxy.tools import dump
+
+    plain = dump.DumpMaster
+
+    class DumpMaster(plain):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            logs.use("json", index)
+
+    dump.DumpMaster = DumpMaster  # what mitmproxy.tools.main.mitmdump makes
+
+
+def launch_format(args: list[str]) -> str:
+    """The log format the workers will use: `--set cargo_log_format=` in their arguments, else proxies.yaml's
+    `log_format` (text when the file cannot be read: the worker then says why)."""
+    from .configuration import DEFAULT_PROXIES
+    from .reload import read
+
+    given = cmdline.value(args, "cargo_log_format") or ""
+    if given:
+        return given
+    settings = read(cmdline.value(args, "cargo_proxies") or str(DEFAULT_PROXIES)).settings
+    return logs.chosen(given, settings.log_format if settings is not None else "text")
+
+
+def relayed(line: str, index: int, log_format: str) -> str:
+    """Worker `index`'s output line as the supervisor writes it: prefixed in text; in JSON passed on as it is (it
+    names its worker), or, when the worker wrote something else (a crash's traceback), made a JSON line."""
+    if log_format != "json":
+        return f"w{index} | {line}"
+    if line.startswith("{") and line.rstrip().endswith("}"):
+        return line if line.endswith("\n") else line + "\n"
+    record = logging.makeLogRecord({"name": "worker.output", "msg": line.rstrip("\n"), "levelno": logging.ERROR,
+                                    "levelname": "ERROR"})
+    return logs.JsonFormatter(index).format(record) + "\n"
+
+
 class Supervisor:
-    def __init__(self, count: int, port: int, status_port: int, args: list[str]):
+    def __init__(self, count: int, port: int, status_port: int, args: list[str], log_format: str = "text"):
         self.count, self.port, self.status_port, self.args = count, port, status_port, args
+        self.log_format = log_format
         self.procs: dict[int, subprocess.Popen] = {}
         self.restarts: list[float] = []
         self.stopping = False
@@ -75,7 +124,8 @@ class Supervisor:
                 *worker_args(self.args, self.port, self.status_port + index if self.status_port else 0)]
 
     def start(self, index: int) -> None:
-        env = os.environ | {LISTEN_PORT_ENV: str(self.port), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        env = os.environ | {LISTEN_PORT_ENV: str(self.port), "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+                            logs.WORKER_ENV: str(index)}
         with hangup.blocked():  # it starts with SIGHUP blocked, until its handler is in place (worker())
             proc = subprocess.Popen(self.command(index), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True, bufsize=1, errors="replace")
@@ -86,8 +136,9 @@ class Supervisor:
 
     def _relay(self, index: int, proc: subprocess.Popen) -> None:
         for line in proc.stdout:
+            out = relayed(line, index, self.log_format)
             with self.lock:
-                sys.stdout.write(f"w{index} | {line}")
+                sys.stdout.write(out)
                 sys.stdout.flush()
 
     def run(self) -> int:
@@ -106,10 +157,10 @@ class Supervisor:
                 how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"status {proc.returncode}"
                 if len(self.restarts) > RESTARTS_PER_MINUTE:
                     say(f"worker {index} (pid {proc.pid}) exited ({how}); more than {RESTARTS_PER_MINUTE} restarts "
-                        "in a minute: stopping all workers")
+                        "in a minute: stopping all workers", logging.ERROR)
                     self.stop()
                     return 1
-                say(f"worker {index} (pid {proc.pid}) exited ({how}); starting a new one")
+                say(f"worker {index} (pid {proc.pid}) exited ({how}); starting a new one", logging.WARNING)
                 self.start(index)
         return 0
 
@@ -135,9 +186,20 @@ class Supervisor:
                 proc.wait()
 
 
-def say(text: str) -> None:
-    sys.stdout.write(f"cargo-cache workers: {text}\n")
-    sys.stdout.flush()
+def say(text: str, level: int = logging.INFO) -> None:
+    if not logger.handlers:
+        say_in("text")
+    logger.log(level, text)
+
+
+def say_in(log_format: str) -> None:
+    """The supervisor's own lines on stdout: `cargo-cache workers: …`, or JSON objects."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logs.JsonFormatter() if log_format == "json" else
+                         logging.Formatter("cargo-cache workers: %(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # one worker runs mitmdump in this process: its handler on the root logger
 
 
 def worker_args(args: list[str], port: int, status_port: int) -> list[str]:
@@ -168,7 +230,8 @@ def taken(host: str, port: int) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
-        return worker(argv[2:] if argv[1:2] == ["--"] else argv[1:], int(os.environ[LISTEN_PORT_ENV]))
+        args = argv[2:] if argv[1:2] == ["--"] else argv[1:]
+        return worker(args, int(os.environ[LISTEN_PORT_ENV]), launch_format(args), logs.worker_index(os.environ))
     hangup.hold()
     parser = argparse.ArgumentParser(prog="cratecache.operations.workers", description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -179,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     if opts.workers < 1:
         parser.error("--workers must be at least 1")
     args = cmdline.merge([], opts.args[1:] if opts.args[:1] == ["--"] else opts.args)  # each option once, the last
+    log_format = launch_format(args)
+    say_in(log_format)
     status = cmdline.value(args, "cargo_status_port")
     try:  # what mitmdump's arguments say wins
         port, status_port = int(cmdline.value(args, "listen_port") or opts.port), int(status or opts.status_port)
@@ -189,14 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     busy = [taken(host, port)] + [taken(status_host, status_port + i) for i in range(opts.workers) if status_port]
     if problem := next((b for b in busy if b), None):
         say(f"not starting: {problem} (another cargo-cache, or another program; choose another PORT or "
-            "STATUS_PORT, or stop it)")
+            "STATUS_PORT, or stop it)", logging.ERROR)
         return 1
     if opts.workers == 1:  # one plain mitmdump, in this process: nothing to supervise
         say(f"worker 0 started (pid {os.getpid()}, status page port {status_port or 'off'}; in this process)")
-        return worker(worker_args(args, port, status_port))
+        return worker(worker_args(args, port, status_port), log_format=log_format)
     if sys.platform != "linux":
         say("SO_REUSEPORT spreads connections only on Linux; elsewhere run one worker per port")
-    return Supervisor(opts.workers, port, status_port, args).run()
+    return Supervisor(opts.workers, port, status_port, args, log_format).run()
 
 
 if __name__ == "__main__":
