@@ -126,7 +126,9 @@ class DiskStorage(Storage):
         except Exception as e:
             if not writability.failed("upkeep", e):
                 raise
-        if not writability.writable and writability.keep():  # no miss meanwhile: find out whether it is back
+        # no miss meanwhile: find out whether it is back; opened read-only, at every upkeep, since a miss's write then
+        # only meets the read-only opening, never the folder (the probe reopens it for writing: local.py)
+        if not writability.writable and (self.local.read_only or writability.keep()):
             try:
                 await asyncio.to_thread(self.local.probe)
             except Exception as e:

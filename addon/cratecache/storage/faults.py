@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -49,6 +50,22 @@ def describe(error: BaseException) -> str | None:
             return "read-only file system (attempt to write a readonly database)"
         if "i/o" in text or "unable to open" in text:
             return f"cannot write ({error})"
+    return None
+
+
+def refusal(folder: str | os.PathLike) -> OSError | None:
+    """The error the cache folder answers a write with (read-only file system, permission denied), or None if it takes
+    one: the folder created if missing, a file created in it and deleted again. For the opening of the store: a folder
+    that refuses writes is opened read-only (readonly.py), not failed, and not taken for a damaged database."""
+    probe = os.path.join(folder, f".probe-{os.getpid()}-{threading.get_ident()}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.unlink(probe)
+    except FileExistsError:
+        return None
+    except OSError as e:
+        return e if e.errno in _READ_ONLY | _DENIED | _FULL else None
     return None
 
 
@@ -129,6 +146,18 @@ class Writability:
                            self.where, description, RETRY_SECONDS,
                            f" ({more} more failed write(s) in the last minute)" if more else "")
         return True
+
+    def opened_read_only(self, refused: OSError, how: str = "") -> None:
+        """The store opened the cache folder read-only because it refuses writes (`refusal`): not writable from the
+        start, said in one warning (which is this minute's: the failed writes that follow are counted, not warned
+        about again within it)."""
+        now = self.clock()
+        self.writable, self.since, self.last_attempt = False, now, now
+        self.error = describe(refused) or str(refused)
+        self.throttle.allow(now)
+        logger.warning("cargo-cache: the cache folder %s cannot be written (%s): opened read-only%s: serving hits "
+                       "from it, passing misses through, not caching; checking every %.0f s whether it can be written "
+                       "again", self.where, self.error, f" ({how})" if how else "", RETRY_SECONDS)
 
     def _folder_state(self) -> str | None:
         """What the file system says of itself, when the error does not."""

@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import diskcache
 
-from . import faults, recovery, spool
+from . import faults, readonly, recovery, spool
 from .entries import Entry, Meta
 from .integrity import Damage
 from .keyscan import KeyScan
@@ -114,23 +115,56 @@ class LocalStore:
 
     def __init__(self, directory: Path, size_limit: int, eviction_policy: str = "least-recently-used",
                  hot_bytes: int = DEFAULT_HOT_BYTES):
-        directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
+        self.writability = faults.Writability(str(directory))
         # cull_limit=0: no eviction inside each write (two more queries per write, on the store thread every miss
         # waits for); `upkeep` evicts down to the size limit every few seconds instead, and `close` once more.
-        self._cache = recovery.open_cache(  # a damaged database is set aside (logged), not raised
-            directory, size_limit=size_limit, eviction_policy=eviction_policy, statistics=False,
-            disk=_AdoptingDisk, cull_limit=0,
-        )
-        self.writability = faults.Writability(str(directory))
+        self._settings = dict(size_limit=size_limit, eviction_policy=eviction_policy, statistics=False,
+                              disk=_AdoptingDisk, cull_limit=0)
+        self._cache = self._open()
+        self._retired: list[readonly.ReadOnlyCache] = []  # read-only openings replaced while calls may still use them
         spool.sweep(directory)
         self._memory = MemoryTier(hot_bytes, self._cache.get(PURGE_GENERATION, 0))
-        self._writeback = WriteBack(self._cache, self._memory)
-        self._leases = HostLeases(self._cache)
+        self._attach()
         self._pending = PendingMarks(directory / "pending")
-        self._scan = KeyScan(self._cache)
         self.damage = Damage()
         self._unevictable: set[str] = set()  # digests of damaged blobs a read-only folder kept: a miss here
+
+    def _open(self) -> diskcache.Cache | readonly.ReadOnlyCache:
+        """diskcache on the folder (a damaged database set aside: recovery.py); on a folder that refuses writes, its
+        database opened read-only (readonly.py): hits served, misses passed through, said once."""
+        try:
+            return recovery.open_cache(self.directory, **self._settings)
+        except (OSError, sqlite3.Error) as e:
+            refused = faults.refusal(self.directory)
+            if refused is None:
+                raise
+            failure = e
+        cache = readonly.ReadOnlyCache(self.directory, refused, _AdoptingDisk)
+        self.writability.opened_read_only(refused, f"opening it for writing: {type(failure).__name__}: {failure}; "
+                                                   f"reading {cache.opened}")
+        return cache
+
+    def _attach(self) -> None:
+        """The collaborators working on the database (again, after it was reopened for writing)."""
+        self._writeback = WriteBack(self._cache, self._memory)
+        self._leases = HostLeases(self._cache)
+        self._scan = KeyScan(self._cache)
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the database is open read-only (the folder refused writes when it was opened)."""
+        return isinstance(self._cache, readonly.ReadOnlyCache)
+
+    def _reopen(self) -> None:
+        """The folder takes writes again (the probe wrote a file): diskcache instead of the read-only opening. Calls
+        in flight finish on the read-only one, which is closed with the store."""
+        cache = recovery.open_cache(self.directory, **self._settings)
+        self._retired.append(self._cache)
+        self._cache = cache
+        self._attach()
+        logger.warning("cargo-cache: the cache folder %s takes writes again: its database is reopened for writing",
+                       self.directory)
 
     @contextlib.contextmanager
     def transaction(self):
@@ -206,6 +240,8 @@ class LocalStore:
         finally:
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
+        if self.read_only:
+            self._reopen()
         self._cache.set("writable-probe", time.time())
 
     def warn_if_larger_than_disk(self) -> None:
@@ -223,9 +259,14 @@ class LocalStore:
                            self._cache.volume())
 
     def close(self) -> None:
-        self._writeback.write_checks()
-        self.evict()
-        self._cache.close()
+        try:
+            self._writeback.write_checks()
+            self.evict()
+        except Exception as e:  # the folder refuses writes: the 304s noted in memory are not kept
+            if not self.writability.failed("close", e):
+                raise
+        for cache in (*self._retired, self._cache):
+            cache.close()
         self._pending.close()
 
     def peek(self, key: str) -> Entry | None:
