@@ -41,6 +41,8 @@ MiB = 1024 * 1024
     (sqlite3.OperationalError("database or disk is full"), "disk full"),
     (sqlite3.OperationalError("attempt to write a readonly database"), "read-only file system"),
     (sqlite3.OperationalError("disk I/O error"), "cannot write"),
+    (sqlite3.DatabaseError("file is not a database"), "damaged database"),  # overwritten under the running proxy
+    (sqlite3.DatabaseError("database disk image is malformed"), "damaged database"),
 ])
 def test_errors_of_the_cache_folder_are_faults(error, says):
     assert describe(error).startswith(says)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import Storage
+from . import Storage, recovery
 from .batches import StoreThread
 from .local import KINDS, Entry, LocalStore, Meta
 from .spool import Spooled
@@ -28,11 +29,24 @@ class DiskStorage(Storage):
         self._thread = StoreThread(local.transaction)
 
     async def _run(self, fn, *args):
-        return await self._thread.run(fn, *args)
+        return await self._sound(self._thread.run, fn, *args)
 
     async def _alone(self, fn, *args):
         """A call that must not join a batch: long (scans, purges) or not undone by a rollback (a file moved in)."""
-        return await self._thread.run(fn, *args, batch=False)
+        return await self._sound(self._thread.run, fn, *args, batch=False)
+
+    async def _sound(self, run, fn, *args, **options):
+        """`await run(fn, *args)`; if it finds the database damaged (overwritten or truncated under the running
+        proxy), the store stops reading it (`LocalStore.set_damaged`) and the call runs once more on what replaces
+        it: a read is a miss, a write raises as on a folder that refuses writes (the callers pass answers through)."""
+        try:
+            return await run(fn, *args, **options)
+        except sqlite3.DatabaseError as e:
+            if not recovery.is_damage(e):
+                raise
+            if not self.local.read_only:  # (else another call found it first, or it is a refused write: raised again)
+                self.local.set_damaged(getattr(fn, "__name__", "read"), e)
+        return await run(fn, *args, **options)
 
     def peek(self, key: str) -> Entry | None:
         return self.local.peek(key)
@@ -122,7 +136,7 @@ class DiskStorage(Storage):
         # store thread, so that requests' reads and writes never queue behind it.
         writability = self.writability
         try:
-            await asyncio.to_thread(self.local.upkeep)
+            await self._sound(asyncio.to_thread, self.local.upkeep)
         except Exception as e:
             if not writability.failed("upkeep", e):
                 raise

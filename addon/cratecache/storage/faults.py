@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .recovery import is_damage
+
 logger = logging.getLogger(__name__)
 
 RETRY_SECONDS = 5.0  # while not writable, one answer this often is written to the cache folder again (a probe)
@@ -43,6 +45,8 @@ def describe(error: BaseException) -> str | None:
         # a writable folder does not happen: the folder cannot be written
         return f"cannot write ({error.strerror or type(error).__name__})"
     if isinstance(error, sqlite3.OperationalError | sqlite3.DatabaseError):
+        if is_damage(error):  # the database file changed under the running store (overwritten, truncated)
+            return f"damaged database ({error})"
         text = str(error).lower()
         if "full" in text:
             return "disk full (database or disk is full)"
@@ -158,6 +162,21 @@ class Writability:
         logger.warning("cargo-cache: the cache folder %s cannot be written (%s): opened read-only%s: serving hits "
                        "from it, passing misses through, not caching; checking every %.0f s whether it can be written "
                        "again", self.where, self.error, f" ({how})" if how else "", RETRY_SECONDS)
+
+    def damaged(self, op: str, error: BaseException) -> None:
+        """The cache database turned out damaged under the running store (`op` found it): counted, not writable, said
+        once a minute; the store reads nothing more from it, and its upkeep sets it aside (local.py)."""
+        now = self.clock()
+        self.errors[op] = self.errors.get(op, 0) + 1
+        if self.on_error is not None:
+            self.on_error(op)
+        if self.writable:
+            self.writable, self.since = False, now
+        self.error, self.last_attempt = describe(error) or str(error), now
+        if self.throttle.allow(now):
+            logger.warning("cargo-cache: the cache database in %s is damaged (%s: %s, found by %s): answers are passed "
+                           "through without being kept, nothing more is read from it; it is set aside and the cache "
+                           "started afresh within %.0f s", self.where, type(error).__name__, error, op, RETRY_SECONDS)
 
     def _folder_state(self) -> str | None:
         """What the file system says of itself, when the error does not."""

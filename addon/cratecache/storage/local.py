@@ -122,7 +122,8 @@ class LocalStore:
         self._settings = dict(size_limit=size_limit, eviction_policy=eviction_policy, statistics=False,
                               disk=_AdoptingDisk, cull_limit=0)
         self._cache = self._open()
-        self._retired: list[readonly.ReadOnlyCache] = []  # read-only openings replaced while calls may still use them
+        self._database = self._database_file()  # which file this store has open, to notice another process replacing it
+        self._retired: list = []  # openings replaced while calls may still use them (closed with the store)
         spool.sweep(directory)
         self._memory = MemoryTier(hot_bytes, self._cache.get(PURGE_GENERATION, 0))
         self._attach()
@@ -157,14 +158,32 @@ class LocalStore:
         return isinstance(self._cache, readonly.ReadOnlyCache)
 
     def _reopen(self) -> None:
-        """The folder takes writes again (the probe wrote a file): diskcache instead of the read-only opening. Calls
-        in flight finish on the read-only one, which is closed with the store."""
+        """The folder takes writes again (the probe wrote a file): diskcache instead of the read-only opening (a
+        damaged database is set aside by that opening: recovery.py). Calls in flight finish on the read-only one,
+        which is closed with the store."""
         cache = recovery.open_cache(self.directory, **self._settings)
         self._retired.append(self._cache)
-        self._cache = cache
+        self._cache, self._database = cache, self._database_file()
         self._attach()
-        logger.warning("cargo-cache: the cache folder %s takes writes again: its database is reopened for writing",
-                       self.directory)
+        logger.warning("cargo-cache: the cache folder %s takes writes again: its database is reopened for writing "
+                       "(was: %s)", self.directory, self.writability.error or "read-only")
+
+    def _database_file(self) -> tuple[int, int] | None:
+        try:
+            found = os.stat(self.directory / recovery.DATABASE)
+        except OSError:
+            return None
+        return found.st_dev, found.st_ino
+
+    def set_damaged(self, op: str, error: sqlite3.DatabaseError) -> None:
+        """The database turned out damaged under the running store (`op` read or wrote it): nothing more is read from
+        it (an empty read-only opening instead: misses, passed through; writes raise `error` again), told and counted
+        once; the upkeep's probe then reopens the folder, which sets the damaged files aside (`_reopen`)."""
+        if not self.read_only:
+            self._retired.append(self._cache)
+            self._cache = readonly.ReadOnlyCache(self.directory, error, _AdoptingDisk, read=False)
+            self._attach()
+        self.writability.damaged(op, error)
 
     @contextlib.contextmanager
     def transaction(self):
@@ -444,7 +463,14 @@ class LocalStore:
         self._memory.note_hit(key)
 
     def upkeep(self) -> None:
-        """The periodic work (every few seconds while the proxy runs): recency and 304s to disk, then eviction."""
+        """The periodic work (every few seconds while the proxy runs): recency and 304s to disk, then eviction. A
+        database another process sharing the folder set aside as damaged (and replaced) is left for the new one."""
+        if not self.read_only and self._database is not None and self._database_file() not in (self._database, None):
+            self._retired.append(self._cache)
+            self._cache, self._database = recovery.open_cache(self.directory, **self._settings), self._database_file()
+            self._attach()
+            logger.warning("cargo-cache: the cache database in %s was replaced by another process (a damaged one set "
+                           "aside): reopened", self.directory)
         self.touch_hits()
         self.evict()
 

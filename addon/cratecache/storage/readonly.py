@@ -49,12 +49,14 @@ _read_warnings = Throttle()
 class ReadOnlyCache:
     """The reading half of diskcache's `Cache` on a folder that refuses writes; the writing half raises `refused`."""
 
-    def __init__(self, directory: Path, refused: OSError, disk: type[diskcache.Disk] = diskcache.Disk):
+    def __init__(self, directory: Path, refused: OSError | sqlite3.DatabaseError,
+                 disk: type[diskcache.Disk] = diskcache.Disk, read: bool = True):
+        """`read=False`: empty, whatever the folder holds (its database was found damaged)."""
         self.directory, self.refused = directory, refused
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self._uri, problem = _readable(directory / DATABASE)
+        self._uri, problem = _readable(directory / DATABASE) if read else (None, None)
         if self._uri is not None:
             problem = self._problem()
         if problem is not None:
@@ -140,8 +142,10 @@ class ReadOnlyCache:
 
     # -- the connection ---------------------------------------------------------------------------
 
-    def _refusal(self) -> OSError:
-        return OSError(self.refused.errno, self.refused.strerror or str(self.refused), str(self.directory))
+    def _refusal(self) -> OSError | sqlite3.DatabaseError:
+        if isinstance(self.refused, OSError):
+            return OSError(self.refused.errno, self.refused.strerror or str(self.refused), str(self.directory))
+        return type(self.refused)(*self.refused.args)
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
