@@ -29,24 +29,29 @@ class DiskStorage(Storage):
         self._thread = StoreThread(local.transaction)
 
     async def _run(self, fn, *args):
-        return await self._sound(self._thread.run, fn, *args)
+        try:
+            return await self._thread.run(fn, *args)
+        except sqlite3.DatabaseError as e:
+            self._found_damage(fn, e)
+        return await self._thread.run(fn, *args)
 
     async def _alone(self, fn, *args):
         """A call that must not join a batch: long (scans, purges) or not undone by a rollback (a file moved in)."""
-        return await self._sound(self._thread.run, fn, *args, batch=False)
-
-    async def _sound(self, run, fn, *args, **options):
-        """`await run(fn, *args)`; if it finds the database damaged (overwritten or truncated under the running
-        proxy), the store stops reading it (`LocalStore.set_damaged`) and the call runs once more on what replaces
-        it: a read is a miss, a write raises as on a folder that refuses writes (the callers pass answers through)."""
         try:
-            return await run(fn, *args, **options)
+            return await self._thread.run(fn, *args, batch=False)
         except sqlite3.DatabaseError as e:
-            if not recovery.is_damage(e):
-                raise
-            if not self.local.read_only:  # (else another call found it first, or it is a refused write: raised again)
-                self.local.set_damaged(getattr(fn, "__name__", "read"), e)
-        return await run(fn, *args, **options)
+            self._found_damage(fn, e)
+        return await self._thread.run(fn, *args, batch=False)
+
+    def _found_damage(self, fn, error: sqlite3.DatabaseError) -> None:
+        """A call found the database damaged (overwritten or truncated under the running proxy): the store stops
+        reading it (`LocalStore.set_damaged`), and the caller runs the call once more on what replaces it: a read is a
+        miss, a write raises as on a folder that refuses writes (the callers pass answers through). Any other error
+        is raised."""
+        if not recovery.is_damage(error):
+            raise error
+        if not self.local.read_only:  # (else another call found it first, or it is a refused write: raised again)
+            self.local.set_damaged(getattr(fn, "__name__", "read"), error)
 
     def peek(self, key: str) -> Entry | None:
         return self.local.peek(key)
@@ -136,7 +141,11 @@ class DiskStorage(Storage):
         # store thread, so that requests' reads and writes never queue behind it.
         writability = self.writability
         try:
-            await self._sound(asyncio.to_thread, self.local.upkeep)
+            try:
+                await asyncio.to_thread(self.local.upkeep)
+            except sqlite3.DatabaseError as e:
+                self._found_damage(self.local.upkeep, e)
+                await asyncio.to_thread(self.local.upkeep)
         except Exception as e:
             if not writability.failed("upkeep", e):
                 raise
