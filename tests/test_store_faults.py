@@ -487,3 +487,29 @@ def test_a_folder_the_proxys_user_may_not_write_opens_read_only_too(tmp_path):
     assert seen["refused"].startswith("permission denied") and seen["folder"]["error"].startswith("permission denied")
     assert "opened read-only" in done.stderr and "permission denied" in done.stderr
     assert files(folder) == before
+
+
+def test_an_immutable_reading_turns_to_misses_once_another_process_writes_the_database(small_disk, caplog):
+    """A file system remounted read-only: SQLite reads the database only as an immutable file. Once the folder is
+    writable again and another worker has reopened it and written, that reading would mix cached and new pages."""
+    import subprocess
+
+    folder = small_disk / "cache"
+    small, _ = _stored(folder)
+    assert subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], capture_output=True).returncode == 0
+    reader = LocalStore(folder, 10**9)
+    try:
+        assert reader.read_only and reader.get("index/crates-io/tin").body == small
+        assert subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], capture_output=True).returncode == 0
+        worker = LocalStore(folder, 10**9)  # the other worker reopened it first, and writes
+        for n in range(50):
+            worker.put(f"index/crates-io/new{n}", os.urandom(2000), "up")
+        worker.close()  # (its last connection checkpoints the -wal into the database file)
+        with caplog.at_level(logging.WARNING):
+            assert reader.get("index/crates-io/tin") is None and reader.keys() == []
+        assert "changed while it was read as an immutable file" in caplog.text
+        reader.probe()  # the upkeep's: reopened for writing, it reads the new database
+        assert not reader.read_only and reader.get("index/crates-io/new49") is not None
+        assert reader.get("index/crates-io/tin").body == small
+    finally:
+        reader.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -56,6 +57,8 @@ class ReadOnlyCache:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._signature: tuple[int, int, int, int] | None = None
+        self._changed = False
         self._uri, problem = _readable(directory / DATABASE) if read else (None, None)
         if self._uri is not None:
             problem = self._problem()
@@ -64,6 +67,11 @@ class ReadOnlyCache:
                            "folder that refuses writes: nothing is served from it until the folder can be written",
                            directory / DATABASE, problem)
             self._uri = None
+        # an immutable reading holds only while the file does not change (another process that can write the folder
+        # now, e.g. a worker that reopened it first): SQLite would mix pages it cached with new ones, so a changed file
+        # reads as an empty cache until this process reopens it for writing too
+        immutable = self._uri is not None and self._uri.endswith("immutable=1")
+        self._signature = _signature(directory / DATABASE) if immutable else None
         settings = {**diskcache.DEFAULT_SETTINGS, **dict(self._rows("SELECT key, value FROM Settings"))}
         self.size_limit = settings["size_limit"]
         self.eviction_policy = settings["eviction_policy"]
@@ -148,14 +156,29 @@ class ReadOnlyCache:
         return type(self.refused)(*self.refused.args)
 
     def _connection(self) -> sqlite3.Connection:
+        if self._signature is not None and _signature(self.directory / DATABASE) != self._signature:
+            if not self._changed:
+                self._changed = True
+                logger.warning("cargo-cache: the cache database %s changed while it was read as an immutable file "
+                               "(another process writes it now): misses until this process reopens it for writing",
+                               self.directory / DATABASE)
+            return self._empty()
         connection = getattr(self._local, "connection", None)
         if connection is None:
             if self._uri is None:
-                connection = sqlite3.connect(":memory:", check_same_thread=False)
-                connection.executescript(_EMPTY_SCHEMA)
-            else:
-                connection = sqlite3.connect(self._uri, uri=True, check_same_thread=False, isolation_level=None)
+                return self._empty()
+            connection = sqlite3.connect(self._uri, uri=True, check_same_thread=False, isolation_level=None)
             self._local.connection = connection
+            with self._lock:
+                self._connections.append(connection)
+        return connection
+
+    def _empty(self) -> sqlite3.Connection:
+        """An empty cache in memory (diskcache's tables, no rows), this thread's."""
+        connection = getattr(self._local, "empty", None)
+        if connection is None:
+            connection = self._local.empty = sqlite3.connect(":memory:", check_same_thread=False)
+            connection.executescript(_EMPTY_SCHEMA)
             with self._lock:
                 self._connections.append(connection)
         return connection
@@ -188,6 +211,14 @@ class ReadOnlyCache:
             self._drop()
             return str(e)
         return None if not found or found[0][0] == "ok" else f"quick_check: {found[0][0]}"
+
+
+def _signature(database: Path) -> tuple[int, int, int, int] | None:
+    try:
+        found = os.stat(database)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns
 
 
 def _readable(database: Path) -> tuple[str | None, str | None]:
