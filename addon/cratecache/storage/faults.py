@@ -6,6 +6,9 @@ the folder is not writable, answers are passed through without trying it, except
 tells when space (or write access) is back; the first write that succeeds makes the cache writable again, with no
 restart. The warning is logged once a minute (`Throttle`), not per request; every failure is counted (`on_error`,
 the metrics' `cargo_cache_store_errors_total{op}`).
+
+A folder that refuses writes already when the store opens (`refusal`) starts in the same state (`opened_read_only`,
+one warning); so does a database found damaged under the running store (`damaged`), whose writes are refused too.
 """
 
 from __future__ import annotations

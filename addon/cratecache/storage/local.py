@@ -11,6 +11,11 @@ entry: after a crash there is at worst an unreferenced blob, which eviction remo
 methods are synchronous; the storage backends call them through `asyncio.to_thread`,
 except `peek`.
 
+A cache folder that refuses writes when the store opens (a read-only mount, no write permission) is opened read-only
+(readonly.py) rather than failing: hits are served, misses passed through; the upkeep's probe reopens it for writing
+once it can. A database found damaged while the store runs is no longer read (an empty read-only opening instead) and
+is set aside by that same reopening (recovery.py).
+
 In front of the disk, a small in-memory tier (memory.py) keeps recently used entries up to `HOT_ITEM_LIMIT`
 bytes each (index files, config.json, most crates) so a repeated hit costs no I/O and no thread
 hand-off, and concurrent readers of one large crate share a single copy of its bytes.
@@ -162,11 +167,18 @@ class LocalStore:
         damaged database is set aside by that opening: recovery.py). Calls in flight finish on the read-only one,
         which is closed with the store."""
         cache = recovery.open_cache(self.directory, **self._settings)
-        self._retired.append(self._cache)
+        self._retire()
         self._cache, self._database = cache, self._database_file()
         self._attach()
         logger.warning("cargo-cache: the cache folder %s takes writes again: its database is reopened for writing "
                        "(was: %s)", self.directory, self.writability.error or "read-only")
+
+    def _retire(self) -> None:
+        """The opening in use is about to be replaced: kept open for the calls still using it; those replaced before
+        (seconds ago at least: the upkeep's interval) are closed."""
+        for old in self._retired:
+            old.close()
+        self._retired = [self._cache]
 
     def _database_file(self) -> tuple[int, int] | None:
         try:
@@ -180,7 +192,7 @@ class LocalStore:
         it (an empty read-only opening instead: misses, passed through; writes raise `error` again), told and counted
         once; the upkeep's probe then reopens the folder, which sets the damaged files aside (`_reopen`)."""
         if not self.read_only:
-            self._retired.append(self._cache)
+            self._retire()
             self._cache = readonly.ReadOnlyCache(self.directory, error, _AdoptingDisk, read=False)
             self._attach()
         self.writability.damaged(op, error)
@@ -466,7 +478,7 @@ class LocalStore:
         """The periodic work (every few seconds while the proxy runs): recency and 304s to disk, then eviction. A
         database another process sharing the folder set aside as damaged (and replaced) is left for the new one."""
         if not self.read_only and self._database is not None and self._database_file() not in (self._database, None):
-            self._retired.append(self._cache)
+            self._retire()
             self._cache, self._database = recovery.open_cache(self.directory, **self._settings), self._database_file()
             self._attach()
             logger.warning("cargo-cache: the cache database in %s was replaced by another process (a damaged one set "
