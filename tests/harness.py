@@ -104,6 +104,7 @@ class Proxy:
     extra_args: tuple[str, ...] = ()
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    command_prefix: tuple[str, ...] = ()  # runs mitmdump through it (e.g. setpriv, to drop a privilege)
 
     @property
     def url(self) -> str:
@@ -114,7 +115,8 @@ class Proxy:
         return self.confdir / "mitmproxy-ca-cert.pem"
 
     def start(self, timeout: float = 30) -> Proxy:
-        args = [str(MITMDUMP), "-s", str(ADDON), "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
+        args = [*self.command_prefix, str(MITMDUMP), "-s", str(ADDON), "--listen-host", "127.0.0.1",
+                "--listen-port", str(self.port),
                 "--set", f"confdir={self.confdir}", "--set", f"cargo_proxies={self.config}",
                 "--set", "flow_detail=0", *self.extra_args]
         if not any("cargo_status_port" in a for a in self.extra_args):

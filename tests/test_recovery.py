@@ -190,3 +190,61 @@ def test_a_damaged_pending_uploads_database_is_set_aside_too(tmp_path):
         store.close()
     [aside] = set_aside(folder)
     assert aside.folder.parent == folder / "pending" and "file is not a database" in aside.reason
+
+
+def checkpoint(db: Path) -> None:
+    """What SQLite does by itself every 1000 pages: the -wal's pages written into the database file."""
+    connection = sqlite3.connect(db)
+    try:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("damage, problem", [(overwrite_all, "file is not a database"),
+                                             (damage_pages, "database disk image is malformed")])
+async def test_a_database_damaged_under_the_running_store_is_a_miss_then_set_aside_by_the_upkeep(
+        tmp_path, caplog, damage, problem):
+    from cratecache.config import CacheSettings
+    from cratecache.storage import open_storage
+    from cratecache.storage.faults import describe
+
+    folder = tmp_path / "cache"
+    settings = CacheSettings(directory=folder, size_limit=1 << 30)
+    store, worker = open_storage(settings), open_storage(settings)  # worker: another process on the folder
+    counted: list[str] = []
+    store.on_fault = counted.append
+    try:
+        await store.put("index/crates-io/foo", b'{"name":"foo"}\n', "up")
+        await store.put("crate/crates-io/foo/1.0.0", LARGE, "up")
+        assert (await worker.get("index/crates-io/foo")).body == b'{"name":"foo"}\n'
+        checkpoint(folder / "cache.db")
+        damage(folder / "cache.db")
+        with caplog.at_level(logging.WARNING):
+            assert await store.get("index/crates-io/foo") is None  # a miss: the request fetches it
+            assert await store.get("crate/crates-io/foo/1.0.0") is None
+            for write in (store.put("index/crates-io/bar", b"x", "up"), store.claim("index/crates-io/bar", 30)):
+                with pytest.raises(sqlite3.DatabaseError) as refused:  # refused as damaged: passed through
+                    await write
+                assert describe(refused.value).startswith("damaged database")
+        assert counted == ["get"]
+        folder_state = store.health()["folder"]
+        assert folder_state["writable"] is False and folder_state["error"] == f"damaged database ({problem})"
+        warnings = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+        assert len(warnings) == 1 and f"is damaged (DatabaseError: {problem}, found by get)" in warnings[0]
+        assert "set aside and the cache started afresh within 5 s" in warnings[0]
+        assert [a.reason for a in set_aside(folder)] == []  # not yet: by the upkeep, not in the request
+
+        with caplog.at_level(logging.WARNING):
+            await store.maintain()  # the upkeep (every 5 s): its probe reopens the folder, which sets the file aside
+        [aside] = set_aside(folder)
+        assert aside.reason == problem
+        assert store.writability.writable
+        await store.put("index/crates-io/bar", b"kept", "up")
+        assert (await store.get("index/crates-io/bar")).body == b"kept"
+        await worker.maintain()  # the other process notices the new database and uses it
+        assert (await worker.get("index/crates-io/bar")).body == b"kept"
+        assert "was replaced by another process" in caplog.text
+    finally:
+        await store.close()
+        await worker.close()

@@ -243,3 +243,48 @@ async def test_releasing_an_expired_lease_never_ends_its_new_holders(make):
     await first.release_lease("index/crates-io/foo")
     assert await third.lease_holder("index/crates-io/foo")
     assert not (await third.claim("index/crates-io/foo", 30))[0]
+
+
+async def test_a_read_only_opening_reads_what_was_stored_and_refuses_writes_as_a_fault_of_the_folder(tmp_path):
+    """The disk backend on a folder that refuses writes when it opens (a read-only mount): the same reads, and every
+    write raises what the folder said, which the proxy turns into a pass-through (storage/readonly.py, faults.py)."""
+    import os
+
+    from cratecache.storage import FILE_THRESHOLD
+    from cratecache.storage.faults import describe
+
+    from tests.tmpfs import read_only
+
+    settings = CacheSettings(directory=tmp_path / "cache", size_limit=10**9)
+    big = os.urandom(FILE_THRESHOLD + 1)
+    writer = open_storage(settings)
+    put = await writer.put("crate/crates-io/foo/1.0.0", BODY, "a", '"e1"', None, 1000.0)
+    spool = writer.spool()
+    spool.write(big)
+    await writer.put_file("crate/crates-io/big/1.0.0", spool.finish(), "a")
+    await writer.put("index/crates-io/foo", OTHER, "a")
+    await writer.add_counts({"crate:hit": 2})
+    await writer.close()
+    with read_only(settings.directory):
+        store = open_storage(settings)
+        try:
+            got = await store.get("crate/crates-io/foo/1.0.0")
+            assert (got.body, got.meta) == (BODY, put.meta)
+            large = await store.get("crate/crates-io/big/1.0.0")
+            assert large.body is None and Path(large.file).read_bytes() == big
+            assert await store.meta("index/crates-io/foo") is not None and await store.negative("x") is None
+            assert await store.keys("crate/") == ["crate/crates-io/big/1.0.0", "crate/crates-io/foo/1.0.0"]
+            assert [k for k, _ in await store.entries()] == ["crate/crates-io/big/1.0.0", "crate/crates-io/foo/1.0.0",
+                                                             "index/crates-io/foo"]
+            assert (await store.figures())["entries"]["crate"] == 2 and await store.counts() == {"crate:hit": 2}
+            owned, entry, _ = await store.claim("crate/crates-io/foo/1.0.0", 30, usable=lambda e: True)
+            assert not owned and entry.body == BODY  # a usable entry needs no lease
+            for write in (store.put("index/crates-io/bar", OTHER, "a"), store.claim("index/crates-io/bar", 30),
+                          store.set_negative("index/crates-io/bar", "gone", 30), store.add_counts({"crate:hit": 1}),
+                          store.put_entry("index/crates-io/bar", put.meta, BODY), store.delete("index/crates-io/foo")):
+                with pytest.raises(OSError) as refused:
+                    await write
+                assert describe(refused.value) == "read-only file system"
+            assert store.health()["folder"]["writable"] is False
+        finally:
+            await store.close()

@@ -13,9 +13,11 @@ import hashlib
 import logging
 import os
 import sqlite3
+from pathlib import Path
 
 import diskcache
 import pytest
+from cratecache.config import CacheSettings
 from cratecache.resolver import Resolver
 from cratecache.storage import open_storage
 from cratecache.storage.faults import RETRY_SECONDS, WARN_SECONDS, Throttle, Writability, describe, is_full, keep
@@ -23,7 +25,7 @@ from cratecache.storage.local import LocalStore
 from cratecache.storage.spool import NoRoom, Spool
 
 from tests.fake_registry import A_DL, A, FakeNet, a_download, make_settings, upstream
-from tests.tmpfs import files, fill, tmpfs
+from tests.tmpfs import files, fill, read_only, tmpfs
 
 MiB = 1024 * 1024
 
@@ -39,6 +41,8 @@ MiB = 1024 * 1024
     (sqlite3.OperationalError("database or disk is full"), "disk full"),
     (sqlite3.OperationalError("attempt to write a readonly database"), "read-only file system"),
     (sqlite3.OperationalError("disk I/O error"), "cannot write"),
+    (sqlite3.DatabaseError("file is not a database"), "damaged database"),  # overwritten under the running proxy
+    (sqlite3.DatabaseError("database disk image is malformed"), "damaged database"),
 ])
 def test_errors_of_the_cache_folder_are_faults(error, says):
     assert describe(error).startswith(says)
@@ -283,3 +287,229 @@ async def test_an_s3_gateway_whose_local_tier_is_full_serves_the_buckets_entries
     finally:
         await writer.close()
         await reader.close()
+
+
+# -- a cache folder that refuses writes when the store opens (read-only mount, no write permission) -------
+
+def _stored(folder) -> tuple[bytes, bytes]:
+    """A writable store's entries, closed: an index file (in the database) and a large crate (a value file)."""
+    small, big = b'{"name":"tin","vers":"1.0.0"}\n' * 10, os.urandom(3 * MiB)
+    store = LocalStore(folder, 10**9)
+    store.put("index/crates-io/tin", small, "up", '"e1"')
+    store.put("crate/crates-io/big/1.0.0", big, "up")
+    store.close()
+    return small, big
+
+
+def test_a_read_only_cache_folder_opens_read_only_serves_its_entries_and_refuses_every_write(tmp_path, caplog):
+    folder = tmp_path / "cache"
+    small, big = _stored(folder)
+    before = files(folder)
+    with read_only(folder), caplog.at_level(logging.WARNING):
+        store = LocalStore(folder, 10**9)
+        try:
+            assert store.read_only
+            index, crate = store.get("index/crates-io/tin"), store.get("crate/crates-io/big/1.0.0")
+            assert (index.body, index.meta.etag) == (small, '"e1"')
+            assert crate.body is None and open(crate.file, "rb").read() == big  # served from its file
+            assert store.get("crate/crates-io/none/1.0.0") is None
+            assert store.keys() == ["crate/crates-io/big/1.0.0", "index/crates-io/tin"]
+            assert store.count("crate/") == 1 and store.volume() >= len(big)
+            for write in (lambda: store.put("index/crates-io/new", b"x", "up"),
+                          lambda: store.acquire_lease("crate/crates-io/new/1.0.0", 30),
+                          lambda: store.set_negative("crate/crates-io/new/1.0.0", "gone", 30),
+                          lambda: store.mark_checked("index/crates-io/tin", 2000.0),
+                          lambda: store.delete("index/crates-io/tin")):
+                with pytest.raises(OSError) as refused:
+                    write()
+                assert describe(refused.value) == "read-only file system"
+            store.upkeep()  # nothing to write back: no error
+            snapshot = store.writability.snapshot()
+        finally:
+            store.close()
+        assert files(folder) == before  # nothing written, nothing set aside as damaged
+    assert snapshot["writable"] is False and snapshot["error"] == "read-only file system" and snapshot["since"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert f"the cache folder {folder} cannot be written (read-only file system): opened read-only" in warnings[0]
+    assert "serving hits from it, passing misses through, not caching" in warnings[0]
+
+
+def test_a_read_only_folder_without_a_usable_database_opens_empty_and_sets_nothing_aside(tmp_path, caplog):
+    never_used, damaged = tmp_path / "ro" / "never-used", tmp_path / "damaged"
+    (tmp_path / "ro").mkdir()
+    _stored(damaged)
+    with open(damaged / "cache.db", "r+b") as db:
+        db.write(os.urandom(4096))  # the header and first page overwritten
+    with read_only(tmp_path / "ro"), read_only(damaged), caplog.at_level(logging.WARNING):
+        for folder in (never_used, damaged):
+            store = LocalStore(folder, 10**9)
+            assert store.read_only and store.keys() == [] and store.get("index/crates-io/tin") is None
+            store.close()
+    assert not never_used.exists()
+    assert sorted(p.name for p in damaged.iterdir() if p.name.startswith("damaged-")) == []  # not set aside
+    assert f"the cache database {damaged / 'cache.db'} cannot be read" in caplog.text
+    assert "cannot be set aside in a folder that refuses writes" in caplog.text
+
+
+async def test_a_store_opened_read_only_is_reopened_for_writing_once_the_folder_takes_writes(tmp_path, caplog):
+    folder = tmp_path / "cache"
+    small, _ = _stored(folder)
+    with read_only(folder) as bind:
+        store = open_storage(CacheSettings(directory=folder, size_limit=10**9))
+        counted = []
+        store.on_fault = counted.append
+        try:
+            await store.maintain()  # the upkeep's probe: still read-only
+            assert store.local.read_only and not store.writability.writable and counted == ["probe"]
+            bind.writable()
+            with caplog.at_level(logging.WARNING):
+                await store.maintain()  # no miss needed: the upkeep finds it writable and reopens the database
+            assert not store.local.read_only and store.writability.writable
+            assert "takes writes again: its database is reopened for writing" in caplog.text
+            assert "is writable again" in caplog.text
+            await store.put("index/crates-io/new", b"kept", "up")
+            assert (await store.get("index/crates-io/tin")).body == small
+        finally:
+            await store.close()
+    reopened = LocalStore(folder, 10**9)
+    assert not reopened.read_only and reopened.get("index/crates-io/new").body == b"kept"
+    reopened.close()
+
+
+async def test_a_proxy_on_a_read_only_folder_serves_hits_passes_misses_through_then_caches_once_writable(tmp_path):
+    big = os.urandom(3 * MiB)  # above FILE_THRESHOLD: spooled to a file, served from it
+    net = FakeNet()
+    net.registry(A, A_DL, a_download, {"big": {"1.0.0": big}, "tin": {"1.0.0": b"\x1f\x8b tin"}})
+    folder = tmp_path / "cache"
+
+    def downloads(net: FakeNet) -> int:
+        return len([url for url in net.asked() if url.startswith(A_DL)])
+
+    settings = make_settings(tmp_path, [upstream("a", A)], directory=str(folder))
+    reg = settings.registries[0]
+    warm = Resolver(settings, open_storage(settings.cache), transport=net.transport())
+    await warm.crate(reg, "tin", "1.0.0")
+    await warm.aclose()
+    await warm.store.close()
+    with read_only(folder) as bind:
+        resolver = Resolver(settings, open_storage(settings.cache), transport=net.transport())
+        try:
+            asked = downloads(net)
+            hit = await resolver.crate(reg, "tin", "1.0.0")
+            assert hit.state == "hit" and hit.entry.body == b"\x1f\x8b tin" and downloads(net) == asked
+            passed = await resolver.crate(reg, "big", "1.0.0")
+            assert passed.state == "miss" and open(passed.entry.file, "rb").read() == big
+            assert not passed.entry.file.startswith(str(folder))  # served from the temporary folder, not kept
+            again = await resolver.crate(reg, "big", "1.0.0")
+            assert again.state == "miss" and downloads(net) == asked + 2  # fetched each time
+            assert resolver.store.health()["folder"]["error"] == "read-only file system"
+
+            bind.writable()
+            await resolver.store.maintain()  # the upkeep (every 5 s in the proxy) reopens it for writing
+            assert resolver.store.writability.writable
+            kept = await resolver.crate(reg, "big", "1.0.0")
+            assert kept.state == "miss" and downloads(net) == asked + 3
+            cached = await resolver.crate(reg, "big", "1.0.0")
+            assert cached.state == "hit" and downloads(net) == asked + 3
+            assert open(cached.entry.file, "rb").read() == big
+        finally:
+            await resolver.aclose()
+            await resolver.store.close()
+
+
+async def test_an_s3_gateway_whose_local_tier_is_read_only_at_start_serves_the_buckets_entries(seaweed, tmp_path):
+    from tests.fixtures.seaweed import s3_cache
+
+    prefix = seaweed.new_prefix("ro-tier")
+    writer = open_storage(s3_cache(tmp_path / "writer", seaweed.settings(prefix)))
+    (tmp_path / "tier").mkdir()
+    big, small = os.urandom(3 * MiB), b"\x1f\x8b small crate"
+    try:
+        await writer.put("crate/crates-io/big/1.0.0", big, "up")
+        await writer.put("crate/crates-io/tin/1.0.0", small, "up")
+        with read_only(tmp_path / "tier"):
+            reader = open_storage(s3_cache(tmp_path / "tier", seaweed.settings(prefix)))
+            try:
+                got_big = await reader.get("crate/crates-io/big/1.0.0")
+                got_small = await reader.get("crate/crates-io/tin/1.0.0")
+                assert got_big is not None and open(got_big.file, "rb").read() == big
+                assert got_small is not None and got_small.body == small
+                assert files(tmp_path / "tier") == []
+                assert not reader.writability.writable
+                os.unlink(got_big.file)
+            finally:
+                await reader.close()
+    finally:
+        await writer.close()
+
+
+PERMISSION_DENIED = """
+import json, sys
+from pathlib import Path
+from cratecache.storage.faults import describe
+from cratecache.storage.local import LocalStore
+store = LocalStore(Path(sys.argv[1]), 10**9)
+found = store.get("index/crates-io/tin")
+try:
+    store.put("index/crates-io/new", b"x", "up")
+    refused = None
+except OSError as e:
+    refused = describe(e)
+print(json.dumps({"read_only": store.read_only, "body": found.body.decode() if found else None, "refused": refused,
+                  "folder": store.writability.snapshot()}))
+store.close()
+"""
+
+
+def test_a_folder_the_proxys_user_may_not_write_opens_read_only_too(tmp_path):
+    """EACCES, for real: root without CAP_DAC_OVERRIDE (as an unprivileged user) on a folder of mode 0555."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("dropping root's permission override needs root and setpriv (util-linux)")
+    folder = tmp_path / "cache"
+    small, _ = _stored(folder)
+    before = files(folder)
+    folder.chmod(0o555)
+    try:
+        done = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-c",
+                               PERMISSION_DENIED, str(folder)], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "addon")})
+    finally:
+        folder.chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["read_only"] and seen["body"] == small.decode()
+    assert seen["refused"].startswith("permission denied") and seen["folder"]["error"].startswith("permission denied")
+    assert "opened read-only" in done.stderr and "permission denied" in done.stderr
+    assert files(folder) == before
+
+
+def test_an_immutable_reading_turns_to_misses_once_another_process_writes_the_database(small_disk, caplog):
+    """A file system remounted read-only: SQLite reads the database only as an immutable file. Once the folder is
+    writable again and another worker has reopened it and written, that reading would mix cached and new pages."""
+    import subprocess
+
+    folder = small_disk / "cache"
+    small, _ = _stored(folder)
+    assert subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], capture_output=True).returncode == 0
+    reader = LocalStore(folder, 10**9)
+    try:
+        assert reader.read_only and reader.get("index/crates-io/tin").body == small
+        assert subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], capture_output=True).returncode == 0
+        worker = LocalStore(folder, 10**9)  # the other worker reopened it first, and writes
+        for n in range(50):
+            worker.put(f"index/crates-io/new{n}", os.urandom(2000), "up")
+        worker.close()  # (its last connection checkpoints the -wal into the database file)
+        with caplog.at_level(logging.WARNING):
+            assert reader.get("index/crates-io/tin") is None and reader.keys() == []
+        assert "changed while it was read as an immutable file" in caplog.text
+        reader.probe()  # the upkeep's: reopened for writing, it reads the new database
+        assert not reader.read_only and reader.get("index/crates-io/new49") is not None
+        assert reader.get("index/crates-io/tin").body == small
+    finally:
+        reader.close()

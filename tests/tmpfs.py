@@ -1,4 +1,5 @@
-"""Real storage faults for tests: a small tmpfs as the cache folder (full when filled), read-only when remounted.
+"""Real storage faults for tests: a small tmpfs as the cache folder (full when filled), read-only when remounted; any
+folder made read-only by a read-only bind mount of itself (`read_only`).
 
 Mounting needs root (CAP_SYS_ADMIN); where it is not permitted, the test using it is skipped, saying why.
 """
@@ -59,3 +60,37 @@ def free_bytes(path: Path) -> int:
 def files(path: Path, *, exclude: tuple[str, ...] = ("filler",)) -> list[str]:
     """Every file under `path` (relative), but the filler."""
     return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and p.name not in exclude)
+
+
+class ReadOnlyBind:
+    """`path` bind-mounted on itself, read-only (as `mount -o remount,ro` makes a whole file system) until `writable()`;
+    unmounted after the block. A file open for writing on it makes the kernel refuse the read-only remount (EBUSY):
+    for a folder no process writes to at that moment (a stopped proxy)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def read_only(self) -> None:
+        done = _mount("-o", "remount,bind,ro", str(self.path))
+        assert done.returncode == 0, done.stderr
+
+    def writable(self) -> None:
+        done = _mount("-o", "remount,bind,rw", str(self.path))
+        assert done.returncode == 0, done.stderr
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[ReadOnlyBind]:
+    """The folder `path` (which exists) read-only for the block: a read-only bind mount of itself."""
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount for a real read-only cache folder needs root")
+    done = _mount("--bind", str(path), str(path))
+    if done.returncode != 0:
+        pytest.skip(f"a bind mount is not permitted here: {done.stderr.strip()}")
+    bind = ReadOnlyBind(path)
+    try:
+        bind.read_only()
+        yield bind
+    finally:
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)

@@ -24,7 +24,7 @@ import pytest
 
 from tests.fixtures.registry import CrateFile, Registry, encode_index, index_entry, load_manifest, pack_crate
 from tests.fixtures.upstream import UpstreamServer
-from tests.harness import free_port, make_project
+from tests.harness import Proxy, free_port, make_project, write_proxies
 from tests.tmpfs import files, fill, tmpfs
 
 BIG, BIG_VERSION = "anyhow", "1.0.69"  # its real sources plus an incompressible payload
@@ -247,3 +247,119 @@ def test_rustup_installs_a_toolchain_whose_large_component_does_not_fit_on_the_f
     assert log.count(WARNING) == 1, log
     assert "Traceback" not in log and "internal error" not in log
     assert writable == 0
+
+
+def remount(path: Path, mode: str) -> None:
+    done = subprocess.run(["mount", "-o", f"remount,{mode}", str(path)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+
+
+START_WARNING = "opened read-only"
+
+
+def test_a_cache_folder_read_only_at_start_serves_hits_passes_misses_through_then_caches_once_writable(
+    big_registry, entry, start_proxy, new_cargo, tmp_path
+):
+    small = make_project(tmp_path / "small", 'log = "0.4"\n')
+    big = make_project(tmp_path / "big", f'{BIG} = "={BIG_VERSION}"\n')
+    data = big_registry.crate(BIG, BIG_VERSION).data
+    with tmpfs(tmp_path / "disk", 32 * MiB) as disk, UpstreamServer(big_registry, name="up") as up:
+        cache = disk / "cache"
+        warming = status_proxy(start_proxy, [entry(up)], cache)
+        warm = new_cargo(warming).fetch(small)
+        warming.stop()
+        remount(disk, "ro")  # `mount -o remount,ro` of the cache's file system while no proxy runs
+        before = files(disk)
+
+        proxy = status_proxy(start_proxy, [entry(up)], cache)  # it starts (it used to exit with an OSError)
+        asked = list(up.paths())
+        hits = new_cargo(proxy).fetch(small)
+        asked_hits = list(up.paths())
+        passed = new_cargo(proxy).fetch(big)
+        asked_passed = list(up.paths())
+        written = files(disk)
+        writable_ro = metric(proxy, "cargo_cache_store_writable")
+        folder = httpx.get(proxy.status_url + "/status.json").json()["storage"]["folder"]
+        page = rendered(proxy.status_url + "/", tmp_path / "chromium")
+        log_ro = proxy.log()
+
+        remount(disk, "rw")  # writable again: the running proxy reopens its database within a few seconds
+        resumed = wait_for(lambda: metric(proxy, "cargo_cache_store_writable") == 1)
+        kept = new_cargo(proxy).fetch(big)
+        asked_kept = len(crate_requests(up))
+        hit = new_cargo(proxy).fetch(big)
+        asked_hit = len(crate_requests(up))
+        log = proxy.log()
+        proxy.stop()
+
+    assert warm.returncode == 0, warm.stderr
+    assert hits.returncode == 0, hits.stderr
+    assert asked_hits[len(asked):] == []  # every cached file (index files, crates) served from the read-only folder
+    assert re.search(r"GET static.crates.io/crates/log/\S+ 200 cache hit", log_ro)
+    assert passed.returncode == 0, passed.stderr  # the new crate fetched through...
+    assert next(tmp_path.glob("cargo-home-2/registry/cache/*/anyhow-1.0.69.crate")).read_bytes() == data
+    assert [p for p in asked_passed[len(asked_hits):] if p.startswith("/crates/")] == [
+        f"/crates/{BIG}/{BIG_VERSION}/download"]  # ...with one upstream request
+    assert written == before  # and nothing written
+    assert log_ro.count(WARNING) == 1, log_ro  # the one warning, at start
+    warning = next(line for line in log_ro.splitlines() if START_WARNING in line)
+    assert f"the cache folder {cache} cannot be written (read-only file system)" in warning
+    assert "serving hits from it, passing misses through, not caching" in warning
+    assert writable_ro == 0
+    assert folder["writable"] is False and folder["error"] == "read-only file system"
+    assert re.search(r'<p class="bad" id="folder">cache not writable since [^<]+: read-only file system', page), page
+
+    assert resumed, "cargo_cache_store_writable did not return to 1 after the folder was remounted read-write"
+    assert "its database is reopened for writing" in log and "is writable again" in log
+    assert kept.returncode == 0 and hit.returncode == 0, kept.stderr + hit.stderr
+    assert asked_kept == len([p for p in asked_passed if p.startswith("/crates/")]) + 1  # fetched once more: kept...
+    assert asked_hit == asked_kept  # ...and served from the cache: no second upstream request
+    assert log.count(f"GET static.crates.io/crates/{BIG}/{BIG_VERSION}/download 200 cache hit") == 1
+    assert "Traceback" not in log and "internal error" not in log
+
+
+def test_a_cache_folder_the_proxys_user_may_not_write_serves_hits_and_passes_misses_through(
+    big_registry, entry, start_proxy, new_cargo, confdir, tmp_path
+):
+    """Permission denied (EACCES), for real: the folder belongs to another user (nobody), readable by all, and the
+    proxy runs as root without CAP_DAC_OVERRIDE, which checks permissions as for an unprivileged user."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("dropping root's permission override needs setpriv (util-linux)")
+    small = make_project(tmp_path / "small", 'log = "0.4"\n')
+    big = make_project(tmp_path / "big", f'{BIG} = "={BIG_VERSION}"\n')
+    cache = tmp_path / "cache"
+    with UpstreamServer(big_registry, name="up") as up:
+        warming = start_proxy([entry(up)], cache_dir=cache)
+        warm = new_cargo(warming).fetch(small)
+        warming.stop()
+        subprocess.run(["chown", "-R", "nobody:nogroup", str(cache)], check=True)
+        before = files(cache)
+        port = free_port()
+        proxy = Proxy(write_proxies(tmp_path / "proxies-denied.yaml", [entry(up)], cache), confdir,
+                      tmp_path / "mitmdump-denied.log", ("--set", f"cargo_status_port={port}"),
+                      command_prefix=("setpriv", "--bounding-set=-dac_override,-dac_read_search"))
+        proxy.status_url = f"http://127.0.0.1:{port}"
+        try:
+            proxy.start()
+            asked = list(up.paths())
+            hits = new_cargo(proxy).fetch(small)
+            asked_hits = list(up.paths())
+            passed = new_cargo(proxy).fetch(big)
+            asked_passed = list(up.paths())
+            writable = metric(proxy, "cargo_cache_store_writable")
+            folder = httpx.get(proxy.status_url + "/status.json").json()["storage"]["folder"]
+        finally:
+            proxy.stop()
+            subprocess.run(["chown", "-R", "root:root", str(cache)], check=True)
+        log = proxy.log()
+
+    assert warm.returncode == 0, warm.stderr
+    assert hits.returncode == 0 and passed.returncode == 0, hits.stderr + passed.stderr
+    assert asked_hits[len(asked):] == []  # the cached project served from the folder it may not write
+    assert [p for p in asked_passed[len(asked_hits):] if p.startswith("/crates/")] == [
+        f"/crates/{BIG}/{BIG_VERSION}/download"]
+    assert files(cache) == before
+    assert log.count(WARNING) == 1, log
+    assert f"the cache folder {cache} cannot be written (permission denied" in log and START_WARNING in log
+    assert writable == 0 and folder["error"].startswith("permission denied")
+    assert "Traceback" not in log and "internal error" not in log

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import Storage
+from . import Storage, recovery
 from .batches import StoreThread
 from .local import KINDS, Entry, LocalStore, Meta
 from .spool import Spooled
@@ -28,11 +29,29 @@ class DiskStorage(Storage):
         self._thread = StoreThread(local.transaction)
 
     async def _run(self, fn, *args):
+        try:
+            return await self._thread.run(fn, *args)
+        except sqlite3.DatabaseError as e:
+            self._found_damage(fn, e)
         return await self._thread.run(fn, *args)
 
     async def _alone(self, fn, *args):
         """A call that must not join a batch: long (scans, purges) or not undone by a rollback (a file moved in)."""
+        try:
+            return await self._thread.run(fn, *args, batch=False)
+        except sqlite3.DatabaseError as e:
+            self._found_damage(fn, e)
         return await self._thread.run(fn, *args, batch=False)
+
+    def _found_damage(self, fn, error: sqlite3.DatabaseError) -> None:
+        """A call found the database damaged (overwritten or truncated under the running proxy): the store stops
+        reading it (`LocalStore.set_damaged`), and the caller runs the call once more on what replaces it: a read is a
+        miss, a write raises as on a folder that refuses writes (the callers pass answers through). Any other error
+        is raised."""
+        if not recovery.is_damage(error):
+            raise error
+        if not self.local.read_only:  # (else another call found it first, or it is a refused write: raised again)
+            self.local.set_damaged(getattr(fn, "__name__", "read"), error)
 
     def peek(self, key: str) -> Entry | None:
         return self.local.peek(key)
@@ -122,11 +141,17 @@ class DiskStorage(Storage):
         # store thread, so that requests' reads and writes never queue behind it.
         writability = self.writability
         try:
-            await asyncio.to_thread(self.local.upkeep)
+            try:
+                await asyncio.to_thread(self.local.upkeep)
+            except sqlite3.DatabaseError as e:
+                self._found_damage(self.local.upkeep, e)
+                await asyncio.to_thread(self.local.upkeep)
         except Exception as e:
             if not writability.failed("upkeep", e):
                 raise
-        if not writability.writable and writability.keep():  # no miss meanwhile: find out whether it is back
+        # no miss meanwhile: find out whether it is back; opened read-only, at every upkeep, since a miss's write then
+        # only meets the read-only opening, never the folder (the probe reopens it for writing: local.py)
+        if not writability.writable and (self.local.read_only or writability.keep()):
             try:
                 await asyncio.to_thread(self.local.probe)
             except Exception as e:

@@ -6,6 +6,9 @@ the folder is not writable, answers are passed through without trying it, except
 tells when space (or write access) is back; the first write that succeeds makes the cache writable again, with no
 restart. The warning is logged once a minute (`Throttle`), not per request; every failure is counted (`on_error`,
 the metrics' `cargo_cache_store_errors_total{op}`).
+
+A folder that refuses writes already when the store opens (`refusal`) starts in the same state (`opened_read_only`,
+one warning); so does a database found damaged under the running store (`damaged`), whose writes are refused too.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ import errno
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from .recovery import is_damage
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +48,8 @@ def describe(error: BaseException) -> str | None:
         # a writable folder does not happen: the folder cannot be written
         return f"cannot write ({error.strerror or type(error).__name__})"
     if isinstance(error, sqlite3.OperationalError | sqlite3.DatabaseError):
+        if is_damage(error):  # the database file changed under the running store (overwritten, truncated)
+            return f"damaged database ({error})"
         text = str(error).lower()
         if "full" in text:
             return "disk full (database or disk is full)"
@@ -49,6 +57,22 @@ def describe(error: BaseException) -> str | None:
             return "read-only file system (attempt to write a readonly database)"
         if "i/o" in text or "unable to open" in text:
             return f"cannot write ({error})"
+    return None
+
+
+def refusal(folder: str | os.PathLike) -> OSError | None:
+    """The error the cache folder answers a write with (read-only file system, permission denied), or None if it takes
+    one: the folder created if missing, a file created in it and deleted again. For the opening of the store: a folder
+    that refuses writes is opened read-only (readonly.py), not failed, and not taken for a damaged database."""
+    probe = os.path.join(folder, f".probe-{os.getpid()}-{threading.get_ident()}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.unlink(probe)
+    except FileExistsError:
+        return None
+    except OSError as e:
+        return e if e.errno in _READ_ONLY | _DENIED | _FULL else None
     return None
 
 
@@ -129,6 +153,33 @@ class Writability:
                            self.where, description, RETRY_SECONDS,
                            f" ({more} more failed write(s) in the last minute)" if more else "")
         return True
+
+    def opened_read_only(self, refused: OSError, how: str = "") -> None:
+        """The store opened the cache folder read-only because it refuses writes (`refusal`): not writable from the
+        start, said in one warning (which is this minute's: the failed writes that follow are counted, not warned
+        about again within it)."""
+        now = self.clock()
+        self.writable, self.since, self.last_attempt = False, now, now
+        self.error = describe(refused) or str(refused)
+        self.throttle.allow(now)
+        logger.warning("cargo-cache: the cache folder %s cannot be written (%s): opened read-only%s: serving hits "
+                       "from it, passing misses through, not caching; checking every %.0f s whether it can be written "
+                       "again", self.where, self.error, f" ({how})" if how else "", RETRY_SECONDS)
+
+    def damaged(self, op: str, error: BaseException) -> None:
+        """The cache database turned out damaged under the running store (`op` found it): counted, not writable, said
+        once a minute; the store reads nothing more from it, and its upkeep sets it aside (local.py)."""
+        now = self.clock()
+        self.errors[op] = self.errors.get(op, 0) + 1
+        if self.on_error is not None:
+            self.on_error(op)
+        if self.writable:
+            self.writable, self.since = False, now
+        self.error, self.last_attempt = describe(error) or str(error), now
+        if self.throttle.allow(now):
+            logger.warning("cargo-cache: the cache database in %s is damaged (%s: %s, found by %s): answers are passed "
+                           "through without being kept, nothing more is read from it; it is set aside and the cache "
+                           "started afresh within %.0f s", self.where, type(error).__name__, error, op, RETRY_SECONDS)
 
     def _folder_state(self) -> str | None:
         """What the file system says of itself, when the error does not."""

@@ -11,6 +11,11 @@ entry: after a crash there is at worst an unreferenced blob, which eviction remo
 methods are synchronous; the storage backends call them through `asyncio.to_thread`,
 except `peek`.
 
+A cache folder that refuses writes when the store opens (a read-only mount, no write permission) is opened read-only
+(readonly.py) rather than failing: hits are served, misses passed through; the upkeep's probe reopens it for writing
+once it can. A database found damaged while the store runs is no longer read (an empty read-only opening instead) and
+is set aside by that same reopening (recovery.py).
+
 In front of the disk, a small in-memory tier (memory.py) keeps recently used entries up to `HOT_ITEM_LIMIT`
 bytes each (index files, config.json, most crates) so a repeated hit costs no I/O and no thread
 hand-off, and concurrent readers of one large crate share a single copy of its bytes.
@@ -24,6 +29,7 @@ import hashlib
 import logging
 import os
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +38,7 @@ from pathlib import Path
 
 import diskcache
 
-from . import faults, recovery, spool
+from . import faults, readonly, recovery, spool
 from .entries import Entry, Meta
 from .integrity import Damage
 from .keyscan import KeyScan
@@ -114,23 +120,82 @@ class LocalStore:
 
     def __init__(self, directory: Path, size_limit: int, eviction_policy: str = "least-recently-used",
                  hot_bytes: int = DEFAULT_HOT_BYTES):
-        directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
+        self.writability = faults.Writability(str(directory))
         # cull_limit=0: no eviction inside each write (two more queries per write, on the store thread every miss
         # waits for); `upkeep` evicts down to the size limit every few seconds instead, and `close` once more.
-        self._cache = recovery.open_cache(  # a damaged database is set aside (logged), not raised
-            directory, size_limit=size_limit, eviction_policy=eviction_policy, statistics=False,
-            disk=_AdoptingDisk, cull_limit=0,
-        )
-        self.writability = faults.Writability(str(directory))
+        self._settings = dict(size_limit=size_limit, eviction_policy=eviction_policy, statistics=False,
+                              disk=_AdoptingDisk, cull_limit=0)
+        self._cache = self._open()
+        self._database = self._database_file()  # which file this store has open, to notice another process replacing it
+        self._retired: list = []  # openings replaced while calls may still use them (closed with the store)
         spool.sweep(directory)
         self._memory = MemoryTier(hot_bytes, self._cache.get(PURGE_GENERATION, 0))
-        self._writeback = WriteBack(self._cache, self._memory)
-        self._leases = HostLeases(self._cache)
+        self._attach()
         self._pending = PendingMarks(directory / "pending")
-        self._scan = KeyScan(self._cache)
         self.damage = Damage()
         self._unevictable: set[str] = set()  # digests of damaged blobs a read-only folder kept: a miss here
+
+    def _open(self) -> diskcache.Cache | readonly.ReadOnlyCache:
+        """diskcache on the folder (a damaged database set aside: recovery.py); on a folder that refuses writes, its
+        database opened read-only (readonly.py): hits served, misses passed through, said once."""
+        try:
+            return recovery.open_cache(self.directory, **self._settings)
+        except (OSError, sqlite3.Error) as e:
+            refused = faults.refusal(self.directory)
+            if refused is None:
+                raise
+            failure = e
+        cache = readonly.ReadOnlyCache(self.directory, refused, _AdoptingDisk)
+        self.writability.opened_read_only(refused, f"opening it for writing: {type(failure).__name__}: {failure}; "
+                                                   f"reading {cache.opened}")
+        return cache
+
+    def _attach(self) -> None:
+        """The collaborators working on the database (again, after it was reopened for writing)."""
+        self._writeback = WriteBack(self._cache, self._memory)
+        self._leases = HostLeases(self._cache)
+        self._scan = KeyScan(self._cache)
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the database is open read-only (the folder refused writes when it was opened)."""
+        return isinstance(self._cache, readonly.ReadOnlyCache)
+
+    def _reopen(self) -> None:
+        """The folder takes writes again (the probe wrote a file): diskcache instead of the read-only opening (a
+        damaged database is set aside by that opening: recovery.py). Calls in flight finish on the read-only one,
+        which is closed with the store."""
+        cache = recovery.open_cache(self.directory, **self._settings)
+        self._retire()
+        self._cache, self._database = cache, self._database_file()
+        self._attach()
+        logger.warning("cargo-cache: the cache folder %s takes writes again: its database is reopened for writing "
+                       "(was: %s)", self.directory, self.writability.error or "read-only")
+
+    def _retire(self) -> None:
+        """The opening in use is about to be replaced: kept open for the calls still using it; those replaced before
+        (seconds ago at least: the upkeep's interval) are closed."""
+        for old in self._retired:
+            old.close()
+        self._retired = [self._cache]
+
+    def _database_file(self) -> tuple[int, int] | None:
+        try:
+            found = os.stat(self.directory / recovery.DATABASE)
+        except OSError:
+            return None
+        return found.st_dev, found.st_ino
+
+    def set_damaged(self, op: str, error: sqlite3.DatabaseError) -> None:
+        """The database turned out damaged under the running store (`op` read or wrote it): nothing more is read from
+        it (an empty read-only opening instead: misses, passed through; writes raise `error` again), told and counted
+        once; the upkeep's probe then reopens the folder, which sets the damaged files aside (`_reopen`)."""
+        if not self.read_only:
+            self._retire()
+            self._cache = readonly.ReadOnlyCache(self.directory, error, _AdoptingDisk, read=False)
+            self._attach()
+        self.writability.damaged(op, error)
 
     @contextlib.contextmanager
     def transaction(self):
@@ -206,6 +271,8 @@ class LocalStore:
         finally:
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
+        if self.read_only:
+            self._reopen()
         self._cache.set("writable-probe", time.time())
 
     def warn_if_larger_than_disk(self) -> None:
@@ -223,9 +290,14 @@ class LocalStore:
                            self._cache.volume())
 
     def close(self) -> None:
-        self._writeback.write_checks()
-        self.evict()
-        self._cache.close()
+        try:
+            self._writeback.write_checks()
+            self.evict()
+        except Exception as e:  # the folder refuses writes: the 304s noted in memory are not kept
+            if not self.writability.failed("close", e):
+                raise
+        for cache in (*self._retired, self._cache):
+            cache.close()
         self._pending.close()
 
     def peek(self, key: str) -> Entry | None:
@@ -403,7 +475,14 @@ class LocalStore:
         self._memory.note_hit(key)
 
     def upkeep(self) -> None:
-        """The periodic work (every few seconds while the proxy runs): recency and 304s to disk, then eviction."""
+        """The periodic work (every few seconds while the proxy runs): recency and 304s to disk, then eviction. A
+        database another process sharing the folder set aside as damaged (and replaced) is left for the new one."""
+        if not self.read_only and self._database is not None and self._database_file() not in (self._database, None):
+            self._retire()
+            self._cache, self._database = recovery.open_cache(self.directory, **self._settings), self._database_file()
+            self._attach()
+            logger.warning("cargo-cache: the cache database in %s was replaced by another process (a damaged one set "
+                           "aside): reopened", self.directory)
         self.touch_hits()
         self.evict()
 

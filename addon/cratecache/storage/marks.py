@@ -4,13 +4,14 @@ pending-upload marks (in a cache of their own, which the size limit's culling ne
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 import uuid
 from pathlib import Path
 
 import diskcache
 
-from . import recovery
+from . import faults, readonly, recovery
 
 
 class HostLeases:
@@ -78,9 +79,20 @@ class PendingMarks:
         self._cache.delete(key)
 
     def keys(self) -> list[str]:
-        """Keys marked pending, oldest first."""
-        marks = [(key, self._cache.get(key, 0)) for key in self._cache.iterkeys()]
-        return [key for key, _ in sorted(marks, key=lambda m: m[1] or 0)]
+        """Keys marked pending, oldest first; in a folder that refuses writes, read without opening it for writing
+        (a mark or unmark then raises the folder's error, which the caller handles)."""
+        try:
+            cache = self._cache
+        except (OSError, sqlite3.Error):
+            refused = faults.refusal(self._directory)
+            if refused is None:
+                raise
+            marks = readonly.ReadOnlyCache(self._directory, refused)
+            try:
+                return _oldest_first(marks)
+            finally:
+                marks.close()
+        return _oldest_first(cache)
 
     def clear(self) -> None:
         if self._marks is not None or self._directory.exists():
@@ -89,6 +101,11 @@ class PendingMarks:
     def close(self) -> None:
         if self._marks is not None:
             self._marks.close()
+
+
+def _oldest_first(marks: diskcache.Cache | readonly.ReadOnlyCache) -> list[str]:
+    found = [(key, marks.get(key, 0)) for key in marks.iterkeys()]
+    return [key for key, _ in sorted(found, key=lambda m: m[1] or 0)]
 
 
 def _alive(pid: object) -> bool:

@@ -10,8 +10,10 @@ stored files: the entries are fetched again on demand (or imported again). A sta
 a crash is SQLite's own business: it replays or ignores it, and the store opens as it was.
 
 Processes sharing the folder (workers, a command) open it one at a time under a lock file, so only the first
-one sets the damaged files aside and the others open the new database. `set_aside(folder)` lists what was
-set aside (for `stats`).
+one sets the damaged files aside and the others open the new database. Damage found while the proxy runs (the file
+overwritten under it) is set aside the same way, by the store's reopening a few seconds later (local.py); a folder
+that refuses writes is never taken for damage (`is_damage`: it is opened read-only, readonly.py).
+`set_aside(folder)` lists what was set aside (for `stats`).
 """
 
 from __future__ import annotations
