@@ -208,6 +208,36 @@ async def test_what_waits_to_be_uploaded_survives_a_restart(gateways, tmp_path, 
     assert "caught up 1 entries" in caplog.text
 
 
+async def test_what_rotted_while_waiting_to_be_uploaded_is_evicted_not_uploaded(gateways, caplog):
+    caplog.set_level(logging.INFO)
+    a = gateways()
+    dead(a)
+    small = await a.put("crate/crates-io/foo/1.0.0", CRATE, "up")
+    large_body = bytes(range(256)) * 12 * 1024  # 3 MiB: kept as a file, not hashed when read
+    spool = a.spool()
+    spool.write(large_body)
+    large = await a.put_file("component/dist/2026-04-16/rustc.tar.xz", spool.finish(), "up")
+    good = await a.put("crate/crates-io/bar/1.0.0", CRATE + b"bar", "up")
+    assert a.health()["pending"] == 3
+    for entry in (small, large):
+        rot_blob(a.directory, entry.meta.sha256)
+    a.local._memory.forget("crate/crates-io/foo/1.0.0")  # as after a restart: the bytes come from the disk
+
+    revive(a)
+    await a.maintain()
+
+    assert a.health()["pending"] == 0
+    assert a.damage.counts == {"crate": 1, "component": 1}
+    assert "cache folder entry component/dist/2026-04-16/rustc.tar.xz is incomplete or damaged" in caplog.text
+    b = gateways()
+    assert await b.get("crate/crates-io/foo/1.0.0") is None
+    assert await b.get("component/dist/2026-04-16/rustc.tar.xz") is None
+    for entry in (small, large):
+        assert await b.bucket.get(f"blob/{entry.meta.sha256}") is None  # no damaged bytes went up
+    assert (await b.get("crate/crates-io/bar/1.0.0")).body == good.body
+    assert await a.get("component/dist/2026-04-16/rustc.tar.xz") is None  # evicted: the next request fetches it
+
+
 async def test_catching_up_never_replaces_a_newer_index_from_another_gateway(gateways):
     a, b = gateways(), gateways()
     dead(a)

@@ -1,10 +1,13 @@
 """The s3 backend's catch-up: entries stored in the local tier while the bucket was down, marked pending there
 (`LocalStore.mark_pending`, so the marks survive restarts and a command's marks reach the proxy), and uploaded
-once the bucket answers, unless the bucket has newer or a purge removed them meanwhile."""
+once the bucket answers, unless the bucket has newer or a purge removed them meanwhile. A large entry (kept as a
+file, not hashed when read) is hashed before it goes up: bytes that rotted while waiting are evicted, not uploaded
+for every gateway to pull."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 
 from . import StorageUnavailable
@@ -40,7 +43,7 @@ class Uploads:
                 entry = await local_call("read", self.tier.get, key)
                 if entry is not None and entry.meta.stored_at <= await self.purges.purged_at(key):
                     await local_call("write", self.tier.delete, key)  # purged meanwhile: not to be brought back
-                elif entry is not None:
+                elif entry is not None and await self._intact(key, entry):
                     await self.remote.publish(key, entry, newer_only=True)
                     done += 1
             except BucketDown:
@@ -51,6 +54,17 @@ class Uploads:
         if done:
             logger.info("cargo-cache: caught up %d entries into bucket %s (%d still to go)", done,
                         self.bucket.target, len(self._pending))
+
+    async def _intact(self, key: str, entry) -> bool:
+        """Whether a file entry's bytes still hash to its digest (a body was checked when read); if not, it is
+        evicted (told and counted as damage)."""
+        if entry.file is None:
+            return True
+        actual = await asyncio.to_thread(_file_sha256, entry.file)
+        if actual == entry.meta.sha256:
+            return True
+        await local_call("write", self.tier.evict_damaged, key, entry.meta.sha256, actual)
+        return False
 
     async def queue(self, key: str) -> None:
         self._pending[key] = None
@@ -74,3 +88,12 @@ class Uploads:
 
     def clear(self) -> None:
         self._pending.clear()
+
+
+def _file_sha256(path: str) -> str:
+    """The file's digest, or "" when it is gone (evicted meanwhile)."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except FileNotFoundError:
+        return ""
