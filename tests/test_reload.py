@@ -71,6 +71,13 @@ def test_where_the_cache_lives_waits_for_a_restart_and_keeps_its_running_value()
     assert planned.settings.cache.size_limit == running.cache.size_limit
 
 
+def test_a_moved_ca_folder_waits_for_a_restart_and_keeps_its_running_value():
+    running = settings(BASE)
+    planned = reload.plan(running, settings(edited(lambda doc: doc.update(ca={"directory": "/srv/ca"}))))
+    assert planned.needs_restart == ("ca.directory",)
+    assert planned.settings.ca_directory == running.ca_directory == Path("/etc/certs")
+
+
 def test_registries_and_toolchains_added_and_removed():
     def change(doc):
         doc["registries"].append({"name": "corp", "index_url": "https://corp.example/api/index/",

@@ -278,6 +278,13 @@ class Cache(Section):
         return self
 
 
+class Ca(Section):
+    """The proxy's own CA, which signs the intercepted hosts' certificates (`ca:`)."""
+
+    directory: FilePath = Field(d.DEFAULT_CA_DIRECTORY, description="the CA's folder (mitmproxy's confdir; relative: to "
+                                                                    "this file's folder); created with the CA if absent")
+
+
 class ProxiesFile(Section):
     """proxies.yaml: the cache, the registries whose hosts are intercepted, and rustup's dist server."""
 
@@ -290,6 +297,7 @@ class ProxiesFile(Section):
                                                             "intercepted")
     policy: Policy = Field(default_factory=Policy, description="the supply-chain policy of every registry: quarantine, "
                                                                "advisories, rules")
+    ca: Ca = Field(default_factory=Ca, description="where the proxy's CA is kept")
 
     @model_validator(mode="after")
     def _checks(self) -> ProxiesFile:

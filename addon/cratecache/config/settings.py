@@ -138,6 +138,7 @@ class Settings:
     toolchains: Toolchains | None = None
     secret_files: tuple[str, ...] = ()  # the files secrets were read from (watched, like the file itself)
     policy: Policy = Policy()  # the global `policy:` section (each registry's effective one: Registry.policy)
+    ca_directory: Path | None = None  # the CA's folder (mitmproxy's confdir); None: settings not read from a file
 
     @property
     def sources(self) -> tuple[Source, ...]:
