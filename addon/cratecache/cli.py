@@ -208,17 +208,33 @@ def cmd_run(args, settings: Settings) -> int:
 
     extra = args.mitmdump[1:] if args.mitmdump[:1] == ["--"] else args.mitmdump
     confdir = launch.confdir_of(settings.ca_directory, extra)
-    print("\n".join(ca.create(confdir).lines()[:2]), flush=True)
+    if (files := _create_ca(confdir)) is None:
+        return 1
+    print("\n".join(files.lines()[:2]), flush=True)
+    # Each log line out as written, to the journal or a file too (mitmproxy's terminal log does not flush): this
+    # process's when it runs the one worker, the workers' (their pipes to the launcher) through the environment.
+    sys.stdout.reconfigure(line_buffering=True)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     mitmdump = launch.mitmdump_args(Path(settings.source).resolve(), confdir, args.host, extra)
     return workers.main(launch.launcher_args(args.workers, args.port, args.status_port, mitmdump))
 
 
 def cmd_ca(args, settings: Settings) -> int:
-    files = ca.create(settings.ca_directory)
+    if (files := _create_ca(settings.ca_directory)) is None:
+        return 1
     print("\n".join(files.lines()))
     print(f"clients: CARGO_HTTP_CAINFO={files.bundle} (rustup on Linux: SSL_CERT_FILE={files.bundle}); or add "
           f"{files.cert} to their system store")
     return 0
+
+
+def _create_ca(confdir: Path) -> ca.Files | None:
+    try:
+        return ca.create(confdir)
+    except OSError as e:  # a read-only /etc under systemd's ProtectSystem=strict, a folder of another user
+        print(f"cargo-cache: cannot create the CA in {confdir}: {e.strerror or e} (ca.directory in proxies.yaml "
+              "names the folder; it must be writable)", file=sys.stderr)
+        return None
 
 
 def _age_argument(text: str) -> float:
