@@ -7,8 +7,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -17,10 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import pytest
 from cratecache.cli import parser
 
-from tests.harness import ROOT, Cargo, free_port, write_proxies
+from tests.harness import ROOT, Cargo, free_port, wait_until_listening, write_proxies
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -182,3 +185,46 @@ def test_the_systemd_unit_verifies_and_keeps_its_hardening(tmp_path: Path, fresh
     unit.write_text(text.replace("/usr/local/bin/cargo-cache", str(fresh / "bin" / "cargo-cache")))
     checked = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0 and checked.stdout + checked.stderr == "", checked.stdout + checked.stderr
+
+
+def served_config_json(command: list, cwd: Path, port: int, ca: Path, log: Path) -> int:
+    """Start `command` (a mitmdump listening on `port`), ask it for config.json as Cargo would, stop it; the status.
+    (PYTHONUNBUFFERED: a plain mitmdump's log to a file is otherwise written only when its buffer fills.)"""
+    with open(log, "w") as out:
+        process = subprocess.Popen([str(c) for c in command], cwd=cwd, env=clean_env() | {"PYTHONUNBUFFERED": "1"},
+                                   stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until_listening(process, lambda: log.read_text(errors="replace"), 60)
+        trusted = ssl.create_default_context(cafile=str(ca))
+        with httpx.Client(proxy=f"http://127.0.0.1:{port}", verify=trusted, trust_env=False) as client:
+            return client.get("https://index.crates.io/config.json", timeout=30).status_code
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(20)
+
+
+def test_the_readmes_mitmdump_line_works_from_the_checkout(tmp_path: Path, confdir: Path, secondary, entry):
+    """The line as the README gives it, run from the checkout's folder; only the configuration file is the test's
+    (and a free port, no status page, the test session's CA)."""
+    line = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith(".venv/bin/mitmdump"))
+    words = shlex.split(line)
+    assert "cargo_proxies=proxies.yaml" in words and "-s" in words, line
+    config = write_proxies(tmp_path / "proxies.yaml", [entry(secondary)], tmp_path / "cache")
+    words = [f"cargo_proxies={config}" if word == "cargo_proxies=proxies.yaml" else word for word in words]
+    port = free_port()
+    command = [*words, "--listen-port", str(port), "--set", "cargo_status_port=0", "--set", f"confdir={confdir}"]
+    assert served_config_json(command, ROOT, port, confdir / "mitmproxy-ca-cert.pem", tmp_path / "log") == 200
+
+
+def test_plain_mitmdump_loads_the_installed_addon_with_the_ca_beside_the_configuration(
+        tmp_path: Path, fresh: Path, secondary, entry):
+    """`mitmdump -s "$(cargo-cache addon-path)"` with the installed environment's mitmdump, from another folder."""
+    addon = run([fresh / "bin" / "cargo-cache", "addon-path"], timeout=60, cwd=tmp_path).stdout.strip()
+    (tmp_path / "site").mkdir()
+    config = write_proxies(tmp_path / "site" / "proxies.yaml", [entry(secondary)], Path("cache"))
+    port = free_port()
+    command = [fresh / "bin" / "mitmdump", "-s", addon, "--listen-host", "127.0.0.1", "--listen-port", str(port),
+               "--set", f"cargo_proxies={config}", "--set", "cargo_status_port=0"]
+    ca = tmp_path / "site" / "certs" / "mitmproxy-ca-cert.pem"  # the default ca.directory, made by mitmproxy
+    assert served_config_json(command, fresh, port, ca, tmp_path / "log") == 200
