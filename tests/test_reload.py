@@ -161,3 +161,14 @@ def test_a_registrys_own_policy_change_is_named_with_the_registry():
     assert planned.changes == ("registry crates-io: policy changed (dry_run)",)
     assert reload.plan(settings(edited(change)), settings(BASE)).changes == ("registry crates-io: policy changed "
                                                                               "(dry_run)",)
+
+
+def test_no_file_given_reads_the_one_discovery_finds(tmp_path: Path, monkeypatch):
+    """The addon's cargo_proxies is "" when nothing was found at load; a file put in the working folder since is
+    read, as `cargo-cache` would find it."""
+    monkeypatch.delenv("CARGO_CACHE_CONFIG", raising=False)
+    monkeypatch.delenv("CARGO_CACHE_PROXIES", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "proxies.yaml").write_text(yaml.safe_dump(BASE))
+    read = reload.read("")
+    assert read.error is None and read.settings.source == str(tmp_path / "proxies.yaml")
