@@ -3,6 +3,7 @@ the command lines, compared with what make would run, without running either).""
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -15,7 +16,8 @@ from tests.harness import ADDON, ROOT
 
 def make_dry_run(*variables: str) -> list[str]:
     """What `make run` would run (make -n: nothing is run), one command per line."""
-    out = subprocess.run(["make", "-s", "-n", "VENV=/nonexistent/venv", "run", *variables], cwd=ROOT,
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}  # not `make test`'s flags
+    out = subprocess.run(["make", "-s", "-n", "VENV=/nonexistent/venv", "run", *variables], cwd=ROOT, env=env,
                          capture_output=True, text=True, check=True).stdout
     return out.replace("\\\n", " ").splitlines()
 
