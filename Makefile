@@ -11,7 +11,9 @@ PYTEST_ARGS ?=
 
 VENV    := .venv
 PY      := $(VENV)/bin/python
-STAMP   := $(VENV)/.installed
+# One stamp per level: `make run` installs what running needs (requirements.txt), `make test` adds the test tools.
+STAMP   := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 
 LOCKFILE ?=
 BUNDLE  ?=
@@ -41,13 +43,17 @@ help:
 	@echo "make seaweedfs [S3_PORT=8333]            a local S3 server to try the s3 backend (fleet)"
 	@echo "all of them: $(CLI) --help"
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt
 	@test -x $(PY) || "$$(scripts/find-python)" -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+$(TEST_STAMP): $(STAMP) requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@touch $@
 
 ca: $(STAMP)
-	$(PY) scripts/ca_bundle.py certs
+	@PYTHONPATH=addon $(PY) -m cratecache.operations.ca certs
 
 MITMDUMP_ARGS = -s addon/cargo_cache.py --listen-host $(HOST) --set confdir=$(CURDIR)/certs \
   --set cargo_proxies=$(abspath $(PROXIES)) --set flow_detail=0
@@ -62,13 +68,13 @@ run: $(STAMP) ca
 test-deps:
 	@scripts/install-test-deps
 
-test: $(STAMP) test-deps
+test: $(TEST_STAMP) test-deps
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 # Never part of `make test`: runs every scenario of bench/run.py on loopback and writes BENCHMARKS.md.
 .PHONY: bench
 BENCH_ARGS ?=
-bench: $(STAMP) test-deps
+bench: $(TEST_STAMP) test-deps
 	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	@bench/install-deps
 	$(PY) -m bench.run $(BENCH_ARGS)
@@ -106,7 +112,7 @@ cache-purge: $(STAMP)
 
 # A local S3 server for trying the s3 backend (SeaweedFS from requirements-dev.txt), on 127.0.0.1 only.
 S3_PORT ?= 8333
-seaweedfs: $(STAMP)
+seaweedfs: $(TEST_STAMP)
 	@echo "S3 on http://127.0.0.1:$(S3_PORT), bucket cargo-cache, keys from S3_KEY/S3_SECRET (data in .seaweedfs/)"
 	@mkdir -p .seaweedfs
 	AWS_ACCESS_KEY_ID="$${S3_KEY:-dev-key}" AWS_SECRET_ACCESS_KEY="$${S3_SECRET:-dev-secret}" \

@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 
 import pytest
-from cratecache.operations.configuration import DEFAULT_CONFDIR
 from mitmproxy.addons.next_layer import NextLayer
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons, tflow, tutils
@@ -97,13 +96,18 @@ def test_configure_limits_interception_to_registry_hosts(config):
         ]
 
 
-def test_default_confdir_is_the_projects_certs_folder(config):
+@pytest.mark.parametrize("ca, folder", [(None, "certs"), ("state/ca", "state/ca")])
+def test_default_confdir_is_the_configurations_ca_folder(config, ca, folder):
+    """ca.directory of proxies.yaml, relative to its folder (by default certs/ beside it: a checkout's shipped
+    file gives the project's certs/), wherever the package is installed; a confdir given explicitly wins."""
+    if ca is not None:
+        config.write_text(config.read_text() + f"ca:\n  directory: {ca}\n")
     cache = CacheAddons()
     addon = cache.requests
     with taddons.context(*cache.addons) as tctx:
         tctx.configure(addon, cargo_proxies=str(config))
         tctx.configure(addon, confdir="~/.mitmproxy")
-        assert tctx.options.confdir == str(DEFAULT_CONFDIR)
+        assert tctx.options.confdir == str(config.parent / folder)
         tctx.configure(addon, confdir="/elsewhere")
         assert tctx.options.confdir == "/elsewhere"
 

@@ -46,3 +46,15 @@ async def test_a_sighup_before_running_is_a_reload_once_running(tmp_path: Path, 
     finally:
         signal.signal(signal.SIGHUP, previous)
         hangup.take()
+
+
+def test_the_configuration_option_defaults_to_the_discovered_file(tmp_path: Path, monkeypatch):
+    from cratecache.operations.configuration import default_proxies
+
+    monkeypatch.delenv("CARGO_CACHE_PROXIES", raising=False)
+    monkeypatch.setenv("CARGO_CACHE_CONFIG", "/srv/cc/proxies.yaml")
+    assert default_proxies() == "/srv/cc/proxies.yaml"
+    monkeypatch.delenv("CARGO_CACHE_CONFIG")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "proxies.yaml").write_text("{}")
+    assert default_proxies() == str(tmp_path / "proxies.yaml")

@@ -136,6 +136,17 @@ def test_relative_cache_directory_is_relative_to_the_file(tmp_path: Path):
     assert settings.cache.directory == tmp_path / "conf" / "data" / "cache"
 
 
+def test_the_ca_folder_is_certs_beside_the_file_unless_given_and_relative_to_the_file(tmp_path: Path):
+    """Installed or not, the CA lives where the configuration says: never in the package or the working folder."""
+    assert load_settings(SHIPPED, env={}).ca_directory == SHIPPED.parent / "certs"  # a checkout: its certs/
+    assert parse(copy.deepcopy(MINIMAL), path=tmp_path / "conf" / "proxies.yaml").ca_directory == (
+        tmp_path / "conf" / "certs")
+    doc = {**copy.deepcopy(MINIMAL), "ca": {"directory": "state/ca"}}
+    assert parse(doc, path=tmp_path / "conf" / "proxies.yaml").ca_directory == tmp_path / "conf" / "state" / "ca"
+    doc = {**copy.deepcopy(MINIMAL), "ca": {"directory": "/var/lib/cargo-cache/certs"}}
+    assert parse(doc, path=tmp_path / "proxies.yaml").ca_directory == Path("/var/lib/cargo-cache/certs")
+
+
 def test_url_gets_one_trailing_slash():
     doc = copy.deepcopy(MINIMAL)
     doc["registries"][0]["proxies"][0]["url"] = "https://mirror.example/index"

@@ -77,6 +77,13 @@ def test_the_log_format_waits_for_a_restart_and_keeps_its_running_value():
     assert (running.log_format, planned.needs_restart, planned.settings.log_format) == ("text", ("log_format",), "text")
 
 
+def test_a_moved_ca_folder_waits_for_a_restart_and_keeps_its_running_value():
+    running = settings(BASE)
+    planned = reload.plan(running, settings(edited(lambda doc: doc.update(ca={"directory": "/srv/ca"}))))
+    assert planned.needs_restart == ("ca.directory",)
+    assert planned.settings.ca_directory == running.ca_directory == Path("/etc/certs")
+
+
 def test_registries_and_toolchains_added_and_removed():
     def change(doc):
         doc["registries"].append({"name": "corp", "index_url": "https://corp.example/api/index/",
@@ -160,3 +167,14 @@ def test_a_registrys_own_policy_change_is_named_with_the_registry():
     assert planned.changes == ("registry crates-io: policy changed (dry_run)",)
     assert reload.plan(settings(edited(change)), settings(BASE)).changes == ("registry crates-io: policy changed "
                                                                               "(dry_run)",)
+
+
+def test_no_file_given_reads_the_one_discovery_finds(tmp_path: Path, monkeypatch):
+    """The addon's cargo_proxies is "" when nothing was found at load; a file put in the working folder since is
+    read, as `cargo-cache` would find it."""
+    monkeypatch.delenv("CARGO_CACHE_CONFIG", raising=False)
+    monkeypatch.delenv("CARGO_CACHE_PROXIES", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "proxies.yaml").write_text(yaml.safe_dump(BASE))
+    read = reload.read("")
+    assert read.error is None and read.settings.source == str(tmp_path / "proxies.yaml")

@@ -1,4 +1,3 @@
-from .cli import main
-from .operations.exiting import leave
+from .cli import entry
 
-leave(main())
+entry()

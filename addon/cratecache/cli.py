@@ -1,10 +1,10 @@
-"""cargo-cache's command line: staging, export/import and cache inspection.
+"""cargo-cache's command line: running the proxy, its CA, staging, export/import and cache inspection.
 
-    python -m cratecache [--proxies FILE] COMMAND ...
+    cargo-cache [--config FILE] COMMAND ...        (from a checkout: python -m cratecache, PYTHONPATH=addon)
 
-Every command reads the same proxies.yaml as the proxy (its cache folder and upstreams) and may run
-while the proxy is serving. Exit status: 0 on success, 1 if anything failed, 2 on a usage or
-configuration error.
+Every command reads the same proxies.yaml as the proxy (its cache folder, CA folder and upstreams); without
+--config (or its older name --proxies): the one config/discovery.py finds. All but `run` may run while the
+proxy is serving. Exit status: 0 on success, 1 if anything failed, 2 on a usage or configuration error.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from pathlib import Path
 from .airgap.bundle import BundleError, export_bundle, import_bundle
 from .airgap.staging import Progress, ToolchainPlan, stage, stage_toolchains
 from .config import ConfigError, Settings, load_settings
-from .operations import catalog, verify
+from .config.discovery import ConfigNotFound, find_config, from_env
+from .operations import ca, catalog, launch, verify
+from .operations.exiting import leave
 from .policy import audit as policy_audit
 from .protocols import dist
 from .protocols.lockfile import find_lockfiles, plan, read_lockfile
@@ -32,19 +34,30 @@ from .protocols.routes import ConfigRoute, CrateRoute, IndexRoute
 from .resolver import Resolver
 from .storage import Storage, StorageUnavailable, open_storage
 
-DEFAULT_PROXIES = Path(__file__).resolve().parents[2] / "proxies.yaml"
+
+def entry() -> None:
+    """The `cargo-cache` command (pyproject.toml's console script) and `python -m cratecache`."""
+    leave(main())
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    if args.command == "addon-path":
+        print(launch.addon_path())
+        return 0
     try:
-        settings = load_settings(args.proxies)
+        settings = load_settings(args.proxies or find_config(os.environ, Path.cwd()))
+    except ConfigNotFound as e:
+        print(f"cargo-cache: {e} (give one with --config FILE)", file=sys.stderr)
+        return 2
     except ConfigError as e:
         print(f"cargo-cache: invalid configuration: {e}", file=sys.stderr)
         return 2
+    if args.command in ("run", "ca"):  # no store opened here (the proxy's workers open it); mitmdump logs its own way
+        return args.run(args, settings)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
     try:
         return asyncio.run(_run(args, settings))
     except StorageUnavailable as e:
@@ -71,13 +84,40 @@ async def _run(args, settings: Settings) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cargo-cache", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    proxies_help = "configuration file (default: $CARGO_CACHE_PROXIES or the project's proxies.yaml)"
-    p.add_argument("--proxies", default=os.environ.get("CARGO_CACHE_PROXIES", str(DEFAULT_PROXIES)), help=proxies_help)
-    # Also after the command (`ls --proxies FILE`); SUPPRESS: not given there, the one before it (or the default) stays.
+    proxies_help = ("proxies.yaml (default: $CARGO_CACHE_CONFIG, then ./proxies.yaml, then "
+                    "/etc/cargo-cache/proxies.yaml); --proxies is its older name")
+    p.add_argument("--config", "--proxies", dest="proxies", metavar="FILE", default=from_env(os.environ),
+                   help=proxies_help)
+    # Also after the command (`ls --config FILE`); SUPPRESS: not given there, the one before it (or the default) stays.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--proxies", default=argparse.SUPPRESS, help=proxies_help)
+    common.add_argument("--config", "--proxies", dest="proxies", metavar="FILE", default=argparse.SUPPRESS,
+                        help=proxies_help)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     command = functools.partial(sub.add_parser, parents=[common])
+
+    r = command("run", help="start the proxy (what `make run` runs)",
+                description="Create the CA if absent, then start WORKERS mitmdump workers sharing PORT and the cache "
+                            "(operations/workers.py), with the addon and proxies.yaml; the CA's folder is ca.directory "
+                            "of proxies.yaml. Arguments after -- go to mitmdump and win over these.")
+    r.add_argument("--host", default=launch.DEFAULT_HOST, help=f"listen address (default {launch.DEFAULT_HOST})")
+    r.add_argument("--port", type=int, default=launch.DEFAULT_PORT, help=f"listen port (default {launch.DEFAULT_PORT})")
+    r.add_argument("--workers", type=int, default=launch.default_workers(),
+                   help="mitmdump workers sharing the port (default: the number of cores; 1: one plain mitmdump)")
+    r.add_argument("--status-port", type=int, default=launch.DEFAULT_STATUS_PORT,
+                   help=f"status page port, worker i's: this + i (default {launch.DEFAULT_STATUS_PORT}; 0: none)")
+    r.add_argument("mitmdump", nargs=argparse.REMAINDER, metavar="-- MITMDUMP ARGS",
+                   help="mitmdump's own arguments (--set proxyauth=..., -v)")
+    r.set_defaults(run=cmd_run)
+
+    c = command("ca", help="create the CA (if absent) and Cargo's CA bundle; print the files for clients",
+                description="Create the proxy's CA in ca.directory of proxies.yaml unless it exists, write "
+                            "cargo-ca-bundle.pem (the CA + the system's CAs) beside it, and print which file "
+                            "clients need (CARGO_HTTP_CAINFO, SSL_CERT_FILE) and which stays on this host.")
+    c.set_defaults(run=cmd_ca)
+
+    command("addon-path", help="print the addon file for `mitmdump -s`",
+            description="Print the path of the installed addon file, so that "
+                        "`mitmdump -s \"$(cargo-cache addon-path)\"` loads it.")
 
     s = command("stage", help="fetch everything lockfiles need into the cache",
                        description="Fetch config.json, every index file and every registry .crate that the "
@@ -161,6 +201,40 @@ def parser() -> argparse.ArgumentParser:
     group.add_argument("--all", action="store_true")
     pu.set_defaults(run=cmd_purge)
     return p
+
+
+def cmd_run(args, settings: Settings) -> int:
+    from .operations import workers
+
+    extra = args.mitmdump[1:] if args.mitmdump[:1] == ["--"] else args.mitmdump
+    confdir = launch.confdir_of(settings.ca_directory, extra)
+    if (files := _create_ca(confdir)) is None:
+        return 1
+    print("\n".join(files.lines()[:2]), flush=True)
+    # Each log line out as written, to the journal or a file too (mitmproxy's terminal log does not flush): this
+    # process's when it runs the one worker, the workers' (their pipes to the launcher) through the environment.
+    sys.stdout.reconfigure(line_buffering=True)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    mitmdump = launch.mitmdump_args(Path(settings.source).resolve(), confdir, args.host, extra)
+    return workers.main(launch.launcher_args(args.workers, args.port, args.status_port, mitmdump))
+
+
+def cmd_ca(args, settings: Settings) -> int:
+    if (files := _create_ca(settings.ca_directory)) is None:
+        return 1
+    print("\n".join(files.lines()))
+    print(f"clients: CARGO_HTTP_CAINFO={files.bundle} (rustup on Linux: SSL_CERT_FILE={files.bundle}); or add "
+          f"{files.cert} to their system store")
+    return 0
+
+
+def _create_ca(confdir: Path) -> ca.Files | None:
+    try:
+        return ca.create(confdir)
+    except OSError as e:  # a read-only /etc under systemd's ProtectSystem=strict, a folder of another user
+        print(f"cargo-cache: cannot create the CA in {confdir}: {e.strerror or e} (ca.directory in proxies.yaml "
+              "names the folder; it must be writable)", file=sys.stderr)
+        return None
 
 
 def _age_argument(text: str) -> float:

@@ -2,6 +2,7 @@
 and other modules (bundle.py's limits) use the same constants."""
 
 DEFAULT_DIRECTORY = ".cache/cargo"  # relative to the configuration file's folder
+DEFAULT_CA_DIRECTORY = "certs"  # likewise: the CA beside the configuration (a checkout: its certs/)
 DEFAULT_SIZE_LIMIT = 20 * 1000**3
 DEFAULT_INDEX_TTL = 300
 DEFAULT_EVICTION_POLICY = "least-recently-used"

@@ -62,7 +62,8 @@ class _Builder:
             toolchains = Toolchains(host=tc.host, upstreams=ups, ttl=tc.ttl, max_file_size=tc.max_file_size)
         return Settings(source=str(self.path), cache=cache, registries=registries, toolchains=toolchains,
                         secret_files=tuple(dict.fromkeys(self.secret_files)), policy=policy,
-                        log_format=doc.log_format)
+                        log_format=doc.log_format,
+                        ca_directory=self.path_value(doc.ca.directory, "ca.directory"))
 
     def cache(self, c: models.Cache) -> CacheSettings:
         fields = c.model_dump(exclude={"directory", "s3"})

@@ -278,6 +278,13 @@ class Cache(Section):
         return self
 
 
+class Ca(Section):
+    """The proxy's own CA, which signs the intercepted hosts' certificates (`ca:`)."""
+
+    directory: FilePath = Field(d.DEFAULT_CA_DIRECTORY, description="the CA's folder (mitmproxy's confdir; relative: to "
+                                                                    "this file's folder); created with the CA if absent")
+
+
 class ProxiesFile(Section):
     """proxies.yaml: the cache, the registries whose hosts are intercepted, and rustup's dist server."""
 
@@ -292,6 +299,7 @@ class ProxiesFile(Section):
                                                                "advisories, rules")
     log_format: one_of(d.LOG_FORMATS, echo=True) = Field(d.DEFAULT_LOG_FORMAT, description="text: mitmdump's lines; "
                                                          "json: one JSON object a line (--set cargo_log_format wins)")
+    ca: Ca = Field(default_factory=Ca, description="where the proxy's CA is kept")
 
     @model_validator(mode="after")
     def _checks(self) -> ProxiesFile:

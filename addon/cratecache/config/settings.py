@@ -139,6 +139,7 @@ class Settings:
     secret_files: tuple[str, ...] = ()  # the files secrets were read from (watched, like the file itself)
     policy: Policy = Policy()  # the global `policy:` section (each registry's effective one: Registry.policy)
     log_format: str = d.DEFAULT_LOG_FORMAT  # text | json (operations/logs.py; the cargo_log_format option wins)
+    ca_directory: Path | None = None  # the CA's folder (mitmproxy's confdir); None: settings not read from a file
 
     @property
     def sources(self) -> tuple[Source, ...]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
-from ..config import Settings
+from ..config import Settings, discovery
 from ..resolver import Resolver
 from ..runtime import Runtime
 from ..storage import open_storage
@@ -31,11 +31,16 @@ from .activity import origin
 
 logger = logging.getLogger(__name__)
 
-PROJECT_DIR = Path(__file__).resolve().parents[3]
-DEFAULT_PROXIES = PROJECT_DIR / "proxies.yaml"
-DEFAULT_CONFDIR = PROJECT_DIR / "certs"
 MITMPROXY_DEFAULT_CONFDIR = "~/.mitmproxy"
 SETTLE_SECONDS = 0.1  # a changed proxies.yaml is read once it has stopped changing for this long
+
+
+def default_proxies() -> str:
+    """cargo_proxies' default: the file config/discovery.py finds, or "" (the start then says where it looked)."""
+    try:
+        return str(discovery.find_config(os.environ, Path.cwd()))
+    except discovery.ConfigNotFound:
+        return ""
 
 
 class Configuration:
@@ -47,8 +52,9 @@ class Configuration:
     def load(self, loader: Loader) -> None:
         hangup.hold()  # a SIGHUP before `running` is a reload for later, never the end of the process
         loader.add_option(
-            "cargo_proxies", str, str(DEFAULT_PROXIES),
-            "Path to proxies.yaml: the cache settings, the intercepted registry hosts and their upstreams.",
+            "cargo_proxies", str, default_proxies(),
+            "Path to proxies.yaml: the cache settings, the intercepted registry hosts and their upstreams. Default: "
+            f"${discovery.ENV}, then ./proxies.yaml, then {discovery.SYSTEM}.",
         )
         loader.add_option(
             "cargo_offline", bool, False,
@@ -74,8 +80,6 @@ class Configuration:
                          "cargo_ option); give each once", ", ".join(f"--set {name}" for name in twice))
 
     def configure(self, updated: set[str]) -> None:
-        if "confdir" in updated and ctx.options.confdir == MITMPROXY_DEFAULT_CONFDIR:
-            ctx.options.update(confdir=str(DEFAULT_CONFDIR))  # the CA lives in the project's certs/
         if "cargo_log_format" in updated and ctx.options.cargo_log_format:  # before the configuration's first line
             if ctx.options.cargo_log_format not in logs.FORMATS:
                 raise exceptions.OptionsError(f"cargo_log_format: expected one of {', '.join(logs.FORMATS)}, got "
@@ -86,6 +90,9 @@ class Configuration:
                 self.reload("start" if self.runtime.settings is None else "options")
             else:  # changed while running: read off the event loop
                 self.runtime.config.ask("options")
+        if "confdir" in updated and ctx.options.confdir == MITMPROXY_DEFAULT_CONFDIR and self.runtime.settings:
+            # the CA lives where proxies.yaml says (ca.directory; by default certs/ beside the file)
+            ctx.options.update(confdir=str(self.runtime.settings.ca_directory))
         if self.runtime.settings is not None and {"cargo_proxies", "allow_hosts", "connection_strategy"} & updated:
             _limit_interception(self.runtime.settings)
 

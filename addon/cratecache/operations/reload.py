@@ -4,8 +4,9 @@ Live: the registries and the toolchains section (hosts, upstreams, their order, 
 settings, active switches), every TTL, the back-off settings, the lease time, offline mode, the size limits, the
 supply-chain policy (global and per registry).
 At restart only: where and how the cache is kept (`cache.directory`, `size_limit`, `eviction_policy`,
-`backend`, `s3` but its keys), because moving a cache under running requests is not something to half-do; and
-`log_format`, which the workers launcher's own lines follow too (a log shipper reads one format a process). A reload that
+`backend`, `s3` but its keys) and the CA's folder (`ca.directory`: mitmproxy's confdir, read at start), because
+moving a cache under running requests is not something to half-do; and `log_format`, which the workers
+launcher's own lines follow too (a log shipper reads one format a process). A reload that
 changes one of those keeps the running value and says so. (`fingerprint` is the one stat call that tells a
 changed file; `read` reads the file and its secrets, off the event loop once the proxy runs; `ConfigState`
 holds the reloads asked for, by SIGHUP or a changed option, until the watcher does them one at a time.)
@@ -19,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..config import CacheSettings, ConfigError, Policy, Registry, Settings, Source, Toolchains, Upstream, load_settings
+from ..config.discovery import ConfigNotFound, find_config
 
 RESTART_FIELDS = ("directory", "size_limit", "eviction_policy", "backend", "s3")
 LIVE_CACHE_FIELDS = ("index_ttl", "negative_ttl", "upstream_backoff", "backoff_after", "lease_seconds", "offline",
@@ -43,10 +45,13 @@ def plan(running: Settings, new: Settings) -> Reload:
         changed, s3 = [], new.cache.s3  # rotated keys: live
         changes.append("cache.s3 credentials changed")
     restart = tuple(f"cache.{f}" for f in changed) + (("log_format",) if running.log_format != new.log_format else ())
+    if new.ca_directory != running.ca_directory:  # mitmproxy reads its confdir at start
+        restart += ("ca.directory",)
     kept = replace(new.cache, **{f: getattr(running.cache, f) for f in RESTART_FIELDS if f != "s3"}, s3=s3)
     changes += _policy("policy", running.policy, new.policy)
     changes += _sources(running, new)
-    return Reload(replace(new, cache=kept, log_format=running.log_format), tuple(changes), restart)
+    return Reload(replace(new, cache=kept, log_format=running.log_format, ca_directory=running.ca_directory),
+                  tuple(changes), restart)
 
 
 def _sources(running: Settings, new: Settings) -> list[str]:
@@ -123,7 +128,13 @@ class Read:
 
 
 def read(path: str) -> Read:
-    """Read and check proxies.yaml (blocking file I/O: off the event loop, but at start)."""
+    """Read and check proxies.yaml (blocking file I/O: off the event loop, but at start). "": none given (the
+    addon's default when discovery found none), an error saying where one was looked for."""
+    if not path:
+        try:
+            path = str(find_config(os.environ, Path.cwd()))
+        except ConfigNotFound as e:
+            return Read(None, ConfigError("cargo_proxies", "", f"{e} (give one with --set cargo_proxies=FILE)"), ())
     try:
         settings = load_settings(path)
     except ConfigError as e:

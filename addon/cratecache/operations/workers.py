@@ -87,13 +87,14 @@ def _json_from_the_start(index: int | None) -> None:
 def launch_format(args: list[str]) -> str:
     """The log format the workers will use: `--set cargo_log_format=` in their arguments, else proxies.yaml's
     `log_format` (text when the file cannot be read: the worker then says why)."""
-    from .configuration import DEFAULT_PROXIES
+    from .configuration import default_proxies
     from .reload import read
 
     given = cmdline.value(args, "cargo_log_format") or ""
     if given:
         return given
-    settings = read(cmdline.value(args, "cargo_proxies") or str(DEFAULT_PROXIES)).settings
+    path = cmdline.value(args, "cargo_proxies") or default_proxies()
+    settings = read(path).settings if path else None
     return logs.chosen(given, settings.log_format if settings is not None else "text")
 
 
