@@ -9,21 +9,27 @@ operations/upkeep.py's. This addon reads what they make through the `Runtime` on
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from dataclasses import replace
+from urllib.parse import urlsplit
 
 from mitmproxy import connection, http, tls
 from mitmproxy.addonmanager import Loader
 
-from ..config import Settings
+from ..config import Mirror, Settings, Source, Toolchains
+from ..engine import freshness
 from ..protocols.pairs import Pairs
 from ..protocols.reasks import Reasks
 from ..resolver import Resolver
 from ..runtime import Runtime
 from .blobs import PRECHECK_BYTES, Check, file_sha256
 from .handler import Client, Reply, handle, text_reply
+from .mirror import MirrorTarget, client_config, locate, login_url, welcome
+from .mirror_listener import is_mirror
 from .routes import Rejection, Target, intercept
+from .tokens import TokenFile
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +44,7 @@ class CargoCache:
         self.reasks = Reasks()  # index files each client connection was given: a second ask is Cargo's re-ask
         self.pairs = Pairs()  # the manifest hash each client was given in a .sha256: it gets that manifest
         self._evictions: set[asyncio.Task] = set()  # damaged files found while streamed, being evicted
+        self._token_file: TokenFile | None = None  # the mirror's tokens, re-read when the file changes
 
     def load(self, loader: Loader) -> None:
         # Our own line per request says it all; mitmdump's root logger is at DEBUG, and httpcore's ~10
@@ -62,7 +69,7 @@ class CargoCache:
         settings = self.runtime.settings
         if settings is None or not _announces_body(flow.request):
             return
-        if _target(settings, flow) is None:
+        if not is_mirror(flow.client_conn) and _target(settings, flow) is None:
             return
         flow.kill()  # mitmproxy would otherwise buffer the whole body before any hook could answer
         client = flow.client_conn.peername[0] if flow.client_conn.peername else "-"
@@ -77,6 +84,9 @@ class CargoCache:
         if settings is None or resolver is None:
             return
         try:
+            if is_mirror(flow.client_conn):
+                await self._serve_mirror(flow, settings, resolver)
+                return
             target = _target(settings, flow)
             if target is not None:
                 await self._serve(flow, target, resolver)
@@ -92,13 +102,55 @@ class CargoCache:
             reply = text_reply(target.status, target.reason, "rejected")
         else:
             name, host = target.registry.name, target.host
-            reply = await handle(resolver, target.registry, flow.request.method, host, flow.request.path,
-                                 flow.request.headers, self._client(flow))
-            if reply.file is not None and reply.file_size <= PRECHECK_BYTES:
-                reply = await self._prechecked(reply, resolver)
-                if reply.file is None:  # its bytes rotted and were evicted: now a miss, fetched from an upstream
-                    reply = await handle(resolver, target.registry, flow.request.method, host, flow.request.path,
-                                         flow.request.headers, self._client(flow))
+            reply = await self._reply(flow, resolver, target.registry, host, path, flow.request.headers)
+        await self._finish(flow, resolver, started, name, host, path, reply)
+
+    async def _serve_mirror(self, flow: http.HTTPFlow, settings: Settings, resolver: Resolver) -> None:
+        """A request on the mirror listener: the same routes as on the intercepted hosts (mirror.py), behind the
+        mirror's tokens; config.json rewritten to point at the mirror."""
+        started, request, mirror = time.monotonic(), flow.request, settings.mirror
+        name, host, user, reply = "-", request.pretty_host, None, None
+        if mirror is None:  # removed by a reload while this connection stayed open
+            reply = text_reply(404, "this mirror is not configured any more", "rejected")
+        else:
+            host = urlsplit(mirror.public_url).netloc
+            target = locate(settings, mirror, request.method, request.path)
+            name = target.source.name if isinstance(target, MirrorTarget) else "-"
+            if mirror.tls_cert and not flow.client_conn.tls_established:
+                reply = text_reply(403, f"this mirror is served over HTTPS only: {mirror.public_url}/", "rejected")
+            elif request.path == urlsplit(mirror.public_url).path.rstrip("/") + "/" and request.method in ("GET", "HEAD"):
+                page = (welcome(settings, mirror) + "\n").encode()
+                reply = Reply(200, page, {"Content-Type": "text/plain; charset=utf-8"}, "-", "hit", "-", len(page))
+            elif mirror.tokens and not (isinstance(target, MirrorTarget) and isinstance(target.source, Toolchains)):
+                user = self._tokens(mirror.tokens_file).owner(request.headers.get("authorization"))
+                if user is None:  # before anything else is said about the path
+                    reply = _unauthorized(mirror, "authorization" in request.headers)
+                    name = "-"
+            if reply is None and isinstance(target, Rejection):
+                reply = text_reply(target.status, target.reason, "rejected")
+            elif reply is None:
+                headers = request.headers
+                if target.config:  # the stored entry's validators are not those of the body served here
+                    headers = headers.copy()
+                    headers.pop("if-none-match", None)
+                    headers.pop("if-modified-since", None)
+                reply = await self._reply(flow, resolver, target.source, target.host, target.path, headers)
+                if target.config and reply.status == 200:
+                    reply = _mirror_config(reply, client_config(mirror, target.source), request)
+        await self._finish(flow, resolver, started, name, host, request.path, reply, user or ("-" if mirror else None))
+
+    async def _reply(self, flow: http.HTTPFlow, resolver: Resolver, source: Source, host: str, path: str,
+                     headers) -> Reply:
+        reply = await handle(resolver, source, flow.request.method, host, path, headers, self._client(flow))
+        if reply.file is not None and reply.file_size <= PRECHECK_BYTES:
+            reply = await self._prechecked(reply, resolver)
+            if reply.file is None:  # its bytes rotted and were evicted: now a miss, fetched from an upstream
+                reply = await handle(resolver, source, flow.request.method, host, path, headers, self._client(flow))
+        return reply
+
+    async def _finish(self, flow: http.HTTPFlow, resolver: Resolver, started: float, name: str, host: str, path: str,
+                      reply: Reply, user: str | None = None) -> None:
+        """Answer (or stream) the reply, count it and log it. `user`: on the mirror, the token's owner ('-': none)."""
         if reply.file is not None:
             reply = await self._stream_from_file(flow, reply, resolver)
         if reply.file is None:
@@ -108,8 +160,13 @@ class CargoCache:
         client = flow.client_conn.peername[0] if flow.client_conn.peername else "-"
         self.activity.request(name, client, flow.request.method, host, path, reply.status,
                               reply.source, reply.state, reply.kind, reply.size if reply.file else len(reply.body),
-                              seconds, reply.reason)
-        _log_reply(flow, client, host, path, reply, seconds * 1000)
+                              seconds, reply.reason, user)
+        _log_reply(flow, client, host, path, reply, seconds * 1000, user)
+
+    def _tokens(self, path: str) -> TokenFile:
+        if self._token_file is None or self._token_file.path != path:
+            self._token_file = TokenFile(path)
+        return self._token_file
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.get("cargo_cache_streamed"):
@@ -197,8 +254,26 @@ def _announces_body(request: http.Request) -> bool:
     return not length.isdigit() or int(length) > MAX_REQUEST_BODY
 
 
-def _log_reply(flow: http.HTTPFlow, client: str, host: str, path: str, reply: Reply, ms: float) -> None:
+def _unauthorized(mirror: Mirror, sent: bool) -> Reply:
+    """401 with Cargo's challenge: Cargo then sends its token for the registry, or tells the user to log in."""
+    why = "the token sent is not known to this mirror" if sent else "this mirror requires a token"
+    reply = text_reply(401, f"{why}: ask its operator for one, then `cargo login --registry <name>` or set "
+                            "CARGO_REGISTRIES_<NAME>_TOKEN", "unauthorized")
+    return replace(reply, headers={**reply.headers, "WWW-Authenticate": f'Cargo login_url="{login_url(mirror)}"'})
+
+
+def _mirror_config(reply: Reply, body: bytes, request: http.Request) -> Reply:
+    """The registry's config.json as the mirror serves it, with validators of its own."""
+    etag = freshness.etag_for(hashlib.sha256(body).hexdigest())
+    headers = {**reply.headers, "ETag": etag, "Content-Length": str(len(body))}
+    if freshness.client_not_modified(request.headers.get("if-none-match"), None, etag, ""):
+        return replace(reply, status=304, body=b"", headers=headers, size=len(body))
+    return replace(reply, body=b"" if request.method == "HEAD" else body, headers=headers, size=len(body))
+
+
+def _log_reply(flow: http.HTTPFlow, client: str, host: str, path: str, reply: Reply, ms: float,
+               user: str | None = None) -> None:
     level = logging.WARNING if reply.status >= 500 else logging.INFO
-    logger.log(level, "%s %s %s%s %d %s %s %dB %.0fms %s%s", client, flow.request.method, host, path,
+    logger.log(level, "%s %s %s%s %d %s %s %dB %.0fms %s%s%s", client, flow.request.method, host, path,
                reply.status, reply.source, reply.state, reply.size, ms, flow.request.http_version,
-               f": {reply.reason}" if reply.reason else "")
+               f" user={user}" if user is not None else "", f": {reply.reason}" if reply.reason else "")
