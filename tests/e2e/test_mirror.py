@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -20,7 +21,7 @@ import yaml
 from tests.fixtures.dist import ToolchainSpec, write_toolchain
 from tests.fixtures.dist_server import DistServer
 from tests.fixtures.rustup import Rustup
-from tests.harness import DOWNLOAD_HOST, INDEX_HOST, Cargo, Proxy, cargo_binary, free_port, locked_packages, make_project
+from tests.harness import DOWNLOAD_HOST, INDEX_HOST, Cargo, Proxy, cargo_binary, cli, free_port, locked_packages, make_project
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -160,13 +161,14 @@ def test_a_private_registry_with_tokens_refuses_cargo_without_one_and_serves_it_
     secondary, entry, mirrors, tmp_path
 ):
     tokens = tmp_path / "tokens"
-    made = subprocess.run(token_command(tokens, "alice"), capture_output=True, text=True, timeout=60)
+    made = add_token(tokens, "alice")
     assert made.returncode == 0, made.stderr
     token = TOKEN_LINE.search(made.stdout).group(1)
     assert token not in tokens.read_text() and tokens.read_text().startswith("alice:sha256:")
     proxy, url = mirrors([{"name": "corp", "index_url": CORP_INDEX, "proxies": [entry(secondary)]}],
                          {"auth": "tokens", "tokens_file": str(tokens)})
-    config = f'[registries.corp]\nindex = "sparse+{url}/corp/index/"\n'
+    config = (f'[registries.corp]\nindex = "sparse+{url}/corp/index/"\n'
+              '[registry]\nglobal-credential-providers = ["cargo:token"]\n')  # Cargo asks for it with auth-required
     project = make_project(tmp_path / "app", 'anyhow = { version = "1", registry = "corp" }\n'
                                              'log = { version = "0.4", registry = "corp" }\n')
 
@@ -189,7 +191,7 @@ def test_a_private_registry_with_tokens_refuses_cargo_without_one_and_serves_it_
     assert token not in log and "ccm_not-a-token" not in log
 
     # A line added to the tokens file is taken without a reload; the metrics name the owners.
-    bob = subprocess.run(token_command(tokens, "bob"), capture_output=True, text=True, timeout=60)
+    bob = add_token(tokens, "bob")
     bob_token = TOKEN_LINE.search(bob.stdout).group(1)
     time.sleep(1.1)
     with httpx.Client(base_url=url, timeout=10) as client:
@@ -198,16 +200,14 @@ def test_a_private_registry_with_tokens_refuses_cargo_without_one_and_serves_it_
     assert "user=bob" in proxy.log()
 
 
-def token_command(tokens: Path, name: str) -> list[str]:
-    from tests.harness import ROOT
-
+def add_token(tokens: Path, name: str) -> subprocess.CompletedProcess:
+    """`python -m cratecache token add NAME` with a proxies.yaml whose mirror keeps its tokens in `tokens`."""
     config = tokens.parent / "token-cli.yaml"
     config.write_text(yaml.safe_dump({"cache": {"directory": str(tokens.parent / "cache")},
                                       "registries": [crates_io({"name": "x", "url": "http://127.0.0.1:9/"})],
                                       "mirror": {"listen": "127.0.0.1:9", "public_url": "http://127.0.0.1:9",
                                                  "auth": "tokens", "tokens_file": str(tokens)}}))
-    return [os.environ.get("PYTHON", str(ROOT / ".venv" / "bin" / "python")), "-m", "cratecache", "--proxies",
-            str(config), "token", "add", name]
+    return cli(config, "token", "add", name)
 
 
 def test_cargo_trusts_a_tls_mirror_listener_by_its_ca_alone(registry, secondary, entry, mirrors, small_project, tmp_path):
@@ -264,3 +264,36 @@ def test_rustup_through_the_mirror_cold_then_warm_with_the_dist_server_down(mirr
     assert re.search(rf"GET 127\.0\.0\.1:\d+/rustup/{re.escape(STABLE.component_path('rustc'))} 200 origin miss", log)
     assert re.search(rf"GET 127\.0\.0\.1:\d+/rustup/{re.escape(STABLE.component_path('rustc'))} 200 cache hit", log)
     shutil.rmtree(tmp_path / "rustup-cold", ignore_errors=True)
+
+
+def test_two_workers_share_the_mirror_port_and_the_launcher_refuses_a_taken_one(
+        secondary, entry, small_project, tmp_path):
+    from tests.harness import ROOT
+
+    port, mirror_port = free_port(), free_port()
+    doc = {"cache": {"directory": str(tmp_path / "cache")}, "registries": [crates_io(entry(secondary))],
+           "mirror": {"listen": f"127.0.0.1:{mirror_port}", "public_url": f"http://127.0.0.1:{mirror_port}"}}
+    config = tmp_path / "proxies.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    log = tmp_path / "run.log"
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("MAKE")}
+    command = ["make", "-s", "run", "WORKERS=2", f"PORT={port}", "STATUS_PORT=0", f"PROXIES={config}"]
+    with open(log, "w") as out:
+        make = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while log.read_text().count(f"listening at 127.0.0.1:{mirror_port}") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert log.read_text().count(f"listening at 127.0.0.1:{mirror_port}") == 2, log.read_text()
+        cargo = MirrorCargo(tmp_path / "home", replacing_crates_io(f"http://127.0.0.1:{mirror_port}/crates-io/index/"))
+        fetched = cargo.fetch(small_project)
+        assert fetched.returncode == 0, fetched.stderr
+
+        second = subprocess.run([*command[:4], f"PORT={free_port()}", *command[5:]], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode != 0
+        assert f"not starting: 127.0.0.1:{mirror_port} is already in use" in second.stdout + second.stderr
+    finally:
+        os.killpg(make.pid, signal.SIGTERM)
+        make.wait(30)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from mitmproxy import connection, ctx, tls
 from mitmproxy.addons.tlsconfig import AppData, alpn_select_callback
 from mitmproxy.net.tls import starts_like_tls_record
-from mitmproxy.proxy import layer, layers, mode_specs, server_hooks
+from mitmproxy.proxy import layer, layers, mode_specs, server_hooks, tunnel
 from mitmproxy.proxy.layers import modes
 from mitmproxy.proxy.layers.http import HTTPMode
 from OpenSSL import SSL
@@ -89,14 +89,12 @@ class MirrorListener:
         if len(data) < 3:
             nextlayer.layer = None  # not enough bytes to tell TLS from HTTP yet: asked again when more come
             return
-        http = layers.HttpLayer(context, HTTPMode.transparent)
         settings = self.settings()
+        stack = tunnel.LayerStack()  # each layer is made after its parent: it finds them in context.layers
         if starts_like_tls_record(data) and settings and settings.mirror and settings.mirror.tls_cert:
-            client_tls = layers.ClientTLSLayer(context)
-            client_tls.child_layer = http
-            nextlayer.layer = client_tls
-        else:  # plain HTTP (a TLS hello on a plain listener is not HTTP: mitmproxy answers 400)
-            nextlayer.layer = http
+            stack /= layers.ClientTLSLayer(context)
+        stack /= layers.HttpLayer(context, HTTPMode.transparent)  # a TLS hello on a plain listener: mitmproxy's 400
+        nextlayer.layer = stack[0]
 
     def tls_start_client(self, data: tls.TlsData) -> None:
         """The operator's certificate on the mirror listener, in place of the one mitmproxy's tlsconfig made from its

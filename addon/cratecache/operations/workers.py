@@ -12,13 +12,14 @@ two configurations and caches. `--workers 1` runs mitmdump in this process, with
 One mitmdump process uses one core. The kernel spreads the connections to the shared port over the workers;
 they share the cache folder (diskcache is safe across processes, and leases make concurrent misses fetch once
 across workers). mitmproxy binds its port before any addon script runs, so each worker is started through
-`python -m cratecache.operations.workers --worker`, which asks asyncio for SO_REUSEPORT on the proxy port only and then
-runs mitmdump in-process. Worker i has its own status page on `--status-port + i` (request counts are summed
-across workers by `make cache-stats`; Prometheus sums the workers' /metrics). This supervisor prefixes each
-worker's log lines with `w{i} |`, starts a new worker when one dies (at most RESTARTS_PER_MINUTE a minute, then
-it stops them all, exit 1), passes SIGHUP on to every worker (each re-reads proxies.yaml; a worker starts with
-SIGHUP blocked until its handler is in place, so one that comes during its start is a reload once it runs, see
-hangup.py), and stops all of them on Ctrl-C or SIGTERM.
+`python -m cratecache.operations.workers --worker`, which asks asyncio for SO_REUSEPORT on the ports of mitmproxy's
+own servers only (the proxy port, and the mirror listener of proxies.yaml's `mirror:`, wherever a reload moves it)
+and then runs mitmdump in-process. The mirror's port is checked like the proxy port at launch. Worker i has its own
+status page on `--status-port + i` (request counts are summed across workers by `make cache-stats`; Prometheus sums
+the workers' /metrics). This supervisor prefixes each worker's log lines with `w{i} |`, starts a new worker when one
+dies (at most RESTARTS_PER_MINUTE a minute, then it stops them all, exit 1), passes SIGHUP on to every worker (each
+re-reads proxies.yaml; a worker starts with SIGHUP blocked until its handler is in place, so one that comes during its
+start is a reload once it runs, see hangup.py), and stops all of them on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def worker(args: list[str], shared: int | None = None) -> int:
 
         @functools.wraps(original)
         async def start_server(client_connected_cb, host=None, port=None, **kwargs):
-            if port == shared:
+            if port == shared or (port and is_mode_server(client_connected_cb)):
                 kwargs["reuse_port"] = True
             return await original(client_connected_cb, host, port, **kwargs)
 
@@ -59,6 +60,13 @@ def worker(args: list[str], shared: int | None = None) -> int:
     from mitmproxy.tools.main import mitmdump
 
     return mitmdump(args) or 0
+
+
+def is_mode_server(callback) -> bool:
+    """Whether asyncio is asked to listen for one of mitmproxy's proxy modes (the proxy port, the mirror listener,
+    whichever port a reload gives it): those ports are every worker's; the status page and the blob server are not."""
+    owner = getattr(callback, "__self__", None)
+    return type(owner).__module__ == "mitmproxy.proxy.mode_servers"
 
 
 class Supervisor:
@@ -165,6 +173,18 @@ def taken(host: str, port: int) -> str | None:
     return None
 
 
+def mirror_listen(args: list[str]) -> tuple[str, int] | None:
+    """Where proxies.yaml's mirror listener will listen, or None (none, or a file the workers will report on)."""
+    from ..config import ConfigError, load_settings
+
+    path = cmdline.value(args, "cargo_proxies") or str(Path(__file__).resolve().parents[3] / "proxies.yaml")
+    try:
+        mirror = load_settings(path).mirror
+    except ConfigError:
+        return None
+    return (mirror.listen_host, mirror.listen_port) if mirror is not None else None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
@@ -187,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     args = cmdline.without(cmdline.without(args, "listen_port"), "cargo_status_port")
     host, status_host = cmdline.value(args, "listen_host") or "", cmdline.value(args, "cargo_status_host") or "127.0.0.1"
     busy = [taken(host, port)] + [taken(status_host, status_port + i) for i in range(opts.workers) if status_port]
+    if (mirror := mirror_listen(args)) is not None:
+        busy.append(taken(*mirror))
     if problem := next((b for b in busy if b), None):
         say(f"not starting: {problem} (another cargo-cache, or another program; choose another PORT or "
             "STATUS_PORT, or stop it)")
