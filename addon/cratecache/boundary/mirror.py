@@ -55,6 +55,8 @@ def locate(settings: Settings, mirror: Mirror, method: str, path: str) -> Mirror
             return Rejection(404, "this mirror serves no toolchains (no toolchains section)")
         return MirrorTarget(toolchains, toolchains.host, "/" + rest)
     registry = next((r for r in settings.registries if r.name == name), None)
+    if not name:
+        return Rejection(404, f"not a registry path (expected /<registry>/index/...): {path}")
     if registry is None:
         return Rejection(404, f"no registry {name!r} on this mirror (registries: "
                               f"{', '.join(r.name for r in settings.registries) or 'none'})")
