@@ -58,12 +58,12 @@ def replacing_crates_io(index: str) -> str:
 
 
 def start_mirror(tmp_path: Path, confdir: Path, registries: list[dict], mirror: dict | None = None, name: str = "mirror",
-                 toolchains: dict | None = None) -> tuple[Proxy, str]:
+                 toolchains: dict | None = None, args: tuple[str, ...] = (), **cache) -> tuple[Proxy, str]:
     """mitmdump with a proxies.yaml holding `registries` and a `mirror:` section listening on a free port; the
     mirror's base URL (plain or TLS as `mirror` says) once it accepts connections."""
     port, mirror = free_port(), mirror or {}
     scheme = "https" if "tls_cert" in mirror else "http"
-    doc = {"cache": {"directory": str(tmp_path / "cache"), "size_limit": "1GB"}, "registries": registries,
+    doc = {"cache": {"directory": str(tmp_path / "cache"), "size_limit": "1GB", **cache}, "registries": registries,
            "mirror": {"listen": f"127.0.0.1:{port}", "public_url": f"{scheme}://127.0.0.1:{port}", **mirror}}
     if toolchains is not None:
         doc["toolchains"] = toolchains
@@ -71,7 +71,7 @@ def start_mirror(tmp_path: Path, confdir: Path, registries: list[dict], mirror: 
             del doc["registries"]
     config = tmp_path / f"{name}.yaml"
     config.write_text(yaml.safe_dump(doc, sort_keys=False))
-    proxy = Proxy(config, confdir, tmp_path / f"{name}.log").start()
+    proxy = Proxy(config, confdir, tmp_path / f"{name}.log", args).start()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -157,6 +157,33 @@ def test_the_mirror_answers_only_its_own_paths_and_forwards_nothing(primary, ent
     assert "was about to be forwarded" not in proxy.log()
 
 
+def test_the_proxys_login_is_not_asked_of_mirror_clients(secondary, entry, mirrors, small_project, tmp_path):
+    proxy, url = mirrors([crates_io(entry(secondary))], args=("--set", "proxyauth=ci:proxy-password"))
+    cargo = MirrorCargo(tmp_path / "home", replacing_crates_io(f"{url}/crates-io/index/"))
+    assert cargo.fetch(small_project).returncode == 0
+    with httpx.Client(proxy=proxy.url, timeout=10) as through_proxy:  # the transparent proxy still asks for it
+        assert through_proxy.get("http://example.invalid/").status_code == 407
+
+
+def test_offline_the_mirror_serves_what_is_cached_and_says_what_is_not(secondary, entry, mirrors, small_project,
+                                                                       tmp_path):
+    registries = [crates_io(entry(secondary))]
+    _, url = mirrors(registries, name="online")
+    assert MirrorCargo(tmp_path / "home-1", replacing_crates_io(f"{url}/crates-io/index/")).fetch(small_project) \
+        .returncode == 0
+    secondary.stop()
+    _, offline = mirrors(registries, name="offline", offline=True)
+
+    built = MirrorCargo(tmp_path / "home-2", replacing_crates_io(f"{offline}/crates-io/index/")).run(
+        small_project, "fetch", "--locked")
+    assert built.returncode == 0, built.stderr
+    other = make_project(tmp_path / "other", 'serde = "1"\n')
+    missing = MirrorCargo(tmp_path / "home-3", replacing_crates_io(f"{offline}/crates-io/index/")).run(
+        other, "generate-lockfile")
+    assert missing.returncode != 0
+    assert "403" in missing.stderr and "offline" in missing.stderr, missing.stderr
+
+
 def test_a_private_registry_with_tokens_refuses_cargo_without_one_and_serves_it_with_one(
     secondary, entry, mirrors, tmp_path
 ):
@@ -165,8 +192,9 @@ def test_a_private_registry_with_tokens_refuses_cargo_without_one_and_serves_it_
     assert made.returncode == 0, made.stderr
     token = TOKEN_LINE.search(made.stdout).group(1)
     assert token not in tokens.read_text() and tokens.read_text().startswith("alice:sha256:")
+    status = free_port()
     proxy, url = mirrors([{"name": "corp", "index_url": CORP_INDEX, "proxies": [entry(secondary)]}],
-                         {"auth": "tokens", "tokens_file": str(tokens)})
+                         {"auth": "tokens", "tokens_file": str(tokens)}, args=("--set", f"cargo_status_port={status}"))
     config = (f'[registries.corp]\nindex = "sparse+{url}/corp/index/"\n'
               '[registry]\nglobal-credential-providers = ["cargo:token"]\n')  # Cargo asks for it with auth-required
     project = make_project(tmp_path / "app", 'anyhow = { version = "1", registry = "corp" }\n'
@@ -198,6 +226,14 @@ def test_a_private_registry_with_tokens_refuses_cargo_without_one_and_serves_it_
         assert client.get("/corp/index/an/yh/anyhow", headers={"Authorization": bob_token}).status_code == 200
         assert client.get("/corp/index/an/yh/anyhow", headers={"Authorization": token + "x"}).status_code == 401
     assert "user=bob" in proxy.log()
+    metrics = httpx.get(f"http://127.0.0.1:{status}/metrics", timeout=10).text
+    assert re.search(r'cargo_cache_mirror_requests_total\{outcome="miss",registry="corp",user="alice"\} [1-9]', metrics)
+    assert 'cargo_cache_mirror_requests_total{outcome="hit",registry="corp",user="bob"} 1.0' in metrics
+    assert re.search(r'cargo_cache_mirror_requests_total\{outcome="unauthorized",registry="-",user="-"\} [1-9]', metrics)
+    assert token not in metrics
+    listed = httpx.get(f"http://127.0.0.1:{status}/status.json", timeout=10).json()
+    assert listed["mirror"] == {"listen": url.removeprefix("http://"), "public_url": url, "tls": False, "auth": "tokens"}
+    assert {"user": "bob", "status": 200}.items() <= listed["recent"][1].items()
 
 
 def add_token(tokens: Path, name: str) -> subprocess.CompletedProcess:

@@ -7,7 +7,8 @@ resolves, and it is never meant to be reached: the request addon answers every r
 refuses a connection to that target should anything still try. This addon decides the protocol stack of a mirror
 connection itself (TLS from the client with the operator's certificate, then HTTP), whatever `allow_hosts` and
 `ignore_hosts` say, and gives the TLS handshake the operator's certificate and key (`mirror.tls_cert`/`tls_key`,
-re-read when the files change) instead of one signed by the proxy's CA.
+re-read when the files change) instead of one signed by the proxy's CA. mitmproxy's `proxyauth` (the transparent
+proxy's login) does not apply to the mirror, which has its own tokens.
 """
 
 from __future__ import annotations
@@ -77,6 +78,13 @@ class MirrorListener:
         proxyserver = ctx.master.addons.get("proxyserver")
         if proxyserver is not None and any(is_mirror_spec(spec) for spec in ctx.options.mode):
             await proxyserver.setup_servers()
+
+    def client_connected(self, client: connection.Client) -> None:
+        """mitmproxy's `proxyauth` is the transparent proxy's login; the mirror has its own (`mirror.auth`): its
+        clients are not asked for the proxy's password (which, on a reverse listener, would take the Authorization
+        header Cargo sends its token in)."""
+        if is_mirror(client) and (proxyauth := ctx.master.addons.get("proxyauth")) is not None:
+            proxyauth.authenticated[client] = ("cargo-cache-mirror", "")
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         """A mirror connection is TLS (if it starts like it) then HTTP: decided here, after mitmproxy's own choice,

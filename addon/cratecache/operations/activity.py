@@ -72,6 +72,8 @@ class Activity:
                 **cache,
             },
             "storage": storage,
+            "mirror": {"listen": m.listen, "public_url": m.public_url, "tls": m.tls_cert is not None, "auth": m.auth}
+            if (m := settings.mirror) else None,
             "recent": list(self.recent),
         }
 
