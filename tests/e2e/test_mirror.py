@@ -236,6 +236,44 @@ def test_a_private_registry_with_tokens_refuses_cargo_without_one_and_serves_it_
     assert {"user": "bob", "status": 200}.items() <= listed["recent"][1].items()
 
 
+def test_crates_io_replaced_by_a_mirror_with_tokens_keeps_its_source_id(secondary, entry, mirrors, small_project,
+                                                                         tmp_path):
+    tokens = tmp_path / "tokens"
+    token = TOKEN_LINE.search(add_token(tokens, "ci-project-7").stdout).group(1)
+    proxy, url = mirrors([crates_io(entry(secondary))], {"auth": "tokens", "tokens_file": str(tokens)})
+    config = (f'[source.crates-io]\nreplace-with = "gw"\n\n[registries.gw]\nindex = "sparse+{url}/crates-io/index/"\n'
+              '[registry]\nglobal-credential-providers = ["cargo:token"]\n')  # a token is a registry's, not a source's
+
+    fetched = MirrorCargo(tmp_path / "home", config, {"CARGO_REGISTRIES_GW_TOKEN": token}).fetch(small_project)
+
+    assert fetched.returncode == 0, fetched.stderr
+    assert 'source = "registry+https://github.com/rust-lang/crates.io-index"' in (small_project / "Cargo.lock").read_text()
+    assert re.search(r"/crates-io/dl/anyhow/1\.0\.69/download 200 secondary miss .* user=ci-project-7", proxy.log())
+
+
+def test_a_private_registry_replaced_by_the_mirror_keeps_the_lockfile_of_the_transparent_proxy(
+    secondary, entry, mirrors, tmp_path
+):
+    proxy, url = mirrors([{"name": "corp", "index_url": CORP_INDEX, "proxies": [entry(secondary)]}])
+    project = make_project(tmp_path / "app", 'anyhow = { version = "1", registry = "corp" }\n'
+                                             'log = { version = "0.4", registry = "corp" }\n')
+    (tmp_path / "home-proxy").mkdir()
+    through_proxy = Cargo(tmp_path / "home-proxy", proxy, {"CARGO_REGISTRIES_CORP_INDEX": f"sparse+{CORP_INDEX}"})
+    assert through_proxy.fetch(project).returncode == 0
+    lockfile = (project / "Cargo.lock").read_text()
+    assert f'source = "sparse+{CORP_INDEX}"' in lockfile
+
+    (project / "Cargo.lock").unlink()
+    config = (f'[registries.corp]\nindex = "sparse+{CORP_INDEX}"\n\n'
+              f'[source.corp-direct]\nregistry = "sparse+{CORP_INDEX}"\nreplace-with = "corp-gw"\n\n'
+              f'[source.corp-gw]\nregistry = "sparse+{url}/corp/index/"\n')
+    through_mirror = MirrorCargo(tmp_path / "home-mirror", config).fetch(project)
+
+    assert through_mirror.returncode == 0, through_mirror.stderr
+    assert (project / "Cargo.lock").read_text() == lockfile
+    assert re.search(r"GET 127\.0\.0\.1:\d+/corp/index/an/yh/anyhow 200 cache hit", proxy.log())
+
+
 def add_token(tokens: Path, name: str) -> subprocess.CompletedProcess:
     """`python -m cratecache token add NAME` with a proxies.yaml whose mirror keeps its tokens in `tokens`."""
     config = tokens.parent / "token-cli.yaml"
