@@ -122,6 +122,8 @@ def test_the_root_page_names_what_to_configure():
     assert "registry corp: sparse+https://cargo-gw.corp.example:8090/corp/index/" in page
     assert "RUSTUP_DIST_SERVER=https://cargo-gw.corp.example:8090/rustup" in page
     assert "token add NAME" in page
+    unlisted = welcome(s, s.mirror, listed=False)  # to a client without a known token
+    assert "sparse+" not in unlisted and "/corp/index/" not in unlisted and "RUSTUP_DIST_SERVER" in unlisted
 
 
 def test_the_dl_of_the_served_config_json_leads_back_to_a_download_route():

@@ -315,7 +315,7 @@ def test_cargo_trusts_a_tls_mirror_listener_by_its_ca_alone(registry, secondary,
         assert plain.get(url.replace("https://", "http://") + "/crates-io/index/config.json").status_code >= 400
 
 
-STABLE = ToolchainSpec()
+STABLE = ToolchainSpec(big={"rustc": 3_000_000})  # rustc above the store's file threshold: streamed from its file
 
 
 def test_rustup_through_the_mirror_cold_then_warm_with_the_dist_server_down(mirrors, tmp_path):
@@ -336,7 +336,8 @@ def test_rustup_through_the_mirror_cold_then_warm_with_the_dist_server_down(mirr
     assert warm.rustc_version("stable") == STABLE.rustc_output
     log = proxy.log()
     assert re.search(rf"GET 127\.0\.0\.1:\d+/rustup/{re.escape(STABLE.component_path('rustc'))} 200 origin miss", log)
-    assert re.search(rf"GET 127\.0\.0\.1:\d+/rustup/{re.escape(STABLE.component_path('rustc'))} 200 cache hit", log)
+    assert re.search(rf"GET 127\.0\.0\.1:\d+/rustup/{re.escape(STABLE.component_path('rustc'))} 200 cache hit "
+                     r"3\d{6}B", log)
     shutil.rmtree(tmp_path / "rustup-cold", ignore_errors=True)
 
 

@@ -119,7 +119,9 @@ class CargoCache:
             if mirror.tls_cert and not flow.client_conn.tls_established:
                 reply = text_reply(403, f"this mirror is served over HTTPS only: {mirror.public_url}/", "rejected")
             elif request.path == urlsplit(mirror.public_url).path.rstrip("/") + "/" and request.method in ("GET", "HEAD"):
-                page = (welcome(settings, mirror) + "\n").encode()
+                user = self._tokens(mirror.tokens_file).owner(request.headers.get("authorization")) \
+                    if mirror.tokens else None
+                page = (welcome(settings, mirror, listed=not mirror.tokens or user is not None) + "\n").encode()
                 reply = Reply(200, page, {"Content-Type": "text/plain; charset=utf-8"}, "-", "hit", "-", len(page))
             elif mirror.tokens and not (isinstance(target, MirrorTarget) and isinstance(target.source, Toolchains)):
                 user = self._tokens(mirror.tokens_file).owner(request.headers.get("authorization"))

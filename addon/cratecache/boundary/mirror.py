@@ -90,10 +90,12 @@ def login_url(mirror: Mirror) -> str:
     return f"{mirror.public_url}/"
 
 
-def welcome(settings: Settings, mirror: Mirror) -> str:
-    """The mirror's root page (the 401's login_url): what it serves and how a client is pointed at it."""
+def welcome(settings: Settings, mirror: Mirror, listed: bool = True) -> str:
+    """The mirror's root page (the 401's login_url): what it serves and how a client is pointed at it. `listed`:
+    name the registries (with tokens, only to a client that sent a known one)."""
     lines = ["cargo-cache mirror", ""]
-    lines += [f"registry {r.name}: sparse+{index_url(mirror, r)}" for r in settings.registries]
+    if listed:
+        lines += [f"registry {r.name}: sparse+{index_url(mirror, r)}" for r in settings.registries]
     if settings.toolchains is not None:
         lines.append(f"toolchains: RUSTUP_DIST_SERVER={index_url(mirror, settings.toolchains)}")
     if mirror.tokens:
