@@ -312,7 +312,8 @@ def test_cargo_trusts_a_tls_mirror_listener_by_its_ca_alone(registry, secondary,
     (small_project / "Cargo.lock").unlink()
     assert untrusting.fetch(small_project).returncode != 0
     with httpx.Client(timeout=10) as plain:  # plain HTTP on the TLS listener is not served
-        assert plain.get(url.replace("https://", "http://") + "/crates-io/index/config.json").status_code >= 400
+        refused = plain.get(url.replace("https://", "http://") + "/crates-io/index/config.json")
+        assert (refused.status_code, refused.text) == (403, f"this mirror is served over HTTPS only: {url}/\n")
 
 
 STABLE = ToolchainSpec(big={"rustc": 3_000_000})  # rustc above the store's file threshold: streamed from its file

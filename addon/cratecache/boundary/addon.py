@@ -109,37 +109,25 @@ class CargoCache:
         """A request on the mirror listener: the same routes as on the intercepted hosts (mirror.py), behind the
         mirror's tokens; config.json rewritten to point at the mirror."""
         started, request, mirror = time.monotonic(), flow.request, settings.mirror
-        name, host, user, reply = "-", request.pretty_host, None, None
         if mirror is None:  # removed by a reload while this connection stayed open
             reply = text_reply(404, "this mirror is not configured any more", "rejected")
-        else:
-            host = urlsplit(mirror.public_url).netloc
-            target = locate(settings, mirror, request.method, request.path)
-            name = target.source.name if isinstance(target, MirrorTarget) else "-"
-            if mirror.tls_cert and not flow.client_conn.tls_established:
-                reply = text_reply(403, f"this mirror is served over HTTPS only: {mirror.public_url}/", "rejected")
-            elif request.path == urlsplit(mirror.public_url).path.rstrip("/") + "/" and request.method in ("GET", "HEAD"):
-                user = self._tokens(mirror.tokens_file).owner(request.headers.get("authorization")) \
-                    if mirror.tokens else None
-                page = (welcome(settings, mirror, listed=not mirror.tokens or user is not None) + "\n").encode()
-                reply = Reply(200, page, {"Content-Type": "text/plain; charset=utf-8"}, "-", "hit", "-", len(page))
-            elif mirror.tokens and not (isinstance(target, MirrorTarget) and isinstance(target.source, Toolchains)):
-                user = self._tokens(mirror.tokens_file).owner(request.headers.get("authorization"))
-                if user is None:  # before anything else is said about the path
-                    reply = _unauthorized(mirror, "authorization" in request.headers)
-                    name = "-"
-            if reply is None and isinstance(target, Rejection):
-                reply = text_reply(target.status, target.reason, "rejected")
-            elif reply is None:
-                headers = request.headers
-                if target.config:  # the stored entry's validators are not those of the body served here
-                    headers = headers.copy()
-                    headers.pop("if-none-match", None)
-                    headers.pop("if-modified-since", None)
-                reply = await self._reply(flow, resolver, target.source, target.host, target.path, headers)
-                if target.config and reply.status == 200:
-                    reply = _mirror_config(reply, client_config(mirror, target.source), request)
-        await self._finish(flow, resolver, started, name, host, request.path, reply, user or ("-" if mirror else None))
+            await self._finish(flow, resolver, started, "-", request.pretty_host, request.path, reply)
+            return
+        target = locate(settings, mirror, request.method, request.path)
+        user = self._tokens(mirror.tokens_file).owner(request.headers.get("authorization")) if mirror.tokens else "-"
+        reply = _mirror_gate(settings, mirror, request, flow.client_conn.tls_established, target, user)
+        if reply is None:
+            headers = request.headers
+            if target.config:  # the stored entry's validators are not those of the body served here
+                headers = headers.copy()
+                headers.pop("if-none-match", None)
+                headers.pop("if-modified-since", None)
+            reply = await self._reply(flow, resolver, target.source, target.host, target.path, headers)
+            if target.config and reply.status == 200:
+                reply = _mirror_config(reply, client_config(mirror, target.source), request)
+        name = target.source.name if isinstance(target, MirrorTarget) and reply.status != 401 else "-"
+        await self._finish(flow, resolver, started, name, urlsplit(mirror.public_url).netloc, request.path, reply,
+                           user or "-")
 
     async def _reply(self, flow: http.HTTPFlow, resolver: Resolver, source: Source, host: str, path: str,
                      headers) -> Reply:
@@ -254,6 +242,24 @@ def _announces_body(request: http.Request) -> bool:
         return True
     length = request.headers.get("content-length", "0").strip()
     return not length.isdigit() or int(length) > MAX_REQUEST_BODY
+
+
+def _mirror_gate(settings: Settings, mirror: Mirror, request: http.Request, tls: bool, target: MirrorTarget | Rejection,
+                 user: str | None) -> Reply | None:
+    """The mirror's own answer before any route is resolved (None: resolve `target`), in this order: plain HTTP on an
+    HTTPS listener, the root page, a registry path without a known token (401, before anything is said about the
+    path; rustup sends no token, so /rustup/ is open), a refused path."""
+    if mirror.tls_cert and not tls:
+        return text_reply(403, f"this mirror is served over HTTPS only: {mirror.public_url}/", "rejected")
+    if request.path == urlsplit(mirror.public_url).path.rstrip("/") + "/" and request.method in ("GET", "HEAD"):
+        page = (welcome(settings, mirror, listed=user is not None) + "\n").encode()
+        return Reply(200, page, {"Content-Type": "text/plain; charset=utf-8"}, "-", "hit", "-", len(page))
+    toolchains = isinstance(target, MirrorTarget) and isinstance(target.source, Toolchains)
+    if user is None and not toolchains:
+        return _unauthorized(mirror, "authorization" in request.headers)
+    if isinstance(target, Rejection):
+        return text_reply(target.status, target.reason, "rejected")
+    return None
 
 
 def _unauthorized(mirror: Mirror, sent: bool) -> Reply:
