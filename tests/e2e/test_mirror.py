@@ -373,3 +373,32 @@ def test_two_workers_share_the_mirror_port_and_the_launcher_refuses_a_taken_one(
     finally:
         os.killpg(make.pid, signal.SIGTERM)
         make.wait(30)
+
+
+def test_a_reload_starts_moves_and_stops_the_listener(secondary, entry, confdir, tmp_path):
+    config = tmp_path / "proxies.yaml"
+    doc = {"cache": {"directory": str(tmp_path / "cache")}, "registries": [crates_io(entry(secondary))]}
+    config.write_text(yaml.safe_dump(doc))
+    first, second = free_port(), free_port()
+
+    def answers(port: int) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/crates-io/index/config.json", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def reload_with(mirror: dict | None, port: int, wanted: bool) -> None:
+        config.write_text(yaml.safe_dump({**doc, "mirror": mirror} if mirror else doc))
+        proxy.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while answers(port) != wanted and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert answers(port) == wanted, proxy.log()
+
+    with Proxy(config, confdir, tmp_path / "mitmdump.log") as proxy:
+        assert not answers(first)
+        reload_with({"listen": f"127.0.0.1:{first}", "public_url": f"http://127.0.0.1:{first}"}, first, True)
+        reload_with({"listen": f"127.0.0.1:{second}", "public_url": f"http://127.0.0.1:{second}"}, second, True)
+        assert not answers(first)
+        reload_with(None, second, False)
+        assert re.search(r"configuration reloaded \((SIGHUP|file changed)\): mirror off -> 127\.0\.0\.1:", proxy.log())
