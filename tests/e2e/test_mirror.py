@@ -165,14 +165,21 @@ def test_the_proxys_login_is_not_asked_of_mirror_clients(secondary, entry, mirro
         assert through_proxy.get("http://example.invalid/").status_code == 407
 
 
-def test_offline_the_mirror_serves_what_is_cached_and_says_what_is_not(secondary, entry, mirrors, small_project,
-                                                                       tmp_path):
+def test_a_bundle_made_from_the_mirrors_cache_is_served_offline_through_the_mirror(secondary, entry, mirrors,
+                                                                                   small_project, tmp_path):
     registries = [crates_io(entry(secondary))]
     _, url = mirrors(registries, name="online")
     assert MirrorCargo(tmp_path / "home-1", replacing_crates_io(f"{url}/crates-io/index/")).fetch(small_project) \
         .returncode == 0
     secondary.stop()
-    _, offline = mirrors(registries, name="offline", offline=True)
+    bundle = tmp_path / "crates.tar"
+    exported = cli(tmp_path / "online.yaml", "export", str(bundle), "--lockfile", str(small_project / "Cargo.lock"))
+    assert exported.returncode == 0, exported.stderr
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump({"cache": {"directory": str(tmp_path / "site-cache")}, "registries": registries}))
+    imported = cli(site, "import", str(bundle))
+    assert imported.returncode == 0, imported.stderr
+    _, offline = mirrors(registries, name="offline", offline=True, directory=str(tmp_path / "site-cache"))
 
     built = MirrorCargo(tmp_path / "home-2", replacing_crates_io(f"{offline}/crates-io/index/")).run(
         small_project, "fetch", "--locked")
