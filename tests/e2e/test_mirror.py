@@ -334,9 +334,10 @@ def test_rustup_through_the_mirror_cold_then_warm_with_the_dist_server_down(mirr
         toolchains = {"host": "static.rust-lang.org", "proxies": [{"name": "origin", "url": origin.url}]}
         proxy, url = mirrors([], {}, toolchains=toolchains)
         env = {"RUSTUP_DIST_SERVER": f"{url}/rustup", "RUSTUP_UPDATE_ROOT": f"{url}/rustup/rustup"}
-        cold = Rustup(tmp_path / "rustup-cold", env)
-        cold.install("stable")
+        cold = Rustup(tmp_path / "rustup-cold", env, installed=True)
+        cold.run("toolchain", "install", "stable", "--profile", "minimal", check=True)  # with its self-update check
         assert cold.rustc_version("stable") == STABLE.rustc_output
+        assert origin.count("rustup/release-stable.toml") == 1  # RUSTUP_UPDATE_ROOT: through the mirror too
         components = [p for p in origin.paths() if p.endswith(".tar.xz")]
         assert components and all(origin.count(p.lstrip("/")) == 1 for p in components)
     warm = Rustup(tmp_path / "rustup-warm", env)
@@ -344,6 +345,7 @@ def test_rustup_through_the_mirror_cold_then_warm_with_the_dist_server_down(mirr
     assert warm.rustc_version("stable") == STABLE.rustc_output
     log = proxy.log()
     assert re.search(rf"GET 127\.0\.0\.1:\d+/rustup/{re.escape(STABLE.component_path('rustc'))} 200 origin miss", log)
+    assert re.search(r"GET 127\.0\.0\.1:\d+/rustup/rustup/release-stable\.toml 200 origin miss", log)
     assert re.search(rf"GET 127\.0\.0\.1:\d+/rustup/{re.escape(STABLE.component_path('rustc'))} 200 cache hit "
                      r"3\d{6}B", log)
     shutil.rmtree(tmp_path / "rustup-cold", ignore_errors=True)
