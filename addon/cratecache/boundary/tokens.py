@@ -23,7 +23,7 @@ from ..config import read_regular_file
 
 logger = logging.getLogger(__name__)
 
-MAX_TOKENS_BYTES = 4 * 1024 * 1024
+MAX_TOKENS_BYTES = 1024 * 1024  # ~10,000 lines; read on the event loop, once per change
 CHECK_SECONDS = 1.0  # the file is looked at (stat) at most this often
 TOKEN_PREFIX = "ccm_"  # made tokens start with it, so a leaked one is recognisable (secret scanners)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}\Z")
