@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cratecache.boundary.addon import CargoCache  # noqa: E402
 from cratecache.boundary.descriptors import DescriptorGuard  # noqa: E402
 from cratecache.boundary.failsafe import FailClosed  # noqa: E402
+from cratecache.boundary.mirror_listener import MirrorListener  # noqa: E402
 from cratecache.boundary.tunnels import LoopbackGuard  # noqa: E402
 from cratecache.operations.advisory_watch import AdvisoryWatch  # noqa: E402
 from cratecache.operations.configuration import Configuration  # noqa: E402
@@ -24,6 +25,7 @@ runtime = Runtime()
 addons = [
     DescriptorGuard(),  # out of file descriptors: one warning a minute, no spinning
     LoopbackGuard(lambda: runtime.settings, runtime.blob_address),  # clients kept off loopback, not the blob server
+    MirrorListener(lambda: runtime.settings),  # the mirror listener's connections: TLS with the operator's certificate
     Configuration(runtime),  # options, proxies.yaml applied at start, reloaded and watched; interception scope
     AdvisoryWatch(runtime),  # the policy's advisory databases re-read when their checkout changes
     CargoCache(runtime),  # answers every request on the registry and toolchains hosts

@@ -52,3 +52,14 @@ def test_a_request_that_cannot_be_classified_is_refused(settings):
     f = flow("index.crates.io")
     FailClosed(lambda: Broken()).request(f)
     assert f.response.status_code == 502
+
+
+def test_an_unanswered_request_on_the_mirror_listener_gets_a_502_whatever_its_host(settings):
+    from cratecache.boundary.mirror_listener import TARGET
+    from mitmproxy.proxy import mode_specs
+
+    unanswered = flow("cargo-cache-mirror.invalid", "/anything")
+    unanswered.client_conn.proxy_mode = mode_specs.ProxyMode.parse(f"reverse:{TARGET}@127.0.0.1:8090")
+    FailClosed(lambda: settings).request(unanswered)
+
+    assert unanswered.response.status_code == 502

@@ -1,4 +1,5 @@
-"""cargo-cache's command line: running the proxy, its CA, staging, export/import and cache inspection.
+"""cargo-cache's command line: running the proxy, its CA, staging, export/import, cache inspection and the
+mirror's tokens.
 
     cargo-cache [--config FILE] COMMAND ...        (from a checkout: python -m cratecache, PYTHONPATH=addon)
 
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from .airgap.bundle import BundleError, export_bundle, import_bundle
 from .airgap.staging import Progress, ToolchainPlan, stage, stage_toolchains
+from .boundary import tokens
 from .config import ConfigError, Settings, load_settings
 from .config.discovery import ConfigNotFound, find_config, from_env
 from .operations import ca, catalog, launch, verify
@@ -58,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    if getattr(args, "local", None) is not None:  # a command that needs no cache
+        return args.local(args, settings)
     try:
         return asyncio.run(_run(args, settings))
     except StorageUnavailable as e:
@@ -200,6 +204,18 @@ def parser() -> argparse.ArgumentParser:
     group.add_argument("--older-than", metavar="AGE", type=_age_argument)
     group.add_argument("--all", action="store_true")
     pu.set_defaults(run=cmd_purge)
+
+    tk = command("token", help="the mirror's per-user tokens (mirror.tokens_file)",
+                        description="Tokens for the mirror listener with auth: tokens. The tokens file holds one "
+                                    "NAME:sha256:<hex> a line (hashes, never the tokens); the proxy re-reads it "
+                                    "within a second of a change. Remove a line to revoke that token.")
+    token_commands = tk.add_subparsers(dest="token_command", required=True, metavar="SUBCOMMAND")
+    add = token_commands.add_parser("add", parents=[common], help="make a new token for NAME",
+                                    description="Print a new random token for NAME (once: only its hash is kept) and "
+                                                "append its line to mirror.tokens_file (created, mode 600, if missing). "
+                                                "NAME is who the log lines and /metrics will name.")
+    add.add_argument("name", metavar="NAME")
+    add.set_defaults(local=cmd_token_add)
     return p
 
 
@@ -235,6 +251,29 @@ def _create_ca(confdir: Path) -> ca.Files | None:
         print(f"cargo-cache: cannot create the CA in {confdir}: {e.strerror or e} (ca.directory in proxies.yaml "
               "names the folder; it must be writable)", file=sys.stderr)
         return None
+
+
+def cmd_token_add(args, settings: Settings) -> int:
+    mirror = settings.mirror
+    if mirror is None or mirror.tokens_file is None:
+        print(f"cargo-cache: {settings.source} has no mirror.tokens_file (mirror: with auth: tokens)", file=sys.stderr)
+        return 2
+    if problem := tokens.name_problem(args.name):
+        print(f"cargo-cache: {problem}", file=sys.stderr)
+        return 2
+    token = tokens.new_token()
+    line = tokens.token_line(args.name, token) + "\n"
+    fd = os.open(mirror.tokens_file, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        if (size := os.fstat(fd).st_size) and os.pread(fd, 1, size - 1) != b"\n":
+            line = "\n" + line  # the file's last line had no newline
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+    print(token)
+    print(f"cargo-cache: token for {args.name} added to {mirror.tokens_file}; it is shown only now. Give it to "
+          f"{args.name} for `cargo login --registry <name>` or CARGO_REGISTRIES_<NAME>_TOKEN.", file=sys.stderr)
+    return 0
 
 
 def _age_argument(text: str) -> float:

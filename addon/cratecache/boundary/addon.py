@@ -9,14 +9,17 @@ operations/upkeep.py's. This addon reads what they make through the `Runtime` on
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from dataclasses import replace
+from urllib.parse import urlsplit
 
 from mitmproxy import connection, http, tls
 from mitmproxy.addonmanager import Loader
 
-from ..config import Settings
+from ..config import Mirror, Settings, Source, Toolchains
+from ..engine import freshness
 from ..operations.logs import RequestLine, log_request
 from ..protocols.pairs import Pairs
 from ..protocols.reasks import Reasks
@@ -24,7 +27,10 @@ from ..resolver import Resolver
 from ..runtime import Runtime
 from .blobs import PRECHECK_BYTES, Check, file_sha256
 from .handler import Client, Reply, handle, text_reply
+from .mirror import MirrorTarget, client_config, locate, login_url, welcome
+from .mirror_listener import is_mirror
 from .routes import Rejection, Target, intercept
+from .tokens import TokenFile
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +45,7 @@ class CargoCache:
         self.reasks = Reasks()  # index files each client connection was given: a second ask is Cargo's re-ask
         self.pairs = Pairs()  # the manifest hash each client was given in a .sha256: it gets that manifest
         self._evictions: set[asyncio.Task] = set()  # damaged files found while streamed, being evicted
+        self._token_file: TokenFile | None = None  # the mirror's tokens, re-read when the file changes
 
     def load(self, loader: Loader) -> None:
         # Our own line per request says it all; mitmdump's root logger is at DEBUG, and httpcore's ~10
@@ -63,7 +70,7 @@ class CargoCache:
         settings = self.runtime.settings
         if settings is None or not _announces_body(flow.request):
             return
-        if _target(settings, flow) is None:
+        if not is_mirror(flow.client_conn) and _target(settings, flow) is None:
             return
         flow.kill()  # mitmproxy would otherwise buffer the whole body before any hook could answer
         client = flow.client_conn.peername[0] if flow.client_conn.peername else "-"
@@ -78,6 +85,9 @@ class CargoCache:
         if settings is None or resolver is None:
             return
         try:
+            if is_mirror(flow.client_conn):
+                await self._serve_mirror(flow, settings, resolver)
+                return
             target = _target(settings, flow)
             if target is not None:
                 await self._serve(flow, target, resolver)
@@ -93,13 +103,45 @@ class CargoCache:
             reply = text_reply(target.status, target.reason, "rejected")
         else:
             name, host = target.registry.name, target.host
-            reply = await handle(resolver, target.registry, flow.request.method, host, flow.request.path,
-                                 flow.request.headers, self._client(flow))
-            if reply.file is not None and reply.file_size <= PRECHECK_BYTES:
-                reply = await self._prechecked(reply, resolver)
-                if reply.file is None:  # its bytes rotted and were evicted: now a miss, fetched from an upstream
-                    reply = await handle(resolver, target.registry, flow.request.method, host, flow.request.path,
-                                         flow.request.headers, self._client(flow))
+            reply = await self._reply(flow, resolver, target.registry, host, path, flow.request.headers)
+        await self._finish(flow, resolver, started, name, host, path, reply)
+
+    async def _serve_mirror(self, flow: http.HTTPFlow, settings: Settings, resolver: Resolver) -> None:
+        """A request on the mirror listener: the same routes as on the intercepted hosts (mirror.py), behind the
+        mirror's tokens; config.json rewritten to point at the mirror."""
+        started, request, mirror = time.monotonic(), flow.request, settings.mirror
+        if mirror is None:  # removed by a reload while this connection stayed open
+            reply = text_reply(404, "this mirror is not configured any more", "rejected")
+            await self._finish(flow, resolver, started, "-", request.pretty_host, request.path, reply)
+            return
+        target = locate(settings, mirror, request.method, request.path)
+        user = self._tokens(mirror.tokens_file).owner(request.headers.get("authorization")) if mirror.tokens else "-"
+        reply = _mirror_gate(settings, mirror, request, flow.client_conn.tls_established, target, user)
+        if reply is None:
+            headers = request.headers
+            if target.config:  # the stored entry's validators are not those of the body served here
+                headers = headers.copy()
+                headers.pop("if-none-match", None)
+                headers.pop("if-modified-since", None)
+            reply = await self._reply(flow, resolver, target.source, target.host, target.path, headers)
+            if target.config and reply.status == 200:
+                reply = _mirror_config(reply, client_config(mirror, target.source), request)
+        name = target.source.name if isinstance(target, MirrorTarget) and reply.status != 401 else "-"
+        await self._finish(flow, resolver, started, name, urlsplit(mirror.public_url).netloc, request.path, reply,
+                           user or "-")
+
+    async def _reply(self, flow: http.HTTPFlow, resolver: Resolver, source: Source, host: str, path: str,
+                     headers) -> Reply:
+        reply = await handle(resolver, source, flow.request.method, host, path, headers, self._client(flow))
+        if reply.file is not None and reply.file_size <= PRECHECK_BYTES:
+            reply = await self._prechecked(reply, resolver)
+            if reply.file is None:  # its bytes rotted and were evicted: now a miss, fetched from an upstream
+                reply = await handle(resolver, source, flow.request.method, host, path, headers, self._client(flow))
+        return reply
+
+    async def _finish(self, flow: http.HTTPFlow, resolver: Resolver, started: float, name: str, host: str, path: str,
+                      reply: Reply, user: str | None = None) -> None:
+        """Answer (or stream) the reply, count it and log it. `user`: on the mirror, the token's owner ('-': none)."""
         if reply.file is not None:
             reply = await self._stream_from_file(flow, reply, resolver)
         if reply.file is None:
@@ -109,8 +151,13 @@ class CargoCache:
         client = flow.client_conn.peername[0] if flow.client_conn.peername else "-"
         self.activity.request(name, client, flow.request.method, host, path, reply.status,
                               reply.source, reply.state, reply.kind, reply.size if reply.file else len(reply.body),
-                              seconds, reply.reason)
-        _log_reply(flow, client, host, path, reply, seconds * 1000)
+                              seconds, reply.reason, user)
+        _log_reply(flow, client, host, path, reply, seconds * 1000, user)
+
+    def _tokens(self, path: str) -> TokenFile:
+        if self._token_file is None or self._token_file.path != path:
+            self._token_file = TokenFile(path)
+        return self._token_file
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.get("cargo_cache_streamed"):
@@ -198,6 +245,42 @@ def _announces_body(request: http.Request) -> bool:
     return not length.isdigit() or int(length) > MAX_REQUEST_BODY
 
 
-def _log_reply(flow: http.HTTPFlow, client: str, host: str, path: str, reply: Reply, ms: float) -> None:
+def _mirror_gate(settings: Settings, mirror: Mirror, request: http.Request, tls: bool, target: MirrorTarget | Rejection,
+                 user: str | None) -> Reply | None:
+    """The mirror's own answer before any route is resolved (None: resolve `target`), in this order: plain HTTP on an
+    HTTPS listener, the root page, a registry path without a known token (401, before anything is said about the
+    path; rustup sends no token, so /rustup/ is open), a refused path."""
+    if mirror.tls_cert and not tls:
+        return text_reply(403, f"this mirror is served over HTTPS only: {mirror.public_url}/", "rejected")
+    if request.path == urlsplit(mirror.public_url).path.rstrip("/") + "/" and request.method in ("GET", "HEAD"):
+        page = (welcome(settings, mirror, listed=user is not None) + "\n").encode()
+        return Reply(200, page, {"Content-Type": "text/plain; charset=utf-8"}, "-", "hit", "-", len(page))
+    toolchains = isinstance(target, MirrorTarget) and isinstance(target.source, Toolchains)
+    if user is None and not toolchains:
+        return _unauthorized(mirror, "authorization" in request.headers)
+    if isinstance(target, Rejection):
+        return text_reply(target.status, target.reason, "rejected")
+    return None
+
+
+def _unauthorized(mirror: Mirror, sent: bool) -> Reply:
+    """401 with Cargo's challenge: Cargo then sends its token for the registry, or tells the user to log in."""
+    why = "the token sent is not known to this mirror" if sent else "this mirror requires a token"
+    reply = text_reply(401, f"{why}: ask its operator for one, then `cargo login --registry <name>` or set "
+                            "CARGO_REGISTRIES_<NAME>_TOKEN", "unauthorized")
+    return replace(reply, headers={**reply.headers, "WWW-Authenticate": f'Cargo login_url="{login_url(mirror)}"'})
+
+
+def _mirror_config(reply: Reply, body: bytes, request: http.Request) -> Reply:
+    """The registry's config.json as the mirror serves it, with validators of its own."""
+    etag = freshness.etag_for(hashlib.sha256(body).hexdigest())
+    headers = {**reply.headers, "ETag": etag, "Content-Length": str(len(body))}
+    if freshness.client_not_modified(request.headers.get("if-none-match"), None, etag, ""):
+        return replace(reply, status=304, body=b"", headers=headers, size=len(body))
+    return replace(reply, body=b"" if request.method == "HEAD" else body, headers=headers, size=len(body))
+
+
+def _log_reply(flow: http.HTTPFlow, client: str, host: str, path: str, reply: Reply, ms: float,
+               user: str | None = None) -> None:
     log_request(logger, RequestLine(client, flow.request.method, host, path, reply.status, reply.source, reply.state,
-                                    reply.size, ms, flow.request.http_version, reply.reason))
+                                    reply.size, ms, flow.request.http_version, reply.reason, user))

@@ -6,6 +6,7 @@ credentials included), even in offline mode. The cache addon answers every failu
 second line for whatever still slips past (another addon's error, a path no one thought of): it runs after
 every other `request` hook and turns an unanswered flow on a registry or toolchains host into a 502 with a
 reason. A flow it cannot classify (the routing itself raised) counts as intercepted: refused, not forwarded.
+Every request on the mirror listener is the cache's to answer: one left unanswered gets the 502 too.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from mitmproxy import http
 
 from ..config import Settings
+from .mirror_listener import is_mirror
 from .routes import intercept
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ class FailClosed:
 def _intercepted(settings: Settings, flow: http.HTTPFlow) -> bool:
     request = flow.request
     try:
+        if is_mirror(flow.client_conn):
+            return True
         return intercept(settings, request.host, request.port, request.host_header, request.path) is not None
     except Exception:  # undecidable: treat it as ours
         logger.exception("cargo-cache: cannot tell whether %s is intercepted; refusing it", request.pretty_url)

@@ -63,7 +63,7 @@ def _authority(value: str) -> tuple[str, int | None]:
 
 def classify(registry: Source, host: str, method: str, path: str) -> Route | Rejection:
     """Decide what a request on one of `registry`'s hosts (or the toolchains host) asks for."""
-    if problem := _request_problem(method, path):
+    if problem := request_problem(method, path):
         return problem
     if "%" in path:
         path = path.replace("%2B", "+").replace("%2b", "+")
@@ -81,7 +81,7 @@ def classify(registry: Source, host: str, method: str, path: str) -> Route | Rej
     return _download_route(registry, segments) or Rejection(404, f"not a registry path: {path}")
 
 
-def _request_problem(method: str, path: str) -> Rejection | None:
+def request_problem(method: str, path: str) -> Rejection | None:
     """What every intercepted host refuses: writes, odd or encoded characters, traversal."""
     if method not in ALLOWED_METHODS:
         return Rejection(405, f"method {method} not allowed; the registry is read-only (GET, HEAD)")

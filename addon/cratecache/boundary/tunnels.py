@@ -24,6 +24,7 @@ from ..config import Settings
 from ..upstreams import addresses
 from ..upstreams.addresses import Address, literal
 from .gitindex import hint
+from .mirror_listener import is_mirror
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +80,8 @@ class LoopbackGuard:
                        host, port, data.server.error, _hinted(host, port))
 
     async def _check(self, flow: http.HTTPFlow) -> None:
-        if ctx.options.cargo_tunnel_loopback or flow.response is not None:
-            return
+        if ctx.options.cargo_tunnel_loopback or flow.response is not None or is_mirror(flow.client_conn):
+            return  # the mirror listener's requests are all answered by the cache, never connected anywhere
         host, port = flow.request.host, flow.request.port
         if self._intercepted(host, port):
             return

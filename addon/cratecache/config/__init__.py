@@ -40,14 +40,14 @@ from .fields import parse_duration, parse_size
 from .files import read_regular_file, read_secret
 from .load import load_settings, parse_settings
 from .policy import AdvisoryPolicy, CrateMatch, Policy, Quarantine, Rule, parse_crate_match
-from .settings import CacheSettings, Registry, S3Settings, Settings, Source, Toolchains, Upstream
+from .settings import CacheSettings, Mirror, Registry, S3Settings, Settings, Source, Toolchains, Upstream
 
 __all__ = [
     "BACKENDS", "DEFAULT_BACKOFF", "DEFAULT_BACKOFF_AFTER", "DEFAULT_DIST_HOST", "DEFAULT_DIST_TTL",
     "DEFAULT_INDEX_TTL", "DEFAULT_LEASE", "DEFAULT_MAX_CRATE_SIZE", "DEFAULT_MAX_DIST_FILE_SIZE",
     "DEFAULT_MAX_INDEX_SIZE", "DEFAULT_NEGATIVE_TTL", "DEFAULT_REVALIDATE_AHEAD", "DEFAULT_SIZE_LIMIT",
     "DEFAULT_TIMEOUT_MS", "EVICTION_POLICIES", "MAX_CONFIG_BYTES", "MAX_SECRET_BYTES", "TOOLCHAINS",
-    "CacheSettings", "ConfigError", "Registry", "S3Settings", "Settings", "Source", "Toolchains", "Upstream",
+    "CacheSettings", "ConfigError", "Mirror", "Registry", "S3Settings", "Settings", "Source", "Toolchains", "Upstream",
     "load_settings", "parse_settings", "parse_size", "read_regular_file", "read_secret", "shown_url",
     "AdvisoryPolicy", "CrateMatch", "Policy", "Quarantine", "Rule", "parse_crate_match", "parse_duration",
 ]

@@ -22,6 +22,7 @@ DEFAULT_MAX_DIST_FILE_SIZE = 2 * 1024**3  # rustc is ~70 MB, rust-docs ~20 MB; a
 MAX_CONFIG_BYTES = 1024**2  # proxies.yaml
 MAX_SECRET_BYTES = 64 * 1024  # a password_file and the like: one line
 TOOLCHAINS = "toolchains"  # the name of the dist source in logs, metrics and upstream health (not a registry name)
+MIRROR_TOOLCHAINS_PATH = "rustup"  # the mirror serves the toolchains under <public_url>/rustup/ (not a registry name)
 EVICTION_POLICIES = ("least-recently-used", "least-recently-stored", "least-frequently-used", "none")
 BACKENDS = ("disk", "s3")
 LOG_FORMATS = ("text", "json")

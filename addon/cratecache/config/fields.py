@@ -21,6 +21,7 @@ from .policy import ADVISORY_ID, ADVISORY_ID_PATTERN, parse_crate_match
 ENV_PATTERN = r"\$\{[A-Za-z_][A-Za-z0-9_]*\}"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::\d{1,5})?$")
+_IPV6 = re.compile(r"^[0-9A-Fa-f:.]{2,45}\Z")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 _INDEX_PATH = re.compile(r"^/(?:[A-Za-z0-9._~-]+/){0,16}\Z")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
@@ -76,6 +77,20 @@ def url(value: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise problem(f"expected an http:// or https:// URL, got {shown_url(value)!r}")
     return value if value.endswith("/") else value + "/"
+
+
+def _listen(value: str) -> str:
+    """'host:port', '[v6]:port' or ':port' (every address) -> as given, checked."""
+    value = value.strip()
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise problem(f"{value!r} is not host:port (expected e.g. 0.0.0.0:8090)")
+    if host.startswith("["):
+        if not host.endswith("]") or not _IPV6.match(host[1:-1]):
+            raise problem(f"{value!r}: not an IPv6 address in brackets")
+    elif host and not _HOST.match(host.lower()):
+        raise problem(f"{value!r}: not a host name or address")
+    return value
 
 
 def _index_url(value: str) -> str:
@@ -212,6 +227,7 @@ Host = Annotated[Text, AfterValidator(host)]
 Hosts = Annotated[list[Host], listed("host names")]
 Url = Annotated[Text, AfterValidator(url)]
 IndexUrl = Annotated[Text, AfterValidator(_index_url)]
+Listen = Annotated[Text, AfterValidator(_listen)]
 FilePath = Annotated[Text, AfterValidator(_path)]
 Size = Annotated[int, BeforeValidator(_size), WithJsonSchema(
     {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": SIZE_PATTERN}]})]

@@ -5,6 +5,7 @@ each registry's effective policy, its own `policy:` merged over the global one."
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from .defaults import MAX_CONFIG_BYTES
 from .errors import ConfigError, from_validation
 from .files import read_regular_file, read_secret
 from .policy import ACTIONS, AdvisoryPolicy, Policy, Quarantine, Rule, parse_crate_match
-from .settings import CacheSettings, Registry, S3Settings, Settings, Toolchains, Upstream
+from .settings import CacheSettings, Mirror, Registry, S3Settings, Settings, Toolchains, Upstream
 
 
 def load_settings(path: str | os.PathLike, env: Mapping[str, str] | None = None) -> Settings:
@@ -60,10 +61,24 @@ class _Builder:
         if (tc := doc.toolchains) is not None:
             ups = self.upstreams(tc.proxies, "toolchains.proxies")
             toolchains = Toolchains(host=tc.host, upstreams=ups, ttl=tc.ttl, max_file_size=tc.max_file_size)
+        mirror = self.mirror(doc.mirror) if doc.mirror is not None else None
         return Settings(source=str(self.path), cache=cache, registries=registries, toolchains=toolchains,
                         secret_files=tuple(dict.fromkeys(self.secret_files)), policy=policy,
                         log_format=doc.log_format,
-                        ca_directory=self.path_value(doc.ca.directory, "ca.directory"))
+                        ca_directory=self.path_value(doc.ca.directory, "ca.directory"), mirror=mirror)
+
+    def mirror(self, m: models.Mirror) -> Mirror:
+        host, _, port = m.listen.rpartition(":")
+        cert = self.ca_bundle(m.tls_cert, "mirror.tls_cert")  # regular files that exist
+        key = self.ca_bundle(m.tls_key, "mirror.tls_key")
+        if cert is not None and key is not None:
+            try:  # a certificate clients would fail on later is one line now
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+            except (ssl.SSLError, OSError) as e:
+                raise ConfigError(self.path, "mirror.tls_cert", f"cannot use {cert} with {key}: {e}") from None
+        tokens = str(self.path_value(m.tokens_file, "mirror.tokens_file")) if m.tokens_file else None
+        return Mirror(listen_host=host.strip("[]"), listen_port=int(port), public_url=m.public_url.rstrip("/"),
+                      tls_cert=cert, tls_key=key, auth=m.auth, tokens_file=tokens)
 
     def cache(self, c: models.Cache) -> CacheSettings:
         fields = c.model_dump(exclude={"directory", "s3"})

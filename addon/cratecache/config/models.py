@@ -24,6 +24,7 @@ from .fields import (
     Host,
     Hosts,
     IndexUrl,
+    Listen,
     Name,
     OneLine,
     Prefix,
@@ -212,6 +213,31 @@ class Toolchains(Section):
         return self
 
 
+class Mirror(Section):
+    """The mirror listener (`mirror:`): the same cache as plain registry URLs, for clients without the proxy's CA."""
+
+    listen: Listen = Field(description="host:port it listens on (0.0.0.0:8090; [::]:8090)")
+    public_url: Url = Field(description="how clients reach it (https://cargo-gw.corp.example:8090); config.json's dl "
+                                        "and the 401's login_url are built on it")
+    tls_cert: FilePath | None = Field(None, description="PEM certificate (chain) it serves HTTPS with; none: plain "
+                                                        "HTTP, for a trusted network")
+    tls_key: FilePath | None = Field(None, description="the certificate's private key (PEM)")
+    auth: one_of(("none", "tokens")) = Field("none", description="tokens: Cargo must send a token of tokens_file "
+                                                                  "(config.json says auth-required)")
+    tokens_file: FilePath | None = Field(None, description="with auth: tokens, one NAME:sha256:<hex> a line "
+                                                           "(python -m cratecache token add NAME); re-read live")
+
+    @model_validator(mode="after")
+    def _checks(self) -> Mirror:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise problem("set both tls_cert and tls_key, or neither", "tls_key" if self.tls_cert else "tls_cert")
+        if self.auth == "tokens" and self.tokens_file is None:
+            raise problem("required with auth: tokens", "tokens_file")
+        if self.auth == "none" and self.tokens_file is not None:
+            raise problem("only used with auth: tokens", "tokens_file")
+        return self
+
+
 class S3(Section):
     """The shared bucket of a fleet (`cache.s3`, with backend: s3)."""
 
@@ -300,6 +326,8 @@ class ProxiesFile(Section):
     log_format: one_of(d.LOG_FORMATS, echo=True) = Field(d.DEFAULT_LOG_FORMAT, description="text: mitmdump's lines; "
                                                          "json: one JSON object a line (--set cargo_log_format wins)")
     ca: Ca = Field(default_factory=Ca, description="where the proxy's CA is kept")
+    mirror: Mirror | None = Field(None, description="a listener serving the same cache as plain registry URLs "
+                                                    "(source replacement, RUSTUP_DIST_SERVER); none: no mirror")
 
     @model_validator(mode="after")
     def _checks(self) -> ProxiesFile:
@@ -320,6 +348,11 @@ class ProxiesFile(Section):
                 if r.name == d.TOOLCHAINS:
                     raise problem(f"{d.TOOLCHAINS!r} is the name of the toolchains section", "registries", i, "name")
         unique(hosts, "host")
+        if self.mirror is not None:
+            for i, r in enumerate(registries):
+                if r.name == d.MIRROR_TOOLCHAINS_PATH:
+                    raise problem(f"the mirror serves toolchains under /{d.MIRROR_TOOLCHAINS_PATH}/: choose another "
+                                  "name", "registries", i, "name")
         return self
 
 

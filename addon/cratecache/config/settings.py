@@ -91,6 +91,28 @@ Source = Registry | Toolchains  # what the proxy answers for on an intercepted h
 
 
 @dataclass(frozen=True)
+class Mirror:
+    """The mirror listener (`mirror:`): registries at `<public_url>/<name>/index/`, toolchains at `<public_url>/rustup/`."""
+
+    listen_host: str  # '' for every address
+    listen_port: int
+    public_url: str  # without a trailing '/'
+    tls_cert: str | None = None  # PEM files (paths resolved); None: plain HTTP
+    tls_key: str | None = None
+    auth: str = "none"  # none | tokens
+    tokens_file: str | None = None
+
+    @property
+    def listen(self) -> str:
+        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        return f"{host}:{self.listen_port}"
+
+    @property
+    def tokens(self) -> bool:
+        return self.auth == "tokens"
+
+
+@dataclass(frozen=True)
 class S3Settings:
     """The shared bucket of a fleet (cache.backend: s3). Keys live under `prefix`."""
 
@@ -140,6 +162,7 @@ class Settings:
     policy: Policy = Policy()  # the global `policy:` section (each registry's effective one: Registry.policy)
     log_format: str = d.DEFAULT_LOG_FORMAT  # text | json (operations/logs.py; the cargo_log_format option wins)
     ca_directory: Path | None = None  # the CA's folder (mitmproxy's confdir); None: settings not read from a file
+    mirror: Mirror | None = None  # the mirror listener, if configured
 
     @property
     def sources(self) -> tuple[Source, ...]:

@@ -29,10 +29,14 @@ class Activity:
         self.unflushed: Counter[str] = Counter()  # the same, not yet added to the store's counters
 
     def request(self, registry: str, client: str, method: str, host: str, path: str, status: int, source: str,
-                state: str, kind: str, size: int, seconds: float, reason: str = "") -> None:
+                state: str, kind: str, size: int, seconds: float, reason: str = "", user: str | None = None) -> None:
+        """`user`: a request on the mirror listener, by the owner of its token ('-' without tokens)."""
         self.recent.appendleft({"time": time.time(), "client": client, "method": method, "host": host,
                                 "path": path, "status": status, "source": source, "state": state,
-                                "bytes": size, "ms": round(seconds * 1000, 1), "reason": reason})
+                                "bytes": size, "ms": round(seconds * 1000, 1), "reason": reason,
+                                **({"user": user} if user is not None else {})})
+        if user is not None:
+            self.metrics.mirror_requests.labels(registry, user, state).inc()
         self.served[f"{kind}:{state}"] += 1
         self.unflushed[f"{kind}:{state}"] += 1
         self.metrics.request(registry, kind, state, seconds, size)
@@ -68,6 +72,8 @@ class Activity:
                 **cache,
             },
             "storage": storage,
+            "mirror": {"listen": m.listen, "public_url": m.public_url, "tls": m.tls_cert is not None, "auth": m.auth}
+            if (m := settings.mirror) else None,
             "recent": list(self.recent),
         }
 

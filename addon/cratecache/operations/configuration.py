@@ -1,11 +1,11 @@
 """The configuration addon: the proxy's own options, proxies.yaml applied at start, reloaded and watched.
 
-At start it reads proxies.yaml, opens the store, makes the resolver and puts them in the shared `Runtime`, and
-limits mitmproxy's interception to the configured hosts. Once running it re-reads the file on SIGHUP, on a
-changed option and within a few seconds of a change to it or a secret file (off the event loop, one reload at a
-time), and applies what may change live (reload.py). A SIGHUP during start is held (hangup.py) and replayed as
-one reload. Without applied settings the proxy never serves: an invalid file or a `cargo_` option given twice
-stops mitmdump at start with one line.
+At start it reads proxies.yaml, opens the store, makes the resolver and puts them in the shared `Runtime`,
+limits mitmproxy's interception to the configured hosts and adds the mirror listener to mitmproxy's modes
+(boundary/mirror_listener.py). Once running it re-reads the file on SIGHUP, on a changed option and within a few
+seconds of a change to it or a secret file (off the event loop, one reload at a time), and applies what may change
+live (reload.py). A SIGHUP during start is held (hangup.py) and replayed as one reload. Without applied settings
+the proxy never serves: an invalid file or a `cargo_` option given twice stops mitmdump at start with one line.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
+from ..boundary import mirror_listener
 from ..config import Settings, discovery
 from ..resolver import Resolver
 from ..runtime import Runtime
@@ -95,6 +96,8 @@ class Configuration:
             ctx.options.update(confdir=str(self.runtime.settings.ca_directory))
         if self.runtime.settings is not None and {"cargo_proxies", "allow_hosts", "connection_strategy"} & updated:
             _limit_interception(self.runtime.settings)
+        if self.runtime.settings is not None and {"cargo_proxies", "mode"} & updated:
+            mirror_listener.listen(self.runtime.settings)
 
     def reload(self, why: str, read: reload.Read | None = None) -> bool:
         """(Re-)read proxies.yaml and apply it: at start, install it; later, apply what may change live (see
@@ -121,6 +124,7 @@ class Configuration:
         runtime.resolver.reconfigure(planned.settings)
         runtime.settings = planned.settings
         _limit_interception(planned.settings)
+        mirror_listener.listen(planned.settings)
         runtime.config.loaded(time.time(), planned.needs_restart)
         logger.info("cargo-cache: configuration reloaded (%s): %s", why, "; ".join(planned.changes) or "no changes")
         for field in planned.needs_restart:

@@ -57,6 +57,7 @@ class RequestLine:
     ms: float
     http_version: str
     reason: str = ""
+    user: str | None = None  # the mirror's token owner ("-": no token); None: not a mirror request
 
     @property
     def level(self) -> int:
@@ -69,12 +70,14 @@ class RequestLine:
 
     def __str__(self) -> str:
         return (f"{self.client} {self.method} {self.host}{self.path} {self.status} {self.source} {self.state} "
-                f"{self.bytes}B {self.ms:.0f}ms {self.http_version}" + (f": {self.reason}" if self.reason else ""))
+                f"{self.bytes}B {self.ms:.0f}ms {self.http_version}" + (f" user={self.user}" if self.user is not None else "")
+                + (f": {self.reason}" if self.reason else ""))
 
     def fields(self) -> dict[str, Any]:
         return {"client": self.client, "method": self.method, "host": self.host, "path": self.path,
                 "status": self.status, "state": self.state, "upstream": self.upstream, "bytes": self.bytes,
-                "ms": round(self.ms, 1), "reason": self.reason or None, "http": self.http_version}
+                "ms": round(self.ms, 1), "reason": self.reason or None, "http": self.http_version,
+                **({"user": self.user} if self.user is not None else {})}
 
 
 def log_request(logger: logging.Logger, line: RequestLine) -> None:

@@ -2,6 +2,9 @@
 
 - cargo_cache_requests_total{registry,kind,outcome}           outcome: hit, miss, revalidated, updated,
                                                               stale, not_found, error, rejected
+- cargo_cache_mirror_requests_total{registry,user,outcome}   the mirror listener's requests (also counted above),
+                                                              by the owner of the token ('-' without tokens;
+                                                              outcome unauthorized: no or an unknown token)
 - cargo_cache_upstream_requests_total{registry,upstream,outcome}   ok, not_modified, not_found, failed, skipped
 - cargo_cache_request_duration_seconds{registry,kind}         total time to answer the client
 - cargo_cache_upstream_duration_seconds{registry,upstream}     time of each upstream attempt
@@ -57,6 +60,8 @@ class Metrics:
         r.register(self.policy)
         self.requests = Counter("cargo_cache_requests", "Requests answered on registry hosts",
                                 ["registry", "kind", "outcome"], registry=r)
+        self.mirror_requests = Counter("cargo_cache_mirror_requests", "Requests answered on the mirror listener, by "
+                                       "the owner of their token", ["registry", "user", "outcome"], registry=r)
         self.upstream_requests = Counter("cargo_cache_upstream_requests", "Attempts on upstream registries",
                                          ["registry", "upstream", "outcome"], registry=r)
         self.request_duration = Histogram("cargo_cache_request_duration_seconds", "Time to answer a client",

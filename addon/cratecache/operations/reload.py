@@ -2,7 +2,7 @@
 
 Live: the registries and the toolchains section (hosts, upstreams, their order, credentials, timeouts, TLS
 settings, active switches), every TTL, the back-off settings, the lease time, offline mode, the size limits, the
-supply-chain policy (global and per registry).
+supply-chain policy (global and per registry), the mirror listener (moved, started or stopped).
 At restart only: where and how the cache is kept (`cache.directory`, `size_limit`, `eviction_policy`,
 `backend`, `s3` but its keys) and the CA's folder (`ca.directory`: mitmproxy's confdir, read at start), because
 moving a cache under running requests is not something to half-do; and `log_format`, which the workers
@@ -50,8 +50,16 @@ def plan(running: Settings, new: Settings) -> Reload:
     kept = replace(new.cache, **{f: getattr(running.cache, f) for f in RESTART_FIELDS if f != "s3"}, s3=s3)
     changes += _policy("policy", running.policy, new.policy)
     changes += _sources(running, new)
+    if running.mirror != new.mirror:  # the listener moves with it (mirror_listener.listen); tokens_file is re-read
+        changes.append(f"mirror {_mirror(running.mirror)} -> {_mirror(new.mirror)}")
     return Reload(replace(new, cache=kept, log_format=running.log_format, ca_directory=running.ca_directory),
                   tuple(changes), restart)
+
+
+def _mirror(mirror) -> str:
+    if mirror is None:
+        return "off"
+    return f"{mirror.listen} {mirror.public_url} ({'HTTPS' if mirror.tls_cert else 'HTTP'}, auth {mirror.auth})"
 
 
 def _sources(running: Settings, new: Settings) -> list[str]:

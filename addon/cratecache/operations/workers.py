@@ -12,15 +12,16 @@ two configurations and caches. `--workers 1` runs mitmdump in this process, with
 One mitmdump process uses one core. The kernel spreads the connections to the shared port over the workers;
 they share the cache folder (diskcache is safe across processes, and leases make concurrent misses fetch once
 across workers). mitmproxy binds its port before any addon script runs, so each worker is started through
-`python -m cratecache.operations.workers --worker`, which asks asyncio for SO_REUSEPORT on the proxy port only and then
-runs mitmdump in-process. Worker i has its own status page on `--status-port + i` (request counts are summed
-across workers by `make cache-stats`; Prometheus sums the workers' /metrics). This supervisor prefixes each
-worker's log lines with `w{i} |` (with JSON logs, `log_format`/`cargo_log_format: json`, a worker's lines carry
-"worker": i instead and are passed on as they are, and the supervisor's own lines are JSON too; logs.py), starts a
-new worker when one dies (at most RESTARTS_PER_MINUTE a minute, then it stops them all, exit 1), passes SIGHUP on
-to every worker (each re-reads proxies.yaml; a worker starts with SIGHUP blocked until its handler is in place, so
-one that comes during its start is a reload once it runs, see hangup.py), and stops all of them on Ctrl-C or
-SIGTERM.
+`python -m cratecache.operations.workers --worker`, which asks asyncio for SO_REUSEPORT on the ports of mitmproxy's
+own servers only (the proxy port, and the mirror listener of proxies.yaml's `mirror:`, wherever a reload moves it)
+and then runs mitmdump in-process. The mirror's port is checked like the proxy port at launch. Worker i has its own
+status page on `--status-port + i` (request counts are summed across workers by `make cache-stats`; Prometheus sums
+the workers' /metrics). This supervisor prefixes each worker's log lines with `w{i} |`, starts a new worker when one
+dies (at most RESTARTS_PER_MINUTE a minute, then it stops them all, exit 1), passes SIGHUP on to every worker (each
+re-reads proxies.yaml; a worker starts with SIGHUP blocked until its handler is in place, so one that comes during its
+start is a reload once it runs, see hangup.py), and stops all of them on Ctrl-C or SIGTERM. With JSON logs
+(`log_format`/`cargo_log_format: json`) a worker's lines carry "worker": i instead of the prefix and are passed on
+as they are, and the supervisor's own lines are JSON too (logs.py).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def worker(args: list[str], shared: int | None = None, log_format: str = "text",
 
         @functools.wraps(original)
         async def start_server(client_connected_cb, host=None, port=None, **kwargs):
-            if port == shared:
+            if port == shared or (port and is_mode_server(client_connected_cb)):
                 kwargs["reuse_port"] = True
             return await original(client_connected_cb, host, port, **kwargs)
 
@@ -84,17 +85,22 @@ def _json_from_the_start(index: int | None) -> None:
     dump.DumpMaster = DumpMaster  # what mitmproxy.tools.main.mitmdump makes
 
 
-def launch_format(args: list[str]) -> str:
-    """The log format the workers will use: `--set cargo_log_format=` in their arguments, else proxies.yaml's
-    `log_format` (text when the file cannot be read: the worker then says why)."""
+def launch_settings(args: list[str]):
+    """proxies.yaml as the workers will read it (the file `--set cargo_proxies=` names, else the one config discovery
+    finds), or None when there is none or it is invalid: the workers then say why."""
     from .configuration import default_proxies
     from .reload import read
 
-    given = cmdline.value(args, "cargo_log_format") or ""
-    if given:
-        return given
     path = cmdline.value(args, "cargo_proxies") or default_proxies()
-    settings = read(path).settings if path else None
+    return read(path).settings if path else None
+
+
+def launch_format(args: list[str]) -> str:
+    """The log format the workers will use: `--set cargo_log_format=` in their arguments, else proxies.yaml's
+    `log_format` (text when the file cannot be read)."""
+    if given := cmdline.value(args, "cargo_log_format") or "":
+        return given
+    settings = launch_settings(args)
     return logs.chosen(given, settings.log_format if settings is not None else "text")
 
 
@@ -108,6 +114,13 @@ def relayed(line: str, index: int, log_format: str) -> str:
     record = logging.makeLogRecord({"name": "worker.output", "msg": line.rstrip("\n"), "levelno": logging.ERROR,
                                     "levelname": "ERROR"})
     return logs.JsonFormatter(index).format(record) + "\n"
+
+
+def is_mode_server(callback) -> bool:
+    """Whether asyncio is asked to listen for one of mitmproxy's proxy modes (the proxy port, the mirror listener,
+    whichever port a reload gives it): those ports are every worker's; the status page and the blob server are not."""
+    owner = getattr(callback, "__self__", None)
+    return type(owner).__module__ == "mitmproxy.proxy.mode_servers"
 
 
 class Supervisor:
@@ -228,6 +241,13 @@ def taken(host: str, port: int) -> str | None:
     return None
 
 
+def mirror_listen(args: list[str]) -> tuple[str, int] | None:
+    """Where proxies.yaml's mirror listener will listen, or None (none, or a file the workers will report on)."""
+    settings = launch_settings(args)
+    mirror = settings.mirror if settings is not None else None
+    return (mirror.listen_host, mirror.listen_port) if mirror is not None else None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
@@ -253,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     args = cmdline.without(cmdline.without(args, "listen_port"), "cargo_status_port")
     host, status_host = cmdline.value(args, "listen_host") or "", cmdline.value(args, "cargo_status_host") or "127.0.0.1"
     busy = [taken(host, port)] + [taken(status_host, status_port + i) for i in range(opts.workers) if status_port]
+    if (mirror := mirror_listen(args)) is not None:
+        busy.append(taken(*mirror))
     if problem := next((b for b in busy if b), None):
         say(f"not starting: {problem} (another cargo-cache, or another program; choose another PORT or "
             "STATUS_PORT, or stop it)", logging.ERROR)
