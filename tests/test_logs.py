@@ -62,6 +62,17 @@ def test_a_request_as_json_carries_every_field():
     }
 
 
+def test_a_mirror_request_names_its_token_owner_in_text_and_json_never_the_token():
+    mirror = RequestLine("10.0.0.9", "GET", "index.crates.io", "/se/rd/serde", 401, "-", "unauthorized", 120, 0.8,
+                         "HTTP/1.1", "this mirror requires a token", "-")
+    alice = RequestLine("10.0.0.9", "GET", "index.crates.io", "/se/rd/serde", 200, "cache", "hit", 27811, 0.6,
+                        "HTTP/2.0", "", "alice")
+    assert str(mirror).endswith("HTTP/1.1 user=-: this mirror requires a token")
+    assert str(alice).endswith("HTTP/2.0 user=alice")
+    assert json.loads(JsonFormatter().format(record(alice)))["user"] == "alice"
+    assert "user" not in json.loads(JsonFormatter().format(record(SERDE)))  # the transparent proxy's lines
+
+
 def test_a_hit_has_no_upstream_and_a_reason_with_quotes_newlines_and_a_non_ascii_path_stay_one_line():
     reason = 'denied by rule "openssl-src@<300"\nsecond line \\ and a tab\t'
     hit = RequestLine("::1", "GET", "static.crates.io", "/crates/café/1.0.0/download", 403, "cache", "refused", 0, 0.4,
