@@ -55,7 +55,7 @@ def test_a_request_that_cannot_be_classified_is_refused(settings):
 
 
 def test_an_unanswered_request_on_the_mirror_listener_gets_a_502_whatever_its_host(settings):
-    from cratecache.boundary.mirror_listener import TARGET
+    from cratecache.operations.mirror_modes import TARGET
     from mitmproxy.proxy import mode_specs
 
     unanswered = flow("cargo-cache-mirror.invalid", "/anything")

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 from cratecache.boundary.mirror import MirrorTarget, client_config, index_url, locate, welcome
-from cratecache.boundary.mirror_listener import TARGET_HOST, mirror_modes, mode_spec
 from cratecache.boundary.routes import Rejection, classify
 from cratecache.config import ConfigError, parse_settings
+from cratecache.operations.mirror_modes import TARGET_HOST, mirror_modes, mode_spec
 from cratecache.protocols.routes import ConfigRoute, CrateRoute, DistRoute, IndexRoute
 from mitmproxy.proxy import mode_specs
 

@@ -4,7 +4,8 @@ files change)."""
 from __future__ import annotations
 
 import trustme
-from cratecache.boundary.mirror_listener import TARGET, MirrorListener, is_mirror
+from cratecache.boundary.mirror_listener import MirrorListener, is_mirror
+from cratecache.operations.mirror_modes import TARGET
 from mitmproxy.proxy import mode_specs
 from mitmproxy.test import tflow
 

@@ -1,21 +1,21 @@
 """The mirror listener: one more mitmproxy server in the same process, answered by the same request addon.
 
-`mirror.listen` becomes a mitmproxy reverse-proxy mode (`mode` is a list; mitmproxy starts and stops its servers
-when it changes, so a reload moves the listener). Its reverse target is a name under `.invalid`, which never
-resolves, and it is never meant to be reached: the request addon answers every request on this listener itself
-(boundary/addon.py, boundary/mirror.py), the fail-closed addon answers what it did not, and `server_connect` here
-refuses a connection to that target should anything still try. This addon decides the protocol stack of a mirror
-connection itself (TLS from the client with the operator's certificate, then HTTP), whatever `allow_hosts` and
-`ignore_hosts` say, and gives the TLS handshake the operator's certificate and key (`mirror.tls_cert`/`tls_key`,
-re-read when the files change) instead of one signed by the proxy's CA. mitmproxy's `proxyauth` (the transparent
-proxy's login) does not apply to the mirror, which has its own tokens.
+`mirror.listen` becomes a mitmproxy reverse-proxy mode (operations/mirror_modes.py: `mode` is a list; mitmproxy
+starts and stops its servers when it changes, so a reload moves the listener). Its reverse target is a name under
+`.invalid`, which never resolves, and it is never meant to be reached: the request addon answers every request on
+this listener itself (boundary/addon.py, boundary/mirror.py), the fail-closed addon answers what it did not, and
+`server_connect` here refuses a connection to that target should anything still try. This addon decides the
+protocol stack of a mirror connection itself (TLS from the client with the operator's certificate, then HTTP),
+whatever `allow_hosts` and `ignore_hosts` say, and gives the TLS handshake the operator's certificate and key
+(`mirror.tls_cert`/`tls_key`, re-read when the files change) instead of one signed by the proxy's CA. mitmproxy's
+`proxyauth` (the transparent proxy's login) does not apply to the mirror, which has its own tokens.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from mitmproxy import connection, ctx, tls
 from mitmproxy.addons.tlsconfig import AppData, alpn_select_callback
@@ -25,46 +25,15 @@ from mitmproxy.proxy.layers import modes
 from mitmproxy.proxy.layers.http import HTTPMode
 from OpenSSL import SSL
 
-from ..config import Mirror, Settings
+from ..config import Settings
+from ..operations.mirror_modes import TARGET_HOST, is_mirror_spec
 
 logger = logging.getLogger(__name__)
-
-TARGET_HOST = "cargo-cache-mirror.invalid"  # RFC 6761: never resolves
-TARGET = f"http://{TARGET_HOST}:9"
-
-
-def mode_spec(mirror: Mirror) -> str:
-    """mitmproxy's mode for the listener: `reverse:http://cargo-cache-mirror.invalid:9@0.0.0.0:8090`."""
-    return f"reverse:{TARGET}@{mirror.listen_host}:{mirror.listen_port}"
-
-
-def is_mirror_spec(spec: str) -> bool:
-    return spec.startswith(f"reverse:{TARGET}@")
-
-
-def mirror_modes(current: Sequence[str], mirror: Mirror | None) -> list[str]:
-    """mitmproxy's `mode` list with the mirror's listener as configured (added, moved or removed), the others kept."""
-    kept = [spec for spec in current if not is_mirror_spec(spec)]
-    return kept + [mode_spec(mirror)] if mirror is not None else kept
-
 
 def is_mirror(client: connection.Client) -> bool:
     """Whether a client connection came in on the mirror listener."""
     mode = client.proxy_mode
     return isinstance(mode, mode_specs.ReverseMode) and mode.address[0] == TARGET_HOST
-
-
-def listen(settings: Settings) -> None:
-    """Start, move or stop the mirror listener to match `settings` (mitmproxy applies a changed `mode` live)."""
-    if "mode" not in ctx.options:
-        return
-    wanted = mirror_modes(ctx.options.mode, settings.mirror)
-    if wanted != list(ctx.options.mode):
-        ctx.options.update(mode=wanted)
-        if settings.mirror is not None:
-            m = settings.mirror
-            logger.info("cargo-cache: mirror on %s (%s) as %s%s", m.listen, "HTTPS" if m.tls_cert else
-                        "plain HTTP", m.public_url, ", tokens required" if m.tokens else "")
 
 
 class MirrorListener:

@@ -2,7 +2,7 @@
 
 At start it reads proxies.yaml, opens the store, makes the resolver and puts them in the shared `Runtime`,
 limits mitmproxy's interception to the configured hosts and adds the mirror listener to mitmproxy's modes
-(boundary/mirror_listener.py). Once running it re-reads the file on SIGHUP, on a changed option and within a few
+(operations/mirror_modes.py). Once running it re-reads the file on SIGHUP, on a changed option and within a few
 seconds of a change to it or a secret file (off the event loop, one reload at a time), and applies what may change
 live (reload.py). A SIGHUP during start is held (hangup.py) and replayed as one reload. Without applied settings
 the proxy never serves: an invalid file or a `cargo_` option given twice stops mitmdump at start with one line.
@@ -22,12 +22,11 @@ from pathlib import Path
 from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
-from ..boundary import mirror_listener
 from ..config import Settings, discovery
 from ..resolver import Resolver
 from ..runtime import Runtime
 from ..storage import open_storage
-from . import cmdline, hangup, logs, reload
+from . import cmdline, hangup, logs, mirror_modes, reload
 from .activity import origin
 
 logger = logging.getLogger(__name__)
@@ -97,7 +96,7 @@ class Configuration:
         if self.runtime.settings is not None and {"cargo_proxies", "allow_hosts", "connection_strategy"} & updated:
             _limit_interception(self.runtime.settings)
         if self.runtime.settings is not None and {"cargo_proxies", "mode"} & updated:
-            mirror_listener.listen(self.runtime.settings)
+            mirror_modes.listen(self.runtime.settings)
 
     def reload(self, why: str, read: reload.Read | None = None) -> bool:
         """(Re-)read proxies.yaml and apply it: at start, install it; later, apply what may change live (see
@@ -124,7 +123,7 @@ class Configuration:
         runtime.resolver.reconfigure(planned.settings)
         runtime.settings = planned.settings
         _limit_interception(planned.settings)
-        mirror_listener.listen(planned.settings)
+        mirror_modes.listen(planned.settings)
         runtime.config.loaded(time.time(), planned.needs_restart)
         logger.info("cargo-cache: configuration reloaded (%s): %s", why, "; ".join(planned.changes) or "no changes")
         for field in planned.needs_restart:
