@@ -4,7 +4,7 @@ import gc
 import weakref
 
 import pytest
-from cratecache.boundary import collector
+from cratecache.operations import collector
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ import logging
 from mitmproxy import ctx
 from mitmproxy.addonmanager import Loader
 
-from ..boundary import collector
 from ..policy import view as policy_view
 from ..runtime import Runtime
+from . import collector
 from .status import StatusAuth, StatusServer
 
 logger = logging.getLogger(__name__)
