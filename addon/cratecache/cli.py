@@ -299,11 +299,12 @@ async def cmd_import(args, settings: Settings, store: Storage) -> int:
 
 
 async def cmd_ls(args, settings: Settings, store: Storage) -> int:
-    found = await catalog.rows(store, time.time(), tuple(args.kind or catalog.KINDS), real_names=True)
-    if args.json:
-        for row in found:
+    kinds = tuple(args.kind or catalog.KINDS)
+    if args.json:  # streamed: each line as its page is read, the listing never held
+        async for row in catalog.iter_rows(store, time.time(), kinds, real_names=True):
             print(json.dumps(row.__dict__))
         return 0
+    found = await catalog.rows(store, time.time(), kinds, real_names=True)  # the table's widths need every row
     for line in listing(found):
         print(line)
     return 0

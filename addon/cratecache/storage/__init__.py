@@ -16,7 +16,7 @@ and last confirmed, the upstream's validators). Keys: `config/{registry}`, `inde
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,14 @@ class Storage(ABC):
     @abstractmethod
     async def entries(self, prefix: str = "") -> list[tuple[str, Meta]]:
         """(key, meta) of every entry whose key starts with `prefix`, in key order (the shared store's)."""
+
+    async def entry_pages(self, prefix: str = "", size: int = 1000) -> AsyncIterator[list[tuple[str, Meta]]]:
+        """The same (key, meta) as `entries`, in key order, at most `size` at a time, each page read when the caller
+        asks for it: what a listing of any size iterates (the disk backend holds one page in memory; this default, the
+        s3 backend's, reads the whole listing first)."""
+        found = await self.entries(prefix)
+        for start in range(0, len(found), size):
+            yield found[start:start + size]
 
     @abstractmethod
     async def keys(self, prefix: str = "") -> list[str]:

@@ -1,6 +1,13 @@
-"""Range scans of the local store's diskcache key index, and the persistent request counters kept in it."""
+"""Range scans of the local store's diskcache key index, and the persistent request counters kept in it.
+
+A scan reads the table directly (one short query a page, keyset-paged by key), without diskcache's `get`: with
+least-recently-used eviction every `get` is also a write of the entry's access time, so a listing through it would
+rewrite every row and make everything listed "recently used".
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import diskcache
 
@@ -13,6 +20,25 @@ class KeyScan:
         """The stored keys starting with `prefix`, in order: a range scan of the key index, not of every row."""
         # diskcache has no prefix query; its table is documented (Cache.key holds str keys as TEXT, indexed).
         rows = self._cache._sql("SELECT key FROM Cache WHERE key >= ? AND key < ? ORDER BY key", _key_range(prefix))
+        return [key for (key,) in rows if isinstance(key, str)]
+
+    def page(self, prefix: str, after: str | None, limit: int) -> list[tuple[str, Any]]:
+        """Up to `limit` (key, value) of the keys starting with `prefix` and above `after` (None: from the first), in
+        key order; values stored in the database only (a value kept as a file reads as None). No recency update."""
+        low, high = _key_range(prefix)
+        above = ">" if after is not None else ">="
+        rows = self._cache._sql(f"SELECT key, mode, filename, value FROM Cache WHERE key {above} ? AND key < ? "
+                                "ORDER BY key LIMIT ?", (low if after is None else after, high, limit)).fetchall()
+        fetch = self._cache.disk.fetch
+        return [(key, fetch(mode, filename, value, False) if value is not None else None)
+                for key, mode, filename, value in rows if isinstance(key, str)]
+
+    def key_page(self, prefix: str, after: str | None, limit: int) -> list[str]:
+        """Like `page`, the keys only."""
+        low, high = _key_range(prefix)
+        above = ">" if after is not None else ">="
+        rows = self._cache._sql(f"SELECT key FROM Cache WHERE key {above} ? AND key < ? ORDER BY key LIMIT ?",
+                                (low if after is None else after, high, limit)).fetchall()
         return [key for (key,) in rows if isinstance(key, str)]
 
     def count(self, prefix: str) -> int:

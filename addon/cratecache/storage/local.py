@@ -49,6 +49,7 @@ FILE_KINDS = ("crate/", "component/", "rustup/")  # what may be kept as a file; 
 HASH_OFFLOAD_BYTES = 1024 * 1024
 DEFAULT_HOT_BYTES = 64 * 1024 * 1024
 ROOM_MARGIN = 1024 * 1024  # evicting for a write on a full disk frees this much more (for SQLite's own pages)
+PAGE = 1000  # entries per page of a listing or scan (`entry_page`)
 
 
 class _Adopt:
@@ -87,6 +88,14 @@ class _AdoptingDisk(diskcache.Disk):
         files = getattr(self.written, "files", None)
         if files is not None:
             files.append((full_path, source))
+
+
+def _short(sha256: str) -> int:
+    """A digest's first 64 bits (what garbage collection keeps of each named blob)."""
+    try:
+        return int(sha256[:16], 16)
+    except ValueError:
+        return -1
 
 
 async def sha256_hex(body: bytes) -> str:
@@ -345,11 +354,22 @@ class LocalStore:
             self._memory.forget(key)
 
     def entries(self, prefix: str = "") -> Iterator[tuple[str, Meta]]:
-        """(key, meta) of every entry whose key starts with `prefix`, in key order."""
-        for key in self.keys(prefix):
-            meta = self.meta(key)
-            if meta is not None:
-                yield key, meta
+        """(key, meta) of every entry whose key starts with `prefix`, in key order, read a page at a time (memory
+        bounded by the page, not the cache) and without making them recently used."""
+        after: str | None = None
+        while True:
+            page, after = self.entry_page(prefix, after)
+            yield from page
+            if after is None:
+                return
+
+    def entry_page(self, prefix: str = "", after: str | None = None, limit: int = PAGE
+                   ) -> tuple[list[tuple[str, Meta]], str | None]:
+        """Up to `limit` (key, meta) of the entries whose key starts with `prefix`, after key `after`, in key order;
+        and the key to continue after (None: this was the last page). One short query: writers are not held up."""
+        rows = self._scan.page(f"meta:{prefix}", None if after is None else f"meta:{after}", limit)
+        page = [(key[5:], self._memory.with_check(key[5:], Meta(**raw))) for key, raw in rows if isinstance(raw, dict)]
+        return page, (rows[-1][0][5:] if len(rows) == limit else None)
 
     def add_counts(self, counts: dict[str, int]) -> None:
         """Add to the persistent request counters (shared by all workers)."""
@@ -471,13 +491,19 @@ class LocalStore:
         return removed
 
     def collect_garbage(self) -> int:
-        """Delete blobs no entry names any more; returns how many."""
-        referenced = {meta.sha256 for _, meta in self.entries()}
-        orphans = [k for k in self._cache.iterkeys()
-                   if isinstance(k, str) and k.startswith("blob:") and k[5:] not in referenced]
-        for key in orphans:
-            self._cache.delete(key)
-        return len(orphans)
+        """Delete blobs no entry names any more; returns how many. Memory: 64 bits of each named digest (a blob
+        whose prefix collides with a named one is kept, never the other way round); the blobs a page at a time."""
+        referenced = {_short(meta.sha256) for _, meta in self.entries()}
+        removed, after = 0, None
+        while True:
+            keys = self._scan.key_page("blob:", after, PAGE)
+            orphans = [key for key in keys if _short(key[5:]) not in referenced]
+            if orphans:
+                with self._cache.transact():
+                    removed += sum(bool(self._cache.delete(key)) for key in orphans)
+            if len(keys) < PAGE:
+                return removed
+            after = keys[-1]
 
     def volume(self) -> int:
         return self._cache.volume()
