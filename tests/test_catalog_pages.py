@@ -109,3 +109,33 @@ async def test_garbage_collection_across_pages_keeps_every_named_blob(tmp_path, 
         assert store.collect_garbage() == 0
     finally:
         store.close()
+
+
+def test_the_listing_reads_the_meta_records_from_their_own_index_not_the_table(tmp_path):
+    _fill(tmp_path / "c", 50)
+    store = LocalStore(tmp_path / "c", 1 << 40)
+    try:
+        plan = store._cache._sql("EXPLAIN QUERY PLAN SELECT key, mode, filename, value FROM Cache WHERE "
+                                 "key >= 'meta:' AND key < 'meta;' AND key >= ? AND key < ? ORDER BY key LIMIT ?",
+                                 ("meta:", "meta:\U0010ffff", 10)).fetchall()
+        assert "COVERING INDEX Cache_meta_listing" in str(plan)  # the bytes beside the metas are never read
+        listed = list(store.entries())
+        store._cache._sql("DROP INDEX Cache_meta_listing")  # a folder that could not take it: the table is read
+        assert list(store.entries()) == listed and len(listed) == 50
+    finally:
+        store.close()
+
+
+async def test_a_command_s_store_keeps_only_its_small_memory_budget(tmp_path):
+    from cratecache.config import CacheSettings
+    from cratecache.storage import open_storage
+
+    keys = _fill(tmp_path / "c", 50)
+    store = open_storage(CacheSettings(directory=tmp_path / "c", size_limit=1 << 40), memory_bytes=200)
+    try:
+        for key in keys:
+            assert (await store.get(key)).body == key.encode() * 4
+        held = [key for key in keys if store.peek(key) is not None]
+        assert 0 < len(held) <= 200 // len(keys[0].encode() * 4) + 1 and keys[-1] in held
+    finally:
+        await store.close()

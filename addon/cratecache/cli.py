@@ -33,6 +33,7 @@ from .resolver import Resolver
 from .storage import Storage, StorageUnavailable, open_storage
 
 DEFAULT_PROXIES = Path(__file__).resolve().parents[2] / "proxies.yaml"
+COMMAND_MEMORY_BYTES = 8 * 1024 * 1024  # a command's in-memory tier: `ls` reads every index file once (issue 33)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run(args, settings: Settings) -> int:
-    store = open_storage(settings.cache)
+    store = open_storage(settings.cache, memory_bytes=COMMAND_MEMORY_BYTES)
     try:
         status = await args.run(args, settings, store)
         await store.flush()  # what a shared store could not take yet: uploaded now, or an error

@@ -192,8 +192,11 @@ class Storage(ABC):
     async def close(self) -> None: ...
 
 
-def open_storage(cache: CacheSettings) -> Storage:
-    local = LocalStore(cache.directory, cache.size_limit, cache.eviction_policy)
+def open_storage(cache: CacheSettings, memory_bytes: int | None = None) -> Storage:
+    """`memory_bytes`: the in-memory tier's budget (default: the proxy's); a command that reads each entry once
+    (a listing, an export) gains nothing from holding them."""
+    local = LocalStore(cache.directory, cache.size_limit, cache.eviction_policy,
+                       **({} if memory_bytes is None else {"hot_bytes": memory_bytes}))
     local.warn_if_larger_than_disk()
     if cache.backend == "s3":
         from .s3 import S3Storage  # obstore is only imported when a bucket is configured

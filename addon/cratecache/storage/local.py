@@ -138,6 +138,7 @@ class LocalStore:
         self._leases = HostLeases(self._cache)
         self._pending = PendingMarks(directory / "pending")
         self._scan = KeyScan(self._cache)
+        self._scan.ensure_index()
         self.damage = Damage()
         self._unevictable: set[str] = set()  # digests of damaged blobs a read-only folder kept: a miss here
 
