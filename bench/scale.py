@@ -33,7 +33,7 @@ from tests.harness import ROOT
 
 logger = logging.getLogger(__name__)
 
-LAYOUT = 1  # bump when what the builder writes changes: older folders are rebuilt
+LAYOUT = 2  # bump when what the builder writes changes: older folders are rebuilt
 SEED = 33
 REGISTRY = "crates-io"
 UPSTREAM = "nginx"
@@ -104,7 +104,8 @@ def dependency_count(rng: random.Random) -> int:
     return min(25, int(rng.paretovariate(1.3)) - 1 + rng.randint(0, 2))
 
 
-def index_body(name: str, versions: int, rng: random.Random) -> bytes:
+def index_body(name: str, versions: int, rng: random.Random, cksums: dict[str, str] | None = None) -> bytes:
+    """`cksums`: the SHA-256 of the versions whose `.crate` is cached (the others get a random one)."""
     deps = dependency_count(rng)
     features = rng.randint(0, 6)
     lines = []
@@ -114,7 +115,7 @@ def index_body(name: str, versions: int, rng: random.Random) -> bytes:
             "deps": [{"name": f"dep{j}", "req": f"^{rng.randint(0, 3)}.{rng.randint(0, 20)}", "features": [],
                       "optional": j % 4 == 3, "default_features": True, "target": None, "kind": "normal",
                       "registry": None} for j in range(deps)],
-            "cksum": "%064x" % rng.getrandbits(256),
+            "cksum": (cksums or {}).get(version_name(i)) or "%064x" % rng.getrandbits(256),
             "features": {f"feature{j}": [f"dep{j}"] for j in range(features)},
             "yanked": rng.random() < 0.03, "links": None, "v": 2, "rust_version": "1.70",
         }, separators=(",", ":")))
@@ -143,10 +144,14 @@ def items(spec: Spec) -> Iterator[Item]:
     versions = [version_count(rng) for _ in names]
     crates = _crates_per_name(versions, spec.crates)
     for name, count, with_crate in zip(names, versions, crates, strict=True):
-        yield Item(f"index/{REGISTRY}/{name}", index_body(name, count, rng), rng.random() * AGE_SPAN)
+        cached = {}  # the newest versions' .crate files; the index file lists their real checksums
         for i in range(with_crate):
-            key = f"crate/{REGISTRY}/{name}/{version_name(count - 1 - i)}"  # the newest versions
-            yield Item(key, crate_body(key, crate_size(rng), rng), rng.random() * AGE_SPAN)
+            version = version_name(count - 1 - i)
+            key = f"crate/{REGISTRY}/{name}/{version}"
+            cached[version] = Item(key, crate_body(key, crate_size(rng), rng), rng.random() * AGE_SPAN)
+        cksums = {version: hashlib.sha256(item.body).hexdigest() for version, item in cached.items()}
+        yield Item(f"index/{REGISTRY}/{name}", index_body(name, count, rng, cksums), rng.random() * AGE_SPAN)
+        yield from cached.values()
 
 
 def _crates_per_name(versions: list[int], total: int) -> list[int]:

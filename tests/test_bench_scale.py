@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 
 from cratecache.storage.local import LocalStore
@@ -24,9 +25,12 @@ def test_builds_index_files_and_crates_the_store_reads_back(tmp_path):
             assert entry.meta.sha256 == hashlib.sha256(entry.body).hexdigest()
             assert built.built_at - scale.AGE_SPAN <= entry.meta.stored_at <= built.built_at
             assert entry.meta.checked_at == built.built_at
-        index = store.get(f"index/{scale.REGISTRY}/{built.names[0]}").body.decode()
-        versions = [line for line in index.splitlines() if line]
-        assert 1 <= len(versions) <= scale.MAX_VERSIONS
+        for name in built.names:
+            lines = [json.loads(line) for line in store.get(f"index/{scale.REGISTRY}/{name}").body.splitlines()]
+            assert 1 <= len(lines) <= scale.MAX_VERSIONS
+            for line in lines:  # a cached .crate matches the checksum its index file gives (verify, Cargo)
+                crate = store.get(f"crate/{scale.REGISTRY}/{name}/{line['vers']}")
+                assert crate is None or crate.meta.sha256 == line["cksum"]
         assert len({len(b) for b in expected.values()}) > 50  # sizes drawn, not one size
     finally:
         store.close()
