@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import pickle
 import sqlite3
+import time
 from typing import Any
 
 import diskcache
@@ -61,8 +62,23 @@ class KeyScan:
                                 "AND key < ? ORDER BY key LIMIT ?", (low if after is None else after, high, limit)
                                 ).fetchall()
         fetch = self._cache.disk.fetch
-        return [(key, _value(fetch, mode, filename, value)) for key, mode, filename, value in rows
-                if isinstance(key, str)]
+        return [(key, _value(fetch, mode, filename, value) if value is not None else None)
+                for key, mode, filename, value in rows if isinstance(key, str)]
+
+    def value(self, key: str, read: bool = False) -> Any:
+        """The value stored under `key` (with `read`, a value kept as a file comes as an open file), or None; what
+        diskcache's `get` returns, without its write of the access time (the caller tells the recency later, in
+        batches: `MemoryTier.note_hit`)."""
+        row = self._cache._sql("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1 "
+                               "AND (expire_time IS NULL OR expire_time > ?)", (key, time.time())).fetchone()
+        if row is None:
+            return None
+        mode, filename, value = row
+        try:
+            return _value(self._cache.disk.fetch, mode, filename, value) if not read or filename is None else \
+                self._cache.disk.fetch(mode, filename, value, True)
+        except OSError:
+            return None  # its file was deleted meanwhile (evicted): as diskcache's get, a miss
 
     def key_page(self, prefix: str, after: str | None, limit: int) -> list[str]:
         """Like `page`, the keys only."""
@@ -91,7 +107,7 @@ class KeyScan:
 def _value(fetch, mode: int, filename: str | None, value: Any) -> Any:
     if mode == diskcache.core.MODE_PICKLE and value is not None:
         return pickle.loads(value)  # a meta record: what `Disk.fetch` does, without its file object
-    return fetch(mode, filename, value, False) if value is not None else None
+    return fetch(mode, filename, value, False)
 
 
 def _key_range(prefix: str) -> tuple[str, str]:

@@ -243,8 +243,11 @@ class LocalStore:
         return self._memory.peek(key)
 
     def get(self, key: str) -> Entry | None:
-        """The entry as stored on disk now (another worker may have changed it)."""
-        raw = self._cache.get(f"meta:{key}")
+        """The entry as stored on disk now (another worker may have changed it). A read only: the recency of what it
+        finds is written back with the memory tier's hits (`touch_hits`, every few seconds, in batches), not by a
+        write per read (diskcache's `get` writes the access time of each row it reads: two write transactions a
+        hit, which cost more the larger the database; issue 33)."""
+        raw = self._scan.value(f"meta:{key}")
         if raw is None:
             self._memory.forget(key)
             return None
@@ -260,7 +263,7 @@ class LocalStore:
         elif known is not None and known.meta.sha256 == meta.sha256 and f"blob:{meta.sha256}" in self._cache:
             entry = Entry(meta, known.body)  # same bytes still stored: skip reading them again
         else:
-            body = self._cache.get(f"blob:{meta.sha256}")
+            body = self._scan.value(f"blob:{meta.sha256}")
             if not isinstance(body, bytes) or len(body) != meta.size:
                 return None  # evicted (or damaged): a miss, never a partial answer
             if (actual := hashlib.sha256(body).hexdigest()) != meta.sha256:  # bit rot: a miss, fetched again
@@ -268,11 +271,12 @@ class LocalStore:
                 return None
             entry = Entry(meta, body)
         self._memory.remember(key, entry)
+        self._memory.note_hit(key)
         return entry
 
     def _blob_file(self, meta: Meta) -> str | None:
         """The file holding a large blob, if it is stored complete."""
-        handle = self._cache.get(f"blob:{meta.sha256}", read=True)
+        handle = self._scan.value(f"blob:{meta.sha256}", read=True)
         if handle is None:
             return None
         try:

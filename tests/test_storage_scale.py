@@ -1,5 +1,6 @@
-"""Listing, totals, purging and garbage collection over a cache larger than a page (issue 33): the first rows come
-after one page is read, a purge deletes page by page, a listing writes nothing, memory holds a page."""
+"""The store at scale (issue 33): listing, totals, purging and garbage collection over a cache larger than a page
+(the first rows come after one page is read, a purge deletes page by page, a listing writes nothing, memory holds a
+page), and a read from disk that writes nothing (its recency follows with the upkeep's batch)."""
 
 from __future__ import annotations
 
@@ -139,3 +140,24 @@ async def test_a_command_s_store_keeps_only_its_small_memory_budget(tmp_path):
         assert 0 < len(held) <= 200 // len(keys[0].encode() * 4) + 1 and keys[-1] in held
     finally:
         await store.close()
+
+
+def _access_times(folder) -> dict[str, float]:
+    with sqlite3.connect(folder / "cache.db") as db:  # the recency diskcache evicts by
+        return dict(db.execute("SELECT key, access_time FROM Cache"))
+
+
+def test_a_read_from_disk_writes_nothing_and_its_recency_follows_with_the_upkeep(tmp_path):
+    keys = _fill(tmp_path / "c", 20)
+    store = LocalStore(tmp_path / "c", 1 << 40, hot_bytes=0)
+    try:
+        before = _access_times(tmp_path / "c")
+        entry = store.get(keys[3])
+        assert entry is not None and entry.body == keys[3].encode() * 4
+        assert _access_times(tmp_path / "c") == before  # no write transaction on the request's path
+        store.upkeep()
+        after = _access_times(tmp_path / "c")
+        touched = {key for key in after if after[key] != before[key]}
+        assert touched == {f"meta:{keys[3]}", f"blob:{entry.meta.sha256}"}
+    finally:
+        store.close()
