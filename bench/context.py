@@ -47,6 +47,7 @@ class Bench:
     confdir: Path = field(init=False)
     problems: Counter = field(default_factory=Counter)  # proxy log lines that signal trouble
     addon_source: str = ""  # set when the addon measured is not the tree's addon/ (run.py --addon)
+    scale: int = 0  # entries of the crates.io-scale cache (run.py --scale; 0: the scenario's default)
 
     @property
     def reps(self) -> str:

@@ -1,8 +1,8 @@
 """`make bench`: run the scenarios of issue 6 against their baselines and write BENCHMARKS.md.
 
     .venv/bin/python -m bench.run [--scenarios warm,cold,hits,slow,memory,cache-size,s3,toolchain,expired,latency,
-                                               workers,profile,policy]
-                                  [--repeat 5] [--quick] [--out BENCHMARKS.md] [--addon DIR]
+                                               workers,profile,policy,scale]
+                                  [--repeat 5] [--quick] [--out BENCHMARKS.md] [--addon DIR] [--scale N]
 
 Everything listens on 127.0.0.1: nginx serving the registry, the proxies, the slow upstream. The proxy
 measured is a copy of addon/ taken at the start, so edits made meanwhile cannot mix into the figures
@@ -43,6 +43,7 @@ from .scenarios import (
     policy,
     profile_hits,
     s3_backend,
+    scale,
     slow_upstream,
     toolchain,
     workers,
@@ -62,6 +63,7 @@ SCENARIOS = {
     "workers": workers.run,
     "profile": profile_hits.run,
     "policy": policy.run,
+    "scale": scale.run,
 }
 WORK = ROOT / "BENCHMARKS.tmp"
 
@@ -77,6 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="report file (default: BENCHMARKS.md)")
     parser.add_argument("--addon", type=Path, default=None,
                         help="the addon folder to measure (default: this tree's addon/; e.g. a worktree's, for an A/B)")
+    parser.add_argument("--scale", type=int, default=0, metavar="N",
+                        help="entries of the scale scenario's large cache (default 1 000 000; 10 000 with --quick), "
+                             "built once in .cache/bench-scale/N and reused")
     args = parser.parse_args(argv)
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     if unknown := [s for s in args.scenarios if s not in SCENARIOS]:
@@ -106,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK) else None
     scratch = Path(tempfile.mkdtemp(prefix="cargo-cache-bench-", dir=shm))
     bench = Bench(WORK, scratch, args.repeat, args.quick,
-                  addon_source="" if args.addon == (ROOT / "addon").resolve() else str(args.addon))
+                  addon_source="" if args.addon == (ROOT / "addon").resolve() else str(args.addon), scale=args.scale)
     sections: list[Section] = []
     failed = False
     try:

@@ -206,6 +206,19 @@ async def test_listing_deleting_and_clearing(make):
     assert await make().entries() == []
 
 
+async def test_a_listing_in_pages_is_the_listing(make):
+    store = make()
+    keys = [f"crate/crates-io/foo/1.{i}.0" for i in range(5)] + ["index/crates-io/foo", "config/crates-io"]
+    for key in keys:
+        await store.put(key, key.encode() * 3, "a")
+    other = make()
+    pages = [page async for page in other.entry_pages(size=2)]
+    assert [len(page) for page in pages] == [2, 2, 2, 1]
+    assert [entry for page in pages for entry in page] == await other.entries()
+    assert [k for page in [p async for p in other.entry_pages("crate/crates-io/foo/", size=4)] for k, _ in page] == \
+        sorted(k for k in keys if k.startswith("crate/"))
+
+
 async def test_import_keeps_recorded_provenance(make):
     meta = Meta(hashlib.sha256(BODY).hexdigest(), len(BODY), "far-away", 10.0, 20.0, '"x"', None)
     await make().put_entry("crate/crates-io/foo/1.0.0", meta, BODY)

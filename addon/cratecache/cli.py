@@ -36,6 +36,8 @@ from .protocols.routes import ConfigRoute, CrateRoute, IndexRoute
 from .resolver import Resolver
 from .storage import Storage, StorageUnavailable, open_storage
 
+COMMAND_MEMORY_BYTES = 8 * 1024 * 1024  # a command's in-memory tier: `ls` reads every index file once (issue 33)
+
 
 def entry() -> None:
     """The `cargo-cache` command (pyproject.toml's console script) and `python -m cratecache`."""
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run(args, settings: Settings) -> int:
-    store = open_storage(settings.cache)
+    store = open_storage(settings.cache, memory_bytes=COMMAND_MEMORY_BYTES)
     try:
         status = await args.run(args, settings, store)
         await store.flush()  # what a shared store could not take yet: uploaded now, or an error
@@ -412,11 +414,12 @@ async def cmd_import(args, settings: Settings, store: Storage) -> int:
 
 
 async def cmd_ls(args, settings: Settings, store: Storage) -> int:
-    found = await catalog.rows(store, time.time(), tuple(args.kind or catalog.KINDS), real_names=True)
-    if args.json:
-        for row in found:
+    kinds = tuple(args.kind or catalog.KINDS)
+    if args.json:  # streamed: each line as its page is read, the listing never held
+        async for row in catalog.iter_rows(store, time.time(), kinds, real_names=True):
             print(json.dumps(row.__dict__))
         return 0
+    found = await catalog.rows(store, time.time(), kinds, real_names=True)  # the table's widths need every row
     for line in listing(found):
         print(line)
     return 0

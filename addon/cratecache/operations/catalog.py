@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
 from ..airgap.bundle import key_fields
@@ -12,6 +14,8 @@ from ..storage.local import KINDS
 from ..storage.recovery import set_aside
 
 CRATE_KINDS = ("config", "index", "crate")
+SPELLINGS = 10_000  # crate names whose spelling a listing remembers (then it forgets them all and reads again)
+DELETE_CONCURRENCY = 64  # deletes a purge has in flight (the store thread's batch size)
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -37,22 +41,35 @@ def parse_age(text: str) -> float:
     return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
 
 
+async def iter_rows(store: Storage, now: float, kinds: tuple[str, ...] = KINDS, real_names: bool = False
+                    ) -> AsyncIterator[Row]:
+    """Every cached entry of `kinds`, in key order, read a page at a time (`Storage.entry_pages`): the first rows come
+    before the rest of the table is read, and memory holds a page, not the listing. Keys hold crate names in
+    lowercase; with `real_names`, names are given as the crate's index file spells them (`Inflector`), which costs
+    reading each crate's index file (remembered for the last `SPELLINGS` names)."""
+    spelled: dict[tuple[str, str], str] = {}
+    async for page in store.entry_pages():
+        found = []
+        for key, meta in page:
+            fields = key_fields(key)
+            if fields["kind"] in kinds:
+                found.append(Row(key, fields["kind"], fields["registry"], fields["name"], fields["version"],
+                                 meta.size, meta.upstream, max(0.0, now - meta.stored_at)))
+        if real_names:
+            for registry, name in dict.fromkeys((r.registry, r.name) for r in found if r.name and r.kind in CRATE_KINDS):
+                if (registry, name) not in spelled:
+                    if len(spelled) >= SPELLINGS:
+                        spelled.clear()
+                    index = await store.latest(f"index/{registry}/{name}")
+                    spelled[(registry, name)] = spelling(index.body, name) if index is not None else name
+            found = [replace(r, name=spelled.get((r.registry, r.name), r.name)) for r in found]
+        for row in found:
+            yield row
+
+
 async def rows(store: Storage, now: float, kinds: tuple[str, ...] = KINDS, real_names: bool = False) -> list[Row]:
-    """Every cached entry of `kinds`. Keys hold crate names in lowercase; with `real_names`, names are given as
-    the crate's index file spells them (`Inflector`), which costs reading each crate's index file."""
-    out = []
-    for key, meta in await store.entries():
-        fields = key_fields(key)
-        if fields["kind"] in kinds:
-            out.append(Row(key, fields["kind"], fields["registry"], fields["name"], fields["version"],
-                           meta.size, meta.upstream, max(0.0, now - meta.stored_at)))
-    if real_names:
-        spelled = {}
-        for registry, name in dict.fromkeys((r.registry, r.name) for r in out if r.name and r.kind in CRATE_KINDS):
-            index = await store.latest(f"index/{registry}/{name}")
-            spelled[(registry, name)] = spelling(index.body, name) if index is not None else name
-        out = [replace(r, name=spelled.get((r.registry, r.name), r.name)) for r in out]
-    return out
+    """Every cached entry of `kinds` (`iter_rows`, as a list)."""
+    return [row async for row in iter_rows(store, now, kinds, real_names)]
 
 
 def spelling(index_body: bytes, name: str) -> str:
@@ -67,9 +84,12 @@ def same_crate(a: str, b: str) -> bool:
 
 async def totals(store: Storage, now: float) -> dict:
     by_kind = {kind: {"entries": 0, "bytes": 0} for kind in KINDS}
-    for row in await rows(store, now):
-        by_kind[row.kind]["entries"] += 1
-        by_kind[row.kind]["bytes"] += row.size
+    async for page in store.entry_pages():  # one page in memory at a time
+        for key, meta in page:
+            kind = by_kind.get(key.split("/", 1)[0])
+            if kind is not None:
+                kind["entries"] += 1
+                kind["bytes"] += meta.size
     counts = await store.counts()
     requests = {}
     for kind in KINDS:
@@ -86,20 +106,28 @@ async def totals(store: Storage, now: float) -> dict:
 async def purge(store: Storage, now: float, crate: str | None = None, older_than: float | None = None,
           everything: bool = False, toolchain: str | None = None) -> list[str]:
     """Remove entries by crate name (its index file and every version), by toolchain, by age, or all. Returns
-    the keys."""
+    the keys. A page of the listing is read, its matching entries deleted (`DELETE_CONCURRENCY` at a time, which the
+    disk backend's store thread commits in batches), then the next page: memory holds a page and the keys removed,
+    and requests' store calls run between the batches."""
     if everything:
-        removed = [row.key for row in await rows(store, now)]
+        removed = [row.key async for row in iter_rows(store, now)]
         await store.clear()
         return removed
     if toolchain is not None:
         return await _purge_toolchain(store, toolchain)
-    removed = []
-    for row in await rows(store, now):
-        by_name = crate is not None and row.kind in CRATE_KINDS and row.name is not None and same_crate(row.name, crate)
-        by_age = older_than is not None and row.age > older_than
-        if by_name or by_age:
-            await store.delete(row.key)
-            removed.append(row.key)
+    removed: list[str] = []
+    async for page in store.entry_pages():
+        gone = []
+        for key, meta in page:
+            fields = key_fields(key)
+            name = fields["name"]
+            by_name = crate is not None and fields["kind"] in CRATE_KINDS and name is not None and same_crate(name, crate)
+            by_age = older_than is not None and fields["kind"] in KINDS and now - meta.stored_at > older_than
+            if by_name or by_age:
+                gone.append(key)
+        for start in range(0, len(gone), DELETE_CONCURRENCY):
+            await asyncio.gather(*(store.delete(key) for key in gone[start:start + DELETE_CONCURRENCY]))
+        removed += gone
     await store.collect_garbage()
     return removed
 

@@ -16,7 +16,7 @@ and last confirmed, the upstream's validators). Keys: `config/{registry}`, `inde
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +139,14 @@ class Storage(ABC):
     async def entries(self, prefix: str = "") -> list[tuple[str, Meta]]:
         """(key, meta) of every entry whose key starts with `prefix`, in key order (the shared store's)."""
 
+    async def entry_pages(self, prefix: str = "", size: int = 1000) -> AsyncIterator[list[tuple[str, Meta]]]:
+        """The same (key, meta) as `entries`, in key order, at most `size` at a time, each page read when the caller
+        asks for it: what a listing of any size iterates (the disk backend holds one page in memory; this default, the
+        s3 backend's, reads the whole listing first)."""
+        found = await self.entries(prefix)
+        for start in range(0, len(found), size):
+            yield found[start:start + size]
+
     @abstractmethod
     async def keys(self, prefix: str = "") -> list[str]:
         """Keys of the entries starting with `prefix` (what is cached, without reading it)."""
@@ -184,8 +192,11 @@ class Storage(ABC):
     async def close(self) -> None: ...
 
 
-def open_storage(cache: CacheSettings) -> Storage:
-    local = LocalStore(cache.directory, cache.size_limit, cache.eviction_policy)
+def open_storage(cache: CacheSettings, memory_bytes: int | None = None) -> Storage:
+    """`memory_bytes`: the in-memory tier's budget (default: the proxy's); a command that reads each entry once
+    (a listing, an export) gains nothing from holding them."""
+    local = LocalStore(cache.directory, cache.size_limit, cache.eviction_policy,
+                       **({} if memory_bytes is None else {"hot_bytes": memory_bytes}))
     local.warn_if_larger_than_disk()
     if cache.backend == "s3":
         from .s3 import S3Storage  # obstore is only imported when a bucket is configured

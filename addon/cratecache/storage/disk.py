@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,15 @@ class DiskStorage(Storage):
 
     async def entries(self, prefix: str = "") -> list[tuple[str, Meta]]:
         return await self._alone(lambda: list(self.local.entries(prefix)))
+
+    async def entry_pages(self, prefix: str = "", size: int = 1000) -> AsyncIterator[list[tuple[str, Meta]]]:
+        after: str | None = None
+        while True:  # each page one short call on the store thread: requests' calls run between pages
+            page, after = await self._alone(self.local.entry_page, prefix, after, size)
+            if page:
+                yield page
+            if after is None:
+                return
 
     async def keys(self, prefix: str = "") -> list[str]:
         return await self._alone(self.local.keys, prefix)

@@ -55,6 +55,7 @@ FILE_KINDS = ("crate/", "component/", "rustup/")  # what may be kept as a file; 
 HASH_OFFLOAD_BYTES = 1024 * 1024
 DEFAULT_HOT_BYTES = 64 * 1024 * 1024
 ROOM_MARGIN = 1024 * 1024  # evicting for a write on a full disk frees this much more (for SQLite's own pages)
+PAGE = 1000  # entries per page of a listing or scan (`entry_page`)
 
 
 class _Adopt:
@@ -93,6 +94,14 @@ class _AdoptingDisk(diskcache.Disk):
         files = getattr(self.written, "files", None)
         if files is not None:
             files.append((full_path, source))
+
+
+def _short(sha256: str) -> int:
+    """A digest's first 64 bits (what garbage collection keeps of each named blob)."""
+    try:
+        return int(sha256[:16], 16)
+    except ValueError:
+        return -1
 
 
 async def sha256_hex(body: bytes) -> str:
@@ -156,6 +165,8 @@ class LocalStore:
         self._writeback = WriteBack(self._cache, self._memory)
         self._leases = HostLeases(self._cache)
         self._scan = KeyScan(self._cache)
+        if not self.read_only:  # a folder opened read-only lists from the table itself
+            self._scan.ensure_index()
 
     @property
     def read_only(self) -> bool:
@@ -305,8 +316,11 @@ class LocalStore:
         return self._memory.peek(key)
 
     def get(self, key: str) -> Entry | None:
-        """The entry as stored on disk now (another worker may have changed it)."""
-        raw = self._cache.get(f"meta:{key}")
+        """The entry as stored on disk now (another worker may have changed it). A read only: the recency of what it
+        finds is written back with the memory tier's hits (`touch_hits`, every few seconds, in batches), not by a
+        write per read (diskcache's `get` writes the access time of each row it reads: two write transactions a
+        hit, which cost more the larger the database; issue 33)."""
+        raw = self._scan.value(f"meta:{key}")
         if raw is None:
             self._memory.forget(key)
             return None
@@ -322,7 +336,7 @@ class LocalStore:
         elif known is not None and known.meta.sha256 == meta.sha256 and f"blob:{meta.sha256}" in self._cache:
             entry = Entry(meta, known.body)  # same bytes still stored: skip reading them again
         else:
-            body = self._cache.get(f"blob:{meta.sha256}")
+            body = self._scan.value(f"blob:{meta.sha256}")
             if not isinstance(body, bytes) or len(body) != meta.size:
                 return None  # evicted (or damaged): a miss, never a partial answer
             if (actual := hashlib.sha256(body).hexdigest()) != meta.sha256:  # bit rot: a miss, fetched again
@@ -330,11 +344,12 @@ class LocalStore:
                 return None
             entry = Entry(meta, body)
         self._memory.remember(key, entry)
+        self._memory.note_hit(key)
         return entry
 
     def _blob_file(self, meta: Meta) -> str | None:
         """The file holding a large blob, if it is stored complete."""
-        handle = self._cache.get(f"blob:{meta.sha256}", read=True)
+        handle = self._scan.value(f"blob:{meta.sha256}", read=True)
         if handle is None:
             return None
         try:
@@ -417,11 +432,22 @@ class LocalStore:
             self._memory.forget(key)
 
     def entries(self, prefix: str = "") -> Iterator[tuple[str, Meta]]:
-        """(key, meta) of every entry whose key starts with `prefix`, in key order."""
-        for key in self.keys(prefix):
-            meta = self.meta(key)
-            if meta is not None:
-                yield key, meta
+        """(key, meta) of every entry whose key starts with `prefix`, in key order, read a page at a time (memory
+        bounded by the page, not the cache) and without making them recently used."""
+        after: str | None = None
+        while True:
+            page, after = self.entry_page(prefix, after)
+            yield from page
+            if after is None:
+                return
+
+    def entry_page(self, prefix: str = "", after: str | None = None, limit: int = PAGE
+                   ) -> tuple[list[tuple[str, Meta]], str | None]:
+        """Up to `limit` (key, meta) of the entries whose key starts with `prefix`, after key `after`, in key order;
+        and the key to continue after (None: this was the last page). One short query: writers are not held up."""
+        rows = self._scan.page(f"meta:{prefix}", None if after is None else f"meta:{after}", limit)
+        page = [(key[5:], self._memory.with_check(key[5:], Meta(**raw))) for key, raw in rows if isinstance(raw, dict)]
+        return page, (rows[-1][0][5:] if len(rows) == limit else None)
 
     def add_counts(self, counts: dict[str, int]) -> None:
         """Add to the persistent request counters (shared by all workers)."""
@@ -550,13 +576,19 @@ class LocalStore:
         return removed
 
     def collect_garbage(self) -> int:
-        """Delete blobs no entry names any more; returns how many."""
-        referenced = {meta.sha256 for _, meta in self.entries()}
-        orphans = [k for k in self._cache.iterkeys()
-                   if isinstance(k, str) and k.startswith("blob:") and k[5:] not in referenced]
-        for key in orphans:
-            self._cache.delete(key)
-        return len(orphans)
+        """Delete blobs no entry names any more; returns how many. Memory: 64 bits of each named digest (a blob
+        whose prefix collides with a named one is kept, never the other way round); the blobs a page at a time."""
+        referenced = {_short(meta.sha256) for _, meta in self.entries()}
+        removed, after = 0, None
+        while True:
+            keys = self._scan.key_page("blob:", after, PAGE)
+            orphans = [key for key in keys if _short(key[5:]) not in referenced]
+            if orphans:
+                with self._cache.transact():
+                    removed += sum(bool(self._cache.delete(key)) for key in orphans)
+            if len(keys) < PAGE:
+                return removed
+            after = keys[-1]
 
     def volume(self) -> int:
         return self._cache.volume()

@@ -25,7 +25,7 @@ class MemoryTier:
         self._hot: OrderedDict[str, Entry] = OrderedDict()
         self._hot_bytes, self._hot_limit = 0, limit
         self._shared: weakref.WeakValueDictionary[str, Entry] = weakref.WeakValueDictionary()
-        self._hits: set[str] = set()
+        self._hits: dict[str, None] = {}  # in order of last use: the write-back touches them in that order (LRU)
         self._checks: dict[str, tuple[float, str]] = {}  # 304s recorded in memory, not yet on disk: (when, sha256)
         self._lock = threading.Lock()
         self.generation = generation  # the purge generation this memory tier has caught up with
@@ -88,7 +88,8 @@ class MemoryTier:
 
     def note_hit(self, key: str) -> None:
         with self._lock:
-            self._hits.add(key)
+            self._hits.pop(key, None)
+            self._hits[key] = None
 
     def take_checks(self) -> dict[str, tuple[float, str]]:
         """The 304s noted since the last call, for the disk."""
@@ -96,11 +97,11 @@ class MemoryTier:
             checks, self._checks = self._checks, {}
         return checks
 
-    def take_hits(self, generation: int) -> set[str]:
+    def take_hits(self, generation: int) -> list[str]:
         """The keys hit since the last call, for the disk; drops every entry if another process purged since
         (`generation` is the folder's purge generation now): nothing in memory may outlive a purge."""
         with self._lock:
-            keys, self._hits = self._hits, set()
+            keys, self._hits = list(self._hits), {}
             if generation != self.generation:
                 self.generation = generation
                 self._clear()

@@ -78,6 +78,11 @@ class ReadOnlyCache:
         self._disk = disk(str(directory), **{k[5:]: v for k, v in settings.items() if k.startswith("disk_")})
 
     @property
+    def disk(self) -> diskcache.Disk:
+        """diskcache's `Cache.disk`: what decodes a row's value (keyscan.py reads rows with it)."""
+        return self._disk
+
+    @property
     def opened(self) -> str:
         """How the database was opened (for the log): its URI, or why none was."""
         return self._uri or "no readable database: empty"

@@ -1,0 +1,163 @@
+"""The store at scale (issue 33): listing, totals, purging and garbage collection over a cache larger than a page
+(the first rows come after one page is read, a purge deletes page by page, a listing writes nothing, memory holds a
+page), and a read from disk that writes nothing (its recency follows with the upkeep's batch)."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+
+import pytest
+from cratecache.operations import catalog
+from cratecache.storage import local as local_module
+from cratecache.storage.disk import DiskStorage
+from cratecache.storage.entries import Meta
+from cratecache.storage.local import LocalStore
+
+COUNT = 2500  # two and a half pages of `local.PAGE`
+NOW = 1_000_000.0
+
+
+def _fill(folder, count: int = COUNT) -> list[str]:
+    store = LocalStore(folder, 1 << 40)
+    keys = []
+    with store.transaction():
+        for i in range(count):
+            key = f"crate/crates-io/c{i:05d}/1.0.0" if i % 5 else f"index/crates-io/c{i:05d}"
+            body = key.encode() * 4
+            stored = NOW - (i % 10) * 1000  # ages 0 .. 9000 s
+            store.put_entry(key, Meta(hashlib.sha256(body).hexdigest(), len(body), "up", stored, stored), body)
+            keys.append(key)
+    store.close()
+    return sorted(keys)
+
+
+@pytest.fixture
+async def disk(tmp_path):
+    keys = _fill(tmp_path / "c")
+    storage = DiskStorage(LocalStore(tmp_path / "c", 1 << 40))
+    reads: list[str] = []
+    real = storage.local.entry_page
+
+    def counted(*args, **kwargs):
+        reads.append("page")
+        return real(*args, **kwargs)
+
+    storage.local.entry_page = counted
+    yield storage, keys, reads
+    await storage.close()
+
+
+async def test_the_first_row_comes_after_one_page_and_the_rest_follows_in_order(disk):
+    storage, keys, reads = disk
+    rows = catalog.iter_rows(storage, NOW)
+    first = await anext(rows)
+    assert first.key == keys[0] and reads == ["page"]
+    rest = [row.key async for row in rows]
+    assert [first.key, *rest] == keys
+    assert len(reads) == 3  # 1000 + 1000 + 500
+
+
+async def test_a_listing_writes_nothing_to_the_database(disk, tmp_path):
+    storage, keys, _ = disk
+
+    def access_times() -> list[tuple]:
+        with sqlite3.connect(tmp_path / "c" / "cache.db") as db:  # the recency diskcache evicts by
+            return db.execute("SELECT key, access_time, access_count FROM Cache ORDER BY key").fetchall()
+
+    before = access_times()
+    assert len([row async for row in catalog.iter_rows(storage, NOW)]) == COUNT
+    assert [key for key, _ in await storage.entries()] == keys
+    assert access_times() == before
+
+
+async def test_totals_add_up_every_page(disk):
+    storage, keys, _ = disk
+    got = await catalog.totals(storage, NOW)
+    assert got["kinds"]["index"]["entries"] == COUNT // 5
+    assert got["kinds"]["crate"]["entries"] == COUNT - COUNT // 5
+    assert got["kinds"]["crate"]["bytes"] == sum(len(k.encode()) * 4 for k in keys if k.startswith("crate/"))
+
+
+async def test_a_purge_by_age_deletes_each_page_before_reading_the_next(disk):
+    storage, keys, reads = disk
+    real = storage.delete
+
+    async def delete(key):
+        reads.append("delete")
+        return await real(key)
+
+    storage.delete = delete
+    removed = await catalog.purge(storage, NOW, older_than=6500)  # ages 7000, 8000 and 9000 s: 3 in 10
+    assert len(removed) == COUNT * 3 // 10
+    assert reads.index("delete") < len(reads) - 1 - reads[::-1].index("page")  # deleting began before the last page
+    left = [key for key, _ in await storage.entries()]
+    assert sorted(left + removed) == keys and not set(left) & set(removed)
+    assert storage.local.count("") == len(left)
+    assert len(storage.local._scan.prefixed("blob:")) == len(left)  # the purged entries' bytes were collected
+
+
+async def test_garbage_collection_across_pages_keeps_every_named_blob(tmp_path, monkeypatch):
+    monkeypatch.setattr(local_module, "PAGE", 300)
+    keys = _fill(tmp_path / "c", 1000)
+    store = LocalStore(tmp_path / "c", 1 << 40)
+    try:
+        with store.transaction():
+            for i in range(700):
+                store._cache.set(f"blob:{hashlib.sha256(str(i).encode()).hexdigest()}", b"orphan %d" % i)
+        assert store.collect_garbage() == 700
+        assert all(store.get(key) is not None for key in keys)
+        assert store.collect_garbage() == 0
+    finally:
+        store.close()
+
+
+def test_the_listing_reads_the_meta_records_from_their_own_index_not_the_table(tmp_path):
+    _fill(tmp_path / "c", 50)
+    store = LocalStore(tmp_path / "c", 1 << 40)
+    try:
+        plan = store._cache._sql("EXPLAIN QUERY PLAN SELECT key, mode, filename, value FROM Cache WHERE "
+                                 "key >= 'meta:' AND key < 'meta;' AND key >= ? AND key < ? ORDER BY key LIMIT ?",
+                                 ("meta:", "meta:\U0010ffff", 10)).fetchall()
+        assert "COVERING INDEX Cache_meta_listing" in str(plan)  # the bytes beside the metas are never read
+        listed = list(store.entries())
+        store._cache._sql("DROP INDEX Cache_meta_listing")  # a folder that could not take it: the table is read
+        assert list(store.entries()) == listed and len(listed) == 50
+    finally:
+        store.close()
+
+
+async def test_a_command_s_store_keeps_only_its_small_memory_budget(tmp_path):
+    from cratecache.config import CacheSettings
+    from cratecache.storage import open_storage
+
+    keys = _fill(tmp_path / "c", 50)
+    store = open_storage(CacheSettings(directory=tmp_path / "c", size_limit=1 << 40), memory_bytes=200)
+    try:
+        for key in keys:
+            assert (await store.get(key)).body == key.encode() * 4
+        held = [key for key in keys if store.peek(key) is not None]
+        assert 0 < len(held) <= 200 // len(keys[0].encode() * 4) + 1 and keys[-1] in held
+    finally:
+        await store.close()
+
+
+def _access_times(folder) -> dict[str, float]:
+    with sqlite3.connect(folder / "cache.db") as db:  # the recency diskcache evicts by
+        return dict(db.execute("SELECT key, access_time FROM Cache"))
+
+
+def test_a_read_from_disk_writes_nothing_and_its_recency_follows_with_the_upkeep(tmp_path):
+    keys = _fill(tmp_path / "c", 20)
+    store = LocalStore(tmp_path / "c", 1 << 40, hot_bytes=0)
+    try:
+        before = _access_times(tmp_path / "c")
+        entry = store.get(keys[3])
+        assert entry is not None and entry.body == keys[3].encode() * 4
+        assert _access_times(tmp_path / "c") == before  # no write transaction on the request's path
+        store.upkeep()
+        after = _access_times(tmp_path / "c")
+        touched = {key for key in after if after[key] != before[key]}
+        assert touched == {f"meta:{keys[3]}", f"blob:{entry.meta.sha256}"}
+    finally:
+        store.close()
