@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from cratecache.cli import main
+from cratecache.storage import recovery
 from cratecache.storage.local import LocalStore
 from cratecache.storage.recovery import is_damage, set_aside
 
@@ -49,13 +50,22 @@ def damage_pages(db: Path) -> None:
     db.write_bytes(bytes(data))
 
 
+@pytest.fixture(params=["whole", "bounded"])
+def opening_check(request, monkeypatch):
+    """Both checks an opening makes: SQLite's whole quick_check (a database up to FULL_CHECK_BYTES), and the bounded
+    one of a larger database (the header and both ends of the table and its key index)."""
+    if request.param == "bounded":
+        monkeypatch.setattr(recovery, "FULL_CHECK_BYTES", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("damage, problem", [
     (truncate, "database disk image is malformed"),
     (overwrite_header, "file is not a database"),
     (overwrite_all, "file is not a database"),
     (damage_pages, "database disk image is malformed"),
 ])
-def test_a_damaged_database_is_set_aside_and_the_store_works_empty(tmp_path, caplog, damage, problem):
+def test_a_damaged_database_is_set_aside_and_the_store_works_empty(tmp_path, caplog, damage, problem, opening_check):
     folder = filled(tmp_path / "cache")
     damage(folder / "cache.db")
     damaged_bytes = (folder / "cache.db").read_bytes()
@@ -248,3 +258,63 @@ async def test_a_database_damaged_under_the_running_store_is_a_miss_then_set_asi
     finally:
         await store.close()
         await worker.close()
+
+
+def damage_a_middle_leaf(db: Path) -> int:
+    """Overwrite one table leaf page in the middle of the file (none of the pages at either end of the table or of
+    an index, which the bounded check reads); its page number."""
+    data = bytearray(db.read_bytes())
+    size = int.from_bytes(data[16:18], "big")
+    leaves = [n for n in range(1, len(data) // size) if data[n * size] == 0x0D]  # 0x0d: a table b-tree leaf
+    middle = leaves[len(leaves) // 2]
+    data[middle * size:(middle + 1) * size] = b"\xff" * size
+    db.write_bytes(bytes(data))
+    return middle + 1
+
+
+async def test_a_large_database_opens_after_a_bounded_check_and_is_checked_whole_in_the_background(
+        tmp_path, caplog, monkeypatch):
+    from cratecache.config import CacheSettings
+    from cratecache.storage import open_storage
+
+    folder = tmp_path / "cache"
+    store = LocalStore(folder, 1 << 30)
+    for n in range(3000):
+        store.put(f"index/crates-io/c{n:05}", b"x" * 300 + str(n).encode(), "up")
+    store.close()
+    page = damage_a_middle_leaf(folder / "cache.db")
+    assert recovery.check(folder / "cache.db", full=True) is not None  # damage SQLite's quick_check finds...
+    assert recovery.check(folder / "cache.db", full=False) is None  # ...where the bounded check does not look
+    monkeypatch.setattr(recovery, "FULL_CHECK_BYTES", 64 * 1024)  # "large": above it
+
+    with caplog.at_level(logging.INFO):
+        storage = open_storage(CacheSettings(directory=folder, size_limit=1 << 30))
+        try:
+            assert set_aside(folder) == []  # opened at once: not checked whole at the opening
+            assert (await storage.get("index/crates-io/c00000")).body.startswith(b"x")
+            await storage.maintain()  # the first upkeep checks it whole, in a thread, then sets it aside
+            assert "checked whole" in caplog.text and f"Page {page}" in caplog.text
+            [warning] = [r.getMessage() for r in caplog.records if "found by check" in r.getMessage()]
+            assert "\n" not in warning and "set aside" in caplog.text
+            [aside] = set_aside(folder)
+            assert f"Page {page}" in aside.reason
+            await storage.put("index/crates-io/c00000", b"again", "up")
+            assert (await storage.get("index/crates-io/c00000")).body == b"again"
+            await storage.maintain()
+            assert caplog.text.count("checked whole") == 1  # once a start
+        finally:
+            await storage.close()
+
+
+def test_a_checkpoint_cut_short_is_not_taken_for_a_truncated_file(tmp_path):
+    """The header counts pages a crash kept a checkpoint from writing; the -wal still holds them: not damage."""
+    folder = filled(tmp_path / "cache")
+    db = folder / "cache.db"
+    header = bytearray(db.read_bytes()[:100])
+    assert recovery.header_problem(db) is None
+    pages = int.from_bytes(header[28:32], "big")
+    header[28:32] = (pages + 10).to_bytes(4, "big")  # as if the header was written before the pages it counts
+    db.write_bytes(bytes(header) + db.read_bytes()[100:])
+    assert "truncated" in recovery.header_problem(db)
+    (folder / "cache.db-wal").write_bytes(b"\0" * 4096)  # a -wal with frames still to write
+    assert recovery.header_problem(db) is None

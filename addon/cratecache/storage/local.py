@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -143,6 +144,7 @@ class LocalStore:
         self._attach()
         self._pending = PendingMarks(directory / "pending")
         self.damage = Damage()
+        self._damaged = False  # set_damaged: the next reopening checks the database whole
         self._unevictable: set[str] = set()  # digests of damaged blobs a read-only folder kept: a miss here
 
     def _open(self) -> diskcache.Cache | readonly.ReadOnlyCache:
@@ -177,7 +179,10 @@ class LocalStore:
         """The folder takes writes again (the probe wrote a file): diskcache instead of the read-only opening (a
         damaged database is set aside by that opening: recovery.py). Calls in flight finish on the read-only one,
         which is closed with the store."""
-        cache = recovery.open_cache(self.directory, **self._settings)
+        # found damaged: checked whole, however large (else the bounded check of a large one may not see it again)
+        cache = recovery.open_cache(self.directory, full_check_bytes=sys.maxsize if self._damaged else None,
+                                    **self._settings)
+        self._damaged = False
         self._retire()
         self._cache, self._database = cache, self._database_file()
         self._attach()
@@ -206,6 +211,7 @@ class LocalStore:
             self._retire()
             self._cache = readonly.ReadOnlyCache(self.directory, error, _AdoptingDisk, read=False)
             self._attach()
+        self._damaged = True
         self.writability.damaged(op, error)
 
     @contextlib.contextmanager

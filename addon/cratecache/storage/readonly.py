@@ -30,6 +30,7 @@ from typing import Any
 
 import diskcache
 
+from . import recovery
 from .faults import Throttle
 from .recovery import DATABASE
 
@@ -209,13 +210,15 @@ class ReadOnlyCache:
             connection.close()
 
     def _problem(self) -> str | None:
-        """SQLite's quick_check of the database as opened read-only; the problem, or None."""
+        """The database's check as opened read-only (whole up to recovery.FULL_CHECK_BYTES, else bounded); the
+        problem, or None."""
+        full = recovery.database_bytes(self.directory) <= recovery.FULL_CHECK_BYTES
         try:
-            found = self._connection().execute("PRAGMA quick_check(1)").fetchall()
+            return (None if full else recovery.header_problem(self.directory / DATABASE)) or \
+                recovery.check_connection(self._connection(), full)
         except sqlite3.DatabaseError as e:
             self._drop()
             return str(e)
-        return None if not found or found[0][0] == "ok" else f"quick_check: {found[0][0]}"
 
 
 def _signature(database: Path) -> tuple[int, int, int, int] | None:

@@ -3,11 +3,19 @@
 diskcache keeps every key and meta record in one SQLite file (`cache.db`, with `-wal` and `-shm` beside it)
 and the larger values as files named by chance. When that file is truncated or overwritten, SQLite refuses
 it (`file is not a database`, `database disk image is malformed`) and every start would fail the same way.
-`open_cache` opens it, runs SQLite's `quick_check`, and on damage moves the database and the stored files it
+`open_cache` opens it, checks it (`check`), and on damage moves the database and the stored files it
 named into `damaged-<UTC time>/` in the cache folder, with a `REASON` file, logs one line naming them, and
 opens a new, empty database. The keys lived only in the damaged file, so nothing can be rebuilt from the
 stored files: the entries are fetched again on demand (or imported again). A stale `-wal` or `-shm` left by
 a crash is SQLite's own business: it replays or ignores it, and the store opens as it was.
+
+How much is checked at an opening is bounded: a database up to `FULL_CHECK_BYTES` gets SQLite's whole
+`quick_check` (under a second); a larger one (a cache of a million entries is several GB, and its `quick_check`
+takes 10 s and more, at every start of every worker and every command) gets a check whose cost does not grow with
+it (`check(full=False)`): the header against the file's size, and reads through both ends of the table and of its
+key index, which is what a truncated or overwritten file fails. The proxy then runs the whole `quick_check` once in
+the background, on a connection of its own (`background_check`, from the disk backend's upkeep, one process of those
+sharing the folder at a time), and damage it finds is handled like damage found by a request: set aside.
 
 Processes sharing the folder (workers, a command) open it one at a time under a lock file, so only the first
 one sets the damaged files aside and the others open the new database. Damage found while the proxy runs (the file
@@ -37,6 +45,20 @@ ASIDE_PREFIX = "damaged-"
 REASON_FILE = "REASON"
 _VALUE_FOLDER = re.compile(r"^[0-9a-f]{2}\Z")  # diskcache's files: <2 hex>/<2 hex>/<random>.val
 DAMAGE_CODES = ("SQLITE_CORRUPT", "SQLITE_NOTADB")  # and their extended codes (SQLITE_CORRUPT_INDEX, ...)
+FULL_CHECK_BYTES = int(os.environ.get("CARGO_CACHE_FULL_CHECK_BYTES", 256 * 1024 * 1024))
+CHECK_LOCK_FILE = ".check.lock"
+SAMPLE_ROWS = 64
+_SAMPLES = (  # each walks one edge of a b-tree: the table's both ends by rowid, the key index's both ends
+    "SELECT count(*) FROM Settings",
+    f"SELECT rowid, key, raw, size FROM Cache ORDER BY rowid DESC LIMIT {SAMPLE_ROWS}",
+    f"SELECT rowid, key, raw, size FROM Cache ORDER BY rowid ASC LIMIT {SAMPLE_ROWS}",
+    f"SELECT key, raw FROM Cache WHERE key > '' ORDER BY key DESC, raw DESC LIMIT {SAMPLE_ROWS}",
+    f"SELECT key, raw FROM Cache WHERE key > '' ORDER BY key ASC, raw ASC LIMIT {SAMPLE_ROWS}",
+)
+
+
+class Damaged(sqlite3.DatabaseError):
+    """What a check found wrong with the database (SQLite raised nothing: its `quick_check` reported it)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +73,8 @@ class SetAside:
 def is_damage(error: BaseException) -> bool:
     """Whether an error opening or checking the database says its file is damaged (not locked, full or read-only,
     which are passing or the disk's state, and must not throw the cache away)."""
+    if isinstance(error, Damaged):
+        return True
     if not isinstance(error, sqlite3.DatabaseError):
         return False
     name = getattr(error, "sqlite_errorname", "") or ""
@@ -60,8 +84,9 @@ def is_damage(error: BaseException) -> bool:
     return "file is not a database" in text or "malformed" in text
 
 
-def open_cache(directory: Path, **settings) -> diskcache.Cache:
-    """diskcache's Cache on `directory`; a damaged database is set aside first (and logged), never raised."""
+def open_cache(directory: Path, full_check_bytes: int | None = None, **settings) -> diskcache.Cache:
+    """diskcache's Cache on `directory`; a damaged database is set aside first (and logged), never raised. The
+    database is checked whole up to `full_check_bytes` (default FULL_CHECK_BYTES), else in bounded time."""
     directory.mkdir(parents=True, exist_ok=True)
     with _folder_lock(directory):
         try:
@@ -71,7 +96,8 @@ def open_cache(directory: Path, **settings) -> diskcache.Cache:
                 raise
             problem = str(e)
         else:
-            problem = _check(directory / DATABASE)
+            limit = FULL_CHECK_BYTES if full_check_bytes is None else full_check_bytes
+            problem = check(directory / DATABASE, full=database_bytes(directory) <= limit)
             if problem is None:
                 return cache
             cache.close()
@@ -83,21 +109,91 @@ def open_cache(directory: Path, **settings) -> diskcache.Cache:
         return diskcache.Cache(str(directory), **settings)
 
 
-def _check(database: Path) -> str | None:
-    """SQLite's quick_check of the database (its pages and records, without comparing the indexes to the table: a
-    fraction of a second for 100k entries), on a connection of its own; the problem, or None."""
+def database_bytes(directory: Path) -> int:
+    """The database's size with its -wal (0 when there is none)."""
+    total = 0
+    for name in (DATABASE, f"{DATABASE}-wal"):
+        try:
+            total += os.stat(directory / name).st_size
+        except OSError:
+            pass
+    return total
+
+
+def check(database: Path, full: bool = True) -> str | None:
+    """The database's problem, or None: SQLite's quick_check of all of it (`full`), or the bounded check (the module
+    docstring), on a connection of its own."""
+    if not full and (problem := header_problem(database)) is not None:
+        return problem
     try:
         connection = sqlite3.connect(database, timeout=60)
         try:
-            rows = connection.execute("PRAGMA quick_check(1)").fetchall()
+            return check_connection(connection, full)
         finally:
             connection.close()
     except sqlite3.DatabaseError as e:
         if not is_damage(e):
             raise
         return str(e)
+
+
+def check_connection(connection: sqlite3.Connection, full: bool) -> str | None:
+    """`check` on an open connection (a read-only one too); SQLite's damage errors are raised."""
+    if not full:
+        for sql in _SAMPLES:
+            connection.execute(sql).fetchall()
+        return None
+    rows = connection.execute("PRAGMA quick_check(1)").fetchall()
     found = rows[0][0] if rows else "ok"
-    return None if found == "ok" else f"quick_check: {found}"
+    return None if found == "ok" else "quick_check: " + " ".join(str(found).split())  # one line
+
+
+def header_problem(database: Path) -> str | None:
+    """What the first 100 bytes of the file say is wrong with it (pure reading, no SQLite): not an SQLite file, or
+    shorter than the pages its header counts (a truncated file; only without a -wal, whose pages a checkpoint cut short
+    by a crash may still have to write)."""
+    try:
+        with open(database, "rb") as f:
+            header = f.read(100)
+            size = os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        return None
+    if not header:
+        return None  # a new database
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+        return "file is not a database (its header)"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        return f"file is not a database (page size {page_size} in its header)"
+    pages, counter, valid_for = (int.from_bytes(header[at:at + 4], "big") for at in (28, 24, 92))
+    wal = Path(f"{database}-wal")
+    if pages and counter == valid_for and size < pages * page_size and not (wal.exists() and wal.stat().st_size):
+        return f"database disk image is malformed (truncated: its header counts {pages} pages of {page_size} " \
+               f"bytes, the file holds {size} bytes)"
+    return None
+
+
+def background_check(directory: Path) -> str | None:
+    """The whole quick_check of a database opened with the bounded one, unless another process sharing the folder is
+    running it now (None then too). Slow on a large cache: run it in a thread; it holds no lock SQLite writers wait
+    for (a read transaction, in WAL mode)."""
+    try:
+        fd = os.open(directory / CHECK_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        started = time.monotonic()
+        problem = check(directory / DATABASE, full=True)
+        logger.info("cargo-cache: the cache database %s checked whole in %.1fs: %s", directory / DATABASE,
+                    time.monotonic() - started, problem or "ok")
+        return problem
+    finally:
+        os.close(fd)
 
 
 def set_damaged_aside(directory: Path, reason: str, now: float | None = None) -> SetAside:
