@@ -138,13 +138,7 @@ class Writability:
             return False
         if description.startswith("cannot write"):  # SQLite says "disk I/O error" on a folder turned read-only
             description = self._folder_state() or description
-        now = self.clock()
-        self.errors[op] = self.errors.get(op, 0) + 1
-        if self.on_error is not None:
-            self.on_error(op)
-        if self.writable:
-            self.writable, self.since = False, now
-        self.error, self.last_attempt = description, now
+        now = self._count(op, description)
         if self.throttle.allow(now):
             more = self.throttle.take_suppressed()
             logger.warning("cargo-cache: cache write failed%s (%s: %s) in %s: the cache folder %s cannot be written "
@@ -169,17 +163,23 @@ class Writability:
     def damaged(self, op: str, error: BaseException) -> None:
         """The cache database turned out damaged under the running store (`op` found it): counted, not writable, said
         once a minute; the store reads nothing more from it, and its upkeep sets it aside (local.py)."""
+        now = self._count(op, describe(error) or str(error))
+        if self.throttle.allow(now):
+            logger.warning("cargo-cache: the cache database in %s is damaged (%s: %s, found by %s): answers are passed "
+                           "through without being kept, nothing more is read from it; it is set aside and the cache "
+                           "started afresh within %.0f s", self.where, type(error).__name__, error, op, RETRY_SECONDS)
+
+    def _count(self, op: str, description: str) -> float:
+        """A failed write (or a damaged database) in `op`: counted, told to the metrics, the folder not writable from
+        now if it was; the time."""
         now = self.clock()
         self.errors[op] = self.errors.get(op, 0) + 1
         if self.on_error is not None:
             self.on_error(op)
         if self.writable:
             self.writable, self.since = False, now
-        self.error, self.last_attempt = describe(error) or str(error), now
-        if self.throttle.allow(now):
-            logger.warning("cargo-cache: the cache database in %s is damaged (%s: %s, found by %s): answers are passed "
-                           "through without being kept, nothing more is read from it; it is set aside and the cache "
-                           "started afresh within %.0f s", self.where, type(error).__name__, error, op, RETRY_SECONDS)
+        self.error, self.last_attempt = description, now
+        return now
 
     def _folder_state(self) -> str | None:
         """What the file system says of itself, when the error does not."""
