@@ -36,6 +36,7 @@ from .report import Section
 from .scenarios import (
     cache_size,
     cargo_fetch,
+    eviction,
     expired,
     hits,
     latency,
@@ -62,6 +63,7 @@ SCENARIOS = {
     "workers": workers.run,
     "profile": profile_hits.run,
     "policy": policy.run,
+    "eviction": eviction.run,
 }
 WORK = ROOT / "BENCHMARKS.tmp"
 

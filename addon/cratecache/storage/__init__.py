@@ -73,7 +73,8 @@ class Storage(ABC):
     def spool(self) -> Spool:
         """Where an answer that may be large is written while it arrives (memory, then a partial file; in the
         temporary folder if the cache folder cannot take it)."""
-        return Spool(self.directory, FILE_THRESHOLD, self.writability)
+        local = getattr(self, "local", None)  # both backends' cache folder is a LocalStore
+        return Spool(self.directory, FILE_THRESHOLD, self.writability, room=local.keep_within if local else None)
 
     def keeps(self) -> bool:
         """Whether to write the next answer (False: serve it without trying, the cache folder refuses writes; see

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import diskcache
 
-from . import faults, readonly, recovery, spool
+from . import faults, readonly, recovery, room, spool
 from .entries import Entry, Meta
 from .integrity import Damage
 from .keyscan import KeyScan
@@ -156,6 +156,7 @@ class LocalStore:
         self._writeback = WriteBack(self._cache, self._memory)
         self._leases = HostLeases(self._cache)
         self._scan = KeyScan(self._cache)
+        self._room = room.Evictor(self._cache, self.usage, self._deferred_removals)
 
     @property
     def read_only(self) -> bool:
@@ -212,7 +213,7 @@ class LocalStore:
         if getattr(written, "files", None) is not None:  # an outer one undoes
             yield
             return
-        written.files = []
+        written.files, written.evicted = [], []
         try:
             yield
         except BaseException:
@@ -223,8 +224,37 @@ class LocalStore:
                     else:
                         os.unlink(full_path)
             raise
+        else:
+            for filename in written.evicted:  # files of entries evicted inside the transaction, which committed
+                self._cache._disk.remove(filename)
         finally:
-            written.files = None
+            written.files = written.evicted = None
+
+    def _deferred_removals(self) -> list | None:
+        """Where an eviction inside this thread's open transaction puts the files to remove once it commits (None
+        outside one: they are removed with the eviction's own commit)."""
+        if self._cache._txn_id != threading.get_ident():
+            return None
+        return getattr(_AdoptingDisk.written, "evicted", None)
+
+    def usage(self) -> room.Usage:
+        """What the cache folder holds on disk: diskcache's volume, the database's log, partial downloads."""
+        try:
+            log = os.stat(self.directory / f"{recovery.DATABASE}-wal").st_size
+        except OSError:
+            log = 0
+        return room.Usage(self._cache.volume(), log, room.folder_bytes(self.directory / spool.PARTIAL_FOLDER))
+
+    def keep_within(self, incoming: int) -> int:
+        """Before `incoming` bytes are written to the cache folder: evict least recently used entries so that it stays
+        within its size limit (room.py); how many were evicted. Never raises: a write goes on without it."""
+        if self.read_only:
+            return 0
+        try:
+            return self._room.make_room(incoming)
+        except Exception as e:  # the write itself meets the problem and says so
+            logger.debug("cargo-cache: evicting for a write failed: %s: %s", type(e).__name__, e)
+            return 0
 
     def _making_room(self, needed: int, write: Callable[[], Entry]) -> Entry:
         """`write()`; on a full disk, evict least recently used entries to make room for `needed` bytes and try once
@@ -233,6 +263,7 @@ class LocalStore:
         in_batch = getattr(_AdoptingDisk.written, "files", None) is not None
         try:
             with self._undoing():
+                self.keep_within(needed)
                 return write()
         except Exception as e:
             if in_batch or not faults.is_full(e) or not self.make_room(needed):
@@ -388,14 +419,16 @@ class LocalStore:
                 if release:
                     self._leases.release(key)
 
-        # on a failure the file is moved back to `spooled.path` (`_undoing`): the caller can still serve it
-        self._making_room(ROOM_MARGIN, write)
+        # on a failure the file is moved back to `spooled.path` (`_undoing`): the caller can still serve it; moving it
+        # in adds nothing to the folder (its partial file was counted as it was written)
+        self._making_room(0, write)
         return self.get(key) or Entry(meta, None, None)
 
     def put_entry_file(self, key: str, meta: Meta, path: Path) -> None:
         """Like put_entry, for bytes in a file of this cache folder's file system, which is moved in (and back to
         `path` if the write fails)."""
         with self._undoing(), self._cache.transact():
+            self.keep_within(0)  # the file is in the folder already
             if self._blob_file(meta) is None:
                 self._cache.set(f"blob:{meta.sha256}", _Adopt(path))
             else:
