@@ -73,8 +73,12 @@ class Storage(ABC):
     def spool(self) -> Spool:
         """Where an answer that may be large is written while it arrives (memory, then a partial file; in the
         temporary folder if the cache folder cannot take it)."""
-        local = getattr(self, "local", None)  # both backends' cache folder is a LocalStore
-        return Spool(self.directory, FILE_THRESHOLD, self.writability, room=local.keep_within if local else None)
+        return Spool(self.directory, FILE_THRESHOLD, self.writability, room=self.make_room)
+
+    @abstractmethod
+    async def make_room(self, incoming: int) -> None:
+        """Before `incoming` bytes of a download are written to this host's cache folder: evict what it takes to keep
+        the folder within its size limit (room.py). Never raises."""
 
     def keeps(self) -> bool:
         """Whether to write the next answer (False: serve it without trying, the cache folder refuses writes; see

@@ -55,6 +55,7 @@ FILE_KINDS = ("crate/", "component/", "rustup/")  # what may be kept as a file; 
 HASH_OFFLOAD_BYTES = 1024 * 1024
 DEFAULT_HOT_BYTES = 64 * 1024 * 1024
 ROOM_MARGIN = 1024 * 1024  # evicting for a write on a full disk frees this much more (for SQLite's own pages)
+RECENCY_SECONDS = 1.0  # memory hits' recency is written before an eviction for a write at most this often
 
 
 class _Adopt:
@@ -157,6 +158,8 @@ class LocalStore:
         self._leases = HostLeases(self._cache)
         self._scan = KeyScan(self._cache)
         self._room = room.Evictor(self._cache, self.usage, self._deferred_removals)
+        self._room_left = 0.0  # bytes this process may still write before it measures again (`needs_room`)
+        self._recency_written = 0.0  # when memory hits' recency last went to disk for an eviction
 
     @property
     def read_only(self) -> bool:
@@ -247,14 +250,31 @@ class LocalStore:
 
     def keep_within(self, incoming: int) -> int:
         """Before `incoming` bytes are written to the cache folder: evict least recently used entries so that it stays
-        within its size limit (room.py); how many were evicted. Never raises: a write goes on without it."""
+        within its size limit (room.py); how many were evicted. Never raises: a write goes on without it. Memory
+        hits' recency goes to disk first (at most once a second), so that what is served from memory is not taken
+        for unused when the cache turns over faster than the upkeep's interval."""
         if self.read_only:
             return 0
         try:
-            return self._room.make_room(incoming)
+            limit, usage, rows = self._cache.size_limit, self.usage(), 0
+            if room.to_free(usage, incoming, limit):
+                if time.monotonic() - self._recency_written >= RECENCY_SECONDS:
+                    self._recency_written = time.monotonic()
+                    self.touch_hits()
+                rows = self._room.make_room(incoming)
+                usage = self.usage()
+            self._room_left = limit - usage.total - incoming
+            return rows
         except Exception as e:  # the write itself meets the problem and says so
             logger.debug("cargo-cache: evicting for a write failed: %s: %s", type(e).__name__, e)
             return 0
+
+    def needs_room(self, incoming: int) -> bool:
+        """Whether `incoming` more bytes (a piece of a download being spooled) may take the folder past its limit, by
+        what this process measured last and has written since: no I/O, safe on the event loop. If so, the caller
+        runs `keep_within` (on the store thread), which measures again."""
+        self._room_left -= incoming
+        return self._room_left < 0
 
     def _making_room(self, needed: int, write: Callable[[], Entry]) -> Entry:
         """`write()`; on a full disk, evict least recently used entries to make room for `needed` bytes and try once

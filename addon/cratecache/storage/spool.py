@@ -13,7 +13,7 @@ If the temporary folder cannot take it either (the same full file system), the l
 `PASS_MEMORY_BYTES` per answer; beyond that the download fails (`NoRoom`).
 
 A partial file in the cache folder counts against the cache's size limit as it grows: before each piece written off
-the event loop, `room` (the store's `keep_within`) evicts what it takes to stay within it (room.py).
+the event loop, `room` (the store's `make_room`, on its store thread) evicts what it takes to stay within it (room.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +68,7 @@ class Spooled:
 class Spool:
     def __init__(self, directory: Path, threshold: int, writability: Writability | None = None,
                  elsewhere: Path | None = None, memory_limit: int = PASS_MEMORY_BYTES,
-                 room: Callable[[int], object] | None = None):
+                 room: Callable[[int], Awaitable[object]] | None = None):
         self.folder, self.threshold = directory / PARTIAL_FOLDER, threshold
         self.room = room
         self.writability, self.elsewhere = writability, elsewhere or pass_folder()
@@ -96,13 +96,9 @@ class Spool:
         if self._pending_size >= OFFLOAD_BYTES:
             piece, self._pending, self._pending_size = b"".join(self._pending), [], 0
             self._open()  # here, not in the thread: a discard (a cancelled download) then always finds the file
-            await asyncio.to_thread(self._write_making_room, piece)
-
-    def _write_making_room(self, data: bytes) -> None:
-        """`write`, in a worker thread: a piece bound for the cache folder first makes room for itself there."""
-        if self.room is not None and not self.passing and not self._in_memory:
-            self.room(len(data))
-        self.write(data)
+            if self.room is not None and not self.passing and not self._in_memory:
+                await self.room(len(piece))  # bound for the cache folder: room for it there first
+            await asyncio.to_thread(self.write, piece)
 
     def write(self, data: bytes) -> None:
         self._hash.update(data)
