@@ -34,6 +34,7 @@ from .context import Bench
 from .procs import stop_all
 from .report import Section
 from .scenarios import (
+    bundles_scale,
     cache_size,
     cargo_fetch,
     eviction,
@@ -64,6 +65,7 @@ SCENARIOS = {
     "profile": profile_hits.run,
     "policy": policy.run,
     "eviction": eviction.run,
+    "bundles-scale": bundles_scale.run,
 }
 WORK = ROOT / "BENCHMARKS.tmp"
 
