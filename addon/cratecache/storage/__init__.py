@@ -189,8 +189,9 @@ class Storage(ABC):
     async def close(self) -> None: ...
 
 
-def open_storage(cache: CacheSettings) -> Storage:
-    local = LocalStore(cache.directory, cache.size_limit, cache.eviction_policy)
+def open_storage(cache: CacheSettings, lean: bool = False) -> Storage:
+    """`lean`: for a command (cli.py), SQLite's memory kept small (storage/lean.py)."""
+    local = LocalStore(cache.directory, cache.size_limit, cache.eviction_policy, lean=lean)
     local.warn_if_larger_than_disk()
     if cache.backend == "s3":
         from .s3 import S3Storage  # obstore is only imported when a bucket is configured

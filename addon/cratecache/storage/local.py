@@ -42,6 +42,7 @@ from . import faults, readonly, recovery, room, spool
 from .entries import Entry, Meta
 from .integrity import Damage
 from .keyscan import KeyScan
+from .lean import LeanCache
 from .marks import HostLeases, PendingMarks
 from .memory import MemoryTier
 from .writeback import PURGE_GENERATION, WriteBack
@@ -120,13 +121,14 @@ class LocalStore:
     pending-upload marks (`marks.PendingMarks`), the key scans and request counters (`keyscan.KeyScan`)."""
 
     def __init__(self, directory: Path, size_limit: int, eviction_policy: str = "least-recently-used",
-                 hot_bytes: int = DEFAULT_HOT_BYTES):
+                 hot_bytes: int = DEFAULT_HOT_BYTES, lean: bool = False):
+        """`lean`: for a command, SQLite's memory per connection kept small (lean.py)."""
         self.directory = directory
         self.writability = faults.Writability(str(directory))
         # cull_limit=0: no eviction inside each write (two more queries per write, on the store thread every miss
         # waits for); `upkeep` evicts down to the size limit every few seconds instead, and `close` once more.
         self._settings = dict(size_limit=size_limit, eviction_policy=eviction_policy, statistics=False,
-                              disk=_AdoptingDisk, cull_limit=0)
+                              disk=_AdoptingDisk, cull_limit=0, cache_class=LeanCache if lean else diskcache.Cache)
         self._cache = self._open()
         self._database = self._database_file()  # which file this store has open, to notice another process replacing it
         self._retired: list = []  # openings replaced while calls may still use them (closed with the store)

@@ -60,12 +60,13 @@ def is_damage(error: BaseException) -> bool:
     return "file is not a database" in text or "malformed" in text
 
 
-def open_cache(directory: Path, **settings) -> diskcache.Cache:
-    """diskcache's Cache on `directory`; a damaged database is set aside first (and logged), never raised."""
+def open_cache(directory: Path, cache_class: type[diskcache.Cache] = diskcache.Cache, **settings) -> diskcache.Cache:
+    """diskcache's Cache (or `cache_class`) on `directory`; a damaged database is set aside first (and logged), never
+    raised."""
     directory.mkdir(parents=True, exist_ok=True)
     with _folder_lock(directory):
         try:
-            cache = diskcache.Cache(str(directory), **settings)
+            cache = cache_class(str(directory), **settings)
         except sqlite3.DatabaseError as e:
             if not is_damage(e):
                 raise
@@ -80,7 +81,7 @@ def open_cache(directory: Path, **settings) -> diskcache.Cache:
         logger.warning("cargo-cache: the cache database %s is damaged (%s): set aside in %s (%s); starting with an "
                      "empty cache, entries are fetched again as they are asked for", directory / DATABASE, problem,
                      aside.folder, _what(aside))
-        return diskcache.Cache(str(directory), **settings)
+        return cache_class(str(directory), **settings)
 
 
 def _check(database: Path) -> str | None:
