@@ -125,8 +125,9 @@ class LocalStore:
         """`lean`: for a command, SQLite's memory per connection kept small (lean.py)."""
         self.directory = directory
         self.writability = faults.Writability(str(directory))
-        # cull_limit=0: no eviction inside each write (two more queries per write, on the store thread every miss
-        # waits for); `upkeep` evicts down to the size limit every few seconds instead, and `close` once more.
+        # cull_limit=0: not diskcache's cull inside each write (two more queries per write, whatever the room left);
+        # a write that needs room evicts first (`keep_within`, room.py), `upkeep` every few seconds (expired records,
+        # what other processes wrote), `close` once more.
         self._settings = dict(size_limit=size_limit, eviction_policy=eviction_policy, statistics=False,
                               disk=_AdoptingDisk, cull_limit=0, cache_class=LeanCache if lean else diskcache.Cache)
         self._cache = self._open()
