@@ -34,8 +34,10 @@ from .context import Bench
 from .procs import stop_all
 from .report import Section
 from .scenarios import (
+    bundles_scale,
     cache_size,
     cargo_fetch,
+    eviction,
     expired,
     hits,
     latency,
@@ -64,6 +66,8 @@ SCENARIOS = {
     "profile": profile_hits.run,
     "policy": policy.run,
     "scale": scale.run,
+    "eviction": eviction.run,
+    "bundles-scale": bundles_scale.run,
 }
 WORK = ROOT / "BENCHMARKS.tmp"
 

@@ -326,3 +326,94 @@ async def test_a_manifest_with_more_entries_than_allowed_is_refused(target, tmp_
     bundle = write_bundle(tmp_path / "b.bundle", entries, blobs(INDEX, CRATE))
     with pytest.raises(BundleError, match="more than 2 entries"):
         await import_bundle(target, bundle)
+
+
+class CountingStore:
+    """A store that records which of its methods were called, with which key (issue 33: what an export or import of
+    a lockfile's bundle reads must follow the bundle, not the cache)."""
+
+    def __init__(self, store):
+        self._store, self.calls = store, []
+
+    def __getattr__(self, name):
+        found = getattr(self._store, name)
+        if not callable(found):
+            return found
+
+        def call(*args, **kwargs):
+            self.calls.append((name, args[0] if args else None))
+            return found(*args, **kwargs)
+
+        return call
+
+    def keys_read(self, *methods: str) -> list[str]:
+        return [key for name, key in self.calls if name in methods]
+
+
+def lockfile(path, packages: list[tuple[str, str, str]]):
+    text = "version = 3\n" + "".join(
+        f'\n[[package]]\nname = "{n}"\nversion = "{v}"\nsource = "registry+https://github.com/rust-lang/crates.io-index"'
+        f'\nchecksum = "{c}"\n' for n, v, c in packages)
+    path.write_text(text)
+    return path
+
+
+def crate_and_index(name: str, versions: list[str]) -> tuple[dict[str, bytes], bytes]:
+    crates = {v: f"{name} {v} bytes".encode() * 20 for v in versions}
+    lines = [json.dumps({"name": name, "vers": v, "deps": [], "cksum": hashlib.sha256(body).hexdigest(),
+                         "features": {}, "yanked": False}) for v, body in crates.items()]
+    return crates, ("\n".join(lines) + "\n").encode()
+
+
+async def test_an_export_of_a_lockfile_reads_only_the_lockfiles_entries_and_no_listing(source, target, tmp_path):
+    from cratecache.cli import cmd_export, parser
+    from cratecache.config import load_settings
+
+    from tests.harness import write_proxies
+
+    for i in range(200):  # unrelated entries: never read
+        await source.put(f"index/crates-io/unrelated{i}", INDEX, "a", now=1000.0)
+        await source.put(f"crate/crates-io/unrelated{i}/1.0.0", CRATE, "a", now=1000.0)
+    packages = []
+    for name in ("alpha", "beta"):
+        crates, index = crate_and_index(name, ["1.0.0", "2.0.0"])
+        await source.put(f"index/crates-io/{name}", index, "a", now=1000.0)
+        for version, body in crates.items():
+            await source.put(f"crate/crates-io/{name}/{version}", body, "a", now=1000.0)
+            packages.append((name, version, hashlib.sha256(body).hexdigest()))
+    await source.put("config/crates-io", b'{"dl": "https://static.crates.io/crates"}', "a", now=1000.0)
+    settings = load_settings(write_proxies(tmp_path / "proxies.yaml", [{"name": "a", "url": "http://127.0.0.1:1/"}],
+                                           tmp_path / "source"))
+    lock = lockfile(tmp_path / "Cargo.lock", packages)
+    counting = CountingStore(source)
+
+    args = parser().parse_args(["export", str(tmp_path / "b.bundle"), "--lockfile", str(lock)])
+    assert await cmd_export(args, settings, counting) == 0
+
+    wanted = {"config/crates-io", "index/crates-io/alpha", "index/crates-io/beta", "crate/crates-io/alpha/1.0.0",
+              "crate/crates-io/alpha/2.0.0", "crate/crates-io/beta/1.0.0", "crate/crates-io/beta/2.0.0"}
+    assert set(counting.keys_read("get", "latest", "meta")) == wanted
+    assert not {name for name, _ in counting.calls} & {"entries", "keys", "entry_pages", "counts", "figures"}
+    with tarfile.open(tmp_path / "b.bundle") as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))
+    assert [e["key"] for e in manifest["entries"]] == [
+        "config/crates-io", "index/crates-io/alpha", "crate/crates-io/alpha/1.0.0", "crate/crates-io/alpha/2.0.0",
+        "index/crates-io/beta", "crate/crates-io/beta/1.0.0", "crate/crates-io/beta/2.0.0"]
+
+
+async def test_an_import_reads_each_cached_index_file_once_whatever_the_order_of_its_crates(target, tmp_path):
+    alpha, alpha_index = crate_and_index("alpha", ["1.0.0", "2.0.0", "3.0.0"])
+    beta, beta_index = crate_and_index("beta", ["1.0.0", "2.0.0"])
+    await target.put("index/crates-io/alpha", alpha_index, "a", now=1000.0)  # the cache's, newer: it is served
+    await target.put("index/crates-io/beta", beta_index, "a", now=1000.0)
+    interleaved = [("alpha", "1.0.0"), ("beta", "1.0.0"), ("alpha", "2.0.0"), ("beta", "2.0.0"), ("alpha", "3.0.0")]
+    bodies = {"alpha": alpha, "beta": beta}
+    entries = [item(f"crate/crates-io/{n}/{v}", bodies[n][v]) for n, v in interleaved]
+    write_bundle(tmp_path / "b.bundle", entries, blobs(*(bodies[n][v] for n, v in interleaved)))
+    counting = CountingStore(target)
+
+    summary = await import_bundle(counting, tmp_path / "b.bundle")
+
+    assert (summary.entries, summary.new) == (5, 5)
+    assert sorted(counting.keys_read("get", "latest")) == ["index/crates-io/alpha", "index/crates-io/beta"]
+    assert (await target.get("crate/crates-io/alpha/3.0.0")).body == alpha["3.0.0"]

@@ -244,11 +244,15 @@ def test_a_304_only_in_memory_is_written_at_close_and_never_over_other_bytes(tmp
 
 
 def test_upkeep_evicts_the_least_recently_used_entries_down_to_the_size_limit(tmp_path):
-    store = LocalStore(tmp_path / "cache", size_limit=2 * 1024 * 1024, hot_bytes=0)
+    filled = LocalStore(tmp_path / "cache", size_limit=10**9, hot_bytes=0)
     bodies = {f"crate/crates-io/c{i}/1.0.0": bytes([i]) * 100_000 for i in range(40)}  # 4 MB in all
     for key, body in bodies.items():
-        store.put(key, body, "mirror", now=NOW)
-    assert all(store.get(key) is not None for key in bodies)  # writes never evict: the upkeep does
+        filled.put(key, body, "mirror", now=NOW)
+    filled._cache.close()  # (no close(): that evicts too)
+    filled._pending.close()
+    # the same folder under a smaller limit (another worker's, or a restart's): its writes did not evict, the upkeep
+    store = LocalStore(tmp_path / "cache", size_limit=2 * 1024 * 1024, hot_bytes=0)
+    assert all(store.get(key) is not None for key in bodies)
     store.get("crate/crates-io/c0/1.0.0")  # used again: now the most recent
     store.upkeep()
     kept = [key for key in bodies if store.get(key) is not None]

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run(args, settings: Settings) -> int:
-    store = open_storage(settings.cache, memory_bytes=COMMAND_MEMORY_BYTES)
+    store = open_storage(settings.cache, memory_bytes=COMMAND_MEMORY_BYTES, lean=True)
     try:
         status = await args.run(args, settings, store)
         await store.flush()  # what a shared store could not take yet: uploaded now, or an error

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import json
 import os
 import re
@@ -31,6 +30,7 @@ import tarfile
 import tempfile
 import time
 import tomllib
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -86,33 +86,50 @@ def key_fields(key: str) -> dict:
 async def export_bundle(store: Storage, path: Path, keys: list[str]) -> Summary:
     """Write the entries named by `keys` to `path`, atomically. BundleError if one is not in the cache.
 
-    Each entry is read once (meta and bytes together, the shared store's newest copy) and its bytes
-    spooled to a folder beside `path`, so memory holds one entry at a time.
+    Each entry is read once (meta and bytes together, the shared store's newest copy), by its key (what the export
+    costs follows `keys`, not the cache), its bytes spooled to a folder beside `path` and its manifest entry to a
+    file there, so memory holds one entry at a time.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     spool = Path(tempfile.mkdtemp(prefix=".export-", dir=path.parent))
+    blobs = spool / "blobs"
+    blobs.mkdir()
     try:
-        entries, skipped = [], tuple(k for k in keys if unvouched_executable(k))
-        for key in (k for k in keys if k not in skipped):
-            entry = await store.latest(key)
-            if entry is None:
-                raise BundleError(f"{key} is not in the cache (evicted or purged during the export?)")
-            if not (spool / entry.meta.sha256).exists():
-                if entry.body is None:  # a large entry: copied from its file, never read whole
-                    await asyncio.to_thread(shutil.copyfile, entry.file, spool / entry.meta.sha256)
-                else:
-                    (spool / entry.meta.sha256).write_bytes(entry.body)
-            entries.append({"key": key, **key_fields(key), **asdict(entry.meta)})
-        manifest = {"format": FORMAT, "created": time.time(), "entries": entries}
+        skipped = tuple(k for k in keys if unvouched_executable(k))
+        kinds: Counter[str] = Counter()
+        with open(spool / MANIFEST, "w", encoding="utf-8") as manifest:
+            # what json.dumps(indent=1) wrote of the whole manifest, an entry at a time
+            manifest.write(f'{{\n "format": {json.dumps(FORMAT)},\n "created": {json.dumps(time.time())},\n '
+                           '"entries": [')
+            for key in (k for k in keys if k not in skipped):
+                entry = await store.latest(key)
+                if entry is None:
+                    raise BundleError(f"{key} is not in the cache (evicted or purged during the export?)")
+                if not (blobs / entry.meta.sha256).exists():
+                    if entry.body is None:  # a large entry: copied from its file, never read whole
+                        await asyncio.to_thread(shutil.copyfile, entry.file, blobs / entry.meta.sha256)
+                    else:
+                        (blobs / entry.meta.sha256).write_bytes(entry.body)
+                fields = {"key": key, **key_fields(key), **asdict(entry.meta)}
+                manifest.write(("\n" if not kinds else ",\n") + _indented(fields))
+                kinds[fields["kind"]] += 1
+            manifest.write("\n ]\n}" if kinds else "]\n}")
         partial = path.with_name(path.name + ".partial")
         with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
-            _add(tar, MANIFEST, json.dumps(manifest, indent=1).encode())
-            for blob in sorted(spool.iterdir()):
+            tar.add(spool / MANIFEST, arcname=MANIFEST, recursive=False)
+            for blob in sorted(blobs.iterdir()):
                 tar.add(blob, arcname=f"blobs/{blob.name}", recursive=False)
         os.replace(partial, path)
-        return replace(_summary(entries, sum(blob.stat().st_size for blob in spool.iterdir())), skipped=skipped)
+        total = sum(blob.stat().st_size for blob in blobs.iterdir())
+        return Summary(sum(kinds.values()), kinds["crate"], kinds["index"], total,
+                       sum(kinds[k] for k in dist.KINDS), skipped=skipped)
     finally:
         shutil.rmtree(spool, ignore_errors=True)
+
+
+def _indented(fields: dict) -> str:
+    """One manifest entry as json.dumps(manifest, indent=1) writes it inside the entries list."""
+    return "\n".join("  " + line for line in json.dumps(fields, indent=1).splitlines())
 
 
 async def import_bundle(store: Storage, path: Path, settings: Settings | None = None) -> Summary:
@@ -286,7 +303,7 @@ async def _plan_writes(manifest: dict, staging: Path, path: Path, store: Storage
     date agree on (the bundle's and the cache's: `dist.vouches`), and nothing the cache holds of a file that never
     changes (a crate, a component, a dated manifest) is replaced by other bytes."""
     plan = _Plan([], 0, {})
-    served: dict[tuple[str, str], bytes | None] = {}
+    served: dict[tuple[str, str], Path] = {}  # the bundle's index files that will be served (the cache's otherwise)
     checked: list[tuple[dict, Meta]] = []
     replaced: list[str] = []  # files that never change, which the bundle has other bytes of than the cache
     for item in manifest["entries"]:
@@ -308,7 +325,7 @@ async def _plan_writes(manifest: dict, staging: Path, path: Path, store: Storage
             except ValueError as e:
                 raise BundleError(f"{path}: index file of {item['name']} is invalid ({e})") from None
             if current is None or current.checked_at < meta.checked_at:
-                served[(item["registry"], item["name"])] = body
+                served[(item["registry"], item["name"])] = staging / meta.sha256
         elif kind == "config":
             meta = _rebuilt_config(item, meta, staging, path, settings)
         if kind in ("crate", "component"):
@@ -321,11 +338,13 @@ async def _plan_writes(manifest: dict, staging: Path, path: Path, store: Storage
             plan.present += 1
     dates = {item["key"].split("/")[2] for item, _ in checked if item["kind"] == "component"}
     tables = await _manifest_tables(store, plan.listings, dates, path)
-    for item, meta in checked:
+    index = _IndexFiles(served, store)
+    # by index file, so that each is read once and only one is held at a time (a bundle may hold 100 000s)
+    for item, meta in sorted(checked, key=lambda c: (c[0]["kind"], c[0]["registry"] or "", c[0]["name"] or "")):
         if item["kind"] == "component":
             _verify_component(item, meta, tables, path)
         else:
-            await _verify_crate(item, meta, served, store, path)
+            await _verify_crate(item, meta, index, path)
     if replaced:
         raise BundleError(f"{path}: {replaced[0]} differs from the copy the cache already holds, which was verified "
                           "when it was stored; a file that never changes is not replaced"
@@ -384,13 +403,27 @@ def _verify_component(item: dict, meta: Meta, tables: dict[str, dict], path: Pat
         raise BundleError(f"{path}: toolchain file {file} does not match the hash its channel manifest lists")
 
 
-async def _verify_crate(item: dict, meta: Meta, served: dict[tuple[str, str], bytes | None], store: Storage,
-                        path: Path) -> None:
-    index_key = (item["registry"], item["name"])
-    if index_key not in served:
-        cached = await store.latest(f"index/{item['registry']}/{item['name']}")
-        served[index_key] = cached.body if cached is not None else None
-    body = served[index_key]
+class _IndexFiles:
+    """The index file served after the import for a crate's (registry, name): the bundle's (read from the staging
+    folder) if it replaces the cache's, else the cache's; the last one read is kept, no other."""
+
+    def __init__(self, served: dict[tuple[str, str], Path], store: Storage):
+        self._served, self._store = served, store
+        self._last: tuple[tuple[str, str], bytes | None] | None = None
+
+    async def body(self, registry: str, name: str) -> bytes | None:
+        if self._last is None or self._last[0] != (registry, name):
+            if (staged := self._served.get((registry, name))) is not None:
+                body = await asyncio.to_thread(staged.read_bytes)
+            else:
+                cached = await self._store.latest(f"index/{registry}/{name}")
+                body = cached.body if cached is not None else None
+            self._last = ((registry, name), body)
+        return self._last[1]
+
+
+async def _verify_crate(item: dict, meta: Meta, index: _IndexFiles, path: Path) -> None:
+    body = await index.body(item["registry"], item["name"])
     listed = sparse.find_version(body, item["name"], item["version"]) if body else None
     if listed is None:
         raise BundleError(f"{path}: crate {item['name']} {item['version']} cannot be verified: no index "
@@ -420,12 +453,6 @@ def _rebuilt_config(item: dict, meta: Meta, staging: Path, path: Path, settings:
     digest = hashlib.sha256(body).hexdigest()
     (staging / digest).write_bytes(body)
     return replace(meta, sha256=digest, size=len(body))
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
-    tar.addfile(info, io.BytesIO(data))
 
 
 def _summary(entries: list[dict], total: int) -> Summary:

@@ -13,7 +13,7 @@ import asyncio
 import functools
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -74,18 +74,16 @@ class Progress:
 
 async def stage(resolver: Resolver, wanted: Plan, progress: Progress, concurrency: int = 8) -> StageResult:
     result = StageResult()
-    limit = asyncio.Semaphore(concurrency)
     registries = {r.name: r for r in resolver.settings.registries}
 
     async def one(reg: Registry, name: str, version: str, checksum: str | None) -> None:
         what = f"{name} {version}"
         if name in unindexed:  # one failure per crate: its versions fail for the index's reason
             return result.fail(progress, what, unindexed[name])
-        async with limit:
-            try:
-                served = await resolver.crate(reg, name, version)
-            except ResolveError as e:
-                return result.fail(progress, what, str(e))
+        try:
+            served = await resolver.crate(reg, name, version)
+        except ResolveError as e:
+            return result.fail(progress, what, str(e))
         if checksum and served.entry.meta.sha256 != checksum:
             result.fail(progress, what, f"lockfile checksum {checksum[:16]}… differs from the registry's "
                                         f"{served.entry.meta.sha256[:16]}…")
@@ -99,18 +97,30 @@ async def stage(resolver: Resolver, wanted: Plan, progress: Progress, concurrenc
         except ResolveError as e:
             result.failed.append((f"{reg_name} config.json", str(e)))
         unindexed: dict[str, str] = {}
-        await asyncio.gather(*(_index(resolver, reg, name, limit, unindexed) for name in crates))
-        await asyncio.gather(*(one(reg, name, version, checksum)
-                               for name, versions in crates.items() for version, checksum in versions.items()))
+        await _each(((name,) for name in crates), functools.partial(_index, resolver, reg, unindexed=unindexed),
+                    concurrency)
+        await _each(((name, version, checksum) for name, versions in crates.items()
+                     for version, checksum in versions.items()), functools.partial(one, reg), concurrency)
     return result
 
 
-async def _index(resolver: Resolver, reg: Registry, name: str, limit: asyncio.Semaphore, unindexed: dict[str, str]):
-    async with limit:
-        try:
-            await resolver.index(reg, name.lower())
-        except ResolveError as e:
-            unindexed[name] = str(e)
+async def _each(items: Iterable[tuple], work: Callable[..., Awaitable], concurrency: int) -> None:
+    """`work(*item)` for every item, `concurrency` at a time, by as many tasks (not one per item: a lockfile may name
+    thousands of crates)."""
+    pending = iter(items)
+
+    async def worker() -> None:
+        for item in pending:  # shared: each item goes to the first worker free
+            await work(*item)
+
+    await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+
+
+async def _index(resolver: Resolver, reg: Registry, name: str, unindexed: dict[str, str]):
+    try:
+        await resolver.index(reg, name.lower())
+    except ResolveError as e:
+        unindexed[name] = str(e)
 
 
 @dataclass(frozen=True)

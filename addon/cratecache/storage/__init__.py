@@ -73,7 +73,12 @@ class Storage(ABC):
     def spool(self) -> Spool:
         """Where an answer that may be large is written while it arrives (memory, then a partial file; in the
         temporary folder if the cache folder cannot take it)."""
-        return Spool(self.directory, FILE_THRESHOLD, self.writability)
+        return Spool(self.directory, FILE_THRESHOLD, self.writability, room=self.make_room)
+
+    @abstractmethod
+    async def make_room(self, incoming: int) -> None:
+        """Before `incoming` bytes of a download are written to this host's cache folder: evict what it takes to keep
+        the folder within its size limit (room.py). Never raises."""
 
     def keeps(self) -> bool:
         """Whether to write the next answer (False: serve it without trying, the cache folder refuses writes; see
@@ -192,10 +197,11 @@ class Storage(ABC):
     async def close(self) -> None: ...
 
 
-def open_storage(cache: CacheSettings, memory_bytes: int | None = None) -> Storage:
+def open_storage(cache: CacheSettings, memory_bytes: int | None = None, lean: bool = False) -> Storage:
     """`memory_bytes`: the in-memory tier's budget (default: the proxy's); a command that reads each entry once
-    (a listing, an export) gains nothing from holding them."""
-    local = LocalStore(cache.directory, cache.size_limit, cache.eviction_policy,
+    (a listing, an export) gains nothing from holding them. `lean`: for a command (cli.py), SQLite's memory kept
+    small (storage/lean.py)."""
+    local = LocalStore(cache.directory, cache.size_limit, cache.eviction_policy, lean=lean,
                        **({} if memory_bytes is None else {"hot_bytes": memory_bytes}))
     local.warn_if_larger_than_disk()
     if cache.backend == "s3":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from .batches import StoreThread
 from .local import KINDS, Entry, LocalStore, Meta
 from .spool import Spooled
 
+logger = logging.getLogger(__name__)
 
 class DiskStorage(Storage):
     backend = "disk"
@@ -83,6 +85,15 @@ class DiskStorage(Storage):
 
     async def put_entry(self, key: str, meta: Meta, body: bytes, remember: bool = False) -> None:
         await self._run(self.local.put_entry, key, meta, body, remember)
+
+    async def make_room(self, incoming: int) -> None:
+        """On the store thread, with the process's other SQLite work (two threads taking SQLite's write lock wait for
+        each other in its busy handler's sleeps); only when what this process measured last says it may be needed."""
+        if self.local.needs_room(incoming):
+            try:
+                await self._thread.run(self.local.keep_within, incoming)
+            except Exception as e:  # keep_within never raises; a closed store thread would
+                logger.debug("cargo-cache: making room for a download failed: %s", e)
 
     async def evict_damaged(self, key: str, sha256: str, actual: str) -> None:
         await self._run(self.local.evict_damaged, key, sha256, actual)

@@ -39,10 +39,11 @@ from pathlib import Path
 
 import diskcache
 
-from . import faults, readonly, recovery, spool
+from . import faults, readonly, recovery, room, spool
 from .entries import Entry, Meta
 from .integrity import Damage
 from .keyscan import KeyScan
+from .lean import LeanCache
 from .marks import HostLeases, PendingMarks
 from .memory import MemoryTier
 from .writeback import PURGE_GENERATION, WriteBack
@@ -129,13 +130,15 @@ class LocalStore:
     pending-upload marks (`marks.PendingMarks`), the key scans and request counters (`keyscan.KeyScan`)."""
 
     def __init__(self, directory: Path, size_limit: int, eviction_policy: str = "least-recently-used",
-                 hot_bytes: int = DEFAULT_HOT_BYTES):
+                 hot_bytes: int = DEFAULT_HOT_BYTES, lean: bool = False):
+        """`lean`: for a command, SQLite's memory per connection kept small (lean.py)."""
         self.directory = directory
         self.writability = faults.Writability(str(directory))
-        # cull_limit=0: no eviction inside each write (two more queries per write, on the store thread every miss
-        # waits for); `upkeep` evicts down to the size limit every few seconds instead, and `close` once more.
+        # cull_limit=0: not diskcache's cull inside each write (two more queries per write, whatever the room left);
+        # a write that needs room evicts first (`keep_within`, room.py), `upkeep` every few seconds (expired records,
+        # what other processes wrote), `close` once more.
         self._settings = dict(size_limit=size_limit, eviction_policy=eviction_policy, statistics=False,
-                              disk=_AdoptingDisk, cull_limit=0)
+                              disk=_AdoptingDisk, cull_limit=0, cache_class=LeanCache if lean else diskcache.Cache)
         self._cache = self._open()
         self._database = self._database_file()  # which file this store has open, to notice another process replacing it
         self._retired: list = []  # openings replaced while calls may still use them (closed with the store)
@@ -169,6 +172,8 @@ class LocalStore:
         self._scan = KeyScan(self._cache)
         if not self.read_only:  # a folder opened read-only lists from the table itself
             self._scan.ensure_index()
+        self._room = room.Evictor(self._cache, self.usage, self._deferred_removals)
+        self._room_left = 0.0  # bytes this process may still write before it measures again (`needs_room`)
 
     @property
     def read_only(self) -> bool:
@@ -229,7 +234,7 @@ class LocalStore:
         if getattr(written, "files", None) is not None:  # an outer one undoes
             yield
             return
-        written.files = []
+        written.files, written.evicted = [], []
         try:
             yield
         except BaseException:
@@ -240,8 +245,52 @@ class LocalStore:
                     else:
                         os.unlink(full_path)
             raise
+        else:
+            for filename in written.evicted:  # files of entries evicted inside the transaction, which committed
+                self._cache._disk.remove(filename)
         finally:
-            written.files = None
+            written.files = written.evicted = None
+
+    def _deferred_removals(self) -> list | None:
+        """Where an eviction inside this thread's open transaction puts the files to remove once it commits (None
+        outside one: they are removed with the eviction's own commit)."""
+        if self._cache._txn_id != threading.get_ident():
+            return None
+        return getattr(_AdoptingDisk.written, "evicted", None)
+
+    def usage(self) -> room.Usage:
+        """What the cache folder holds on disk: diskcache's volume, the database's log, partial downloads."""
+        try:
+            log = os.stat(self.directory / f"{recovery.DATABASE}-wal").st_size
+        except OSError:
+            log = 0
+        return room.Usage(self._cache.volume(), log, room.folder_bytes(self.directory / spool.PARTIAL_FOLDER))
+
+    def keep_within(self, incoming: int) -> int:
+        """Before `incoming` bytes are written to the cache folder: evict least recently used entries so that it stays
+        within its size limit (room.py); how many were evicted. Never raises: a write goes on without it. Memory
+        hits' recency goes to disk first (at most once a second), so that what is served from memory is not taken
+        for unused when the cache turns over faster than the upkeep's interval."""
+        if self.read_only:
+            return 0
+        try:
+            limit, usage, rows = self._cache.size_limit, self.usage(), 0
+            if room.to_free(usage, incoming, limit):
+                self.touch_hits()  # first: what was read since the last upkeep is recent (a read writes no recency)
+                rows = self._room.make_room(incoming)
+                usage = self.usage()
+            self._room_left = limit - usage.total - incoming
+            return rows
+        except Exception as e:  # the write itself meets the problem and says so
+            logger.debug("cargo-cache: evicting for a write failed: %s: %s", type(e).__name__, e)
+            return 0
+
+    def needs_room(self, incoming: int) -> bool:
+        """Whether `incoming` more bytes (a piece of a download being spooled) may take the folder past its limit, by
+        what this process measured last and has written since: no I/O, safe on the event loop. If so, the caller
+        runs `keep_within` (on the store thread), which measures again."""
+        self._room_left -= incoming
+        return self._room_left < 0
 
     def _making_room(self, needed: int, write: Callable[[], Entry]) -> Entry:
         """`write()`; on a full disk, evict least recently used entries to make room for `needed` bytes and try once
@@ -250,6 +299,7 @@ class LocalStore:
         in_batch = getattr(_AdoptingDisk.written, "files", None) is not None
         try:
             with self._undoing():
+                self.keep_within(needed)
                 return write()
         except Exception as e:
             if in_batch or not faults.is_full(e) or not self.make_room(needed):
@@ -409,14 +459,16 @@ class LocalStore:
                 if release:
                     self._leases.release(key)
 
-        # on a failure the file is moved back to `spooled.path` (`_undoing`): the caller can still serve it
-        self._making_room(ROOM_MARGIN, write)
+        # on a failure the file is moved back to `spooled.path` (`_undoing`): the caller can still serve it; moving it
+        # in adds nothing to the folder (its partial file was counted as it was written)
+        self._making_room(0, write)
         return self.get(key) or Entry(meta, None, None)
 
     def put_entry_file(self, key: str, meta: Meta, path: Path) -> None:
         """Like put_entry, for bytes in a file of this cache folder's file system, which is moved in (and back to
         `path` if the write fails)."""
         with self._undoing(), self._cache.transact():
+            self.keep_within(0)  # the file is in the folder already
             if self._blob_file(meta) is None:
                 self._cache.set(f"blob:{meta.sha256}", _Adopt(path))
             else:

@@ -84,13 +84,14 @@ def is_damage(error: BaseException) -> bool:
     return "file is not a database" in text or "malformed" in text
 
 
-def open_cache(directory: Path, full_check_bytes: int | None = None, **settings) -> diskcache.Cache:
-    """diskcache's Cache on `directory`; a damaged database is set aside first (and logged), never raised. The
-    database is checked whole up to `full_check_bytes` (default FULL_CHECK_BYTES), else in bounded time."""
+def open_cache(directory: Path, full_check_bytes: int | None = None,
+               cache_class: type[diskcache.Cache] = diskcache.Cache, **settings) -> diskcache.Cache:
+    """diskcache's Cache (or `cache_class`) on `directory`; a damaged database is set aside first (and logged), never
+    raised. The database is checked whole up to `full_check_bytes` (default FULL_CHECK_BYTES), else in bounded time."""
     directory.mkdir(parents=True, exist_ok=True)
     with _folder_lock(directory):
         try:
-            cache = diskcache.Cache(str(directory), **settings)
+            cache = cache_class(str(directory), **settings)
         except sqlite3.DatabaseError as e:
             if not is_damage(e):
                 raise
@@ -106,7 +107,7 @@ def open_cache(directory: Path, full_check_bytes: int | None = None, **settings)
         logger.warning("cargo-cache: the cache database %s is damaged (%s): set aside in %s (%s); starting with an "
                      "empty cache, entries are fetched again as they are asked for", directory / DATABASE, problem,
                      aside.folder, _what(aside))
-        return diskcache.Cache(str(directory), **settings)
+        return cache_class(str(directory), **settings)
 
 
 def database_bytes(directory: Path) -> int:

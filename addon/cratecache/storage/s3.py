@@ -301,6 +301,9 @@ class S3Storage(Storage):
             except BucketDown:
                 pass  # next time
 
+    async def make_room(self, incoming: int) -> None:
+        await self.tier.make_room(incoming)  # the local tier's folder
+
     async def flush(self) -> None:
         await self.uploads.flush()
 

@@ -11,6 +11,9 @@ is then passed through, served from that file and not kept (`Spooled.passing`). 
 to be writable, a spool starts there at once (except for the periodic retry that finds out it is writable again).
 If the temporary folder cannot take it either (the same full file system), the last resort is memory, up to
 `PASS_MEMORY_BYTES` per answer; beyond that the download fails (`NoRoom`).
+
+A partial file in the cache folder counts against the cache's size limit as it grows: before each piece written off
+the event loop, `room` (the store's `make_room`, on its store thread) evicts what it takes to stay within it (room.py).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,8 +67,10 @@ class Spooled:
 
 class Spool:
     def __init__(self, directory: Path, threshold: int, writability: Writability | None = None,
-                 elsewhere: Path | None = None, memory_limit: int = PASS_MEMORY_BYTES):
+                 elsewhere: Path | None = None, memory_limit: int = PASS_MEMORY_BYTES,
+                 room: Callable[[int], Awaitable[object]] | None = None):
         self.folder, self.threshold = directory / PARTIAL_FOLDER, threshold
+        self.room = room
         self.writability, self.elsewhere = writability, elsewhere or pass_folder()
         self.memory_limit = memory_limit
         self.passing = False
@@ -90,6 +96,8 @@ class Spool:
         if self._pending_size >= OFFLOAD_BYTES:
             piece, self._pending, self._pending_size = b"".join(self._pending), [], 0
             self._open()  # here, not in the thread: a discard (a cancelled download) then always finds the file
+            if self.room is not None and not self.passing and not self._in_memory:
+                await self.room(len(piece))  # bound for the cache folder: room for it there first
             await asyncio.to_thread(self.write, piece)
 
     def write(self, data: bytes) -> None:
