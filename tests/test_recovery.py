@@ -318,3 +318,14 @@ def test_a_checkpoint_cut_short_is_not_taken_for_a_truncated_file(tmp_path):
     assert "truncated" in recovery.header_problem(db)
     (folder / "cache.db-wal").write_bytes(b"\0" * 4096)  # a -wal with frames still to write
     assert recovery.header_problem(db) is None
+
+
+def test_the_background_check_takes_nothing_for_damage_that_a_second_check_does_not_find(tmp_path, monkeypatch, caplog):
+    folder = filled(tmp_path / "cache")
+    readings = iter(["quick_check: On page 7 at right child: 2nd reference to page 5", None])
+    monkeypatch.setattr(recovery, "check", lambda database, full=True: next(readings))
+    with caplog.at_level(logging.WARNING):
+        assert recovery.background_check(folder) is None
+    assert "its check found quick_check: On page 7" in caplog.text and "a second one nothing" in caplog.text
+    readings = iter(["quick_check: first", "quick_check: second"])
+    assert recovery.background_check(folder) == "quick_check: second"  # found twice: damage

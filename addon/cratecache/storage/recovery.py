@@ -15,7 +15,7 @@ takes 10 s and more, at every start of every worker and every command) gets a ch
 it (`check(full=False)`): the header against the file's size, and reads through both ends of the table and of its
 key index, which is what a truncated or overwritten file fails. The proxy then runs the whole `quick_check` once in
 the background, on a connection of its own (`background_check`, from the disk backend's upkeep, one process of those
-sharing the folder at a time), and damage it finds is handled like damage found by a request: set aside.
+sharing the folder at a time), and damage it finds twice is handled like damage found by a request: set aside.
 
 Processes sharing the folder (workers, a command) open it one at a time under a lock file, so only the first
 one sets the damaged files aside and the others open the new database. Damage found while the proxy runs (the file
@@ -192,7 +192,12 @@ def background_check(directory: Path) -> str | None:
         problem = check(directory / DATABASE, full=True)
         logger.info("cargo-cache: the cache database %s checked whole in %.1fs: %s", directory / DATABASE,
                     time.monotonic() - started, problem or "ok")
-        return problem
+        if problem is not None and (again := check(directory / DATABASE, full=True)) is None:
+            # a whole cache is not thrown away on one reading: found again, or it was not damage
+            logger.warning("cargo-cache: the cache database %s: its check found %s, a second one nothing: not taken "
+                           "for damage", directory / DATABASE, problem)
+            return None
+        return again if problem is not None else None
     finally:
         os.close(fd)
 
