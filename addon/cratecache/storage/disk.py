@@ -29,8 +29,6 @@ class DiskStorage(Storage):
         # and several threads waiting for it (busy-handler sleeps) and for the GIL cost the event loop more. Short
         # calls that queue up while it works run together, in one transaction (`batches`).
         self._thread = StoreThread(local.transaction)
-        # a database too large to be checked whole when it was opened is checked whole once, in the background
-        self._check_due = not local.read_only and recovery.database_bytes(self.directory) > recovery.FULL_CHECK_BYTES
 
     async def _run(self, fn, *args):
         try:
@@ -162,9 +160,6 @@ class DiskStorage(Storage):
         # Background upkeep (a batch of recency touches and 304s, then eviction, every 5 s) on asyncio's pool, not the
         # store thread, so that requests' reads and writes never queue behind it.
         writability = self.writability
-        if self._check_due:
-            self._check_due = False
-            await self._check_whole()
         try:
             try:
                 await asyncio.to_thread(self.local.upkeep)
@@ -184,16 +179,6 @@ class DiskStorage(Storage):
                     raise
             else:
                 writability.succeeded()
-
-    async def _check_whole(self) -> None:
-        """The whole quick_check the opening left out (recovery.py); damage is what a request finding it makes of it:
-        nothing more read from the database, requests passed through, the files set aside at the next upkeep."""
-        try:
-            problem = await asyncio.to_thread(recovery.background_check, self.directory)
-        except sqlite3.DatabaseError as e:
-            problem = str(e)
-        if problem is not None and not self.local.read_only:
-            self.local.set_damaged("check", recovery.Damaged(problem))
 
     async def flush(self) -> None:
         pass  # every write is already on disk

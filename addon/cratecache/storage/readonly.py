@@ -210,7 +210,7 @@ class ReadOnlyCache:
             connection.close()
 
     def _problem(self) -> str | None:
-        """The database's check as opened read-only (whole up to recovery.FULL_CHECK_BYTES, else bounded); the
+        """The database's check as opened read-only (bounded: recovery.py; whole up to recovery.FULL_CHECK_BYTES); the
         problem, or None."""
         full = recovery.database_bytes(self.directory) <= recovery.FULL_CHECK_BYTES
         try:

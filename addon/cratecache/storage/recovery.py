@@ -9,19 +9,15 @@ opens a new, empty database. The keys lived only in the damaged file, so nothing
 stored files: the entries are fetched again on demand (or imported again). A stale `-wal` or `-shm` left by
 a crash is SQLite's own business: it replays or ignores it, and the store opens as it was.
 
-How much is checked at an opening is bounded: a database up to `FULL_CHECK_BYTES` gets SQLite's whole
-`quick_check` (under a second); a larger one (a cache of a million entries is several GB, and its `quick_check`
-takes 10 s and more, at every start of every worker and every command) gets a check whose cost does not grow with
-it (`check(full=False)`): the header against the file's size, and reads through both ends of the table and of its
-key index, which is what a truncated or overwritten file fails. The proxy then runs the whole `quick_check` once in
-the background, on a connection of its own (`background_check`, from the disk backend's upkeep, one process of those
-sharing the folder at a time), and damage it finds twice is handled like damage found by a request: set aside.
-
-Processes sharing the folder (workers, a command) open it one at a time under a lock file, so only the first
-one sets the damaged files aside and the others open the new database. Damage found while the proxy runs (the file
-overwritten under it) is set aside the same way, by the store's reopening a few seconds later (local.py); a folder
-that refuses writes is never taken for damage (`is_damage`: it is opened read-only, readonly.py).
-`set_aside(folder)` lists what was set aside (for `stats`).
+How much is checked at an opening is bounded, whatever the database's size (a cache of a million entries is
+several GB, and SQLite's `quick_check` of it takes 10 s and more, at every start of every worker and every command):
+`check(full=False)` reads the header against the file's size and reads through both ends of the table and of its key
+index, which is what a truncated or overwritten file fails. SQLite's whole `quick_check` is not run at an opening
+(`CARGO_CACHE_FULL_CHECK_BYTES` asks for it up to that size): run while another process writes to the database (a
+worker, a purge), it reports damage that is not there (measured at 1M entries under a purge: "2nd reference to page",
+"Page N is never used", then "ok" once the purge ended), and a whole cache must not be thrown away on such a reading.
+Damage elsewhere in the file is found by the read that meets it (SQLite raises it; local.py sets the database aside
+then, checking it whole first).
 """
 
 from __future__ import annotations
@@ -45,8 +41,7 @@ ASIDE_PREFIX = "damaged-"
 REASON_FILE = "REASON"
 _VALUE_FOLDER = re.compile(r"^[0-9a-f]{2}\Z")  # diskcache's files: <2 hex>/<2 hex>/<random>.val
 DAMAGE_CODES = ("SQLITE_CORRUPT", "SQLITE_NOTADB")  # and their extended codes (SQLITE_CORRUPT_INDEX, ...)
-FULL_CHECK_BYTES = int(os.environ.get("CARGO_CACHE_FULL_CHECK_BYTES", 256 * 1024 * 1024))
-CHECK_LOCK_FILE = ".check.lock"
+FULL_CHECK_BYTES = int(os.environ.get("CARGO_CACHE_FULL_CHECK_BYTES", 0))  # 0: never whole at an opening
 SAMPLE_ROWS = 64
 _SAMPLES = (  # each walks one edge of a b-tree: the table's both ends by rowid, the key index's both ends
     "SELECT count(*) FROM Settings",
@@ -55,10 +50,6 @@ _SAMPLES = (  # each walks one edge of a b-tree: the table's both ends by rowid,
     f"SELECT key, raw FROM Cache WHERE key > '' ORDER BY key DESC, raw DESC LIMIT {SAMPLE_ROWS}",
     f"SELECT key, raw FROM Cache WHERE key > '' ORDER BY key ASC, raw ASC LIMIT {SAMPLE_ROWS}",
 )
-
-
-class Damaged(sqlite3.DatabaseError):
-    """What a check found wrong with the database (SQLite raised nothing: its `quick_check` reported it)."""
 
 
 @dataclass(frozen=True)
@@ -73,8 +64,6 @@ class SetAside:
 def is_damage(error: BaseException) -> bool:
     """Whether an error opening or checking the database says its file is damaged (not locked, full or read-only,
     which are passing or the disk's state, and must not throw the cache away)."""
-    if isinstance(error, Damaged):
-        return True
     if not isinstance(error, sqlite3.DatabaseError):
         return False
     name = getattr(error, "sqlite_errorname", "") or ""
@@ -173,33 +162,6 @@ def header_problem(database: Path) -> str | None:
         return f"database disk image is malformed (truncated: its header counts {pages} pages of {page_size} " \
                f"bytes, the file holds {size} bytes)"
     return None
-
-
-def background_check(directory: Path) -> str | None:
-    """The whole quick_check of a database opened with the bounded one, unless another process sharing the folder is
-    running it now (None then too). Slow on a large cache: run it in a thread; it holds no lock SQLite writers wait
-    for (a read transaction, in WAL mode)."""
-    try:
-        fd = os.open(directory / CHECK_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return None
-        started = time.monotonic()
-        problem = check(directory / DATABASE, full=True)
-        logger.info("cargo-cache: the cache database %s checked whole in %.1fs: %s", directory / DATABASE,
-                    time.monotonic() - started, problem or "ok")
-        if problem is not None and (again := check(directory / DATABASE, full=True)) is None:
-            # a whole cache is not thrown away on one reading: found again, or it was not damage
-            logger.warning("cargo-cache: the cache database %s: its check found %s, a second one nothing: not taken "
-                           "for damage", directory / DATABASE, problem)
-            return None
-        return again if problem is not None else None
-    finally:
-        os.close(fd)
 
 
 def set_damaged_aside(directory: Path, reason: str, now: float | None = None) -> SetAside:
