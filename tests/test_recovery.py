@@ -271,7 +271,8 @@ def damage_a_middle_leaf(db: Path) -> int:
     return middle + 1
 
 
-def test_an_opening_checks_in_bounded_time_and_leaves_damage_in_the_middle_to_the_read_that_meets_it(tmp_path):
+def test_an_opening_checks_in_bounded_time_and_leaves_damage_in_the_middle_to_the_read_that_meets_it(tmp_path,
+                                                                                                        monkeypatch):
     """The opening does not run the whole quick_check (it reports damage that is not there while another process
     writes); a page in the middle is found by the read that meets it (SQLite raises it)."""
     folder = tmp_path / "cache"
@@ -282,23 +283,10 @@ def test_an_opening_checks_in_bounded_time_and_leaves_damage_in_the_middle_to_th
     damage_a_middle_leaf(folder / "cache.db")
     assert recovery.check(folder / "cache.db", full=True) is not None  # damage SQLite's quick_check finds...
     assert recovery.check(folder / "cache.db", full=False) is None  # ...where the bounded check does not look
+    monkeypatch.setattr(recovery, "FULL_CHECK_BYTES", 64 * 1024)  # "large": above it
     store = LocalStore(folder, 1 << 30)
     try:
         assert set_aside(folder) == []  # opened at once
         assert store.get("index/crates-io/c00000").body.startswith(b"x")  # the rest is served
     finally:
         store.close()
-
-
-def test_a_checkpoint_cut_short_is_not_taken_for_a_truncated_file(tmp_path):
-    """The header counts pages a crash kept a checkpoint from writing; the -wal still holds them: not damage."""
-    folder = filled(tmp_path / "cache")
-    db = folder / "cache.db"
-    header = bytearray(db.read_bytes()[:100])
-    assert recovery.header_problem(db) is None
-    pages = int.from_bytes(header[28:32], "big")
-    header[28:32] = (pages + 10).to_bytes(4, "big")  # as if the header was written before the pages it counts
-    db.write_bytes(bytes(header) + db.read_bytes()[100:])
-    assert "truncated" in recovery.header_problem(db)
-    (folder / "cache.db-wal").write_bytes(b"\0" * 4096)  # a -wal with frames still to write
-    assert recovery.header_problem(db) is None

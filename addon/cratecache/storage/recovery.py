@@ -9,15 +9,14 @@ opens a new, empty database. The keys lived only in the damaged file, so nothing
 stored files: the entries are fetched again on demand (or imported again). A stale `-wal` or `-shm` left by
 a crash is SQLite's own business: it replays or ignores it, and the store opens as it was.
 
-How much is checked at an opening is bounded, whatever the database's size (a cache of a million entries is
-several GB, and SQLite's `quick_check` of it takes 10 s and more, at every start of every worker and every command):
-`check(full=False)` reads the header against the file's size and reads through both ends of the table and of its key
-index, which is what a truncated or overwritten file fails. SQLite's whole `quick_check` is not run at an opening
-(`CARGO_CACHE_FULL_CHECK_BYTES` asks for it up to that size): run while another process writes to the database (a
-worker, a purge), it reports damage that is not there (measured at 1M entries under a purge: "2nd reference to page",
-"Page N is never used", then "ok" once the purge ended), and a whole cache must not be thrown away on such a reading.
-Damage elsewhere in the file is found by the read that meets it (SQLite raises it; local.py sets the database aside
-then, checking it whole first).
+How much is checked at an opening is bounded: a database up to FULL_CHECK_BYTES (256 MiB,
+`CARGO_CACHE_FULL_CHECK_BYTES`) gets SQLite's whole `quick_check` (under a second), a larger one `check(full=False)`:
+its header, and reads through both ends of the table and of its key index, which is what a truncated or overwritten
+file fails (a million entries is several GB, and its `quick_check` takes 10 s and more, at every start of every
+worker and every command). No whole check runs in the background: run while another process writes to the database
+(a purge), `quick_check` reports damage that is not there (measured at 1M entries: "2nd reference to page", "Page N
+is never used", then "ok" once the purge ended). Damage elsewhere in a large file is found by the read that meets it
+(SQLite raises it; local.py sets the database aside then).
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ ASIDE_PREFIX = "damaged-"
 REASON_FILE = "REASON"
 _VALUE_FOLDER = re.compile(r"^[0-9a-f]{2}\Z")  # diskcache's files: <2 hex>/<2 hex>/<random>.val
 DAMAGE_CODES = ("SQLITE_CORRUPT", "SQLITE_NOTADB")  # and their extended codes (SQLITE_CORRUPT_INDEX, ...)
-FULL_CHECK_BYTES = int(os.environ.get("CARGO_CACHE_FULL_CHECK_BYTES", 0))  # 0: never whole at an opening
+FULL_CHECK_BYTES = int(os.environ.get("CARGO_CACHE_FULL_CHECK_BYTES", 256 * 1024 * 1024))
 SAMPLE_ROWS = 64
 _SAMPLES = (  # each walks one edge of a b-tree: the table's both ends by rowid, the key index's both ends
     "SELECT count(*) FROM Settings",
@@ -139,13 +138,12 @@ def check_connection(connection: sqlite3.Connection, full: bool) -> str | None:
 
 
 def header_problem(database: Path) -> str | None:
-    """What the first 100 bytes of the file say is wrong with it (pure reading, no SQLite): not an SQLite file, or
-    shorter than the pages its header counts (a truncated file; only without a -wal, whose pages a checkpoint cut short
-    by a crash may still have to write)."""
+    """What the first 100 bytes of the file say is wrong with it (pure reading, no SQLite): not an SQLite file. (Its
+    page count against the file's size is not a sign: a checkpoint of another process writes page 1 before the pages
+    it counts; a truncated file fails the reads at the table's end instead.)"""
     try:
         with open(database, "rb") as f:
             header = f.read(100)
-            size = os.fstat(f.fileno()).st_size
     except FileNotFoundError:
         return None
     if not header:
@@ -156,11 +154,6 @@ def header_problem(database: Path) -> str | None:
     page_size = 65536 if page_size == 1 else page_size
     if page_size < 512 or page_size & (page_size - 1):
         return f"file is not a database (page size {page_size} in its header)"
-    pages, counter, valid_for = (int.from_bytes(header[at:at + 4], "big") for at in (28, 24, 92))
-    wal = Path(f"{database}-wal")
-    if pages and counter == valid_for and size < pages * page_size and not (wal.exists() and wal.stat().st_size):
-        return f"database disk image is malformed (truncated: its header counts {pages} pages of {page_size} " \
-               f"bytes, the file holds {size} bytes)"
     return None
 
 
