@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time
 
 import pytest
 from cratecache.operations import catalog
+from cratecache.storage import keyscan
 from cratecache.storage import local as local_module
 from cratecache.storage.disk import DiskStorage
 from cratecache.storage.entries import Meta
 from cratecache.storage.local import LocalStore
+from cratecache.storage.removal import Removal
+
+from tests.tmpfs import read_only
 
 COUNT = 2500  # two and a half pages of `local.PAGE`
 NOW = 1_000_000.0
@@ -80,21 +85,50 @@ async def test_totals_add_up_every_page(disk):
 
 
 async def test_a_purge_by_age_deletes_each_page_before_reading_the_next(disk):
-    storage, keys, reads = disk
-    real = storage.delete
+    storage, keys, _ = disk
+    left_after_each: list[int] = []
+    real = storage.local.remove_page
 
-    async def delete(key):
-        reads.append("delete")
-        return await real(key)
+    def remove_page(*args):
+        following = real(*args)
+        left_after_each.append(storage.local.count(""))
+        return following
 
-    storage.delete = delete
+    storage.local.remove_page = remove_page
     removed = await catalog.purge(storage, NOW, older_than=6500)  # ages 7000, 8000 and 9000 s: 3 in 10
     assert len(removed) == COUNT * 3 // 10
-    assert reads.index("delete") < len(reads) - 1 - reads[::-1].index("page")  # deleting began before the last page
+    # a page read, its entries deleted, then the next (the purged are all crates, which fill the first two pages)
+    assert left_after_each == [COUNT - 375, COUNT - 750, COUNT - 750]
     left = [key for key, _ in await storage.entries()]
     assert sorted(left + removed) == keys and not set(left) & set(removed)
     assert storage.local.count("") == len(left)
     assert len(storage.local._scan.prefixed("blob:")) == len(left)  # the purged entries' bytes were collected
+
+
+def _put(store: LocalStore, key: str, body: bytes, stored: float) -> None:
+    store.put_entry(key, Meta(hashlib.sha256(body).hexdigest(), len(body), "up", stored, stored), body)
+
+
+def test_a_purge_keeps_the_bytes_a_kept_entry_names_and_bytes_stored_again_since_it_began(tmp_path):
+    store = LocalStore(tmp_path / "c", 1 << 40)
+    try:
+        _put(store, "crate/crates-io/old/1.0.0", b"shared bytes", NOW - 9000)  # purged, its bytes named below
+        _put(store, "crate/crates-io/young/1.0.0", b"shared bytes", NOW)
+        _put(store, "crate/crates-io/gone/1.0.0", b"only the purged entry's", NOW - 9000)
+        _put(store, "crate/crates-io/again/1.0.0", b"fetched again meanwhile", NOW - 9000)
+        removal = Removal(lambda key, meta: meta.stored_at < NOW - 6500, time.time())
+        assert store.remove_page(removal, None) is None
+        assert sorted(removal.removed) == ["crate/crates-io/again/1.0.0", "crate/crates-io/gone/1.0.0",
+                                           "crate/crates-io/old/1.0.0"]
+        time.sleep(0.01)
+        _put(store, "crate/crates-io/again/1.0.1", b"fetched again meanwhile", NOW)  # during the purge
+        assert store.drop_unnamed(removal) == 1
+        assert store.get("crate/crates-io/young/1.0.0").body == b"shared bytes"
+        assert store.get("crate/crates-io/again/1.0.1").body == b"fetched again meanwhile"
+        assert not store.has_blob(hashlib.sha256(b"only the purged entry's").hexdigest())
+        assert [store.get(key) for key in removal.removed] == [None] * 3
+    finally:
+        store.close()
 
 
 async def test_garbage_collection_across_pages_keeps_every_named_blob(tmp_path, monkeypatch):
@@ -161,3 +195,66 @@ def test_a_read_from_disk_writes_nothing_and_its_recency_follows_with_the_upkeep
         assert touched == {f"meta:{keys[3]}", f"blob:{entry.meta.sha256}"}
     finally:
         store.close()
+
+
+def _steps(store: LocalStore, read) -> int:
+    """SQLite's virtual-machine steps (in hundreds) that `read()` takes: the work of its queries, not their time."""
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    store._cache._con.set_progress_handler(count, 100)
+    try:
+        read()
+    finally:
+        store._cache._con.set_progress_handler(None, 100)
+    return steps[0]
+
+
+def test_a_page_of_the_listing_costs_the_same_wherever_it_starts(tmp_path):
+    # SQLite seeks to the first lower bound on the key a query gives it: with the meta records' own 'meta:' bound
+    # first, every page scanned the index from its start (a whole listing of 1M entries took 84 s instead of 2 s)
+    keys = _fill(tmp_path / "c", 6000)
+    store = LocalStore(tmp_path / "c", 1 << 40)
+    try:
+        first = _steps(store, lambda: store.entry_page("", None, 100))
+        last = _steps(store, lambda: store.entry_page("", keys[-101], 100))
+        assert store.entry_page("", keys[-101], 100)[0][-1][0] == keys[-1]
+        assert last <= first * 2, (first, last)
+    finally:
+        store.close()
+
+
+def test_totals_are_summed_in_sql_and_records_written_before_sizes_were_tagged_are_tagged_once(tmp_path, monkeypatch):
+    keys = _fill(tmp_path / "c", 1500)
+    decoded: list[int] = []
+    real = keyscan._value
+    monkeypatch.setattr(keyscan, "_value", lambda *args: decoded.append(1) or real(*args))
+    store = LocalStore(tmp_path / "c", 1 << 40)
+    try:
+        expected = {"crate": [1200, sum(len(k) * 4 for k in keys if k.startswith("crate/"))],
+                    "index": [300, sum(len(k) * 4 for k in keys if k.startswith("index/"))]}
+        assert store.totals() == expected and decoded == []  # summed from the sizes index: no record read
+        # as an older version wrote them: no size in the tag
+        store._cache._sql("UPDATE Cache SET tag = NULL WHERE key >= 'meta:crate/crates-io/c00' AND key < "
+                          "'meta:crate/crates-io/c01'")
+        assert store.totals() == expected and len(decoded) == 800  # c00000-c00999 but the index files
+        assert store.totals() == expected and len(decoded) == 800  # tagged by the first call
+    finally:
+        store.close()
+
+
+def test_totals_of_a_read_only_folder_without_the_sizes_index_sum_the_listing(tmp_path):
+    keys = _fill(tmp_path / "c", 300)
+    with sqlite3.connect(tmp_path / "c" / "cache.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'Cache_meta_sizes'").fetchone() == (0,)
+    with read_only(tmp_path / "c"):
+        store = LocalStore(tmp_path / "c", 1 << 40)
+        try:
+            assert store.read_only
+            assert store.totals() == {"crate": [240, sum(len(k) * 4 for k in keys if k.startswith("crate/"))],
+                                      "index": [60, sum(len(k) * 4 for k in keys if k.startswith("index/"))]}
+        finally:
+            store.close()

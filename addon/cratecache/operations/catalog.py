@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
 from ..airgap.bundle import key_fields
 from ..protocols import dist, sparse
-from ..storage import Storage
+from ..storage import Meta, Storage
 from ..storage.local import KINDS
 from ..storage.recovery import set_aside
 
 CRATE_KINDS = ("config", "index", "crate")
 SPELLINGS = 10_000  # crate names whose spelling a listing remembers (then it forgets them all and reads again)
-DELETE_CONCURRENCY = 64  # deletes a purge has in flight (the store thread's batch size)
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -83,13 +81,8 @@ def same_crate(a: str, b: str) -> bool:
 
 
 async def totals(store: Storage, now: float) -> dict:
-    by_kind = {kind: {"entries": 0, "bytes": 0} for kind in KINDS}
-    async for page in store.entry_pages():  # one page in memory at a time
-        for key, meta in page:
-            kind = by_kind.get(key.split("/", 1)[0])
-            if kind is not None:
-                kind["entries"] += 1
-                kind["bytes"] += meta.size
+    summed = await store.totals()
+    by_kind = {kind: dict(zip(("entries", "bytes"), summed.get(kind, (0, 0)), strict=True)) for kind in KINDS}
     counts = await store.counts()
     requests = {}
     for kind in KINDS:
@@ -106,30 +99,23 @@ async def totals(store: Storage, now: float) -> dict:
 async def purge(store: Storage, now: float, crate: str | None = None, older_than: float | None = None,
           everything: bool = False, toolchain: str | None = None) -> list[str]:
     """Remove entries by crate name (its index file and every version), by toolchain, by age, or all. Returns
-    the keys. A page of the listing is read, its matching entries deleted (`DELETE_CONCURRENCY` at a time, which the
-    disk backend's store thread commits in batches), then the next page: memory holds a page and the keys removed,
-    and requests' store calls run between the batches."""
+    the keys. A page of the listing is read and its matching entries deleted, then the next page (`Storage.
+    remove_where`): memory holds a page, the keys removed and the digests kept, and requests' store calls run between
+    the pages."""
     if everything:
         removed = [row.key async for row in iter_rows(store, now)]
         await store.clear()
         return removed
     if toolchain is not None:
         return await _purge_toolchain(store, toolchain)
-    removed: list[str] = []
-    async for page in store.entry_pages():
-        gone = []
-        for key, meta in page:
-            fields = key_fields(key)
-            name = fields["name"]
-            by_name = crate is not None and fields["kind"] in CRATE_KINDS and name is not None and same_crate(name, crate)
-            by_age = older_than is not None and fields["kind"] in KINDS and now - meta.stored_at > older_than
-            if by_name or by_age:
-                gone.append(key)
-        for start in range(0, len(gone), DELETE_CONCURRENCY):
-            await asyncio.gather(*(store.delete(key) for key in gone[start:start + DELETE_CONCURRENCY]))
-        removed += gone
-    await store.collect_garbage()
-    return removed
+
+    def chosen(key: str, meta: Meta) -> bool:
+        fields = key_fields(key)
+        name = fields["name"]
+        by_name = crate is not None and fields["kind"] in CRATE_KINDS and name is not None and same_crate(name, crate)
+        return by_name or (older_than is not None and fields["kind"] in KINDS and now - meta.stored_at > older_than)
+
+    return await store.remove_where(chosen)
 
 
 async def _purge_toolchain(store: Storage, toolchain: str) -> list[str]:

@@ -15,16 +15,21 @@ and last confirmed, the upstream's validators). Keys: `config/{registry}`, `inde
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from ..config import CacheSettings
+from .entries import add_up
 from .faults import Writability
 from .integrity import Damage
 from .local import FILE_THRESHOLD, Entry, LocalStore, Meta, make_entry, sha256_hex
+from .removal import Chooser
 from .spool import Spool, Spooled
+
+DELETE_CONCURRENCY = 64  # deletes a removal has in flight (the s3 backend's)
 
 __all__ = ["FILE_THRESHOLD", "Entry", "Meta", "Spool", "Spooled", "Storage", "StorageUnavailable", "make_entry",
            "open_storage", "sha256_hex"]
@@ -151,6 +156,27 @@ class Storage(ABC):
         found = await self.entries(prefix)
         for start in range(0, len(found), size):
             yield found[start:start + size]
+
+    async def totals(self) -> dict[str, list[int]]:
+        """{kind: [entries, bytes]} of every entry (the shared store's); this default, the s3 backend's, sums a
+        listing page by page; the disk backend sums in SQL."""
+        found: dict[str, list[int]] = {}
+        async for page in self.entry_pages():
+            add_up(found, page)
+        return found
+
+    async def remove_where(self, chosen: Chooser) -> list[str]:
+        """Delete every entry `chosen(key, meta)` accepts, page by page, then the bytes no entry names any more; the
+        keys removed. This default, the s3 backend's: each page's chosen entries deleted `DELETE_CONCURRENCY` at a
+        time, then garbage collection; the disk backend reads the listing once (removal.py)."""
+        removed: list[str] = []
+        async for page in self.entry_pages():
+            gone = [key for key, meta in page if chosen(key, meta)]
+            for start in range(0, len(gone), DELETE_CONCURRENCY):
+                await asyncio.gather(*(self.delete(key) for key in gone[start:start + DELETE_CONCURRENCY]))
+            removed += gone
+        await self.collect_garbage()
+        return removed
 
     @abstractmethod
     async def keys(self, prefix: str = "") -> list[str]:

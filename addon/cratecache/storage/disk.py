@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from . import Storage, recovery
 from .batches import StoreThread
 from .local import KINDS, Entry, LocalStore, Meta
+from .removal import Chooser, Removal
 from .spool import Spooled
 
 logger = logging.getLogger(__name__)
@@ -132,6 +134,15 @@ class DiskStorage(Storage):
             if after is None:
                 return
 
+    async def remove_where(self, chosen: Chooser) -> list[str]:
+        removal, after = Removal(chosen, time.time()), None
+        while True:  # a page a call: requests' calls run between pages
+            after = await self._alone(self.local.remove_page, removal, after)
+            if after is None:
+                break
+        await self._alone(self.local.drop_unnamed, removal)
+        return removal.removed
+
     async def keys(self, prefix: str = "") -> list[str]:
         return await self._alone(self.local.keys, prefix)
 
@@ -143,6 +154,9 @@ class DiskStorage(Storage):
 
     async def collect_garbage(self) -> int:
         return await self._alone(self.local.collect_garbage)
+
+    async def totals(self) -> dict[str, list[int]]:
+        return await self._alone(self.local.totals)
 
     async def figures(self) -> dict[str, Any]:
         def read() -> dict[str, Any]:

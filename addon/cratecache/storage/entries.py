@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -24,3 +25,12 @@ class Entry:
     meta: Meta
     body: bytes | None
     file: str | None = None
+
+
+def add_up(found: dict[str, list[int]], listed: Iterable[tuple[str, Meta]]) -> dict[str, list[int]]:
+    """Add listed (key, meta) to `found`, {kind: [entries, bytes]} (the kind: the key's first part)."""
+    for key, meta in listed:
+        kind = found.setdefault(key.split("/", 1)[0], [0, 0])
+        kind[0] += 1
+        kind[1] += meta.size
+    return found

@@ -40,12 +40,13 @@ from pathlib import Path
 import diskcache
 
 from . import faults, readonly, recovery, room, spool
-from .entries import Entry, Meta
+from .entries import Entry, Meta, add_up
 from .integrity import Damage
-from .keyscan import KeyScan
+from .keyscan import KeyScan, store_meta
 from .lean import LeanCache
 from .marks import HostLeases, PendingMarks
 from .memory import MemoryTier
+from .removal import Removal, short
 from .writeback import PURGE_GENERATION, WriteBack
 
 logger = logging.getLogger(__name__)
@@ -96,14 +97,6 @@ class _AdoptingDisk(diskcache.Disk):
         files = getattr(self.written, "files", None)
         if files is not None:
             files.append((full_path, source))
-
-
-def _short(sha256: str) -> int:
-    """A digest's first 64 bits (what garbage collection keeps of each named blob)."""
-    try:
-        return int(sha256[:16], 16)
-    except ValueError:
-        return -1
 
 
 async def sha256_hex(body: bytes) -> str:
@@ -438,7 +431,7 @@ class LocalStore:
         def write() -> Entry:
             with self._cache.transact():  # one commit (blob first, then the meta naming it) instead of two
                 self._cache.set(f"blob:{entry.meta.sha256}", body)
-                self._cache.set(f"meta:{key}", asdict(entry.meta))
+                store_meta(self._cache, key, asdict(entry.meta))
                 if release:
                     self._leases.release(key)
             return entry
@@ -473,7 +466,7 @@ class LocalStore:
                 self._cache.set(f"blob:{meta.sha256}", _Adopt(path))
             else:
                 path.unlink(missing_ok=True)  # the same bytes are stored already
-            self._cache.set(f"meta:{key}", asdict(meta))
+            store_meta(self._cache, key, asdict(meta))
         self._memory.forget(key)
 
     def put_entry(self, key: str, meta: Meta, body: bytes, remember: bool = False) -> None:
@@ -481,7 +474,7 @@ class LocalStore:
         def write() -> None:
             with self._cache.transact():
                 self._cache.set(f"blob:{meta.sha256}", body)
-                self._cache.set(f"meta:{key}", asdict(meta))
+                store_meta(self._cache, key, asdict(meta))
 
         self._making_room(len(body), write)
         if remember:
@@ -523,7 +516,7 @@ class LocalStore:
         if meta is None or (sha256 is not None and meta.sha256 != sha256):
             return None
         meta = replace(meta, checked_at=time.time() if now is None else now)
-        self._cache.set(f"meta:{key}", asdict(meta))
+        store_meta(self._cache, key, asdict(meta))
         if (known := self.peek(key)) is not None and known.meta.sha256 == meta.sha256:
             self._memory.remember(key, Entry(meta, known.body))
         return meta
@@ -622,6 +615,11 @@ class LocalStore:
             logger.warning("cargo-cache: damaged entry %s could not be evicted (%s: %s); it stays a miss", key,
                            type(e).__name__, e)
 
+    def totals(self) -> dict[str, list[int]]:
+        """{kind: [entries, bytes]} of every entry, summed in SQL (`KeyScan.totals`), else from a whole listing."""
+        found = self._scan.totals(writable=not self.read_only)
+        return add_up({}, self.entries()) if found is None else found
+
     def count(self, prefix: str = "") -> int:
         """How many entries have keys starting with `prefix`, without reading them."""
         return self._scan.count(f"meta:{prefix}")
@@ -636,17 +634,43 @@ class LocalStore:
     def collect_garbage(self) -> int:
         """Delete blobs no entry names any more; returns how many. Memory: 64 bits of each named digest (a blob
         whose prefix collides with a named one is kept, never the other way round); the blobs a page at a time."""
-        referenced = {_short(meta.sha256) for _, meta in self.entries()}
+        referenced = {short(meta.sha256) for _, meta in self.entries()}
         removed, after = 0, None
         while True:
             keys = self._scan.key_page("blob:", after, PAGE)
-            orphans = [key for key in keys if _short(key[5:]) not in referenced]
+            orphans = [key for key in keys if short(key[5:]) not in referenced]
             if orphans:
                 with self._cache.transact():
                     removed += sum(bool(self._cache.delete(key)) for key in orphans)
             if len(keys) < PAGE:
                 return removed
             after = keys[-1]
+
+    def remove_page(self, removal: Removal, after: str | None) -> str | None:
+        """Delete the entries of one page of the listing (after key `after`) that `removal` chooses, in one
+        transaction; the key to continue after (None: that was the last page)."""
+        with self._cache.transact():
+            page, following = self.entry_page("", after)
+            gone = removal.sort(page)
+            for key in gone:
+                self._memory.forget(key)
+                self._cache.delete(f"meta:{key}")
+            if gone:
+                self._cache.incr(PURGE_GENERATION, default=self._memory.generation)  # other workers drop theirs
+        return following
+
+    def drop_unnamed(self, removal: Removal) -> int:
+        """Delete the blobs that only the entries `removal` removed named, unless stored again since it began; how
+        many."""
+        dropped, unnamed = 0, removal.unnamed()
+        for start in range(0, len(unnamed), PAGE):
+            with self._cache.transact():
+                for sha256 in unnamed[start:start + PAGE]:
+                    row = self._cache._sql("SELECT store_time FROM Cache WHERE key = ? AND raw = 1",
+                                           (f"blob:{sha256}",)).fetchone()
+                    if row is not None and row[0] < removal.started:
+                        dropped += bool(self._cache.delete(f"blob:{sha256}"))
+        return dropped
 
     def volume(self) -> int:
         return self._cache.volume()

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import diskcache
 
+from .keyscan import store_meta
 from .memory import MemoryTier
 
 UPKEEP_CHUNK = 256  # recency touches and 304s written per transaction
@@ -26,7 +27,7 @@ class WriteBack:
                 for key, (when, sha256) in chunk:
                     raw = self._cache.get(f"meta:{key}")
                     if raw is not None and raw["sha256"] == sha256 and raw["checked_at"] < when:
-                        self._cache.set(f"meta:{key}", {**raw, "checked_at": when})
+                        store_meta(self._cache, key, {**raw, "checked_at": when})
 
     def touch_hits(self) -> int:
         """Refresh the disk's recency of entries served from memory, write the 304s recorded in memory, and drop
