@@ -258,3 +258,10 @@ def test_totals_of_a_read_only_folder_without_the_sizes_index_sum_the_listing(tm
                                       "index": [60, sum(len(k) * 4 for k in keys if k.startswith("index/"))]}
         finally:
             store.close()
+
+
+def test_a_listing_takes_a_crates_spelling_from_the_first_line_of_its_index_file_that_names_it():
+    body = b'not json\n{"name": "Inflector", "vers": "0.1.0"}\n{"name": "Inflector", "vers": "0.2.0"}\n'
+    assert catalog.spelling(body, "inflector") == "Inflector"
+    assert catalog.spelling(b'{"name": "other", "vers": "1.0.0"}\n', "inflector") == "inflector"
+    assert catalog.spelling(b"", "inflector") == "inflector"

@@ -71,8 +71,13 @@ async def rows(store: Storage, now: float, kinds: tuple[str, ...] = KINDS, real_
 
 
 def spelling(index_body: bytes, name: str) -> str:
-    """How an index file spells crate `name` (any case), or `name` itself."""
-    return next((entry.name for entry in sparse.parse_index(index_body) if entry.name.lower() == name.lower()), name)
+    """How an index file spells crate `name` (any case), or `name` itself: from the first line that names it (every
+    line of a crate's index file does, alike); lines are read only until then (a listing asks for each crate)."""
+    for line in index_body.splitlines():
+        spelled = (sparse.line_object(line) or {}).get("name")
+        if isinstance(spelled, str) and spelled.lower() == name.lower():
+            return spelled
+    return name
 
 
 def same_crate(a: str, b: str) -> bool:
