@@ -1,9 +1,10 @@
 """What only the s3 backend does, against a real SeaweedFS: the local tier in front of the bucket, the
 bucket's outage and recovery, first-writer-wins for crates, damaged objects, and keeping secrets out of
-what an operator sees."""
+what an operator sees, and listings read a page at a time."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -14,7 +15,8 @@ from dataclasses import asdict, replace
 import pytest
 from cratecache.config import CacheSettings
 from cratecache.storage import StorageUnavailable, open_storage
-from cratecache.storage.bucket import Bucket, BucketDown, _describe, _is_outage, _s3_store
+from cratecache.storage import bucket as bucket_module
+from cratecache.storage.bucket import LIST_CHUNK, Bucket, BucketDown, _describe, _is_outage, _s3_store
 
 from tests.fixtures.rot import flip_byte, rot_blob
 from tests.fixtures.seaweed import SECRET_KEY, s3_cache
@@ -389,3 +391,50 @@ async def test_purging_everything_empties_every_gateways_local_tier(gateways):
     assert await operator.clear() == 2
     await a.maintain()
     assert await a.keys() == [] and await a.get("crate/crates-io/foo/1.0.0") is None
+
+
+async def test_the_first_page_of_a_listing_comes_after_one_chunk_of_the_buckets_listing(gateways, monkeypatch):
+    monkeypatch.setattr(bucket_module, "LIST_CHUNK", 10)  # the bucket's listing in chunks of 10, not 1000
+    a = gateways()
+    keys = [f"crate/crates-io/c{i:03d}/1.0.0" for i in range(45)]
+    for key in keys:
+        await a.put(key, key.encode(), "up")
+    b = gateways()
+    calls: list[str] = []
+    b.on_call = lambda backend, op, seconds, ok: calls.append(op)
+
+    pages = b.entry_pages(size=10)
+    first = await anext(pages)
+    assert [key for key, _ in first] == keys[:10]
+    assert (calls.count("list"), calls.count("get")) == (1, 10)  # one chunk listed, only its page's metas read
+    rest = [page async for page in pages]
+    assert [len(page) for page in (first, *rest)] == [10, 10, 10, 10, 5]
+    assert [key for page in (first, *rest) for key, _ in page] == keys  # in key order, each entry once
+    assert (calls.count("list"), calls.count("get")) == (6, 45)  # five chunks, then the listing's end
+
+
+async def test_a_bucket_that_goes_down_mid_listing_ends_the_listing_in_storage_unavailable(tmp_path):
+    """Never a listing cut short: the bucket's next page of the listing is not answered, and the listing says so."""
+    from tests.fixtures.seaweed import SeaweedFS
+
+    server = SeaweedFS(tmp_path / "own")  # its own server, to stop it
+    server.start()
+    store = open_storage(s3_cache(tmp_path / "tier", server.settings("down")))
+    try:
+        entry = await store.put("crate/crates-io/c/1.0.0", CRATE, "up")
+        record, limit = json.dumps(asdict(entry.meta)).encode(), asyncio.Semaphore(32)
+
+        async def put(i: int) -> None:  # more entries than S3 lists in one answer (1000 keys)
+            async with limit:
+                await store.bucket.put(f"meta/crate/crates-io/c{i:04d}/1.0.0", record)
+
+        await asyncio.gather(*(put(i) for i in range(LIST_CHUNK + 10)))
+        pages = store.entry_pages(size=LIST_CHUNK)
+        first = await anext(pages)
+        server.stop()
+        with pytest.raises(StorageUnavailable, match=r"list: .*connection refused"):
+            await anext(pages)
+    finally:
+        server.stop()
+        await store.close()
+    assert len(first) == LIST_CHUNK and store.health()["state"] == "degraded"

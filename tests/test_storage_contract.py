@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from pathlib import Path
 
 import pytest
@@ -217,6 +218,29 @@ async def test_a_listing_in_pages_is_the_listing(make):
     assert [entry for page in pages for entry in page] == await other.entries()
     assert [k for page in [p async for p in other.entry_pages("crate/crates-io/foo/", size=4)] for k, _ in page] == \
         sorted(k for k in keys if k.startswith("crate/"))
+
+
+async def test_totals_and_a_purge_by_age_over_a_listing_of_several_pages_agree_on_every_backend(make, monkeypatch):
+    from cratecache.operations import catalog
+    from cratecache.storage import bucket, local
+
+    monkeypatch.setattr(bucket, "LIST_CHUNK", 7)  # the bucket's listing in chunks of 7
+    monkeypatch.setattr(local, "PAGE", 7)  # a purge of the disk backend in pages of 7
+    now = time.time()
+    store = make()
+    keys = [f"crate/crates-io/c{i:02d}/1.0.0" if i % 3 else f"index/crates-io/c{i:02d}" for i in range(30)]
+    for i, key in enumerate(keys):
+        await store.put(key, key.encode() * 2, "a", now=now - (i % 4) * 1000)  # ages 0 .. 3000 s
+    other = make()
+
+    kinds = (await catalog.totals(other, now))["kinds"]
+    for kind, count in (("crate", 20), ("index", 10)):
+        assert kinds[kind] == {"entries": count, "bytes": sum(len(k) * 2 for k in keys if k.startswith(kind))}
+    removed = await catalog.purge(other, now, older_than=1500)
+    assert sorted(removed) == sorted(key for i, key in enumerate(keys) if i % 4 >= 2)  # ages 2000 and 3000 s
+    assert [key for key, _ in await make().entries()] == sorted(set(keys) - set(removed))
+    assert (await catalog.totals(make(), now))["kinds"]["crate"]["entries"] == 20 - sum(
+        key.startswith("crate/") for key in removed)
 
 
 async def test_import_keeps_recorded_provenance(make):

@@ -151,8 +151,8 @@ class Storage(ABC):
 
     async def entry_pages(self, prefix: str = "", size: int = 1000) -> AsyncIterator[list[tuple[str, Meta]]]:
         """The same (key, meta) as `entries`, in key order, at most `size` at a time, each page read when the caller
-        asks for it: what a listing of any size iterates (the disk backend holds one page in memory; this default, the
-        s3 backend's, reads the whole listing first)."""
+        asks for it: what a listing of any size iterates (both backends hold one page in memory; this default, for a
+        store without a paged listing, reads the whole listing first)."""
         found = await self.entries(prefix)
         for start in range(0, len(found), size):
             yield found[start:start + size]

@@ -14,7 +14,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -166,14 +166,19 @@ class Bucket:
         await self._call("delete", call)
 
     async def list(self, prefix: str) -> list[dict]:
-        """Objects under the folder `prefix` (their path, size, last_modified)."""
-        async def call():
-            out: list[dict] = []
-            async for chunk in obstore.list(self.store, prefix, chunk_size=LIST_CHUNK):
-                out.extend(chunk)
-            return out
+        """Objects under the folder `prefix` (their path, size, last_modified), all of them."""
+        return [o async for chunk in self.chunks(prefix) for o in chunk]
 
-        return await self._call("list", call)
+    async def chunks(self, prefix: str) -> AsyncIterator[list[dict]]:
+        """The objects of `list`, LIST_CHUNK at a time in the bucket's order (S3's: by key), each chunk fetched when
+        the caller asks for it, so a listing of any size holds one. Each chunk is a call of its own: a failure on the
+        way raises BucketDown (never a listing cut short), and a bucket found down meanwhile ends it at the next."""
+        stream = obstore.list(self.store, prefix, chunk_size=LIST_CHUNK)
+        while True:
+            chunk = await self._call("list", lambda: anext(stream, None))
+            if chunk is None:
+                return
+            yield chunk
 
     async def _call(self, op: str, call, probing: bool = False):
         if not self.available() and not probing:

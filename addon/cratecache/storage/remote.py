@@ -8,7 +8,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, replace
 
 from .bucket import Bucket
@@ -165,9 +165,21 @@ class RemoteEntries:
 
     async def keys(self, folder: str, prefix: str = "") -> list[str]:
         """Keys under `folder` (meta/, blob/, ...) that start with `prefix`."""
+        return [key async for page in self.key_pages(folder, prefix) for key in page]
+
+    async def key_pages(self, folder: str, prefix: str = "", size: int = 1000) -> AsyncIterator[list[str]]:
+        """The keys of `keys`, `size` at a time in the bucket's order, each page listed when the caller asks for it
+        (memory holds a page and a chunk of the listing)."""
         listed = folder + prefix
         parent = listed.rstrip("/") if listed.endswith("/") else listed.rpartition("/")[0]
-        return [o["path"][len(folder):] for o in await self.bucket.list(parent) if o["path"].startswith(listed)]
+        page: list[str] = []
+        async for chunk in self.bucket.chunks(parent):
+            page += [o["path"][len(folder):] for o in chunk if o["path"].startswith(listed)]
+            while len(page) >= size:
+                yield page[:size]
+                del page[:size]
+        if page:
+            yield page
 
     async def delete(self, key: str) -> bool:
         """Delete `key`'s meta and negative record; whether it had a meta."""
@@ -187,7 +199,7 @@ class RemoteEntries:
 
     async def unnamed_blobs(self, referenced: set[str], cutoff: float) -> list[str]:
         """The blobs written before `cutoff` (a time) whose SHA-256 is not in `referenced`."""
-        return [o["path"][len("blob/"):] for o in await self.bucket.list("blob")
+        return [o["path"][len("blob/"):] async for chunk in self.bucket.chunks("blob") for o in chunk
                 if o["path"][len("blob/"):] not in referenced and o["last_modified"].timestamp() < cutoff]
 
     async def delete_all(self, folder: str, keys: list[str]) -> None:

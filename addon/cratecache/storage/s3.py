@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ..config import S3Settings
@@ -225,12 +225,20 @@ class S3Storage(Storage):
 
     # -- inspection and maintenance ----------------------------------------------------------
     async def entries(self, prefix: str = "") -> list[tuple[str, Meta]]:
+        found = [entry async for page in self.entry_pages(prefix) for entry in page]
+        return sorted(found, key=lambda entry: entry[0])  # S3 lists by key already; a store that does not, sorted
+
+    async def entry_pages(self, prefix: str = "", size: int = 1000) -> AsyncIterator[list[tuple[str, Meta]]]:
+        """The bucket's listing a page at a time, in its order (S3's: by key), each page's metas read when the caller
+        asks for it (READ_CONCURRENCY at a time; unreadable ones skipped): memory holds a page and a chunk of the
+        listing, whatever the bucket holds."""
         try:
-            keys = sorted(await self.remote.keys("meta/", prefix))
-            metas = await self.remote.metas(keys)
+            async for keys in self.remote.key_pages("meta/", prefix, size):
+                metas = await self.remote.metas(keys)
+                if page := [(k, m) for k, m in zip(keys, metas, strict=True) if m is not None]:
+                    yield page
         except BucketDown as e:
             raise StorageUnavailable(str(e)) from None
-        return [(k, m) for k, m in zip(keys, metas, strict=True) if m is not None]
 
     async def keys(self, prefix: str = "") -> list[str]:
         """The bucket's keys and this gateway's (some may wait to be uploaded); a listing is reused briefly."""
@@ -265,19 +273,23 @@ class S3Storage(Storage):
 
     async def collect_garbage(self) -> int:
         await self.tier.collect_garbage()
-        referenced = {meta.sha256 for _, meta in await self.entries()}
+        referenced = await self._named_blobs()
         try:
             candidates = await self.remote.unnamed_blobs(referenced, time.time() - GC_GRACE_SECONDS)
         except BucketDown as e:
             raise StorageUnavailable(str(e)) from None
         # A meta written meanwhile may name an old blob again (its upload found the blob already there).
-        referenced |= {meta.sha256 for _, meta in await self.entries()} if candidates else set()
+        referenced |= await self._named_blobs() if candidates else set()
         orphans = [sha for sha in candidates if sha not in referenced]
         try:
             await self.remote.delete_all("blob/", orphans)
         except BucketDown as e:
             raise StorageUnavailable(str(e)) from None
         return len(orphans)
+
+    async def _named_blobs(self) -> set[str]:
+        """The blobs the bucket's metas name, read a page at a time (the digests are held, not the listing)."""
+        return {meta.sha256 async for page in self.entry_pages() for _, meta in page}
 
     async def figures(self) -> dict[str, Any]:
         return await self.tier.figures()
