@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sqlite3
 from pathlib import Path
 
@@ -229,10 +230,89 @@ async def test_bytes_the_size_limit_evicted_are_no_damage_but_a_file_deleted_beh
 
     status, lines = await run(config, capsys)
     assert status == 0
-    assert lines == ["checked 8 entries (" + lines[0].split("(", 1)[1].split(")")[0] + "): 0 bad, 1 whose bytes were "
-                     "evicted (a miss, fetched again when asked for)"]
+    assert len(lines) == 1 and re.fullmatch(r"checked 8 entries \(\d+ bytes\) in [\d.]+ s \(\d+ entries/s, [\d.]+ MB/s\): "
+                                            r"0 bad, 1 whose bytes were evicted \(a miss, fetched again when asked for\)",
+                                            lines[0])
 
     os.unlink(big.file)
     status, lines = await run(config, capsys)
     assert status == 1
     assert lines[0] == "BAD crate/crates-io/big/1.0.0 (disk): its stored bytes are missing"
+
+
+class Recording(verify.Progress):
+    """The keys checked, in the order they were."""
+
+    def __init__(self):
+        super().__init__(io.StringIO())
+        self.keys: list[str] = []
+
+    def step(self, key: str, size: int) -> None:
+        self.keys.append(key)
+        super().step(key, size)
+
+
+async def test_a_cache_of_many_pages_is_read_a_page_at_a_time_each_entry_checked_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(verify, "PAGE", 4)
+    monkeypatch.setattr(verify, "DIGESTS_KEPT", 2)  # what is kept beside the page is bounded; what it holds still used
+    monkeypatch.setattr(verify, "INDEXES_KEPT", 1)
+    monkeypatch.setattr(verify, "TABLES_KEPT", 1)
+    folder = tmp_path / "cache"
+    store = open_storage(CacheSettings(directory=folder, size_limit=10**9))
+    await fill(store, component_hash=sha(b"what the manifest says"))  # crate "other" and the component are bad
+    bodies = {f"many{i}": os.urandom(100 + i) for i in range(6)}
+    for name, body in bodies.items():
+        await store.put(f"index/crates-io/{name}", index_file((name, "1.0.0", body)), "up")
+        await store.put(f"crate/crates-io/{name}/1.0.0", body, "up")
+    await store.close()
+    flip_sqlite_blob(folder, bodies["many4"])
+    store = open_storage(CacheSettings(directory=folder, size_limit=10**9))
+    listed, reads = 0, []  # per page read: (entries listed before it, entries checked by then)
+    read_page = store.local.entry_page
+
+    def entry_page(prefix: str = "", after: str | None = None, limit: int = 1000):
+        nonlocal listed
+        page, then = read_page(prefix, after, limit)
+        if prefix == "":  # the walk's listing (not an index file's or a date's tables' lookup)
+            reads.append((listed, progress.done))
+            listed += len(page)
+        return page, then
+
+    store.local.entry_page = entry_page
+    progress = Recording()
+    try:
+        keys = await store.keys()
+        report = await verify.verify(store, progress)
+    finally:
+        await store.close()
+
+    assert len(keys) == 21 and len(reads) == 6  # 21 entries: six pages of four
+    assert sorted(progress.keys) == keys and report.checked == 21  # each checked, once
+    assert reads == [(n, n) for n in range(0, 21, 4)]  # each page read once the pages before it were all checked
+    assert [bad.key for bad in report.bad] == [COMPONENT_KEY, "crate/crates-io/many4/1.0.0",
+                                               "crate/crates-io/other/1.0.0"]
+    assert "its bytes changed on the storage" in report.bad[1].problem
+    assert "differs from its index line's cksum" in report.bad[2].problem
+
+
+def test_the_summary_reports_the_throughput():
+    report = verify.Report(checked=4, bytes=3_000_000, seconds=2.0)
+    assert verify.summary(report, repair=False) == ["checked 4 entries (3000000 bytes) in 2.00 s (2 entries/s, "
+                                                    "1.5 MB/s): 0 bad"]
+
+
+def test_without_a_total_the_progress_counts_what_was_verified():
+    progress = verify.Progress(io.StringIO())
+    progress.start(None, "bucket")  # a bucket is not counted before its walk
+    progress.step("crate/crates-io/foo/1.0.0", 3)
+    progress.step("index/crates-io/foo", 2)
+    progress.finish()
+    assert progress.stream.getvalue().splitlines() == ["verifying every entry (bucket)",
+                                                       "verified 2 entries (bucket), 5 bytes"]
+    terminal = verify.Progress(Terminal())
+    terminal.start(None, "bucket")
+    terminal.step("crate/crates-io/foo/1.0.0", 3 << 20)
+    terminal.finish()
+    shown = terminal.stream.getvalue()
+    assert shown.startswith("\r1 entries bucket 3 MiB  crate/crates-io/foo/1.0.0") and shown.endswith("\n")
+    assert "[" not in shown  # no bar without a total

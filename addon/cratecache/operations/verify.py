@@ -11,6 +11,11 @@ on its own (a bad local copy is dropped from the tier only). Bytes are streamed 
 the index files and hash tables a crate or component is compared with. A problem is confirmed before it is
 reported: an entry replaced or evicted by the proxy meanwhile is not bad. `--repair` evicts each bad entry through
 the store's delete (and the bad blob with it), so the next request fetches it again.
+
+Memory stays flat whatever the cache holds (issue 33: a million entries): the listing is read a page at a time, each
+page checked before the next is read; the index files and hash tables compared with are looked up through the store
+when needed, and only the last few are kept (entries come in key order, so a crate's index file, a component's
+tables, are used by neighbours).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import hashlib
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -32,7 +37,10 @@ logger = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024  # a stored file is hashed in pieces this size
 BODY_LIMIT = 256 * 1024 * 1024  # an index file or hash table larger than this is not read to compare with
+PAGE = 1000  # entries listed, then checked, at a time
 INDEXES_KEPT = 64  # index files kept while their crates are checked (entries come in key order)
+TABLES_KEPT = 8  # dates whose manifests' hash tables are kept while their components are checked
+DIGESTS_KEPT = 4096  # blobs' digests kept, so that a blob several keys name (nearby) is hashed once
 BUCKET_READS = 8  # bucket objects hashed at once (each streams in pieces of bucket.BLOB_PART)
 
 
@@ -66,6 +74,7 @@ class Report:
     bad: list[Bad] = field(default_factory=list)
     evicted: int = 0  # bad entries evicted by --repair
     without_bytes: int = 0  # entries whose bytes the size limit evicted already (the proxy fetches them again)
+    seconds: float = 0.0  # wall time of the walks (not of --repair's evictions)
 
     def by_kind(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -116,7 +125,10 @@ def summary(report: Report, repair: bool) -> list[str]:
     """The lines printed at the end: one per bad entry, then the totals."""
     lines = [f"BAD {bad.key} ({bad.where}): {bad.problem}" for bad in report.bad]
     kinds = ", ".join(f"{kind} {n}" for kind, n in report.by_kind().items())
-    total = f"checked {report.checked} entries ({report.bytes} bytes): {len(report.bad)} bad"
+    seconds = max(report.seconds, 0.001)
+    total = (f"checked {report.checked} entries ({report.bytes} bytes) in {report.seconds:.2f} s "
+             f"({report.checked / seconds:.0f} entries/s, {report.bytes / seconds / 1e6:.1f} MB/s): "
+             f"{len(report.bad)} bad")
     total += f" ({kinds})" if kinds else ""
     if report.without_bytes:
         total += f", {report.without_bytes} whose bytes were evicted (a miss, fetched again when asked for)"
@@ -131,34 +143,64 @@ def summary(report: Report, repair: bool) -> list[str]:
 
 
 class Progress:
-    """A progress bar on a terminal; otherwise a plain count now and then."""
+    """A progress bar on a terminal; otherwise a plain count now and then. The total is counted before the walk
+    (None where it cannot be cheaply: a bucket is only known by listing it all); the proxy may add or evict entries
+    meanwhile, so it is what is shown, never what ends the walk (`finish` does)."""
 
     def __init__(self, stream: TextIO | None = None, every: float = 10.0):
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.every, self._said, self._drawn = every, time.monotonic(), 0.0
-        self.total = self.done = self.bytes = 0
+        self.done = self.bytes = 0
+        self.total: int | None = 0
+        self._ended = False
 
-    def start(self, total: int, where: str) -> None:
-        self.total, self.done, self.bytes = total, 0, 0
+    def start(self, total: int | None, where: str) -> None:
+        self.total, self.done, self.bytes, self._ended = total, 0, 0, False
         self.where = where
         if not self.tty:
-            self._line(f"verifying {total} entries ({where})")
+            self._line(f"verifying {total} entries ({where})" if total is not None else f"verifying every entry ({where})")
 
     def step(self, key: str, size: int) -> None:
         self.done += 1
         self.bytes += size
-        if self.tty and (self.done == self.total or time.monotonic() - self._drawn >= 0.1):
-            self._drawn = time.monotonic()
+        if self.total is not None and self.done > self.total:
+            self.total = None  # more than were counted (the proxy stored some meanwhile): no bar, a count
+        last = self.done == self.total
+        self._ended = False  # whether what is shown is complete and current
+        if self.tty and (last or time.monotonic() - self._drawn >= 0.1):
+            self._draw(key, last)
+            self._ended = last
+        elif not self.tty and (last or time.monotonic() - self._said >= self.every):
+            self._line(self._count())
+            self._ended = True
+
+    def finish(self) -> None:
+        """The last line, unless the last step showed it already (the walk may end short of or past the total)."""
+        if self._ended:
+            return
+        self._ended = True
+        if self.tty:
+            self._draw("", True)
+        else:
+            self._line(self._count())
+
+    def _draw(self, key: str, last: bool) -> None:
+        self._drawn = time.monotonic()
+        if self.total is not None:
             width = 30
-            filled = int(width * self.done / max(self.total, 1))
-            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {self.where} "
-                              f"{self.bytes >> 20} MiB  {key[-40:]:<40}")
-            if self.done == self.total:
-                self.stream.write("\n")
-            self.stream.flush()
-        elif not self.tty and (self.done == self.total or time.monotonic() - self._said >= self.every):
-            self._line(f"verified {self.done}/{self.total} entries ({self.where}), {self.bytes} bytes")
+            filled = min(width, int(width * self.done / max(self.total, 1)))
+            shown = f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}"
+        else:
+            shown = f"{self.done} entries"
+        self.stream.write(f"\r{shown} {self.where} {self.bytes >> 20} MiB  {key[-40:]:<40}")
+        if last:
+            self.stream.write("\n")
+        self.stream.flush()
+
+    def _count(self) -> str:
+        of = f"/{self.total}" if self.total is not None else ""
+        return f"verified {self.done}{of} entries ({self.where}), {self.bytes} bytes"
 
     def _line(self, text: str) -> None:
         self._said = time.monotonic()
@@ -167,12 +209,15 @@ class Progress:
 
 
 class _Source:
-    """One place entries are kept: their metas, their bytes hashed, a small body read, an entry evicted."""
+    """One place entries are kept: their metas, a page at a time or by key, their bytes hashed, a small body read,
+    an entry evicted."""
 
     where: str
     reads: int = 1
 
-    async def entries(self) -> list[tuple[str, Meta]]: ...
+    async def count(self) -> int | None: ...
+    def pages(self) -> AsyncIterator[list[tuple[str, Meta]]]: ...
+    async def listed(self, prefix: str) -> list[tuple[str, Meta]]: ...
     async def meta(self, key: str) -> Meta | None: ...
     async def digest(self, sha256: str) -> Digest | None: ...
     async def body(self, sha256: str) -> bytes | None: ...
@@ -180,16 +225,31 @@ class _Source:
 
 
 class _Local(_Source):
-    """The cache folder (the disk backend), or the s3 backend's local tier."""
+    """The cache folder (the disk backend), or the s3 backend's local tier. Metas are read as a listing reads them
+    (`entry_page`), on a thread: with least-recently-used eviction a `get` is also a write of the entry's recency,
+    and checking an entry is not a use of it."""
 
     def __init__(self, local: LocalStore, where: str, delete: Callable[[str], Awaitable[bool]]):
         self.local, self.where, self._delete = local, where, delete
 
-    async def entries(self) -> list[tuple[str, Meta]]:
-        return await asyncio.to_thread(lambda: list(self.local.entries()))
+    async def count(self) -> int | None:
+        return await asyncio.to_thread(self.local.count, "")
+
+    async def pages(self) -> AsyncIterator[list[tuple[str, Meta]]]:
+        after: str | None = None
+        while True:
+            page, after = await asyncio.to_thread(self.local.entry_page, "", after, PAGE)
+            if page:
+                yield page
+            if after is None:
+                return
+
+    async def listed(self, prefix: str) -> list[tuple[str, Meta]]:
+        return await asyncio.to_thread(lambda: list(self.local.entries(prefix)))
 
     async def meta(self, key: str) -> Meta | None:
-        return await asyncio.to_thread(self.local.meta, key)
+        page, _ = await asyncio.to_thread(self.local.entry_page, key, None, 1)  # the first key with this prefix is it
+        return page[0][1] if page and page[0][0] == key else None
 
     async def digest(self, sha256: str) -> Digest | None:
         return await asyncio.to_thread(self._hash, sha256)
@@ -224,7 +284,8 @@ class _Local(_Source):
 
 
 class _Bucket(_Source):
-    """The s3 backend's bucket: metas and blobs as objects, blobs streamed."""
+    """The s3 backend's bucket: metas and blobs as objects, blobs streamed. How many entries it holds is not known
+    without listing them all, so the walk does not count them first."""
 
     where = "bucket"
     reads = BUCKET_READS
@@ -232,8 +293,14 @@ class _Bucket(_Source):
     def __init__(self, store):
         self.store = store
 
-    async def entries(self) -> list[tuple[str, Meta]]:
-        return await self.store.entries()
+    async def count(self) -> int | None:
+        return None
+
+    def pages(self) -> AsyncIterator[list[tuple[str, Meta]]]:
+        return self.store.entry_pages(size=PAGE)
+
+    async def listed(self, prefix: str) -> list[tuple[str, Meta]]:
+        return [entry async for page in self.store.entry_pages(prefix, PAGE) for entry in page]
 
     async def meta(self, key: str) -> Meta | None:
         return await self.store.remote.meta(key)
@@ -279,29 +346,31 @@ async def verify(store: Storage, progress: Progress | None = None, repair: bool 
 
 
 async def _verify_source(source: _Source, report: Report, progress: Progress, repair: bool) -> None:
-    entries = await source.entries()
-    metas = dict(entries)
-    progress.start(len(entries), source.where)
-    checker = _Checker(source, metas)
+    progress.start(await source.count(), source.where)
+    checker = _Checker(source)
     limit = asyncio.Semaphore(source.reads)
     found: list[tuple[Bad, Meta]] = []
 
     async def one(key: str, meta: Meta) -> None:
         async with limit:
-            problems, bytes_bad = await checker.check(key, meta)
-            if problems:  # checked again, as the store is now: the proxy may have replaced or evicted it meanwhile
-                problems, bytes_bad = await checker.check(key, meta, again=True)
-            if problems and await _still(source, key, meta):
-                found.append((Bad(key, source.where, "; ".join(problems), bytes_bad), meta))
-            if checker.evicted(meta):
+            checked = await checker.check(key, meta)
+            if checked is not None and checked[0]:  # checked again, as the store is now: the proxy may have
+                checked = await checker.check(key, meta, again=True)  # replaced or evicted it meanwhile
+            if checked is None:
                 report.without_bytes += 1
             else:
+                problems, bytes_bad = checked
+                if problems and await _still(source, key, meta):
+                    found.append((Bad(key, source.where, "; ".join(problems), bytes_bad), meta))
                 report.checked += 1
                 report.bytes += meta.size
             progress.step(key, meta.size)
 
-    for start in range(0, len(entries), 256):  # a bounded number of tasks at a time
-        await asyncio.gather(*(one(k, m) for k, m in entries[start:start + 256]))
+    started = time.monotonic()
+    async for page in source.pages():  # each page checked before the next is read: memory holds one
+        await asyncio.gather(*(one(k, m) for k, m in page))
+    report.seconds += time.monotonic() - started
+    progress.finish()
     found.sort(key=lambda f: f[0].key)
     report.bad.extend(bad for bad, _ in found)
     if repair:
@@ -317,23 +386,41 @@ async def _still(source: _Source, key: str, meta: Meta) -> bool:
     return now is not None and now.sha256 == meta.sha256
 
 
+class _Kept(dict):
+    """A dict of at most `size` items, the first put in dropped first: what the walk keeps beside the page it checks
+    stays small whatever the cache holds."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def __setitem__(self, key, value) -> None:
+        self.pop(key, None)
+        super().__setitem__(key, value)
+        while len(self) > self.size:
+            del self[next(iter(self))]
+
+
 class _Checker:
-    """The checks of one source's entries, with the index files and hash tables they are compared with."""
+    """The checks of one source's entries, with the index files and hash tables they are compared with (looked up
+    through the source, the last few kept)."""
 
-    def __init__(self, source: _Source, metas: dict[str, Meta]):
-        self.source, self.metas = source, metas
-        self._digests: dict[str, Digest | None] = {}  # blobs named by several keys are hashed once
-        self._indexes: dict[str, bytes | None] = {}
-        self._tables: dict[str, dict[str, dict[str, str]]] = {}
+    def __init__(self, source: _Source):
+        self.source = source
+        self._digests: dict[str, Digest | None] = _Kept(DIGESTS_KEPT)  # blobs named by several keys are hashed once
+        self._indexes: dict[str, bytes | None] = _Kept(INDEXES_KEPT)
+        self._tables: dict[str, dict[str, dict[str, str]]] = _Kept(TABLES_KEPT)
 
-    async def check(self, key: str, meta: Meta, again: bool = False) -> tuple[list[str], bool]:
-        """The problems of one entry, and whether its bytes themselves are bad (`again`: hashed again)."""
+    async def check(self, key: str, meta: Meta, again: bool = False) -> tuple[list[str], bool] | None:
+        """The problems of one entry, and whether its bytes themselves are bad (`again`: hashed again); None if its
+        bytes were evicted (a miss, nothing to check)."""
+        digest = self._digests.get(meta.sha256)
         if again or meta.sha256 not in self._digests:
-            self._digests[meta.sha256] = await self.source.digest(meta.sha256)
-        if self._digests[meta.sha256] is EVICTED:
-            return [], False
+            digest = self._digests[meta.sha256] = await self.source.digest(meta.sha256)
+        if digest is EVICTED:
+            return None
         problems = []
-        if problem := digest_problem(meta, self._digests[meta.sha256]):
+        if problem := digest_problem(meta, digest):
             problems.append(problem)
         bytes_bad = bool(problems)
         if key.startswith("crate/") and (problem := crate_problem(key, meta, await self._index(key))):
@@ -342,36 +429,32 @@ class _Checker:
             problems.append(problem)
         return problems, bytes_bad
 
-    def evicted(self, meta: Meta) -> bool:
-        return self._digests.get(meta.sha256) is EVICTED
-
     async def _index(self, crate_key: str) -> bytes | None:
         _, registry, name, _version = crate_key.split("/", 3)
         index_key = f"index/{registry}/{name}"
-        if index_key not in self._indexes:
-            if len(self._indexes) >= INDEXES_KEPT:
-                self._indexes.clear()
-            self._indexes[index_key] = await self._good_body(index_key)
-        return self._indexes[index_key]
+        if index_key in self._indexes:
+            return self._indexes[index_key]
+        body = self._indexes[index_key] = await self._good_body(index_key, await self.source.meta(index_key))
+        return body
 
     async def _date_tables(self, component_key: str) -> dict[str, dict[str, str]]:
         parts = component_key.split("/")
         date = parts[2] if len(parts) == 4 and parts[1] == "dist" else None
         if date is None:
             return {}
-        if date not in self._tables:
-            prefix = f"dist-hashes/{date}/"
-            tables = {}
-            for key in (k for k in self.metas if k.startswith(prefix)):
-                body = await self._good_body(key)
-                if body is not None:
-                    tables[key[len(prefix):]] = dist.read_vouched(key[len(prefix):], date, body)
-            self._tables[date] = tables
-        return self._tables[date]
+        if date in self._tables:
+            return self._tables[date]
+        prefix = f"dist-hashes/{date}/"
+        tables = {}
+        for key, meta in await self.source.listed(prefix):
+            body = await self._good_body(key, meta)
+            if body is not None:
+                tables[key[len(prefix):]] = dist.read_vouched(key[len(prefix):], date, body)
+        self._tables[date] = tables
+        return tables
 
-    async def _good_body(self, key: str) -> bytes | None:
+    async def _good_body(self, key: str, meta: Meta | None) -> bytes | None:
         """A small entry's bytes if they match their stored digest (bad ones are reported as such, not used)."""
-        meta = self.metas.get(key)
         if meta is None or meta.size > BODY_LIMIT:
             return None
         body = await self.source.body(meta.sha256)
