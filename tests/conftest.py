@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 
+import cratecache  # noqa: F401  (first: it makes `sqlite3` the bundled, fixed SQLite for this process, sqlitelib.py)
 import pytest
 import trustme
 

@@ -100,6 +100,9 @@ def test_two_workers_in_json_mode_write_only_json_lines_each_naming_its_worker(
         (tmp_path / "home").mkdir()
         fetched = Cargo(tmp_path / "home", proxy).fetch(small_project)
         assert fetched.returncode == 0, fetched.stderr
+        for pid in re.findall(r"worker \d started \(pid (\d+)", log.read_text()):
+            maps = Path(f"/proc/{pid}/maps").read_text()  # the SQLite each worker runs: the bundled one, fixed
+            assert "/pysqlite3/" in maps and "libsqlite3.so" not in maps  # (sqlitelib.py: the WAL-reset bug)
     finally:
         os.killpg(run.pid, signal.SIGTERM)
         run.wait(30)

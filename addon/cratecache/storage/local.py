@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -39,6 +40,7 @@ from pathlib import Path
 
 import diskcache
 
+from .. import sqlitelib
 from . import faults, readonly, recovery, room, spool
 from .entries import Entry, Meta, add_up
 from .integrity import Damage
@@ -117,6 +119,13 @@ def make_entry(body: bytes, upstream: str, etag: str | None = None, last_modifie
     return Entry(Meta(hashlib.sha256(body).hexdigest(), len(body), upstream, now, now, etag, last_modified), body)
 
 
+@functools.cache
+def _warn_of_sqlite() -> None:
+    """Once a process: the SQLite it runs may corrupt a database it shares (sqlitelib.py)."""
+    if (why := sqlitelib.problem()) is not None:
+        logger.warning("cargo-cache: %s", why)
+
+
 class LocalStore:
     """Blobs and meta records in diskcache, over collaborators it owns: the memory tier (`memory.MemoryTier`), its
     write-back of hits and 304s (`writeback.WriteBack`), leases and negative records (`marks.HostLeases`) and the
@@ -126,6 +135,7 @@ class LocalStore:
                  hot_bytes: int = DEFAULT_HOT_BYTES, lean: bool = False):
         """`lean`: for a command, SQLite's memory per connection kept small (lean.py)."""
         self.directory = directory
+        _warn_of_sqlite()
         self.writability = faults.Writability(str(directory))
         # cull_limit=0: not diskcache's cull inside each write (two more queries per write, whatever the room left);
         # a write that needs room evicts first (`keep_within`, room.py), `upkeep` every few seconds (expired records,
