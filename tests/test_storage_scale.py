@@ -265,3 +265,17 @@ def test_a_listing_takes_a_crates_spelling_from_the_first_line_of_its_index_file
     assert catalog.spelling(body, "inflector") == "Inflector"
     assert catalog.spelling(b'{"name": "other", "vers": "1.0.0"}\n', "inflector") == "inflector"
     assert catalog.spelling(b"", "inflector") == "inflector"
+
+
+async def test_verify_reads_every_entry_without_writing_their_recency(tmp_path):
+    from cratecache.operations import verify
+
+    _fill(tmp_path / "c", 300)
+    before = _access_times(tmp_path / "c")
+    storage = DiskStorage(LocalStore(tmp_path / "c", 1 << 40))
+    try:
+        report = await verify.verify(storage)
+    finally:
+        await storage.close()
+    assert (report.checked, report.bad) == (300, [])
+    assert _access_times(tmp_path / "c") == before  # checking is not a use: eviction's order stays as it was

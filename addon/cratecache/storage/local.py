@@ -687,8 +687,9 @@ class LocalStore:
 
     def read_blob(self, sha256: str):
         """A blob's bytes as they are on disk now, unchecked (for `verify`): an open file for one kept as a file (the
-        caller closes it), bytes for one kept in the database, None if there is none."""
-        return self._cache.get(f"blob:{sha256}", read=True)
+        caller closes it), bytes for one kept in the database, None if there is none. Not a use: no recency written
+        (diskcache's `get` would write each row's access time, a write transaction per entry verified)."""
+        return self._scan.value(f"blob:{sha256}", read=True)
 
     def has_blob(self, sha256: str) -> bool:
         """Whether the database still names the blob (eviction may have dropped it before the meta naming it)."""
