@@ -5,6 +5,7 @@ page), and a read from disk that writes nothing (its recency follows with the up
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import time
 
@@ -116,17 +117,21 @@ def test_a_purge_keeps_the_bytes_a_kept_entry_names_and_bytes_stored_again_since
         _put(store, "crate/crates-io/young/1.0.0", b"shared bytes", NOW)
         _put(store, "crate/crates-io/gone/1.0.0", b"only the purged entry's", NOW - 9000)
         _put(store, "crate/crates-io/again/1.0.0", b"fetched again meanwhile", NOW - 9000)
+        _put(store, "crate/crates-io/big/1.0.0", b"b" * 100_000, NOW - 9000)  # kept as a file of its own
+        big_file = store._blob_file(store.meta("crate/crates-io/big/1.0.0"))
+        assert big_file is not None and os.path.exists(big_file)
         removal = Removal(lambda key, meta: meta.stored_at < NOW - 6500, time.time())
         assert store.remove_page(removal, None) is None
-        assert sorted(removal.removed) == ["crate/crates-io/again/1.0.0", "crate/crates-io/gone/1.0.0",
-                                           "crate/crates-io/old/1.0.0"]
+        assert sorted(removal.removed) == ["crate/crates-io/again/1.0.0", "crate/crates-io/big/1.0.0",
+                                           "crate/crates-io/gone/1.0.0", "crate/crates-io/old/1.0.0"]
         time.sleep(0.01)
         _put(store, "crate/crates-io/again/1.0.1", b"fetched again meanwhile", NOW)  # during the purge
-        assert store.drop_unnamed(removal) == 1
+        assert store.drop_unnamed(removal) == 2
+        assert not os.path.exists(big_file)  # its file removed with its row
         assert store.get("crate/crates-io/young/1.0.0").body == b"shared bytes"
         assert store.get("crate/crates-io/again/1.0.1").body == b"fetched again meanwhile"
         assert not store.has_blob(hashlib.sha256(b"only the purged entry's").hexdigest())
-        assert [store.get(key) for key in removal.removed] == [None] * 3
+        assert [store.get(key) for key in removal.removed] == [None] * 4
     finally:
         store.close()
 

@@ -26,6 +26,7 @@ from tests.harness import DOWNLOAD_HOST, ROOT
 from ..generated import GeneratedUpstream, crate_name
 from ..loadgen import client_context, percentile
 from ..report import Check, Section
+from ..rss import cpu_times
 
 MB = 1024 * 1024
 HIT_PACE = 0.02
@@ -146,6 +147,12 @@ def _finish_hits(process: subprocess.Popen, stop: Path, out: Path) -> list[tuple
     return [tuple(s) for s in json.loads(out.read_text())]
 
 
+def _busy() -> float:
+    """The whole machine's busy CPU time so far (core-seconds: all but idle and iowait), from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def run(bench) -> Section:
     limit = (50 if bench.quick else 200) * MB
     written = 10 * limit
@@ -178,9 +185,15 @@ disk (every file: database, WAL, blobs, partial downloads) is sampled every {SAM
                 idle_end = time.time()
                 cold = bench.urls_file("eviction-cold", crate_urls(f"cold{rep}x", entry_sizes(written, component,
                                                                                                100 + rep)))
+                machine, own, began = _busy(), sum(cpu_times(proxy.pid)), time.monotonic()
                 with FolderSampler(cache) as sampler:
                     result = bench.load(proxy, cold, FILL_CLIENTS, len(json.loads(cold.read_text())), discard=True,
                                         timeout=300)
+                seconds = time.monotonic() - began
+                section.figure("during the fill", "CPU busy, whole machine", "cores").samples.append(
+                    (_busy() - machine) / seconds)
+                section.figure("during the fill", "CPU, the proxy", "cores").samples.append(
+                    (sum(cpu_times(proxy.pid)) - own) / seconds)
                 fill_began, fill_ended = result["wall_began"], result["wall_ended"]
                 samples = _finish_hits(hits, stop, out)
             finally:

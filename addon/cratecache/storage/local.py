@@ -659,13 +659,17 @@ class LocalStore:
     def remove_page(self, removal: Removal, after: str | None) -> str | None:
         """Delete the entries of one page of the listing (after key `after`) that `removal` chooses, in one
         transaction; the key to continue after (None: that was the last page)."""
-        with self._cache.transact():
+        with self._cache._transact() as (sql, cleanup):  # diskcache's own transaction, as its deletes use
             page, following = self.entry_page("", after)
             gone = removal.sort(page)
-            for key in gone:
-                self._memory.forget(key)
-                self._cache.delete(f"meta:{key}")
             if gone:
+                # one statement for the page (diskcache's triggers keep its count and volume): a SELECT and a DELETE
+                # per key through `Cache.delete` cost a purge of 100k entries a third of its time
+                for (filename,) in sql(f"DELETE FROM Cache WHERE key IN ({','.join('?' * len(gone))}) AND raw = 1 "
+                                       "RETURNING filename", [f"meta:{key}" for key in gone]).fetchall():
+                    cleanup(filename)
+                for key in gone:
+                    self._memory.forget(key)
                 self._cache.incr(PURGE_GENERATION, default=self._memory.generation)  # other workers drop theirs
         return following
 
@@ -674,12 +678,12 @@ class LocalStore:
         many."""
         dropped, unnamed = 0, removal.unnamed()
         for start in range(0, len(unnamed), PAGE):
-            with self._cache.transact():
-                for sha256 in unnamed[start:start + PAGE]:
-                    row = self._cache._sql("SELECT store_time FROM Cache WHERE key = ? AND raw = 1",
-                                           (f"blob:{sha256}",)).fetchone()
-                    if row is not None and row[0] < removal.started:
-                        dropped += bool(self._cache.delete(f"blob:{sha256}"))
+            keys = [f"blob:{sha256}" for sha256 in unnamed[start:start + PAGE]]
+            with self._cache._transact() as (sql, cleanup):
+                for (filename,) in sql(f"DELETE FROM Cache WHERE key IN ({','.join('?' * len(keys))}) AND raw = 1 "
+                                       "AND store_time < ? RETURNING filename", [*keys, removal.started]).fetchall():
+                    cleanup(filename)  # a blob kept as a file: removed once the transaction commits
+                    dropped += 1
         return dropped
 
     def volume(self) -> int:
