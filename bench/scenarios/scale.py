@@ -105,9 +105,9 @@ large cache, `stats`, `ls --json` (time to its first line, peak RSS) and, once, 
         Check("hit p99 during the purge vs before it", section.figure("during the purge", "hit p99", "ms"),
               section.figure("before the purge", "hit p99", "ms"), 2.0),
     ]
-    section.checks.append(Check(f"`verify` peak RSS, {big_label} vs {small_label}",
-                                section.figure(big_label, "verify peak RSS", "MB"),
-                                section.figure(small_label, "verify peak RSS", "MB"), 1.25))
+    # memory flat: the same bound as the listing's (a page and small caches, whatever the number of entries)
+    section.checks.append(Check(f"`verify` peak RSS, {big_label}", section.figure(big_label, "verify peak RSS", "MB"),
+                                None, 150.0))
     section.notes.append("Measured elsewhere: eviction while a cold fetch writes ten times a full cache's size_limit "
                          "(section 13), `stage`/`export`/`import` of a 5,000-crate lockfile beside a large cache "
                          "(`--scenarios bundles-scale`). Not measured: the s3 backend's 200,000-object bucket (its "
