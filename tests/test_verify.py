@@ -316,3 +316,39 @@ def test_without_a_total_the_progress_counts_what_was_verified():
     shown = terminal.stream.getvalue()
     assert shown.startswith("\r1 entries bucket 3 MiB  crate/crates-io/foo/1.0.0") and shown.endswith("\n")
     assert "[" not in shown  # no bar without a total
+
+
+async def test_the_disk_s_entries_are_read_a_page_per_thread_hand_off_not_one_each(tmp_path, monkeypatch):
+    monkeypatch.setattr(verify, "PAGE", 10)
+    store = open_storage(CacheSettings(directory=tmp_path / "cache", size_limit=10**9))
+    bodies = {f"c{i:02d}": os.urandom(500 + i) for i in range(20)}
+    for name, body in bodies.items():  # 40 entries: each crate's index file vouches for it, a crate check to do
+        await store.put(f"index/crates-io/{name}", index_file((name, "1.0.0", body)), "up")
+        await store.put(f"crate/crates-io/{name}/1.0.0", body, "up")
+    handed: list[str] = []
+    real = asyncio.to_thread
+
+    def counted(function, *args, **kwargs):
+        handed.append(getattr(function, "__name__", "?"))
+        return real(function, *args, **kwargs)
+
+    monkeypatch.setattr(verify.asyncio, "to_thread", counted)
+    try:
+        report = await verify.verify(store, verify.Progress(io.StringIO()))
+    finally:
+        monkeypatch.undo()
+        await store.close()
+    assert (report.checked, report.bad) == (40, [])
+    assert len(handed) <= 2 + 2 * 4  # the count, the end of the listing; per page of ten: its listing, its reads
+
+
+async def test_index_files_beyond_what_a_page_may_hold_are_read_when_their_crate_is_checked(tmp_path, monkeypatch):
+    monkeypatch.setattr(verify, "PAGE_BODIES", 0)  # none read with the page
+    store = open_storage(CacheSettings(directory=tmp_path / "cache", size_limit=10**9))
+    try:
+        await fill(store, component_hash=sha(b"what the manifest says"))  # crate "other"'s index line differs
+        report = await verify.verify(store, verify.Progress(io.StringIO()))
+    finally:
+        await store.close()
+    assert [bad.key for bad in report.bad] == [COMPONENT_KEY, "crate/crates-io/other/1.0.0"]
+    assert "differs from its index line's cksum" in report.bad[1].problem

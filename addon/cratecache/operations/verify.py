@@ -16,6 +16,11 @@ Memory stays flat whatever the cache holds (issue 33: a million entries): the li
 page checked before the next is read; the index files and hash tables compared with are looked up through the store
 when needed, and only the last few are kept (entries come in key order, so a crate's index file, a component's
 tables, are used by neighbours).
+
+On the local disk the work per entry is small (a few kilobytes hashed, an index line compared), less than a hand-off
+to a thread costs; so the blobs a page names, and the index files its crates are compared with, are read and hashed
+on one thread in one go (`_Source.read_page`), and the page's entries are then checked on the event loop with what
+was read. Only a suspect entry goes back to the store, one at a time, to be checked again as it is now.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ INDEXES_KEPT = 64  # index files kept while their crates are checked (entries co
 TABLES_KEPT = 8  # dates whose manifests' hash tables are kept while their components are checked
 DIGESTS_KEPT = 4096  # blobs' digests kept, so that a blob several keys name (nearby) is hashed once
 BUCKET_READS = 8  # bucket objects hashed at once (each streams in pieces of bucket.BLOB_PART)
+PAGE_BODIES = 64 * 1024 * 1024  # index files read with a page, in bytes at most; the rest are read when needed
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,19 @@ def summary(report: Report, repair: bool) -> list[str]:
     return lines + [total]
 
 
+def good_body(meta: Meta | None, body: bytes | None) -> bytes | None:
+    """A small entry's bytes if they match their stored digest (bad ones are reported as such, not compared with)."""
+    if meta is None or not isinstance(body, bytes) or len(body) != meta.size:
+        return None
+    return body if hashlib.sha256(body).hexdigest() == meta.sha256 else None
+
+
+def index_key(crate_key: str) -> str | None:
+    """The index file a crate (`crate/<registry>/<name>/<version>`) is compared with."""
+    parts = crate_key.split("/")
+    return f"index/{parts[1]}/{parts[2]}" if len(parts) == 4 and parts[0] == "crate" else None
+
+
 # -- the walk (I/O) ---------------------------------------------------------------------------
 
 
@@ -223,6 +242,13 @@ class _Source:
     async def body(self, sha256: str) -> bytes | None: ...
     async def evict(self, bad: Bad, meta: Meta) -> None: ...
 
+    async def read_page(self, blobs: set[str], indexes: set[str]
+                        ) -> tuple[dict[str, Digest | None], dict[str, bytes | None]]:
+        """What a page's checks need, read in one go where that is cheaper than entry by entry: the digests of
+        `blobs` (by SHA-256) and the good bodies of the index files `indexes` (by key, None if not cached or not
+        good). What is left out is read when an entry needs it."""
+        return {}, {}
+
 
 class _Local(_Source):
     """The cache folder (the disk backend), or the s3 backend's local tier. Metas are read as a listing reads them
@@ -248,11 +274,36 @@ class _Local(_Source):
         return await asyncio.to_thread(lambda: list(self.local.entries(prefix)))
 
     async def meta(self, key: str) -> Meta | None:
-        page, _ = await asyncio.to_thread(self.local.entry_page, key, None, 1)  # the first key with this prefix is it
+        return await asyncio.to_thread(self._meta, key)
+
+    def _meta(self, key: str) -> Meta | None:
+        page, _ = self.local.entry_page(key, None, 1)  # the first key with this prefix is it
         return page[0][1] if page and page[0][0] == key else None
 
     async def digest(self, sha256: str) -> Digest | None:
         return await asyncio.to_thread(self._hash, sha256)
+
+    async def read_page(self, blobs: set[str], indexes: set[str]
+                        ) -> tuple[dict[str, Digest | None], dict[str, bytes | None]]:
+        """On one thread: each blob hashed, then index files read until `PAGE_BODIES` bytes are held (each hand-off
+        to a thread costs more than a small entry's check, a page of them far less)."""
+        return await asyncio.to_thread(self._read_page, blobs, indexes)
+
+    def _read_page(self, blobs: set[str], indexes: set[str]
+                   ) -> tuple[dict[str, Digest | None], dict[str, bytes | None]]:
+        digests = {sha256: self._hash(sha256) for sha256 in blobs}
+        bodies: dict[str, bytes | None] = {}
+        held = 0
+        for key in sorted(indexes):
+            meta = self._meta(key)
+            if meta is not None and meta.size > BODY_LIMIT:
+                bodies[key] = None
+                continue
+            if meta is not None and held + meta.size > PAGE_BODIES:
+                continue  # read when its crates are checked, once these are let go
+            bodies[key] = good_body(meta, self._read(meta.sha256) if meta is not None else None)
+            held += len(bodies[key] or b"")
+        return digests, bodies
 
     def _hash(self, sha256: str) -> Digest | None:
         stored = self.local.read_blob(sha256)
@@ -268,14 +319,14 @@ class _Local(_Source):
         return Digest(h.hexdigest(), size)
 
     async def body(self, sha256: str) -> bytes | None:
-        def read() -> bytes | None:
-            stored = self.local.read_blob(sha256)
-            if stored is None or isinstance(stored, bytes):
-                return stored
-            with stored:
-                return stored.read(BODY_LIMIT + 1)
+        return await asyncio.to_thread(self._read, sha256)
 
-        return await asyncio.to_thread(read)
+    def _read(self, sha256: str) -> bytes | None:
+        stored = self.local.read_blob(sha256)
+        if stored is None or isinstance(stored, bytes):
+            return stored
+        with stored:
+            return stored.read(BODY_LIMIT + 1)
 
     async def evict(self, bad: Bad, meta: Meta) -> None:
         await self._delete(bad.key)
@@ -368,7 +419,13 @@ async def _verify_source(source: _Source, report: Report, progress: Progress, re
 
     started = time.monotonic()
     async for page in source.pages():  # each page checked before the next is read: memory holds one
-        await asyncio.gather(*(one(k, m) for k, m in page))
+        await checker.read_page(page)
+        if source.reads == 1:  # one at a time anyway: no task each
+            for key, meta in page:
+                await one(key, meta)
+        else:
+            await asyncio.gather(*(one(k, m) for k, m in page))
+    checker.read_page_done()
     report.seconds += time.monotonic() - started
     progress.finish()
     found.sort(key=lambda f: f[0].key)
@@ -410,13 +467,31 @@ class _Checker:
         self._digests: dict[str, Digest | None] = _Kept(DIGESTS_KEPT)  # blobs named by several keys are hashed once
         self._indexes: dict[str, bytes | None] = _Kept(INDEXES_KEPT)
         self._tables: dict[str, dict[str, dict[str, str]]] = _Kept(TABLES_KEPT)
+        self._page_digests: dict[str, Digest | None] = {}  # read with the current page (`read_page`)
+        self._page_indexes: dict[str, bytes | None] = {}
+
+    async def read_page(self, page: list[tuple[str, Meta]]) -> None:
+        """Read what the page's entries are checked with, in one go where the source can (the last page's let go):
+        the blobs not hashed yet, the index files of its crates not kept yet."""
+        self.read_page_done()
+        blobs = {meta.sha256 for _, meta in page if meta.sha256 not in self._digests}
+        indexes = {index for key, _ in page if (index := index_key(key)) is not None and index not in self._indexes}
+        self._page_digests, self._page_indexes = await self.source.read_page(blobs, indexes)
+        for sha256, digest in self._page_digests.items():  # the last few kept for the next pages' neighbours
+            self._digests[sha256] = digest
+
+    def read_page_done(self) -> None:
+        self._page_digests, self._page_indexes = {}, {}
 
     async def check(self, key: str, meta: Meta, again: bool = False) -> tuple[list[str], bool] | None:
         """The problems of one entry, and whether its bytes themselves are bad (`again`: hashed again); None if its
         bytes were evicted (a miss, nothing to check)."""
-        digest = self._digests.get(meta.sha256)
-        if again or meta.sha256 not in self._digests:
+        if again or (meta.sha256 not in self._page_digests and meta.sha256 not in self._digests):
             digest = self._digests[meta.sha256] = await self.source.digest(meta.sha256)
+            if meta.sha256 in self._page_digests:  # the page's other keys naming it see the blob as it is now
+                self._page_digests[meta.sha256] = digest
+        else:
+            digest = self._page_digests.get(meta.sha256, self._digests.get(meta.sha256))
         if digest is EVICTED:
             return None
         problems = []
@@ -430,11 +505,16 @@ class _Checker:
         return problems, bytes_bad
 
     async def _index(self, crate_key: str) -> bytes | None:
-        _, registry, name, _version = crate_key.split("/", 3)
-        index_key = f"index/{registry}/{name}"
-        if index_key in self._indexes:
-            return self._indexes[index_key]
-        body = self._indexes[index_key] = await self._good_body(index_key, await self.source.meta(index_key))
+        key = index_key(crate_key)
+        if key is None:
+            return None
+        if key in self._indexes:
+            return self._indexes[key]
+        if key in self._page_indexes:
+            body = self._page_indexes[key]
+        else:
+            body = await self._good_body(key, await self.source.meta(key))
+        self._indexes[key] = body
         return body
 
     async def _date_tables(self, component_key: str) -> dict[str, dict[str, str]]:
@@ -454,10 +534,6 @@ class _Checker:
         return tables
 
     async def _good_body(self, key: str, meta: Meta | None) -> bytes | None:
-        """A small entry's bytes if they match their stored digest (bad ones are reported as such, not used)."""
         if meta is None or meta.size > BODY_LIMIT:
             return None
-        body = await self.source.body(meta.sha256)
-        if not isinstance(body, bytes) or len(body) != meta.size or hashlib.sha256(body).hexdigest() != meta.sha256:
-            return None
-        return body
+        return good_body(meta, await self.source.body(meta.sha256))
