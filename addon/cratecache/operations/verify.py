@@ -47,7 +47,7 @@ INDEXES_KEPT = 64  # index files kept while their crates are checked (entries co
 TABLES_KEPT = 8  # dates whose manifests' hash tables are kept while their components are checked
 DIGESTS_KEPT = 4096  # blobs' digests kept, so that a blob several keys name (nearby) is hashed once
 BUCKET_READS = 8  # bucket objects hashed at once (each streams in pieces of bucket.BLOB_PART)
-PAGE_BODIES = 64 * 1024 * 1024  # index files read with a page, in bytes at most; the rest are read when needed
+PAGE_BODIES = 16 * 1024 * 1024  # index files read with a page, in bytes at most; the rest are read when needed
 
 
 @dataclass(frozen=True)
