@@ -52,7 +52,7 @@ class KeyScan:
     def _ensure(self, name: str, columns: str, otherwise: str) -> bool:
         sql = self._cache._sql
         try:
-            if sql("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)).fetchone():
+            if self._has(name):
                 return True  # no write at all on an ordinary start
             sql(f"CREATE INDEX IF NOT EXISTS {name} ON Cache({columns}) WHERE {_META_TERMS}")
             # into the database file now, not left in the WAL: the schema's first page must be where a check of the
@@ -69,8 +69,9 @@ class KeyScan:
         million entries); the index is created by the first call (seconds on a large cache that had none). Records
         stored before sizes were tagged are read and, when `writable`, tagged (a page a transaction), once. None if
         there is no sizes index and the folder cannot take one (the caller sums the records it lists)."""
-        if not self._ensure(SIZES_INDEX, "key, tag", "totals read every record") if writable else \
-                not self._has(SIZES_INDEX):
+        indexed = self._ensure(SIZES_INDEX, "key, tag", "totals read every record") if writable else \
+            self._has(SIZES_INDEX)
+        if not indexed:
             return None
         found: dict[str, list[int]] = {}
         for kind, entries, size in self._cache._sql(f"SELECT {_KIND} AS kind, COUNT(*), TOTAL(tag) FROM Cache WHERE "

@@ -119,6 +119,19 @@ def make_entry(body: bytes, upstream: str, etag: str | None = None, last_modifie
     return Entry(Meta(hashlib.sha256(body).hexdigest(), len(body), upstream, now, now, etag, last_modified), body)
 
 
+def _delete_rows(sql, cleanup, keys: list[str], stored_before: float | None = None) -> int:
+    """Delete the rows of `keys` (those stored before `stored_before`, if given) in one statement, inside a diskcache
+    transaction (`sql`, `cleanup`: its `_transact`); a value kept as a file is removed once that commits; how many.
+    diskcache's triggers keep its count and volume; a SELECT and a DELETE per key through `Cache.delete` cost a purge
+    of 100k entries a third of its time."""
+    since = " AND store_time < ?" if stored_before is not None else ""
+    rows = sql(f"DELETE FROM Cache WHERE key IN ({','.join('?' * len(keys))}) AND raw = 1{since} RETURNING filename",
+               [*keys] + ([stored_before] if stored_before is not None else [])).fetchall()
+    for (filename,) in rows:
+        cleanup(filename)
+    return len(rows)
+
+
 @functools.cache
 def _warn_of_sqlite() -> None:
     """Once a process: the SQLite it runs may corrupt a database it shares (sqlitelib.py)."""
@@ -663,11 +676,7 @@ class LocalStore:
             page, following = self.entry_page("", after)
             gone = removal.sort(page)
             if gone:
-                # one statement for the page (diskcache's triggers keep its count and volume): a SELECT and a DELETE
-                # per key through `Cache.delete` cost a purge of 100k entries a third of its time
-                for (filename,) in sql(f"DELETE FROM Cache WHERE key IN ({','.join('?' * len(gone))}) AND raw = 1 "
-                                       "RETURNING filename", [f"meta:{key}" for key in gone]).fetchall():
-                    cleanup(filename)
+                _delete_rows(sql, cleanup, [f"meta:{key}" for key in gone])
                 for key in gone:
                     self._memory.forget(key)
                 self._cache.incr(PURGE_GENERATION, default=self._memory.generation)  # other workers drop theirs
@@ -680,10 +689,7 @@ class LocalStore:
         for start in range(0, len(unnamed), PAGE):
             keys = [f"blob:{sha256}" for sha256 in unnamed[start:start + PAGE]]
             with self._cache._transact() as (sql, cleanup):
-                for (filename,) in sql(f"DELETE FROM Cache WHERE key IN ({','.join('?' * len(keys))}) AND raw = 1 "
-                                       "AND store_time < ? RETURNING filename", [*keys, removal.started]).fetchall():
-                    cleanup(filename)  # a blob kept as a file: removed once the transaction commits
-                    dropped += 1
+                dropped += _delete_rows(sql, cleanup, keys, stored_before=removal.started)
         return dropped
 
     def volume(self) -> int:
