@@ -18,6 +18,14 @@ def status_kb(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
+def disk_read_bytes(pid: int) -> int:
+    """Bytes the process has caused to be read from the storage layer (not from the page cache): /proc/<pid>/io."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("read_bytes:"):
+            return int(line.split()[1])
+    raise KeyError("read_bytes")
+
+
 def rss_mb(pid: int) -> float:
     return status_kb(pid, "VmRSS") / 1024
 

@@ -21,8 +21,9 @@ import threading
 import time
 from pathlib import Path
 
-from tests.harness import DOWNLOAD_HOST, ROOT
+from tests.harness import DOWNLOAD_HOST, ROOT, write_proxies
 
+from ..context import LONG_TTL
 from ..generated import GeneratedUpstream, crate_name
 from ..loadgen import client_context, percentile
 from ..report import Check, Section
@@ -153,10 +154,63 @@ def _busy() -> float:
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
+def worker_counts() -> tuple[int, ...]:
+    """One mitmdump, and `make run`'s default (one worker per core) where that is more."""
+    default = os.cpu_count() or 1
+    return (1, default) if default > 1 else (1,)
+
+
+def _config(count: int) -> str:
+    return "1 worker" if count == 1 else f"{count} workers (make run's default)"
+
+
+class _Proxy:
+    """The proxy measured: one mitmdump (`bench.addon`) or `count` workers as `make run` starts them."""
+
+    def __init__(self, bench, label: str, count: int, cache: Path, upstream_url: str, limit: int):
+        from .workers import Workers
+
+        self.bench, self.label = bench, label
+        if count == 1:
+            self.one, self.many = bench.addon(label, cache, [{"name": "generated", "url": upstream_url}],
+                                              size_limit=str(limit)), None
+        else:
+            config = write_proxies(bench.work / "config" / f"{label}.yaml", [{"name": "generated", "url": upstream_url}],
+                                   cache, size_limit=str(limit), index_ttl=LONG_TTL)
+            self.one, self.many = None, Workers(bench, label, count, config)
+
+    def start(self) -> _Proxy:
+        (self.one or self.many).start()
+        return self
+
+    def stop(self) -> None:
+        if self.one is not None:
+            self.bench.stop(self.one)
+        else:
+            self.many.stop()
+
+    @property
+    def url(self) -> str:
+        return (self.one or self.many).url
+
+    @property
+    def ca_cert(self) -> Path:
+        return (self.one or self.many).ca_cert
+
+    @property
+    def pid(self) -> int:  # what bench.load reads the CPU of: the first worker's (the per-proxy figure sums all)
+        return self.one.pid if self.one is not None else next(iter(self.many.pids.values()))
+
+    def cpu(self) -> float:
+        pids = [self.one.pid] if self.one is not None else list(self.many.pids.values())
+        return sum(sum(cpu_times(pid)) for pid in pids)
+
+
 def run(bench) -> Section:
     limit = (50 if bench.quick else 200) * MB
     written = 10 * limit
     component = (10 if bench.quick else 20) * MB
+    counts = worker_counts()
     section = Section("eviction", f"13. Eviction during a cold fetch of {written // MB} MB into a full "
                                   f"{limit // MB} MB cache", f"""
 A disk-backend proxy with `size_limit` {limit // MB} MB, first filled to it through the proxy; then {FILL_CLIENTS}
@@ -165,62 +219,71 @@ limit) from an upstream that generates them: crate-sized (log-normal around 60 K
 {component // MB} MB (a toolchain component, scaled down). Meanwhile one more client asks for one of 50 small
 cached crates every {HIT_PACE * 1000:.0f} ms; its latencies before the fill are "idle". The cache folder's size on
 disk (every file: database, WAL, blobs, partial downloads) is sampled every {SAMPLE_SECONDS * 1000:.0f} ms.
-{bench.reps}.""")
+The proxy is measured as {' and as '.join(_config(c) for c in counts)} (`python -m cratecache.operations.workers`,
+as `make run` starts it: the workers share the port and the cache folder, the kernel spreads the clients'
+connections over them); "CPU, the proxy" sums its workers. {bench.reps}.""")
     urls_dir = bench.work / "urls"
     for rep in range(bench.repeat):
-        cache = bench.fresh_dir("caches", "eviction")
-        with GeneratedUpstream() as upstream:
-            proxy = bench.addon("eviction", cache, [{"name": "generated", "url": upstream.index_url}],
-                                size_limit=str(limit)).start()
-            try:
-                fill = bench.urls_file("eviction-fill", crate_urls(f"prefill{rep}x", entry_sizes(limit, component,
-                                                                                                  rep)))
-                bench.load(proxy, fill, FILL_CLIENTS, len(json.loads(fill.read_text())), discard=True, timeout=120)
-                small = bench.urls_file("eviction-hits", crate_urls(f"hot{rep}x", [4096] * 50))
-                bench.prime(proxy, small)
-                time.sleep(6)  # the upkeep's eviction of the prefill's overshoot (every 5 s)
-                stop, out = urls_dir / "hits.stop", urls_dir / "hits.json"
-                hits = _start_hits(bench, proxy, small, stop, out)
-                time.sleep(10)
-                idle_end = time.time()
-                cold = bench.urls_file("eviction-cold", crate_urls(f"cold{rep}x", entry_sizes(written, component,
-                                                                                               100 + rep)))
-                machine, own, began = _busy(), sum(cpu_times(proxy.pid)), time.monotonic()
-                with FolderSampler(cache) as sampler:
-                    result = bench.load(proxy, cold, FILL_CLIENTS, len(json.loads(cold.read_text())), discard=True,
-                                        timeout=300)
-                seconds = time.monotonic() - began
-                section.figure("during the fill", "CPU busy, whole machine", "cores").samples.append(
-                    (_busy() - machine) / seconds)
-                section.figure("during the fill", "CPU, the proxy", "cores").samples.append(
-                    (sum(cpu_times(proxy.pid)) - own) / seconds)
-                fill_began, fill_ended = result["wall_began"], result["wall_ended"]
-                samples = _finish_hits(hits, stop, out)
-            finally:
-                bench.stop(proxy)
-        idle = sorted(s for t, s, ok in samples if t < idle_end)
-        during = sorted(s for t, s, ok in samples if fill_began <= t <= fill_ended)
-        failed = sum(1 for t, s, ok in samples if not ok)
-        section.figure("cache folder", "peak size / size_limit", "ratio").samples.append(sampler.peak / limit)
-        section.figure("cache folder", "peak size", "MB").samples.append(sampler.peak / MB)
-        section.figure("cold fetch", "throughput", "MB/s").samples.append(result["mb_per_s"])
-        for label, values in (("idle", idle), ("during the fill", during)):
-            section.figure(f"hits, {label}", "p50 latency", "ms").samples.append(percentile(values, 50) * 1000)
-            section.figure(f"hits, {label}", "p99 latency", "ms").samples.append(percentile(values, 99) * 1000)
-        if failed or result["errors"]:
-            bench.problems[f"eviction: {failed} failed hits, fill errors {result['errors']}"] += 1
-        section.notes.append(f"Repetition {rep + 1}: {len(idle)} idle hits, {len(during)} during the fill; "
-                             f"folder samples {len(sampler.samples)}, peak {sampler.peak / MB:.0f} MB; the upstream "
-                             f"served {upstream.served / MB:.0f} MB.")
-    section.checks.append(Check("cache folder peak / size_limit during the fill",
-                                section.figure("cache folder", "peak size / size_limit", "ratio"), None, 1.05))
-    section.checks.append(Check("hit p50 during the fill vs idle",
-                                section.figure("hits, during the fill", "p50 latency", "ms"),
-                                section.figure("hits, idle", "p50 latency", "ms"), 1.5))
-    section.checks.append(Check("hit p99 during the fill vs idle",
-                                section.figure("hits, during the fill", "p99 latency", "ms"),
-                                section.figure("hits, idle", "p99 latency", "ms"), 1.5))
+        for count in counts:
+            _fill(bench, section, rep, count, limit, written, component, urls_dir)
+    for count in counts:
+        config = _config(count)
+        section.checks.append(Check(f"cache folder peak / size_limit during the fill, {config}",
+                                    section.figure(config, "cache folder peak / size_limit", "ratio"), None, 1.05))
+        for what in ("p50", "p99"):
+            section.checks.append(Check(f"hit {what} during the fill vs idle, {config}",
+                                        section.figure(f"hits during the fill, {config}", f"{what} latency", "ms"),
+                                        section.figure(f"hits idle, {config}", f"{what} latency", "ms"), 1.5))
     return section
+
+
+def _fill(bench, section: Section, rep: int, count: int, limit: int, written: int, component: int,
+          urls_dir: Path) -> None:
+    """One repetition with `count` workers: prefill to the limit, idle hits, then the cold fetch beside them."""
+    config = _config(count)
+    cache = bench.fresh_dir("caches", "eviction")
+    with GeneratedUpstream() as upstream:
+        proxy = _Proxy(bench, f"eviction-{count}w-{rep}", count, cache, upstream.index_url, limit).start()
+        try:
+            fill = bench.urls_file("eviction-fill", crate_urls(f"prefill{rep}w{count}x",
+                                                               entry_sizes(limit, component, rep)))
+            bench.load(proxy, fill, FILL_CLIENTS, len(json.loads(fill.read_text())), discard=True, timeout=120)
+            small = bench.urls_file("eviction-hits", crate_urls(f"hot{rep}w{count}x", [4096] * 50))
+            bench.prime(proxy, small)
+            time.sleep(6)  # the upkeep's eviction of the prefill's overshoot (every 5 s)
+            stop, out = urls_dir / "hits.stop", urls_dir / "hits.json"
+            hits = _start_hits(bench, proxy, small, stop, out)
+            time.sleep(10)
+            idle_end = time.time()
+            cold = bench.urls_file("eviction-cold", crate_urls(f"cold{rep}w{count}x",
+                                                               entry_sizes(written, component, 100 + rep)))
+            machine, own, began = _busy(), proxy.cpu(), time.monotonic()
+            with FolderSampler(cache) as sampler:
+                result = bench.load(proxy, cold, FILL_CLIENTS, len(json.loads(cold.read_text())), discard=True,
+                                    timeout=300)
+            seconds = time.monotonic() - began
+            section.figure(config, "CPU busy during the fill, whole machine", "cores").samples.append(
+                (_busy() - machine) / seconds)
+            section.figure(config, "CPU during the fill, the proxy", "cores").samples.append(
+                (proxy.cpu() - own) / seconds)
+            fill_began, fill_ended = result["wall_began"], result["wall_ended"]
+            samples = _finish_hits(hits, stop, out)
+        finally:
+            proxy.stop()
+    idle = sorted(s for t, s, ok in samples if t < idle_end)
+    during = sorted(s for t, s, ok in samples if fill_began <= t <= fill_ended)
+    failed = sum(1 for t, s, ok in samples if not ok)
+    section.figure(config, "cache folder peak / size_limit", "ratio").samples.append(sampler.peak / limit)
+    section.figure(config, "cache folder peak size", "MB").samples.append(sampler.peak / MB)
+    section.figure(config, "cold fetch throughput", "MB/s").samples.append(result["mb_per_s"])
+    for label, values in (("idle", idle), ("during the fill", during)):
+        section.figure(f"hits {label}, {config}", "p50 latency", "ms").samples.append(percentile(values, 50) * 1000)
+        section.figure(f"hits {label}, {config}", "p99 latency", "ms").samples.append(percentile(values, 99) * 1000)
+    if failed or result["errors"]:
+        bench.problems[f"eviction ({config}): {failed} failed hits, fill errors {result['errors']}"] += 1
+    section.notes.append(f"Repetition {rep + 1}, {config}: {len(idle)} idle hits, {len(during)} during the fill; "
+                         f"folder samples {len(sampler.samples)}, peak {sampler.peak / MB:.0f} MB; the upstream "
+                         f"served {upstream.served / MB:.0f} MB.")
 
 
 if __name__ == "__main__":
