@@ -202,6 +202,20 @@ def test_a_read_from_disk_writes_nothing_and_its_recency_follows_with_the_upkeep
         store.close()
 
 
+def test_reading_a_record_writes_nothing_and_is_not_a_use(tmp_path):
+    keys = _fill(tmp_path / "c", 20)
+    store = LocalStore(tmp_path / "c", 1 << 40, hot_bytes=0)
+    try:
+        before = _access_times(tmp_path / "c")
+        meta = store.meta(keys[5])
+        assert meta is not None and meta.size == len(keys[5].encode() * 4)
+        assert store.meta("crate/crates-io/absent/1.0.0") is None
+        store.upkeep()
+        assert _access_times(tmp_path / "c") == before
+    finally:
+        store.close()
+
+
 def _steps(store: LocalStore, read) -> int:
     """SQLite's virtual-machine steps (in hundreds) that `read()` takes: the work of its queries, not their time."""
     steps = [0]

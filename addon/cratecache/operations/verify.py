@@ -274,11 +274,7 @@ class _Local(_Source):
         return await asyncio.to_thread(lambda: list(self.local.entries(prefix)))
 
     async def meta(self, key: str) -> Meta | None:
-        return await asyncio.to_thread(self._meta, key)
-
-    def _meta(self, key: str) -> Meta | None:
-        page, _ = self.local.entry_page(key, None, 1)  # the first key with this prefix is it
-        return page[0][1] if page and page[0][0] == key else None
+        return await asyncio.to_thread(self.local.meta, key)
 
     async def digest(self, sha256: str) -> Digest | None:
         return await asyncio.to_thread(self._hash, sha256)
@@ -295,7 +291,7 @@ class _Local(_Source):
         bodies: dict[str, bytes | None] = {}
         held = 0
         for key in sorted(indexes):
-            meta = self._meta(key)
+            meta = self.local.meta(key)
             if meta is not None and meta.size > BODY_LIMIT:
                 bodies[key] = None
                 continue

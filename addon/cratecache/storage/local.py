@@ -443,7 +443,9 @@ class LocalStore:
         return True, self.get(key), self.negative(key)
 
     def meta(self, key: str) -> Meta | None:
-        raw = self._cache.get(f"meta:{key}")
+        """The stored entry's record, read without a write: a look (stage's and import's checks, a purge's) is not a
+        use, so it leaves the entry's recency as it was (`get` notes a use, written back in batches)."""
+        raw = self._scan.value(f"meta:{key}")
         return self._memory.with_check(key, Meta(**raw)) if raw is not None else None
 
     def put(self, key: str, body: bytes, upstream: str, etag: str | None = None, last_modified: str | None = None,
