@@ -209,6 +209,53 @@ async def test_a_spool_keeps_small_answers_in_memory_and_large_ones_in_a_file_ha
     assert sorted(p.name for p in (tmp_path / "partial").iterdir()) == [spooled.path.name]
 
 
+@pytest.mark.parametrize("sizes", [
+    [64 * 1024 + i for i in range(40)],  # past OFFLOAD_BYTES twice, the file opened by a piece
+    [60_000, 60_000, 50_000],  # outgrows memory only with its tail: the file opened by the finish
+])
+async def test_a_spool_writes_its_file_off_the_event_loop(tmp_path, monkeypatch, sizes):
+    """Every write to a partial file (what memory held, each piece, the tail) happens on a thread, never on the loop
+    (a write can wait on the disk: the loop would stop serving everyone else meanwhile)."""
+    import hashlib
+    import os
+    import threading
+
+    from cratecache.storage.spool import Spool
+
+    writers, put = [], Spool._put
+
+    def recording(self, data):
+        writers.append((threading.get_ident(), len(data)))
+        return put(self, data)
+
+    monkeypatch.setattr(Spool, "_put", recording)
+    pieces = [os.urandom(n) for n in sizes]
+    spool = Spool(tmp_path, threshold=100_000)
+    for piece in pieces:
+        await spool.awrite(piece)
+    spooled = await spool.afinish()
+    whole = b"".join(pieces)
+    assert spooled.body is None and spooled.path.read_bytes() == whole
+    assert (spooled.sha256, spooled.size) == (hashlib.sha256(whole).hexdigest(), len(whole))
+    assert sum(n for _, n in writers) == len(whole)
+    assert threading.get_ident() not in {thread for thread, n in writers if n}
+
+
+async def test_an_answer_that_stays_in_memory_finishes_without_a_thread(tmp_path, monkeypatch):
+    import asyncio
+
+    from cratecache.storage.spool import Spool
+
+    def no_thread(*args):
+        raise AssertionError("a thread for an answer held in memory")
+
+    spool = Spool(tmp_path, threshold=1000)
+    await spool.awrite(b"abc")
+    monkeypatch.setattr(asyncio, "to_thread", no_thread)
+    done = await spool.afinish()
+    assert (done.body, done.path) == (b"abc", None) and not (tmp_path / "partial").exists()
+
+
 def test_a_304_for_an_entry_held_in_memory_reaches_the_disk_with_the_recency(store, tmp_path):
     store.put("index/crates-io/foo", BODY, "mirror", now=NOW)
     other = LocalStore(tmp_path / "cache", size_limit=10**9)  # another worker on the same folder

@@ -216,7 +216,7 @@ class Engine:
             if status_outcome(got.status) != "ok":
                 spool.discard()
                 return got.status, None
-            return got.status, spool.finish()
+            return got.status, await spool.afinish()
         except BaseException:
             spool.discard()
             raise

@@ -78,7 +78,7 @@ class RemoteEntries:
         spool = self._spool()
         try:
             found = await self.bucket.get_into(f"blob/{meta.sha256}", spool)
-            spooled = spool.finish()
+            spooled = await spool.afinish()
         except BaseException:
             spool.discard()
             raise

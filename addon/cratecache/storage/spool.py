@@ -95,10 +95,26 @@ class Spool:
         self._pending_size += len(data)
         if self._pending_size >= OFFLOAD_BYTES:
             piece, self._pending, self._pending_size = b"".join(self._pending), [], 0
-            self._open()  # here, not in the thread: a discard (a cancelled download) then always finds the file
+            held = self._open_file()  # here, not in the thread: a discard (a cancelled download) always finds the file
             if self.room is not None and not self.passing and not self._in_memory:
-                await self.room(len(piece))  # bound for the cache folder: room for it there first
-            await asyncio.to_thread(self.write, piece)
+                await self.room(len(held) + len(piece))  # bound for the cache folder: room for it there first
+            await asyncio.to_thread(self._write_after, held, piece)
+
+    async def afinish(self) -> Spooled:
+        """`finish` for the event loop: an answer that stayed in memory at once; one that goes to a file gets its
+        last piece (and what memory held, if it only now outgrew it) written and the file closed on a thread."""
+        if self._file is None and not self._pending:
+            return self.finish()
+        held = self._open_file()
+        return await asyncio.to_thread(self._finish_after, held)
+
+    def _write_after(self, held: bytearray, piece: bytes) -> None:
+        self._put(held)
+        self.write(piece)
+
+    def _finish_after(self, held: bytearray) -> Spooled:
+        self._put(held)
+        return self.finish()
 
     def write(self, data: bytes) -> None:
         self._hash.update(data)
@@ -111,9 +127,14 @@ class Spool:
 
     def _open(self) -> None:
         """Move to a partial file (what is in memory first): in the cache folder, or elsewhere if it cannot take it."""
+        self._put(self._open_file())
+
+    def _open_file(self) -> bytearray:
+        """`_open` without the writing: opens the partial file (if none is open) and hands back what memory held, for
+        the caller to write to it before anything else (`_put`)."""
         if self._file is not None or self._in_memory:
-            return
-        held, self._memory = bytes(self._memory), bytearray()
+            return bytearray()
+        held, self._memory = self._memory, bytearray()
         try:
             if self.writability is not None and not self.writability.keep():
                 self.passing = True  # straight to the temporary folder
@@ -122,7 +143,7 @@ class Spool:
                 self._open_in(self.folder)
         except OSError as e:
             self._pass_on(e)
-        self._put(held)
+        return held
 
     def _open_in(self, folder: Path, passing: bool = False) -> None:
         folder.mkdir(parents=True, exist_ok=True)
