@@ -45,6 +45,7 @@ from .scenarios import (
     policy,
     profile_hits,
     s3_backend,
+    s3_scale,
     scale,
     slow_upstream,
     toolchain,
@@ -66,6 +67,7 @@ SCENARIOS = {
     "profile": profile_hits.run,
     "policy": policy.run,
     "scale": scale.run,
+    "s3-scale": s3_scale.run,
     "eviction": eviction.run,
     "bundles-scale": bundles_scale.run,
 }
