@@ -16,6 +16,7 @@ import pytest
 from cratecache.config import CacheSettings
 from cratecache.storage import StorageUnavailable, open_storage
 from cratecache.storage import bucket as bucket_module
+from cratecache.storage import s3 as s3_module
 from cratecache.storage.bucket import LIST_CHUNK, Bucket, BucketDown, _describe, _is_outage, _s3_store
 
 from tests.fixtures.rot import flip_byte, rot_blob
@@ -432,9 +433,26 @@ async def test_a_bucket_that_goes_down_mid_listing_ends_the_listing_in_storage_u
         pages = store.entry_pages(size=LIST_CHUNK)
         first = await anext(pages)
         server.stop()
-        with pytest.raises(StorageUnavailable, match=r"list: .*connection refused"):
-            await anext(pages)
+        with pytest.raises(StorageUnavailable, match=r"(list|get): .*connection refused"):
+            while True:  # the rest of the first chunk (its metas) or the next chunk: either read fails
+                await anext(pages)
     finally:
         server.stop()
         await store.close()
-    assert len(first) == LIST_CHUNK and store.health()["state"] == "degraded"
+    assert len(first) == s3_module.FIRST_PAGE and store.health()["state"] == "degraded"
+
+
+async def test_the_first_page_of_a_long_listing_is_short(gateways):
+    """A listing's first lines after FIRST_PAGE reads (a meta is a GET each), the rest in pages of `size`."""
+    a = gateways()
+    keys = [f"crate/crates-io/c{i:03d}/1.0.0" for i in range(s3_module.FIRST_PAGE + 30)]
+    await asyncio.gather(*(a.put(key, key.encode(), "up") for key in keys))
+    b = gateways()
+    calls: list[str] = []
+    b.on_call = lambda backend, op, seconds, ok: calls.append(op)
+    pages = b.entry_pages(size=1000)
+    first = await anext(pages)
+    assert [key for key, _ in first] == keys[:s3_module.FIRST_PAGE]
+    assert calls.count("get") == s3_module.FIRST_PAGE
+    rest = [page async for page in pages]
+    assert [key for page in (first, *rest) for key, _ in page] == keys and [len(p) for p in rest] == [30]

@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 GC_GRACE_SECONDS = 3600  # a blob younger than this may belong to a meta being written
 PENDING_RESCAN_SECONDS = 60.0  # how often the proxy looks for entries a command left pending
+FIRST_PAGE = 50  # entries of a listing's first page (entry_pages)
 
 
 class S3Storage(Storage):
@@ -231,12 +232,16 @@ class S3Storage(Storage):
     async def entry_pages(self, prefix: str = "", size: int = 1000) -> AsyncIterator[list[tuple[str, Meta]]]:
         """The bucket's listing a page at a time, in its order (S3's: by key), each page's metas read when the caller
         asks for it (READ_CONCURRENCY at a time; unreadable ones skipped): memory holds a page and a chunk of the
-        listing, whatever the bucket holds."""
+        listing, whatever the bucket holds. The first page is FIRST_PAGE entries (a meta is a GET each: a listing's
+        first lines come after a few of them, not a thousand)."""
         try:
+            first = True
             async for keys in self.remote.key_pages("meta/", prefix, size):
-                metas = await self.remote.metas(keys)
-                if page := [(k, m) for k, m in zip(keys, metas, strict=True) if m is not None]:
-                    yield page
+                for part in (keys[:FIRST_PAGE], keys[FIRST_PAGE:]) if first else (keys,):
+                    metas = await self.remote.metas(part)
+                    if page := [(k, m) for k, m in zip(part, metas, strict=True) if m is not None]:
+                        yield page
+                first = False
         except BucketDown as e:
             raise StorageUnavailable(str(e)) from None
 
