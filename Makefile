@@ -30,7 +30,7 @@ help:
 	@echo "make run   [HOST=127.0.0.1] [PORT=8080] [WORKERS=nproc] [STATUS_PORT=8081] [PROXIES=proxies.yaml] [ARGS=...]"
 	@echo "                                                                        start the proxy"
 	@echo "make test  [PYTEST_ARGS=...]                                          run the test suite"
-	@echo "make bench [BENCH_ARGS=--quick]                                       benchmarks -> BENCHMARKS.md (about 40 min)"
+	@echo "make bench [BENCH_ARGS=--quick]                                       benchmarks -> BENCHMARKS.md (about 1 h)"
 	@echo "make ca                                                               create the CA and Cargo's CA bundle"
 	@echo "make stage LOCKFILE='a/Cargo.lock dir/'  fetch what the lockfiles need into the cache"
 	@echo "make stage TOOLCHAIN='stable 1.94.0' [TARGETS='x86_64-unknown-linux-gnu wasm32-unknown-unknown'] [PROFILE=minimal]"

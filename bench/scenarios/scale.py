@@ -127,8 +127,8 @@ dropped from it again (posix_fadvise DONTNEED).""")
                                 None, 150.0))
     section.notes.append("Measured elsewhere: eviction while a cold fetch writes ten times a full cache's size_limit "
                          "(section 13), `stage`/`export`/`import` of a 5,000-crate lockfile beside a large cache "
-                         "(`--scenarios bundles-scale`). Not measured: the s3 backend's 200,000-object bucket (its "
-                         "listings page since issue 33, tests/test_s3_storage.py).")
+                         "(`--scenarios bundles-scale`), the s3 backend with a 100,000-entry (200,000-object) bucket "
+                         "(`--scenarios s3-scale`).")
     return section
 
 
