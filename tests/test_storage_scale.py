@@ -186,34 +186,35 @@ def _access_times(folder) -> dict[str, float]:
         return dict(db.execute("SELECT key, access_time FROM Cache"))
 
 
-def test_a_read_from_disk_writes_nothing_and_its_recency_follows_with_the_upkeep(tmp_path):
+@pytest.fixture
+def twenty(tmp_path):
+    """A store over 20 entries, their keys, and the database's recency before the test touches anything."""
     keys = _fill(tmp_path / "c", 20)
     store = LocalStore(tmp_path / "c", 1 << 40, hot_bytes=0)
     try:
-        before = _access_times(tmp_path / "c")
-        entry = store.get(keys[3])
-        assert entry is not None and entry.body == keys[3].encode() * 4
-        assert _access_times(tmp_path / "c") == before  # no write transaction on the request's path
-        store.upkeep()
-        after = _access_times(tmp_path / "c")
-        touched = {key for key in after if after[key] != before[key]}
-        assert touched == {f"meta:{keys[3]}", f"blob:{entry.meta.sha256}"}
+        yield store, keys, _access_times(tmp_path / "c")
     finally:
         store.close()
 
 
-def test_reading_a_record_writes_nothing_and_is_not_a_use(tmp_path):
-    keys = _fill(tmp_path / "c", 20)
-    store = LocalStore(tmp_path / "c", 1 << 40, hot_bytes=0)
-    try:
-        before = _access_times(tmp_path / "c")
-        meta = store.meta(keys[5])
-        assert meta is not None and meta.size == len(keys[5].encode() * 4)
-        assert store.meta("crate/crates-io/absent/1.0.0") is None
-        store.upkeep()
-        assert _access_times(tmp_path / "c") == before
-    finally:
-        store.close()
+def test_a_read_from_disk_writes_nothing_and_its_recency_follows_with_the_upkeep(twenty, tmp_path):
+    store, keys, before = twenty
+    entry = store.get(keys[3])
+    assert entry is not None and entry.body == keys[3].encode() * 4
+    assert _access_times(tmp_path / "c") == before  # no write transaction on the request's path
+    store.upkeep()
+    after = _access_times(tmp_path / "c")
+    touched = {key for key in after if after[key] != before[key]}
+    assert touched == {f"meta:{keys[3]}", f"blob:{entry.meta.sha256}"}
+
+
+def test_reading_a_record_writes_nothing_and_is_not_a_use(twenty, tmp_path):
+    store, keys, before = twenty
+    meta = store.meta(keys[5])
+    assert meta is not None and meta.size == len(keys[5].encode() * 4)
+    assert store.meta("crate/crates-io/absent/1.0.0") is None
+    store.upkeep()
+    assert _access_times(tmp_path / "c") == before
 
 
 def _steps(store: LocalStore, read) -> int:
