@@ -19,14 +19,13 @@ import time
 from dataclasses import asdict
 
 from .. import scale
-from ..context import Bench, index_url
+from ..context import Bench
 from ..procs import track_stopper, untrack_stopper
 from ..report import Check, Section
-from .scale import _first_reads, _start_and_first, _timed
+from .scale import _first_reads, _start_and_first, _timed, sample_urls
 
 SMALL = 1_000
 PUTS_AT_ONCE = 64
-SAMPLE = 5_000
 STAMP = "scale-stamp.json"
 
 
@@ -60,7 +59,7 @@ request is a first read from the bucket (meta, then blob, copied into the local 
             section.notes.append(f"The {label} bucket: " + (f"{built[0]} entries written in {built[1]:.0f} s "
                                                             f"({built[0] / built[1]:.0f} entries/s)." if built[0]
                                                             else "reused."))
-            prefixes[label] = (prefix, _sample(scale.Spec(n)))
+            prefixes[label] = (prefix, sample_urls(((i.key, len(i.body)) for i in scale.items(scale.Spec(n))), n))
         rng = random.Random(121)
         for rep in range(bench.repeat):
             for label in list(prefixes)[:: 1 if rep % 2 == 0 else -1]:
@@ -103,26 +102,10 @@ request is a first read from the bucket (meta, then blob, copied into the local 
     return section
 
 
-def _sample(spec: scale.Spec) -> list[tuple[str, int]]:
-    """Up to SAMPLE (url, size) of the prefix's entries, drawn evenly from all of them (a reservoir)."""
-    rng, chosen = random.Random(spec.entries), []
-    for seen, item in enumerate(scale.items(spec), 1):
-        if len(chosen) < SAMPLE:
-            chosen.append((item.key, len(item.body)))
-        elif (slot := rng.randrange(seen)) < SAMPLE:
-            chosen[slot] = (item.key, len(item.body))
-    return [(_url(key), size) for key, size in chosen]
-
-
-def _url(key: str) -> str:
-    kind, _registry, name, *version = key.split("/")
-    return index_url(name) if kind == "index" else f"https://static.crates.io/crates/{name}/{version[0]}/download"
-
-
 async def _ensure_bucket(settings, spec: scale.Spec) -> tuple[int, float]:
     """The prefix holding `spec`'s entries: (entries written, seconds); (0, 0.0) when its stamp says it is whole.
-    Written as the s3 backend publishes an entry: its blob, then its meta record (create-only puts: a rerun after an
-    interrupted build writes what is missing)."""
+    Written as the s3 backend publishes an entry: its blob, then its meta record; a rerun after an interrupted build (no
+    stamp yet) writes every entry again (the puts overwrite)."""
     import obstore
     from cratecache.storage.bucket import _s3_store
     from cratecache.storage.entries import Meta

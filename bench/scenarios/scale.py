@@ -16,6 +16,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
@@ -176,19 +177,23 @@ def _sample(folder: Path, now: float, keep_after: float | None) -> list[tuple[st
     the listing is never held); with `keep_after`, only entries younger than that (seconds)."""
     from cratecache.storage.local import LocalStore
 
-    rng, chosen, seen = random.Random(len(str(folder))), [], 0
     store = LocalStore(folder, 1 << 50, hot_bytes=0)
     try:
-        for key, meta in store.entries():
-            if keep_after is not None and now - meta.stored_at > keep_after:
-                continue
-            seen += 1
-            if len(chosen) < SAMPLE:
-                chosen.append((key, meta.size))
-            elif (slot := rng.randrange(seen)) < SAMPLE:
-                chosen[slot] = (key, meta.size)
+        return sample_urls(((key, meta.size) for key, meta in store.entries()
+                            if keep_after is None or now - meta.stored_at <= keep_after), len(str(folder)))
     finally:
         store.close()
+
+
+def sample_urls(entries: Iterable[tuple[str, int]], seed: int) -> list[tuple[str, int]]:
+    """Up to SAMPLE (url, size) of `entries` (key, size), drawn evenly from all of them (a reservoir: they are never
+    held)."""
+    rng, chosen = random.Random(seed), []
+    for seen, (key, size) in enumerate(entries, 1):
+        if len(chosen) < SAMPLE:
+            chosen.append((key, size))
+        elif (slot := rng.randrange(seen)) < SAMPLE:
+            chosen[slot] = (key, size)
     return [(_url(key), size) for key, size in chosen]
 
 
